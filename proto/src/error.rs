@@ -93,7 +93,10 @@ pub struct Error {
 impl Error {
     /// An error with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Error {
-        Error { code, message: message.into() }
+        Error {
+            code,
+            message: message.into(),
+        }
     }
 
     /// The stable code.
@@ -141,6 +144,9 @@ mod tests {
     #[test]
     fn display_names_code_and_message() {
         let e = Error::new(ErrorCode::Busy, "key is being written by another writer");
-        assert_eq!(e.to_string(), "Busy (3): key is being written by another writer");
+        assert_eq!(
+            e.to_string(),
+            "Busy (3): key is being written by another writer"
+        );
     }
 }

@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn bounds() {
-        assert_eq!(Key::new(Vec::new()).unwrap_err().code(), ErrorCode::InvalidKey);
+        assert_eq!(
+            Key::new(Vec::new()).unwrap_err().code(),
+            ErrorCode::InvalidKey
+        );
         assert!(Key::new(vec![0u8; 1]).is_ok());
         assert!(Key::new(vec![7u8; MAX_KEY_LEN]).is_ok());
         let err = Key::new(vec![7u8; MAX_KEY_LEN + 1]).unwrap_err();
@@ -104,7 +107,13 @@ mod tests {
 
     #[test]
     fn debug_is_readable() {
-        assert_eq!(format!("{:?}", Key::try_from("m@0@ab").unwrap()), "Key(\"m@0@ab\")");
-        assert_eq!(format!("{:?}", Key::new(vec![0u8, 255]).unwrap()), "Key(0x00ff)");
+        assert_eq!(
+            format!("{:?}", Key::try_from("m@0@ab").unwrap()),
+            "Key(\"m@0@ab\")"
+        );
+        assert_eq!(
+            format!("{:?}", Key::new(vec![0u8, 255]).unwrap()),
+            "Key(0x00ff)"
+        );
     }
 }

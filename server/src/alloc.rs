@@ -130,7 +130,10 @@ impl OffsetAllocator {
     ///
     /// Panics if `alignment` is not a power of two; callers validate configuration first.
     pub fn new(capacity: u64, alignment: u64) -> OffsetAllocator {
-        assert!(alignment.is_power_of_two(), "alignment must be a power of two");
+        assert!(
+            alignment.is_power_of_two(),
+            "alignment must be a power of two"
+        );
         let align_shift = alignment.trailing_zeros();
         let capacity_units = capacity >> align_shift;
         let mut a = OffsetAllocator {
@@ -310,7 +313,12 @@ impl OffsetAllocator {
     }
 
     fn remove_free(&mut self, id: u32) {
-        let Block { bin_prev, bin_next, size, .. } = self.nodes[id as usize];
+        let Block {
+            bin_prev,
+            bin_next,
+            size,
+            ..
+        } = self.nodes[id as usize];
         if bin_prev != NIL {
             self.nodes[bin_prev as usize].bin_next = bin_next;
         } else {
@@ -396,7 +404,9 @@ mod tests {
         // 1.1 MiB is not a bin boundary: the exact-fit fallback must find it.
         let cap = 1_153_434 / 64 * 64;
         let mut a = OffsetAllocator::new(cap, 64);
-        let all = a.allocate(cap).expect("largest free extent must be allocatable");
+        let all = a
+            .allocate(cap)
+            .expect("largest free extent must be allocatable");
         assert_eq!(all.size, cap);
         assert!(a.allocate(1).is_none());
         assert!(a.free(all.block));

@@ -1,1 +1,24 @@
+//! strata's store engine, usable in-process with no network (embedded mode).
+//!
+//! Start at [`Store`]: it implements the operation contract of the design brief — two-phase
+//! puts with reservations, leased reads, prefix lookup, removal, pinning, per-tier LRU
+//! eviction with watermarks — over a stack of tiers (dram now; device and ssd later).
+//!
+//! Rooms: [`engine`] (the store and its sharded index), [`tier`] (where bytes live),
+//! [`alloc`] (the offset allocator), [`lease`] (guards and reservations), `evict` (eviction
+//! and the maintenance thread), [`config`], [`clock`].
+
 pub mod alloc;
+pub mod clock;
+pub mod config;
+pub mod engine;
+mod evict;
+pub mod lease;
+pub mod tier;
+
+pub use clock::{Clock, ManualClock};
+pub use config::{StoreConfig, TierConfig};
+pub use engine::{PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
+pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
+pub use strata_proto::{Error, ErrorCode, Key, Result};
+pub use tier::{Extent, TierKind, TierStats};

@@ -1,0 +1,431 @@
+//! One shard of the object index.
+//!
+//! A shard is a hash table of slot numbers over a slab of [`Entry`]s, plus intrusive
+//! doubly-linked lists threaded through the entries:
+//!
+//! * one recency list per tier, holding that tier's complete, unpinned objects, most recently
+//!   used at the head — eviction takes from the tail;
+//! * one list of pending reservations, oldest at the tail — the reaper takes expired ones
+//!   from there.
+//!
+//! Pinned objects are on no list, so eviction never even looks at them. Every entry is on at
+//! most one list, so one pair of links serves all of them. The key lives only in the entry;
+//! the table stores a `u32` slot and compares keys through the slab, which keeps an object's
+//! index cost near 90 bytes plus its key.
+
+use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::tier::{Extent, MAX_TIERS};
+
+pub(crate) const NIL: u32 = u32::MAX;
+/// `Extent::tier` of a pending entry that has no extent yet.
+pub(crate) const NO_TIER: u8 = u8::MAX;
+
+pub(crate) fn key_hash(key: &[u8]) -> u64 {
+    xxh3_64(key)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Vacant,
+    Pending,
+    Complete,
+}
+
+pub(crate) struct Entry {
+    pub key: Box<[u8]>,
+    pub extent: Extent,
+    /// Pending: the writer id. Complete: the value's checksum (0 when not computed).
+    pub tag: u64,
+    /// Pending: the reservation deadline. Complete: the recency clock at last access.
+    pub stamp: u64,
+    /// Complete: no eviction, move or unforced removal before this time.
+    pub lease_until: u64,
+    prev: u32,
+    next: u32,
+    /// Bumped whenever the slot is vacated, so a remembered (slot, generation) pair
+    /// detects that its object is gone even if the slot was reused.
+    pub generation: u32,
+    pub state: State,
+    pub pinned: bool,
+}
+
+const NO_EXTENT: Extent = Extent {
+    tier: NO_TIER,
+    segment: 0,
+    block: 0,
+    offset: 0,
+    len: 0,
+};
+
+#[derive(Clone, Copy, Default)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+};
+
+/// Which list an entry is on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListId {
+    Recency(u8),
+    Pending,
+}
+
+/// Per-shard operation counters, summed by `Store::stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub get_hits: u64,
+    pub get_misses: u64,
+    pub get_bytes: u64,
+    pub removes: u64,
+}
+
+pub(crate) struct Shard {
+    table: HashTable<u32>,
+    entries: Vec<Entry>,
+    vacant: u32,
+    recency: [List; MAX_TIERS],
+    pending: List,
+    pub objects: [u64; MAX_TIERS],
+    pub pending_count: u64,
+    pub key_bytes: u64,
+    pub counters: Counters,
+}
+
+impl Shard {
+    pub fn new() -> Shard {
+        Shard {
+            table: HashTable::new(),
+            entries: Vec::new(),
+            vacant: NIL,
+            recency: [EMPTY; MAX_TIERS],
+            pending: EMPTY,
+            objects: [0; MAX_TIERS],
+            pending_count: 0,
+            key_bytes: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn entry(&self, slot: u32) -> &Entry {
+        &self.entries[slot as usize]
+    }
+
+    pub fn entry_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.entries[slot as usize]
+    }
+
+    /// The slot of `slot` if it still holds generation `generation`.
+    pub fn live(&self, slot: u32, generation: u32) -> Option<&Entry> {
+        self.entries
+            .get(slot as usize)
+            .filter(|e| e.generation == generation && e.state != State::Vacant)
+    }
+
+    pub fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let entries = &self.entries;
+        self.table
+            .find(hash, |&s| &*entries[s as usize].key == key)
+            .copied()
+    }
+
+    /// Adds a pending reservation with no extent yet; the caller checked the key is absent.
+    pub fn insert_pending(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        writer: u64,
+        deadline: u64,
+        pinned: bool,
+    ) -> u32 {
+        let entry = Entry {
+            key: key.into(),
+            extent: NO_EXTENT,
+            tag: writer,
+            stamp: deadline,
+            lease_until: 0,
+            prev: NIL,
+            next: NIL,
+            generation: 0,
+            state: State::Pending,
+            pinned,
+        };
+        let slot = if self.vacant != NIL {
+            let slot = self.vacant;
+            let e = &mut self.entries[slot as usize];
+            self.vacant = e.next;
+            let generation = e.generation;
+            *e = Entry {
+                generation,
+                ..entry
+            };
+            slot
+        } else {
+            self.entries.push(entry);
+            (self.entries.len() - 1) as u32
+        };
+        let entries = &self.entries;
+        self.table
+            .insert_unique(hash, slot, |&s| key_hash(&entries[s as usize].key));
+        self.key_bytes += key.len() as u64;
+        self.pending_count += 1;
+        self.push_front(ListId::Pending, slot);
+        slot
+    }
+
+    /// Turns a pending entry complete and makes it visible.
+    pub fn commit(&mut self, slot: u32, checksum: u64, access: u64) {
+        self.unlink(slot);
+        let e = &mut self.entries[slot as usize];
+        debug_assert_eq!(e.state, State::Pending);
+        e.state = State::Complete;
+        e.tag = checksum;
+        e.stamp = access;
+        let (tier, len, pinned) = (e.extent.tier, e.extent.len, e.pinned);
+        self.pending_count -= 1;
+        self.objects[tier as usize] += 1;
+        self.counters.puts += 1;
+        self.counters.put_bytes += len;
+        if !pinned {
+            self.push_front(ListId::Recency(tier), slot);
+        }
+    }
+
+    /// Marks a complete object used now: it moves to the head of its recency list.
+    pub fn touch(&mut self, slot: u32, access: u64) {
+        let e = &mut self.entries[slot as usize];
+        e.stamp = access;
+        if !e.pinned {
+            self.unlink(slot);
+            let tier = self.entries[slot as usize].extent.tier;
+            self.push_front(ListId::Recency(tier), slot);
+        }
+    }
+
+    /// Points a complete object at a new extent in another tier (demotion).
+    pub fn move_to(&mut self, slot: u32, extent: Extent) {
+        let old = self.entries[slot as usize].extent.tier;
+        self.unlink(slot);
+        self.entries[slot as usize].extent = extent;
+        self.objects[old as usize] -= 1;
+        self.objects[extent.tier as usize] += 1;
+        if !self.entries[slot as usize].pinned {
+            self.push_front(ListId::Recency(extent.tier), slot);
+        }
+    }
+
+    /// Drops the entry from the index and returns its extent (`tier == NO_TIER` if none).
+    pub fn remove(&mut self, hash: u64, slot: u32) -> Extent {
+        self.unlink(slot);
+        let found = self
+            .table
+            .find_entry(hash, |&s| s == slot)
+            .map(|o| o.remove());
+        debug_assert!(found.is_ok(), "index entry without a table slot");
+        let e = &mut self.entries[slot as usize];
+        match e.state {
+            State::Pending => self.pending_count -= 1,
+            State::Complete => self.objects[e.extent.tier as usize] -= 1,
+            State::Vacant => unreachable!("removing a vacant slot"),
+        }
+        self.key_bytes -= e.key.len() as u64;
+        let extent = e.extent;
+        e.key = Box::default();
+        e.extent = NO_EXTENT;
+        e.state = State::Vacant;
+        e.generation = e.generation.wrapping_add(1);
+        e.next = self.vacant;
+        self.vacant = slot;
+        extent
+    }
+
+    /// Up to `max` evictable objects of `tier`, least recently used first, as
+    /// (last access, slot, generation, length). Looks at no more than `budget` entries.
+    pub fn eviction_candidates(
+        &self,
+        tier: u8,
+        now: u64,
+        max: usize,
+        budget: usize,
+        out: &mut Vec<(u64, u32, u32, u64)>,
+    ) -> bool {
+        let mut slot = self.recency[tier as usize].tail;
+        let mut seen = 0;
+        let mut taken = 0;
+        while slot != NIL && taken < max && seen < budget {
+            let e = &self.entries[slot as usize];
+            if e.lease_until <= now {
+                out.push((e.stamp, slot, e.generation, e.extent.len));
+                taken += 1;
+            }
+            seen += 1;
+            slot = e.prev;
+        }
+        // Whether the list holds more than what was looked at.
+        slot != NIL
+    }
+
+    /// Pending reservations whose deadline is at or before `now`, oldest first.
+    pub fn expired_reservations(&self, now: u64, out: &mut Vec<(u32, u32)>) {
+        let mut slot = self.pending.tail;
+        while slot != NIL {
+            let e = &self.entries[slot as usize];
+            if e.stamp > now {
+                break;
+            }
+            out.push((slot, e.generation));
+            slot = e.prev;
+        }
+    }
+
+    /// Every live slot with its generation (for remove_all).
+    pub fn slots(&self) -> Vec<(u32, u32)> {
+        let entries = &self.entries;
+        self.table
+            .iter()
+            .map(|&s| (s, entries[s as usize].generation))
+            .collect()
+    }
+
+    /// Heap bytes of this shard's index structures, keys excluded.
+    pub fn index_bytes(&self) -> usize {
+        // hashbrown: one u32 bucket plus one control byte per bucket.
+        self.table.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    fn list(&mut self, id: ListId) -> &mut List {
+        match id {
+            ListId::Recency(t) => &mut self.recency[t as usize],
+            ListId::Pending => &mut self.pending,
+        }
+    }
+
+    fn list_of(&self, slot: u32) -> Option<ListId> {
+        let e = &self.entries[slot as usize];
+        match e.state {
+            State::Pending => Some(ListId::Pending),
+            State::Complete if !e.pinned => Some(ListId::Recency(e.extent.tier)),
+            _ => None,
+        }
+    }
+
+    fn push_front(&mut self, id: ListId, slot: u32) {
+        let head = self.list(id).head;
+        {
+            let e = &mut self.entries[slot as usize];
+            e.prev = NIL;
+            e.next = head;
+        }
+        if head != NIL {
+            self.entries[head as usize].prev = slot;
+        }
+        let list = self.list(id);
+        list.head = slot;
+        if list.tail == NIL {
+            list.tail = slot;
+        }
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let Some(id) = self.list_of(slot) else { return };
+        let (prev, next) = {
+            let e = &self.entries[slot as usize];
+            (e.prev, e.next)
+        };
+        if prev != NIL {
+            self.entries[prev as usize].next = next;
+        } else {
+            self.list(id).head = next;
+        }
+        if next != NIL {
+            self.entries[next as usize].prev = prev;
+        } else {
+            self.list(id).tail = prev;
+        }
+        let e = &mut self.entries[slot as usize];
+        e.prev = NIL;
+        e.next = NIL;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(tier: u8, len: u64) -> Extent {
+        Extent {
+            tier,
+            segment: 0,
+            block: 0,
+            offset: 0,
+            len,
+        }
+    }
+
+    fn add(s: &mut Shard, key: &str, now: u64) -> u32 {
+        let slot = s.insert_pending(key_hash(key.as_bytes()), key.as_bytes(), 1, 100, false);
+        s.entry_mut(slot).extent = ext(0, 10);
+        s.commit(slot, 0, now);
+        slot
+    }
+
+    #[test]
+    fn recency_order_and_touch() {
+        let mut s = Shard::new();
+        let a = add(&mut s, "a", 1);
+        let b = add(&mut s, "b", 2);
+        let c = add(&mut s, "c", 3);
+        let order = |s: &Shard| {
+            let mut v = Vec::new();
+            s.eviction_candidates(0, 10, 10, 10, &mut v);
+            v.into_iter().map(|x| x.1).collect::<Vec<_>>()
+        };
+        assert_eq!(order(&s), vec![a, b, c]);
+        s.touch(a, 4);
+        assert_eq!(order(&s), vec![b, c, a]);
+        // A leased object is skipped but stays in place.
+        s.entry_mut(c).lease_until = 20;
+        assert_eq!(order(&s), vec![b, a]);
+    }
+
+    #[test]
+    fn remove_recycles_slot_with_new_generation() {
+        let mut s = Shard::new();
+        let a = add(&mut s, "a", 1);
+        let g = s.entry(a).generation;
+        s.remove(key_hash(b"a"), a);
+        assert!(s.find(key_hash(b"a"), b"a").is_none());
+        assert!(s.live(a, g).is_none());
+        let b = add(&mut s, "b", 2);
+        assert_eq!(b, a, "slot reused");
+        assert!(
+            s.live(a, g).is_none(),
+            "old generation must not match the new object"
+        );
+        assert_eq!(s.objects[0], 1);
+        assert_eq!(s.key_bytes, 1);
+    }
+
+    #[test]
+    fn pending_expiry_order() {
+        let mut s = Shard::new();
+        let x = s.insert_pending(key_hash(b"x"), b"x", 1, 50, false);
+        let y = s.insert_pending(key_hash(b"y"), b"y", 2, 60, false);
+        let mut out = Vec::new();
+        s.expired_reservations(55, &mut out);
+        assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), vec![x]);
+        out.clear();
+        s.expired_reservations(60, &mut out);
+        assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), vec![x, y]);
+        assert_eq!(s.pending_count, 2);
+    }
+}

@@ -1,0 +1,888 @@
+//! The embeddable store engine: index, tiers, leases, eviction, all in-process.
+//!
+//! Every operation of the brief's contract table is a method of [`Store`]; the network
+//! service is a thin layer over them.
+//!
+//! Concurrency model:
+//! * the index is split into shards by a 64-bit hash of the key, each behind its own mutex,
+//!   held only for index work — never while value bytes are copied;
+//! * bytes are copied under a crossbeam-epoch guard pinned *before* the index lookup, and
+//!   extents are freed only through `Tier::retire` (an epoch-deferred free), so a copy that
+//!   races with eviction or removal still reads the old, intact bytes;
+//! * placement may evict synchronously (no shard lock held), and a background thread keeps
+//!   each tier under its high watermark.
+
+pub(crate) mod index;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_epoch as epoch;
+use parking_lot::{Mutex, MutexGuard};
+use strata_proto::limits::{MAX_BATCH_KEYS, MAX_GROUP_KEYS, MAX_PREFIX_GROUPS, MAX_VALUE_LEN};
+use strata_proto::{validate_key, Error, ErrorCode, Result};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::clock::{nanos, Clock};
+use crate::config::StoreConfig;
+use crate::lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
+use crate::tier::dram::DramTier;
+use crate::tier::{Extent, Tier, TierKind, TierStats};
+use index::{key_hash, Shard, State, NO_TIER};
+
+/// Options of a put.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PutOptions {
+    /// Never evict this object (it can still be removed).
+    pub pin: bool,
+}
+
+/// Result of [`Store::prefix_len`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixMatch {
+    /// Leading positions whose keys are all present.
+    pub len: usize,
+    /// With `lease`: the matched objects are leased until this time (store clock, ns).
+    pub leased_until: Option<u64>,
+}
+
+/// Engine-wide counters (the per-operation ones are summed from the shards).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreCounters {
+    pub puts: u64,
+    pub put_bytes: u64,
+    pub get_hits: u64,
+    pub get_misses: u64,
+    pub get_bytes: u64,
+    pub removes: u64,
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    pub demotions: u64,
+    pub expired_reservations: u64,
+    pub no_space: u64,
+}
+
+/// A snapshot of the store's figures.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreStats {
+    /// Per tier, top first.
+    pub tiers: Vec<TierStats>,
+    /// Complete objects in all tiers.
+    pub objects: u64,
+    /// Pending reservations.
+    pub pending: u64,
+    /// Heap bytes of the index (table, entries, allocator bookkeeping), keys excluded.
+    pub index_bytes: u64,
+    /// Bytes of keys held by the index.
+    pub key_bytes: u64,
+    /// `index_bytes / (objects + pending)`, keys excluded.
+    pub index_bytes_per_object: f64,
+    pub counters: StoreCounters,
+}
+
+#[derive(Default)]
+pub(crate) struct GlobalCounters {
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub demotions: AtomicU64,
+    pub expired_reservations: AtomicU64,
+    pub no_space: AtomicU64,
+}
+
+/// Keeps shards on separate cache lines so two cores working different shards don't
+/// fight over one line.
+#[repr(align(128))]
+pub(crate) struct PaddedShard(pub Mutex<Shard>);
+
+pub(crate) struct Inner {
+    pub config: StoreConfig,
+    pub clock: Clock,
+    pub shards: Box<[PaddedShard]>,
+    shard_mask: u64,
+    pub tiers: Vec<Box<dyn Tier>>,
+    next_writer: AtomicU64,
+    /// Logical recency clock: every use of an object takes the next number, so "least
+    /// recently used" is an exact order across shards, never a tie of coarse timestamps.
+    access_seq: AtomicU64,
+    pub counters: GlobalCounters,
+    maintenance: Mutex<Option<std::thread::Thread>>,
+}
+
+struct Maintenance {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// The store engine. Cheap to share: wrap it in an `Arc` or borrow it across scoped threads.
+pub struct Store {
+    inner: Arc<Inner>,
+    maintenance: Option<Maintenance>,
+}
+
+/// The shard and its lock for a hash: the middle bits pick the shard, so hashbrown (which
+/// uses the low bits for the bucket and the top seven as a tag) still sees well-mixed bits.
+fn shard_of(hash: u64, mask: u64) -> usize {
+    ((hash >> 32) & mask) as usize
+}
+
+fn not_found(key: &[u8]) -> Error {
+    Error::new(
+        ErrorCode::NotFound,
+        format!("key of {} bytes is not stored", key.len()),
+    )
+}
+
+fn pending_not_visible() -> Error {
+    Error::new(
+        ErrorCode::NotFound,
+        "key is being written (pending) and not yet visible",
+    )
+}
+
+impl Store {
+    /// Opens a store with the real clock.
+    pub fn open(config: StoreConfig) -> Result<Store> {
+        Store::open_with_clock(config, Clock::system())
+    }
+
+    /// Opens a store on `clock` (tests use a manual one).
+    pub fn open_with_clock(config: StoreConfig, clock: Clock) -> Result<Store> {
+        config.validate()?;
+        let mut tiers: Vec<Box<dyn Tier>> = Vec::new();
+        for (i, t) in config.tiers.iter().enumerate() {
+            let tier = match t.kind {
+                TierKind::Dram => {
+                    DramTier::new(i as u8, t.capacity, t.segment_size, t.alignment, t.populate)
+                        .map_err(|e| {
+                            Error::new(ErrorCode::Internal, format!("dram tier {i}: {e}"))
+                        })?
+                }
+            };
+            tiers.push(Box::new(tier));
+        }
+        let shards = (0..config.shards)
+            .map(|_| PaddedShard(Mutex::new(Shard::new())))
+            .collect();
+        let inner = Arc::new(Inner {
+            shard_mask: config.shards as u64 - 1,
+            shards,
+            tiers,
+            clock,
+            next_writer: AtomicU64::new(1),
+            access_seq: AtomicU64::new(1),
+            counters: GlobalCounters::default(),
+            maintenance: Mutex::new(None),
+            config,
+        });
+        let maintenance = inner.config.maintenance_interval.map(|every| {
+            let stop = Arc::new(AtomicBool::new(false));
+            let handle =
+                crate::evict::spawn_maintenance(Arc::clone(&inner), Arc::clone(&stop), every);
+            *inner.maintenance.lock() = Some(handle.thread().clone());
+            Maintenance { stop, handle }
+        });
+        Ok(Store { inner, maintenance })
+    }
+
+    /// The store's clock (lease ends and deadlines are on it).
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// Reserves space for a `len`-byte value under `key`. The returned reservation revokes
+    /// itself when dropped unless committed.
+    ///
+    /// Errors: `AlreadyExists` (a complete object has this key), `Busy` (another writer holds
+    /// a live reservation), `InvalidKey`, `InvalidArgument` (zero length), `TooLarge`
+    /// (larger than any tier's segment), `NoSpace` (nothing evictable is left).
+    pub fn put_start(&self, key: &[u8], len: u64, opts: PutOptions) -> Result<WriteReservation> {
+        let (writer, extent) = self.inner.put_start(key, len, opts)?;
+        Ok(WriteReservation::new(
+            Arc::clone(&self.inner),
+            key,
+            writer,
+            extent,
+        ))
+    }
+
+    /// Commits the reservation `writer` holds on `key`: the object becomes visible.
+    pub fn put_end(&self, key: &[u8], writer: WriterId) -> Result<()> {
+        self.inner.put_end_for(key, writer)
+    }
+
+    /// Cancels the reservation `writer` holds on `key` and releases its space.
+    pub fn put_revoke(&self, key: &[u8], writer: WriterId) -> Result<()> {
+        self.inner.put_revoke_for(key, writer)
+    }
+
+    /// put_start + copy + put_end.
+    pub fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<()> {
+        let mut reservation = self.put_start(key, value.len() as u64, opts)?;
+        reservation.write_at(0, value)?;
+        reservation.commit()
+    }
+
+    /// Per-item [`Store::put`]; one failure never fails the others.
+    pub fn batch_put<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+        opts: PutOptions,
+    ) -> Vec<Result<()>> {
+        if items.len() > MAX_BATCH_KEYS {
+            return vec![Err(batch_too_large(items.len())); items.len()];
+        }
+        items
+            .iter()
+            .map(|(k, v)| self.put(k.as_ref(), v.as_ref(), opts))
+            .collect()
+    }
+
+    /// Per key: where the value is, under a read lease that keeps it from being evicted,
+    /// moved or removed (unless forced) until the lease ends.
+    pub fn get_locations<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<ReadLease>> {
+        if keys.len() > MAX_BATCH_KEYS {
+            return vec![Err(batch_too_large(keys.len())); keys.len()];
+        }
+        let now = self.inner.clock.now();
+        let until = now.saturating_add(nanos(self.inner.config.lease_ttl));
+        keys.iter()
+            .map(|k| {
+                let key = k.as_ref();
+                validate_key(key)?;
+                let hash = key_hash(key);
+                let mut shard = self.inner.shard(hash);
+                let slot = self.inner.visible(&mut shard, hash, key)?;
+                shard.touch(slot, self.inner.next_access());
+                let e = shard.entry_mut(slot);
+                e.lease_until = e.lease_until.max(until);
+                Ok(ReadLease {
+                    extent: e.extent,
+                    checksum: e.tag,
+                    expires_at: e.lease_until,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether a lease from [`Store::get_locations`] still holds now.
+    pub fn lease_valid(&self, lease: &ReadLease) -> bool {
+        self.inner.clock.now() < lease.expires_at
+    }
+
+    /// Looks `key` up and returns a guard through which its bytes can be read. While the
+    /// guard lives the bytes cannot be reclaimed, even if the object is evicted or removed.
+    pub fn read(&self, key: &[u8]) -> Result<ReadGuard<'_>> {
+        validate_key(key)?;
+        // Pin before the lookup: anything retired after it waits for this guard.
+        let guard = epoch::pin();
+        let hash = key_hash(key);
+        let mut shard = self.inner.shard(hash);
+        match self.inner.visible(&mut shard, hash, key) {
+            Ok(slot) => {
+                shard.touch(slot, self.inner.next_access());
+                let extent = shard.entry(slot).extent;
+                shard.counters.get_hits += 1;
+                shard.counters.get_bytes += extent.len;
+                drop(shard);
+                Ok(ReadGuard::new(
+                    guard,
+                    &*self.inner.tiers[extent.tier as usize],
+                    extent,
+                ))
+            }
+            Err(e) => {
+                shard.counters.get_misses += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copies the value of `key` into the front of `buf`; returns its length.
+    /// `InvalidArgument` if `buf` is too small (nothing is copied).
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
+        self.read(key)?.copy_to(buf)
+    }
+
+    /// The value of `key` as a new vector.
+    pub fn get(&self, key: &[u8]) -> Result<Vec<u8>> {
+        let guard = self.read(key)?;
+        let mut out = vec![0u8; guard.len() as usize];
+        guard.copy_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Per-key [`Store::get_into`]; one failure never fails the others.
+    pub fn batch_get_into<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: &mut [&mut [u8]],
+    ) -> Vec<Result<usize>> {
+        if keys.len() != bufs.len() {
+            let msg = format!("{} keys but {} buffers", keys.len(), bufs.len());
+            return vec![Err(Error::new(ErrorCode::InvalidArgument, msg)); keys.len()];
+        }
+        if keys.len() > MAX_BATCH_KEYS {
+            return vec![Err(batch_too_large(keys.len())); keys.len()];
+        }
+        keys.iter()
+            .zip(bufs.iter_mut())
+            .map(|(k, b)| self.get_into(k.as_ref(), b))
+            .collect()
+    }
+
+    /// Whether a complete object has this key. Takes no lease and does not count as a use.
+    pub fn exists(&self, key: &[u8]) -> Result<bool> {
+        validate_key(key)?;
+        let hash = key_hash(key);
+        let shard = self.inner.shard(hash);
+        Ok(shard
+            .find(hash, key)
+            .is_some_and(|s| shard.entry(s).state == State::Complete))
+    }
+
+    /// Per-key [`Store::exists`].
+    pub fn batch_exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<bool>> {
+        if keys.len() > MAX_BATCH_KEYS {
+            return vec![Err(batch_too_large(keys.len())); keys.len()];
+        }
+        keys.iter().map(|k| self.exists(k.as_ref())).collect()
+    }
+
+    /// The number of leading positions whose keys are all present. A position is a group:
+    /// all tensor-parallel ranks' keys of one block. The matched keys are touched from last
+    /// to first, so the head of a prefix ends up most recently used; with `lease` they are
+    /// also leased so a following get cannot miss.
+    pub fn prefix_len<G, K>(&self, groups: &[G], lease: bool) -> Result<PrefixMatch>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        if groups.len() > MAX_PREFIX_GROUPS {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "{} positions, the limit is {MAX_PREFIX_GROUPS}",
+                    groups.len()
+                ),
+            ));
+        }
+        for g in groups {
+            let g = g.as_ref();
+            if g.len() > MAX_GROUP_KEYS {
+                let msg = format!(
+                    "a position has {} keys, the limit is {MAX_GROUP_KEYS}",
+                    g.len()
+                );
+                return Err(Error::new(ErrorCode::TooLarge, msg));
+            }
+            for k in g {
+                validate_key(k.as_ref())?;
+            }
+        }
+        self.inner.prefix_len(groups, lease)
+    }
+
+    /// Removes `key`. A leased object is refused (`Leased`) and a pending one (`Busy`)
+    /// unless `force`.
+    pub fn remove(&self, key: &[u8], force: bool) -> Result<()> {
+        validate_key(key)?;
+        let guard = epoch::pin();
+        let hash = key_hash(key);
+        let mut shard = self.inner.shard(hash);
+        let slot = shard.find(hash, key).ok_or_else(|| not_found(key))?;
+        let e = shard.entry(slot);
+        if !force {
+            if e.state == State::Pending {
+                return Err(Error::new(
+                    ErrorCode::Busy,
+                    "key is being written; remove it with force",
+                ));
+            }
+            if e.lease_until > self.inner.clock.now() {
+                return Err(Error::new(
+                    ErrorCode::Leased,
+                    "object is leased by a reader; remove it with force",
+                ));
+            }
+        }
+        self.inner.drop_entry(&mut shard, hash, slot, &guard);
+        shard.counters.removes += 1;
+        drop(shard);
+        guard.flush();
+        Ok(())
+    }
+
+    /// Removes every complete object; leased ones are skipped unless `force`, and `force`
+    /// also cancels pending reservations. Returns how many entries were removed.
+    pub fn remove_all(&self, force: bool) -> u64 {
+        let guard = epoch::pin();
+        let now = self.inner.clock.now();
+        let mut removed = 0;
+        for padded in self.inner.shards.iter() {
+            let mut shard = padded.0.lock();
+            for (slot, _) in shard.slots() {
+                let e = shard.entry(slot);
+                if !force && (e.state == State::Pending || e.lease_until > now) {
+                    continue;
+                }
+                let hash = key_hash(&e.key);
+                self.inner.drop_entry(&mut shard, hash, slot, &guard);
+                shard.counters.removes += 1;
+                removed += 1;
+            }
+        }
+        guard.flush();
+        removed
+    }
+
+    /// Figures per tier, index memory and counters.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.stats()
+    }
+
+    /// Reaps expired reservations and evicts tiers above their high watermark, once.
+    /// The background thread does this every `maintenance_interval`.
+    pub fn run_maintenance(&self) {
+        self.inner.maintain();
+    }
+
+    /// Waits (bounded) until extents retired so far are reclaimed, so `used` reflects only
+    /// live objects. Returns false if a reader kept them pinned past the bound.
+    pub fn reclaim(&self, within: Duration) -> bool {
+        self.inner.reclaim(within)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(m) = self.maintenance.take() {
+            m.stop.store(true, Ordering::Relaxed);
+            m.handle.thread().unpark();
+            let _ = m.handle.join();
+        }
+    }
+}
+
+fn batch_too_large(n: usize) -> Error {
+    Error::new(
+        ErrorCode::TooLarge,
+        format!("batch of {n} keys, the limit is {MAX_BATCH_KEYS}"),
+    )
+}
+
+impl Inner {
+    pub fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        self.shards[shard_of(hash, self.shard_mask)].0.lock()
+    }
+
+    /// The next number of the logical recency clock.
+    fn next_access(&self) -> u64 {
+        self.access_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The slot of a complete object, or the error a reader should see.
+    fn visible(&self, shard: &mut Shard, hash: u64, key: &[u8]) -> Result<u32> {
+        match shard.find(hash, key) {
+            Some(slot) if shard.entry(slot).state == State::Complete => Ok(slot),
+            Some(_) => Err(pending_not_visible()),
+            None => Err(not_found(key)),
+        }
+    }
+
+    /// Removes an entry from the index and retires its extent.
+    pub fn drop_entry(&self, shard: &mut Shard, hash: u64, slot: u32, guard: &epoch::Guard) {
+        let extent = shard.remove(hash, slot);
+        if extent.tier != NO_TIER {
+            self.tiers[extent.tier as usize].retire(extent, guard);
+        }
+    }
+
+    fn put_start(&self, key: &[u8], len: u64, opts: PutOptions) -> Result<(WriterId, Extent)> {
+        validate_key(key)?;
+        if len == 0 {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "value length is zero",
+            ));
+        }
+        let max = self
+            .tiers
+            .iter()
+            .map(|t| t.max_value_len())
+            .max()
+            .unwrap_or(0)
+            .min(MAX_VALUE_LEN);
+        if len > max {
+            return Err(Error::new(
+                ErrorCode::TooLarge,
+                format!("value of {len} bytes is larger than the largest extent any tier can hold ({max} bytes)"),
+            ));
+        }
+        let hash = key_hash(key);
+        let writer = self.next_writer.fetch_add(1, Ordering::Relaxed);
+        let (slot, generation) = {
+            let guard = epoch::pin();
+            let now = self.clock.now();
+            let mut shard = self.shard(hash);
+            if let Some(slot) = shard.find(hash, key) {
+                let e = shard.entry(slot);
+                match e.state {
+                    State::Complete => {
+                        return Err(Error::new(
+                            ErrorCode::AlreadyExists,
+                            "a complete object has this key",
+                        ));
+                    }
+                    State::Pending if e.stamp > now => {
+                        return Err(Error::new(
+                            ErrorCode::Busy,
+                            "another writer holds a live reservation for this key",
+                        ));
+                    }
+                    _ => {
+                        // A reservation past its deadline: revoke it now rather than wait for the reaper.
+                        self.drop_entry(&mut shard, hash, slot, &guard);
+                        self.counters
+                            .expired_reservations
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let deadline = now.saturating_add(nanos(self.config.put_timeout));
+            let slot = shard.insert_pending(hash, key, writer, deadline, opts.pin);
+            (slot, shard.entry(slot).generation)
+        };
+        // Placement may evict, which locks other shards: this shard's lock is not held. The
+        // pending entry keeps other writers of this key out meanwhile (they get Busy).
+        let placed = self.place(len);
+        let guard = epoch::pin();
+        let mut shard = self.shard(hash);
+        let ours = shard
+            .live(slot, generation)
+            .is_some_and(|e| e.state == State::Pending && e.tag == writer);
+        match (placed, ours) {
+            (Ok(extent), true) => {
+                shard.entry_mut(slot).extent = extent;
+                Ok((WriterId(writer), extent))
+            }
+            (Ok(extent), false) => {
+                drop(shard);
+                self.tiers[extent.tier as usize].retire(extent, &guard);
+                Err(Error::new(
+                    ErrorCode::LeaseExpired,
+                    "reservation expired while space was being found",
+                ))
+            }
+            (Err(e), ours) => {
+                if ours {
+                    self.drop_entry(&mut shard, hash, slot, &guard);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Finds an extent for `len` bytes: the first tier that can hold it, evicting
+    /// synchronously when it is full.
+    fn place(&self, len: u64) -> Result<Extent> {
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if len > tier.max_value_len() {
+                continue;
+            }
+            if let Some(extent) = self.allocate_evicting(i, len) {
+                return Ok(extent);
+            }
+        }
+        self.counters.no_space.fetch_add(1, Ordering::Relaxed);
+        Err(Error::new(
+            ErrorCode::NoSpace,
+            format!("no tier has {len} free bytes and nothing evictable is left (all leased, pinned or pending)"),
+        ))
+    }
+
+    /// Allocates in tier `i`, evicting its least recently used objects as needed. `None`
+    /// only when nothing evictable is left and no retired space is on its way back.
+    pub fn allocate_evicting(&self, i: usize, len: u64) -> Option<Extent> {
+        let tier = &self.tiers[i];
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(extent) = tier.allocate(len) {
+                if self.above_watermark(i) {
+                    self.wake_maintenance();
+                }
+                return Some(extent);
+            }
+            if tier.retiring() > 0 && started.elapsed() < Duration::from_secs(1) {
+                // Evicted space comes back once readers unpin: help the epoch along.
+                epoch::pin().flush();
+                std::thread::yield_now();
+                continue;
+            }
+            let target = len.max((tier.capacity() as f64 * self.config.eviction_ratio) as u64);
+            if self.evict(i, target) == 0 {
+                return None;
+            }
+        }
+    }
+
+    pub fn above_watermark(&self, i: usize) -> bool {
+        let t = &self.tiers[i];
+        let live = t.used() - t.retiring().min(t.used());
+        live as f64 > t.capacity() as f64 * self.config.eviction_high_watermark_ratio
+    }
+
+    fn wake_maintenance(&self) {
+        if let Some(t) = &*self.maintenance.lock() {
+            t.unpark();
+        }
+    }
+
+    pub(crate) fn put_end_for(&self, key: &[u8], writer: WriterId) -> Result<()> {
+        validate_key(key)?;
+        let hash = key_hash(key);
+        let guard = epoch::pin();
+        let (slot, generation, extent) = {
+            let mut shard = self.shard(hash);
+            let slot = self.writer_slot(&mut shard, hash, key, writer, &guard)?;
+            let e = shard.entry(slot);
+            (slot, e.generation, e.extent)
+        };
+        // Checksum outside the lock: a 16 MiB value takes about a millisecond.
+        let checksum = if self.config.checksum_on_commit {
+            self.checksum(&extent)
+        } else {
+            0
+        };
+        let mut shard = self.shard(hash);
+        match shard.live(slot, generation) {
+            Some(e) if e.state == State::Pending && e.tag == writer.0 => {
+                shard.commit(slot, checksum, self.next_access());
+                Ok(())
+            }
+            _ => Err(Error::new(
+                ErrorCode::LeaseExpired,
+                "reservation was revoked before it was committed",
+            )),
+        }
+    }
+
+    pub(crate) fn put_revoke_for(&self, key: &[u8], writer: WriterId) -> Result<()> {
+        validate_key(key)?;
+        let hash = key_hash(key);
+        let guard = epoch::pin();
+        let mut shard = self.shard(hash);
+        let slot = self.writer_slot(&mut shard, hash, key, writer, &guard)?;
+        self.drop_entry(&mut shard, hash, slot, &guard);
+        drop(shard);
+        guard.flush();
+        Ok(())
+    }
+
+    /// The slot of `writer`'s live reservation on `key`, or why there is none. An expired
+    /// reservation found here is revoked on the spot.
+    fn writer_slot(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        key: &[u8],
+        writer: WriterId,
+        guard: &epoch::Guard,
+    ) -> Result<u32> {
+        let slot = shard.find(hash, key).ok_or_else(|| not_found(key))?;
+        let e = shard.entry(slot);
+        if e.state == State::Complete {
+            return Err(Error::new(
+                ErrorCode::AlreadyExists,
+                "the object is already committed",
+            ));
+        }
+        if e.tag != writer.0 {
+            return Err(Error::new(
+                ErrorCode::NotWriter,
+                "another writer holds this reservation",
+            ));
+        }
+        if e.stamp <= self.clock.now() {
+            self.drop_entry(shard, hash, slot, guard);
+            self.counters
+                .expired_reservations
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Error::new(
+                ErrorCode::LeaseExpired,
+                "reservation passed its deadline and was revoked",
+            ));
+        }
+        if e.extent.tier == NO_TIER {
+            return Err(Error::new(ErrorCode::Busy, "reservation has no space yet"));
+        }
+        Ok(slot)
+    }
+
+    /// Checks that `writer` still holds `key`'s reservation (its extent cannot be reclaimed
+    /// while `guard` stays pinned) and returns the extent.
+    pub fn writable_extent(
+        &self,
+        key: &[u8],
+        writer: WriterId,
+        guard: &epoch::Guard,
+    ) -> Result<Extent> {
+        let hash = key_hash(key);
+        let mut shard = self.shard(hash);
+        let slot = self.writer_slot(&mut shard, hash, key, writer, guard)?;
+        Ok(shard.entry(slot).extent)
+    }
+
+    fn checksum(&self, extent: &Extent) -> u64 {
+        let tier = &self.tiers[extent.tier as usize];
+        // SAFETY: the caller holds an epoch guard pinned while the reservation was live, and
+        // the writer has finished writing (it is committing).
+        if let Some(bytes) = unsafe { tier.host_bytes(extent) } {
+            return xxhash_rust::xxh3::xxh3_64(bytes);
+        }
+        let mut hasher = Xxh3::new();
+        let mut buf = vec![0u8; (1 << 20).min(extent.len as usize)];
+        let mut offset = 0;
+        while offset < extent.len {
+            let n = buf.len().min((extent.len - offset) as usize);
+            // SAFETY: as above; the range is inside the extent.
+            unsafe { tier.read(extent, offset, &mut buf[..n]) };
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        hasher.digest()
+    }
+
+    fn prefix_len<G, K>(&self, groups: &[G], lease: bool) -> Result<PrefixMatch>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        // Pass 1, first to last: find the matched prefix, remembering where each key is.
+        let mut found: Vec<(u64, u32, u32)> = Vec::new();
+        let mut group_ends: Vec<usize> = Vec::new();
+        'groups: for g in groups {
+            let mark = found.len();
+            for k in g.as_ref() {
+                let key = k.as_ref();
+                let hash = key_hash(key);
+                let shard = self.shard(hash);
+                match shard.find(hash, key) {
+                    Some(s) if shard.entry(s).state == State::Complete => {
+                        found.push((hash, s, shard.entry(s).generation));
+                    }
+                    _ => {
+                        found.truncate(mark);
+                        break 'groups;
+                    }
+                }
+            }
+            group_ends.push(found.len());
+        }
+        // Pass 2, last to first: touch (and lease) so the head ends most recent. A key that
+        // vanished in between shortens the match to the positions before it.
+        let now = self.clock.now();
+        let until = now.saturating_add(nanos(self.config.lease_ttl));
+        let mut seq = self
+            .access_seq
+            .fetch_add(found.len() as u64, Ordering::Relaxed);
+        let mut matched = group_ends.len();
+        for pos in (0..group_ends.len()).rev() {
+            let start = if pos == 0 { 0 } else { group_ends[pos - 1] };
+            for &(hash, slot, generation) in found[start..group_ends[pos]].iter().rev() {
+                let mut shard = self.shard(hash);
+                if shard
+                    .live(slot, generation)
+                    .is_some_and(|e| e.state == State::Complete)
+                {
+                    shard.touch(slot, seq);
+                    seq += 1;
+                    if lease {
+                        let e = shard.entry_mut(slot);
+                        e.lease_until = e.lease_until.max(until);
+                    }
+                } else {
+                    matched = pos;
+                }
+            }
+        }
+        Ok(PrefixMatch {
+            len: matched,
+            leased_until: (lease && matched > 0).then_some(until),
+        })
+    }
+
+    fn stats(&self) -> StoreStats {
+        let mut objects = [0u64; crate::tier::MAX_TIERS];
+        let mut pending = 0;
+        let mut index_bytes = 0u64;
+        let mut key_bytes = 0;
+        let mut c = StoreCounters::default();
+        for padded in self.shards.iter() {
+            let s = padded.0.lock();
+            for (t, n) in s.objects.iter().enumerate() {
+                objects[t] += n;
+            }
+            pending += s.pending_count;
+            index_bytes += s.index_bytes() as u64;
+            key_bytes += s.key_bytes;
+            c.puts += s.counters.puts;
+            c.put_bytes += s.counters.put_bytes;
+            c.get_hits += s.counters.get_hits;
+            c.get_misses += s.counters.get_misses;
+            c.get_bytes += s.counters.get_bytes;
+            c.removes += s.counters.removes;
+        }
+        index_bytes += (self.shards.len() * std::mem::size_of::<PaddedShard>()) as u64;
+        let g = &self.counters;
+        c.evictions = g.evictions.load(Ordering::Relaxed);
+        c.evicted_bytes = g.evicted_bytes.load(Ordering::Relaxed);
+        c.demotions = g.demotions.load(Ordering::Relaxed);
+        c.expired_reservations = g.expired_reservations.load(Ordering::Relaxed);
+        c.no_space = g.no_space.load(Ordering::Relaxed);
+        let tiers = self
+            .tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                index_bytes += t.bookkeeping_bytes() as u64;
+                let (segments, a) = t.alloc_stats();
+                TierStats {
+                    kind: t.kind(),
+                    capacity: t.capacity(),
+                    used: t.used(),
+                    objects: objects[i],
+                    segments,
+                    free_extents: a.free_extents,
+                    largest_free_extent: a.largest_free,
+                    fragmentation: a.fragmentation(),
+                }
+            })
+            .collect();
+        let total: u64 = objects.iter().sum();
+        StoreStats {
+            tiers,
+            objects: total,
+            pending,
+            index_bytes,
+            key_bytes,
+            index_bytes_per_object: index_bytes as f64 / (total + pending).max(1) as f64,
+            counters: c,
+        }
+    }
+
+    fn reclaim(&self, within: Duration) -> bool {
+        let started = std::time::Instant::now();
+        loop {
+            if self.tiers.iter().all(|t| t.retiring() == 0) {
+                return true;
+            }
+            if started.elapsed() > within {
+                return false;
+            }
+            epoch::pin().flush();
+            std::thread::yield_now();
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Watermark eviction, demotion down the tier stack, and the maintenance thread.
+//!
+//! Invariants (what the tests check):
+//! * only complete, unpinned objects whose lease has ended are ever evicted or moved —
+//!   pending reservations and pinned objects are not even on the recency lists;
+//! * victims go least recently used first: each shard offers the tail of its recency list
+//!   and the offers are merged by last access, so the order is global LRU up to the point
+//!   where some shard's offer runs out (then the shards are asked again);
+//! * evicting from tier i demotes to tier i+1 when it has room (evicting there in turn), and
+//!   drops from the last tier;
+//! * a victim's bytes are retired, never freed in place, so a concurrent in-process reader
+//!   finishes its copy from intact memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_epoch as epoch;
+
+use crate::engine::index::{key_hash, State};
+use crate::engine::Inner;
+use crate::tier::{Extent, Tier};
+
+/// Recency-list entries each shard offers per round.
+const OFFER_PER_SHARD: usize = 16;
+/// Entries a shard may walk past (leased ones) per round before giving up; doubles while a
+/// round finds nothing, so deep evictable objects are still reached.
+const INITIAL_WALK_BUDGET: usize = 256;
+
+pub(crate) fn spawn_maintenance(
+    inner: Arc<Inner>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("strata-maintenance".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                inner.maintain();
+                // Woken early by a put that pushed a tier over its watermark.
+                std::thread::park_timeout(every);
+            }
+        })
+        .expect("spawning the maintenance thread")
+}
+
+struct Candidate {
+    stamp: u64,
+    shard: usize,
+    slot: u32,
+    generation: u32,
+    len: u64,
+}
+
+impl Inner {
+    /// One maintenance pass: reap expired reservations, then bring every tier above its high
+    /// watermark down by `eviction_ratio` of its capacity (at least to the watermark).
+    pub(crate) fn maintain(&self) {
+        self.reap_expired_reservations();
+        for i in 0..self.tiers.len() {
+            if self.above_watermark(i) {
+                let t = &self.tiers[i];
+                let cap = t.capacity() as f64;
+                let live = t.used().saturating_sub(t.retiring());
+                let to_watermark = live as f64 - cap * self.config.eviction_high_watermark_ratio;
+                let target = (cap * self.config.eviction_ratio).max(to_watermark) as u64;
+                self.evict(i, target);
+            }
+        }
+        epoch::pin().flush();
+    }
+
+    fn reap_expired_reservations(&self) {
+        let now = self.clock.now();
+        let guard = epoch::pin();
+        let mut expired = Vec::new();
+        for padded in self.shards.iter() {
+            let mut shard = padded.0.lock();
+            if shard.pending_count == 0 {
+                continue;
+            }
+            expired.clear();
+            shard.expired_reservations(now, &mut expired);
+            for &(slot, _) in &expired {
+                let hash = key_hash(&shard.entry(slot).key);
+                self.drop_entry(&mut shard, hash, slot, &guard);
+            }
+            self.counters
+                .expired_reservations
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Frees at least `target` bytes of tier `i` if that many are evictable; returns the bytes
+    /// freed (demoted or dropped).
+    pub(crate) fn evict(&self, i: usize, target: u64) -> u64 {
+        let tier = i as u8;
+        let mut freed = 0;
+        let mut budget = INITIAL_WALK_BUDGET;
+        let mut offers: Vec<Candidate> = Vec::new();
+        let mut scratch = Vec::new();
+        while freed < target {
+            let now = self.clock.now();
+            offers.clear();
+            let mut offered = vec![0usize; self.shards.len()];
+            let mut more = vec![false; self.shards.len()];
+            for (s, padded) in self.shards.iter().enumerate() {
+                scratch.clear();
+                more[s] = padded.0.lock().eviction_candidates(
+                    tier,
+                    now,
+                    OFFER_PER_SHARD,
+                    budget,
+                    &mut scratch,
+                );
+                offered[s] = scratch.len();
+                offers.extend(
+                    scratch
+                        .iter()
+                        .map(|&(stamp, slot, generation, len)| Candidate {
+                            stamp,
+                            shard: s,
+                            slot,
+                            generation,
+                            len,
+                        }),
+                );
+            }
+            if offers.is_empty() {
+                if more.iter().any(|&m| m) && budget < usize::MAX / 2 {
+                    budget *= 2; // Only leased objects at the tails: look deeper.
+                    continue;
+                }
+                break;
+            }
+            offers.sort_unstable_by_key(|c| c.stamp);
+            let mut taken = vec![0usize; self.shards.len()];
+            let mut progress = false;
+            for c in &offers {
+                if freed >= target {
+                    break;
+                }
+                if self.evict_one(i, c) {
+                    freed += c.len;
+                    progress = true;
+                }
+                taken[c.shard] += 1;
+                if taken[c.shard] == offered[c.shard] && more[c.shard] {
+                    break; // This shard may hold older objects than the next offer: ask again.
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        freed
+    }
+
+    /// Demotes or drops one victim; false if it changed meanwhile (used, leased, removed).
+    fn evict_one(&self, i: usize, c: &Candidate) -> bool {
+        if i + 1 < self.tiers.len() {
+            if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
+                return self.demote(i, c, dst);
+            }
+        }
+        let guard = epoch::pin();
+        let mut shard = self.shards[c.shard].0.lock();
+        if !self.still_evictable(&shard, i, c) {
+            return false;
+        }
+        let hash = key_hash(&shard.entry(c.slot).key);
+        self.drop_entry(&mut shard, hash, c.slot, &guard);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .evicted_bytes
+            .fetch_add(c.len, Ordering::Relaxed);
+        true
+    }
+
+    fn still_evictable(
+        &self,
+        shard: &crate::engine::index::Shard,
+        i: usize,
+        c: &Candidate,
+    ) -> bool {
+        shard.live(c.slot, c.generation).is_some_and(|e| {
+            e.state == State::Complete
+                && !e.pinned
+                && e.extent.tier as usize == i
+                && e.lease_until <= self.clock.now()
+        })
+    }
+
+    /// Copies the victim into `dst` (tier i+1) without holding the shard lock, then swaps
+    /// its location if it is still evictable; otherwise gives `dst` back.
+    fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> bool {
+        let guard = epoch::pin();
+        let src = {
+            let shard = self.shards[c.shard].0.lock();
+            if !self.still_evictable(&shard, i, c) {
+                drop(shard);
+                self.tiers[dst.tier as usize].retire(dst, &guard);
+                return false;
+            }
+            shard.entry(c.slot).extent
+        };
+        // SAFETY: `src` was complete when seen under `guard`, so it is not reclaimed before
+        // the guard drops and nobody writes it; `dst` is a fresh extent nobody else indexes.
+        unsafe { copy_extent(&*self.tiers[i], &src, &*self.tiers[dst.tier as usize], &dst) };
+        let mut shard = self.shards[c.shard].0.lock();
+        let unchanged = self.still_evictable(&shard, i, c) && shard.entry(c.slot).extent == src;
+        if !unchanged {
+            drop(shard);
+            self.tiers[dst.tier as usize].retire(dst, &guard);
+            return false;
+        }
+        shard.move_to(c.slot, dst);
+        drop(shard);
+        self.tiers[i].retire(src, &guard);
+        self.counters.demotions.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Copies a whole value from one tier's extent to another's.
+///
+/// # Safety
+/// `src` must stay unreclaimed and unwritten for the call, `dst` must be exclusively the
+/// caller's, and both must have the same length.
+unsafe fn copy_extent(src_tier: &dyn Tier, src: &Extent, dst_tier: &dyn Tier, dst: &Extent) {
+    debug_assert_eq!(src.len, dst.len);
+    // SAFETY: forwarded from this function's contract.
+    if let Some(bytes) = unsafe { src_tier.host_bytes(src) } {
+        // SAFETY: forwarded; `bytes` is exactly `dst.len` long.
+        unsafe { dst_tier.write(dst, 0, bytes) };
+        return;
+    }
+    let mut buf = vec![0u8; (1 << 20).min(src.len as usize)];
+    let mut offset = 0;
+    while offset < src.len {
+        let n = buf.len().min((src.len - offset) as usize);
+        // SAFETY: forwarded; the ranges are inside both extents.
+        unsafe {
+            src_tier.read(src, offset, &mut buf[..n]);
+            dst_tier.write(dst, offset, &buf[..n]);
+        }
+        offset += n as u64;
+    }
+}

@@ -1,0 +1,199 @@
+//! Read leases, read guards and write reservations.
+//!
+//! * A [`ReadLease`] is a promise by the index: until `expires_at` the object is neither
+//!   evicted, moved nor removed (unless forced). It is what a remote or shared-memory
+//!   reader gets; it copies, then checks the lease still held before trusting the bytes.
+//! * A [`ReadGuard`] is the in-process reader's tool: an epoch pin taken before the lookup.
+//!   Even if the object is evicted meanwhile, its bytes stay intact until the guard drops.
+//! * A [`WriteReservation`] owns a pending extent. It revokes itself when dropped unless
+//!   committed, so an abandoned write can never leak space or become visible.
+
+use std::sync::Arc;
+
+use crossbeam_epoch::{self as epoch, Guard};
+use strata_proto::{Error, ErrorCode, Result};
+
+use crate::engine::Inner;
+use crate::tier::{Extent, Tier};
+
+/// Identifies the writer of a reservation; only it may commit or revoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WriterId(pub(crate) u64);
+
+impl WriterId {
+    /// The raw number (unique within one store's lifetime), for the wire.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+    /// Rebuilds an id received over the wire.
+    pub fn from_raw(raw: u64) -> WriterId {
+        WriterId(raw)
+    }
+}
+
+/// Where an object is, and until when the store promises to leave it there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLease {
+    pub extent: Extent,
+    /// xxh3 of the value, 0 if the store computes none.
+    pub checksum: u64,
+    /// End of the lease on the store's clock (ns).
+    pub expires_at: u64,
+}
+
+/// Read access to one object's bytes, safe against concurrent eviction or removal.
+/// Not `Send`: it holds this thread's epoch pin.
+pub struct ReadGuard<'a> {
+    _pin: Guard,
+    tier: &'a dyn Tier,
+    extent: Extent,
+}
+
+impl<'a> ReadGuard<'a> {
+    pub(crate) fn new(pin: Guard, tier: &'a dyn Tier, extent: Extent) -> ReadGuard<'a> {
+        ReadGuard {
+            _pin: pin,
+            tier,
+            extent,
+        }
+    }
+
+    /// The value's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.extent.len
+    }
+
+    /// Always false: values have at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The bytes in place, when the tier is host memory (no copy).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        // SAFETY: the extent was complete when looked up after `_pin` was taken, so it is not
+        // reclaimed before the pin drops, and complete values are never written.
+        unsafe { self.tier.host_bytes(&self.extent) }
+    }
+
+    /// Copies the value into the front of `buf`; returns its length.
+    pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize> {
+        let len = self.extent.len as usize;
+        let Some(dst) = buf.get_mut(..len) else {
+            let msg = format!(
+                "buffer of {} bytes is too small for a value of {len} bytes",
+                buf.len()
+            );
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        };
+        // SAFETY: as in `bytes`; the range is the whole extent.
+        unsafe { self.tier.read(&self.extent, 0, dst) };
+        Ok(len)
+    }
+}
+
+/// A pending write: space reserved for one value. Commit it with [`WriteReservation::commit`];
+/// dropping it uncommitted revokes it and returns its space.
+pub struct WriteReservation {
+    inner: Arc<Inner>,
+    key: Box<[u8]>,
+    writer: WriterId,
+    extent: Extent,
+    finished: bool,
+}
+
+impl WriteReservation {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        key: &[u8],
+        writer: WriterId,
+        extent: Extent,
+    ) -> WriteReservation {
+        WriteReservation {
+            inner,
+            key: key.into(),
+            writer,
+            extent,
+            finished: false,
+        }
+    }
+
+    /// The writer id (for `Store::put_end` / `put_revoke` from elsewhere).
+    pub fn writer(&self) -> WriterId {
+        self.writer
+    }
+
+    /// Where the value goes.
+    pub fn extent(&self) -> Extent {
+        self.extent
+    }
+
+    /// The reserved value length.
+    pub fn len(&self) -> u64 {
+        self.extent.len
+    }
+
+    /// Always false: a reservation has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Copies `data` into the value at `offset`. Fails with `LeaseExpired` if the
+    /// reservation passed its deadline (its space may already be someone else's).
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|end| end > self.extent.len) {
+            let msg = format!(
+                "write of {} bytes at {offset} runs past the {}-byte value",
+                data.len(),
+                self.extent.len
+            );
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        }
+        // Pin, then confirm the reservation is still ours: if it is, its extent cannot be
+        // reclaimed (and so reused by another writer) until this pin drops.
+        let pin = epoch::pin();
+        let extent = self.inner.writable_extent(&self.key, self.writer, &pin)?;
+        debug_assert_eq!(extent, self.extent);
+        // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
+        // pending objects have no readers, and the range was bounds-checked above.
+        unsafe { self.inner.tiers[extent.tier as usize].write(&extent, offset, data) };
+        Ok(())
+    }
+
+    /// Makes the value visible. On error the reservation is gone (revoked or expired).
+    pub fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        let result = self.inner.put_end_for(&self.key, self.writer);
+        if result.is_err() {
+            // Whatever went wrong, do not leave the space reserved.
+            let _ = self.inner.put_revoke_for(&self.key, self.writer);
+        }
+        result
+    }
+
+    /// Cancels the write and returns the space now.
+    pub fn revoke(mut self) -> Result<()> {
+        self.finished = true;
+        self.inner.put_revoke_for(&self.key, self.writer)
+    }
+}
+
+impl std::fmt::Debug for WriteReservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteReservation")
+            .field("key_len", &self.key.len())
+            .field("writer", &self.writer)
+            .field("extent", &self.extent)
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Drop for WriteReservation {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An error here means it is already gone (expired and reaped): nothing to free.
+            let _ = self.inner.put_revoke_for(&self.key, self.writer);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The dram tier: host memory in shared-memory segments.
+//!
+//! Each segment is a memfd mapped read-write and shared, so a later transport can hand the
+//! descriptor to a same-host client that maps the same pages and copies under a lease. The
+//! server itself only copies through the raw mapping; it never forms a `&mut [u8]` over a
+//! segment, because other writers (reservations) and readers touch disjoint parts of it at
+//! the same time.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_epoch::Guard;
+use memmap2::{MmapOptions, MmapRaw};
+use parking_lot::Mutex;
+
+use super::{Extent, Tier, TierKind};
+use crate::alloc::{AllocStats, BlockId, OffsetAllocator};
+
+/// The part of the tier that deferred frees need; kept apart from the mappings so a
+/// pending free never keeps a segment mapped.
+struct Allocators {
+    segments: Vec<Mutex<OffsetAllocator>>,
+    used: AtomicU64,
+    retiring: AtomicU64,
+}
+
+impl Allocators {
+    fn free(&self, segment: u16, block: BlockId, size: u64) {
+        let freed = self.segments[segment as usize].lock().free(block);
+        debug_assert!(freed, "retired extent was not allocated");
+        if freed {
+            self.used.fetch_sub(size, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Segment {
+    map: MmapRaw,
+    // The memfd stays open so a later transport can pass it to clients.
+    _fd: memfd::Memfd,
+}
+
+/// Host-memory tier over memfd segments.
+pub struct DramTier {
+    index: u8,
+    alignment: u64,
+    segment_size: u64,
+    segments: Vec<Segment>,
+    allocators: Arc<Allocators>,
+    cursor: AtomicUsize,
+}
+
+impl DramTier {
+    /// Creates `ceil(capacity / segment_size)` segments (the last one smaller), each a memfd
+    /// mapped shared. With `populate`, pages are faulted in now rather than on first write.
+    pub fn new(
+        index: u8,
+        capacity: u64,
+        segment_size: u64,
+        alignment: u64,
+        populate: bool,
+    ) -> io::Result<DramTier> {
+        let mut segments = Vec::new();
+        let mut allocators = Vec::new();
+        let mut remaining = capacity;
+        while remaining > 0 {
+            let size = remaining.min(segment_size);
+            remaining -= size;
+            let fd = memfd::MemfdOptions::default()
+                .close_on_exec(true)
+                .create(format!("strata-dram-{index}-{}", segments.len()))
+                .map_err(|e| io::Error::other(format!("memfd_create: {e}")))?;
+            fd.as_file().set_len(size)?;
+            let mut opts = MmapOptions::new();
+            opts.len(size as usize);
+            if populate {
+                opts.populate();
+            }
+            let map = opts.map_raw(fd.as_file())?;
+            segments.push(Segment { map, _fd: fd });
+            allocators.push(Mutex::new(OffsetAllocator::new(size, alignment)));
+        }
+        Ok(DramTier {
+            index,
+            alignment,
+            segment_size,
+            segments,
+            allocators: Arc::new(Allocators {
+                segments: allocators,
+                used: AtomicU64::new(0),
+                retiring: AtomicU64::new(0),
+            }),
+            cursor: AtomicUsize::new(0),
+        })
+    }
+
+    fn rounded(&self, len: u64) -> u64 {
+        len.div_ceil(self.alignment) * self.alignment
+    }
+
+    fn base(&self, extent: &Extent) -> *mut u8 {
+        let seg = &self.segments[extent.segment as usize];
+        debug_assert!(extent.offset + extent.len <= seg.map.len() as u64);
+        // The offset is inside the mapping (allocator invariant), so this stays in bounds.
+        seg.map.as_mut_ptr().wrapping_add(extent.offset as usize)
+    }
+}
+
+impl Tier for DramTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Dram
+    }
+
+    fn capacity(&self) -> u64 {
+        self.segments.iter().map(|s| s.map.len() as u64).sum()
+    }
+
+    fn used(&self) -> u64 {
+        self.allocators.used.load(Ordering::Relaxed)
+    }
+
+    fn retiring(&self) -> u64 {
+        self.allocators.retiring.load(Ordering::Relaxed)
+    }
+
+    fn max_value_len(&self) -> u64 {
+        self.segment_size.min(self.capacity())
+    }
+
+    fn allocate(&self, len: u64) -> Option<Extent> {
+        let n = self.segments.len();
+        // Spread consecutive allocations over segments so their locks are not all one.
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let seg = (start + i) % n;
+            if let Some(a) = self.allocators.segments[seg].lock().allocate(len) {
+                self.allocators.used.fetch_add(a.size, Ordering::Relaxed);
+                return Some(Extent {
+                    tier: self.index,
+                    segment: seg as u16,
+                    block: a.block.raw(),
+                    offset: a.offset,
+                    len,
+                });
+            }
+        }
+        None
+    }
+
+    fn retire(&self, extent: Extent, guard: &Guard) {
+        let size = self.rounded(extent.len);
+        let allocators = Arc::clone(&self.allocators);
+        allocators.retiring.fetch_add(size, Ordering::Relaxed);
+        guard.defer(move || {
+            allocators.free(extent.segment, BlockId::from_raw(extent.block), size);
+            allocators.retiring.fetch_sub(size, Ordering::Relaxed);
+        });
+    }
+
+    fn alloc_stats(&self) -> (usize, AllocStats) {
+        let mut total = AllocStats::default();
+        for a in &self.allocators.segments {
+            let s = a.lock().stats();
+            total.capacity += s.capacity;
+            total.used += s.used;
+            total.free_extents += s.free_extents;
+            total.largest_free = total.largest_free.max(s.largest_free);
+        }
+        (self.segments.len(), total)
+    }
+
+    fn bookkeeping_bytes(&self) -> usize {
+        self.allocators
+            .segments
+            .iter()
+            .map(|a| a.lock().heap_bytes())
+            .sum()
+    }
+
+    unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]> {
+        // SAFETY: the extent lies inside a live mapping (allocator invariant) and, per this
+        // method's contract, is neither reclaimed nor written while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(self.base(extent), extent.len as usize) })
+    }
+
+    unsafe fn read(&self, extent: &Extent, offset: u64, dst: &mut [u8]) {
+        debug_assert!(offset + dst.len() as u64 <= extent.len);
+        // SAFETY: source range is inside the extent (checked by the caller) inside a live
+        // mapping; nobody writes it (contract); `dst` is a distinct Rust buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base(extent).add(offset as usize),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        }
+    }
+
+    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) {
+        debug_assert!(offset + src.len() as u64 <= extent.len);
+        // SAFETY: destination range is inside the caller's own pending extent in a live
+        // mapping, with no concurrent reader or writer (contract); `src` is distinct memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.base(extent).add(offset as usize),
+                src.len(),
+            )
+        }
+    }
+}

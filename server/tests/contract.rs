@@ -1,0 +1,515 @@
+//! The operation contract of the design brief, one behaviour per test, on a manual clock.
+
+use std::time::Duration;
+
+use strata_server::{Clock, ErrorCode, ManualClock, PutOptions, Store, StoreConfig, TierConfig};
+
+const KIB: u64 = 1024;
+
+fn config(capacity: u64) -> StoreConfig {
+    let mut tier = TierConfig::dram(capacity);
+    tier.alignment = 64;
+    StoreConfig {
+        tiers: vec![tier],
+        maintenance_interval: None,
+        lease_ttl: Duration::from_secs(10),
+        put_timeout: Duration::from_secs(5),
+        shards: 8,
+        ..StoreConfig::default()
+    }
+}
+
+fn store(capacity: u64) -> (Store, ManualClock) {
+    let (clock, manual) = Clock::manual();
+    (
+        Store::open_with_clock(config(capacity), clock).unwrap(),
+        manual,
+    )
+}
+
+fn value(key: &[u8], len: usize) -> Vec<u8> {
+    let seed = xxhash(key);
+    (0..len)
+        .map(|i| (seed.wrapping_add(i as u64).wrapping_mul(0x9E37_79B9) >> 24) as u8)
+        .collect()
+}
+
+fn xxhash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[test]
+fn put_get_round_trip_and_stats() {
+    let (s, _) = store(1 << 20);
+    let v = value(b"a", 5000);
+    s.put(b"a", &v, PutOptions::default()).unwrap();
+    assert_eq!(s.get(b"a").unwrap(), v);
+    let mut buf = vec![0u8; 8000];
+    assert_eq!(s.get_into(b"a", &mut buf).unwrap(), 5000);
+    assert_eq!(&buf[..5000], &v[..]);
+    let st = s.stats();
+    assert_eq!(st.objects, 1);
+    assert_eq!(st.tiers[0].objects, 1);
+    assert_eq!(
+        st.tiers[0].used, 5056,
+        "5000 rounded up to the 64-byte alignment"
+    );
+    assert_eq!(st.counters.puts, 1);
+    assert_eq!(st.counters.get_hits, 2);
+    assert!(st.index_bytes_per_object > 0.0);
+}
+
+#[test]
+fn pending_is_invisible_until_put_end() {
+    let (s, _) = store(1 << 20);
+    let mut r = s.put_start(b"k", 100, PutOptions::default()).unwrap();
+    r.write_at(0, &[7u8; 100]).unwrap();
+    assert!(!s.exists(b"k").unwrap());
+    let err = s.get(b"k").unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound);
+    assert!(err.message().contains("pending"), "{err}");
+    assert_eq!(s.prefix_len(&[[b"k"]], false).unwrap().len, 0);
+    assert!(s.get_locations(&[b"k"])[0].is_err());
+    r.commit().unwrap();
+    assert!(s.exists(b"k").unwrap());
+    assert_eq!(s.get(b"k").unwrap(), vec![7u8; 100]);
+}
+
+#[test]
+fn duplicate_and_concurrent_puts() {
+    let (s, _) = store(1 << 20);
+    let r = s.put_start(b"k", 10, PutOptions::default()).unwrap();
+    assert_eq!(
+        s.put_start(b"k", 10, PutOptions::default())
+            .unwrap_err()
+            .code(),
+        ErrorCode::Busy
+    );
+    assert_eq!(
+        s.put(b"k", &[1; 10], PutOptions::default())
+            .unwrap_err()
+            .code(),
+        ErrorCode::Busy
+    );
+    let mut r = r;
+    r.write_at(0, &[2; 10]).unwrap();
+    r.commit().unwrap();
+    let again = s.put(b"k", &[3; 10], PutOptions::default()).unwrap_err();
+    assert_eq!(again.code(), ErrorCode::AlreadyExists);
+    assert_eq!(s.get(b"k").unwrap(), vec![2; 10], "the first value stays");
+    assert_eq!(s.stats().objects, 1, "never two copies");
+}
+
+#[test]
+fn only_the_writer_may_end_or_revoke() {
+    let (s, _) = store(1 << 20);
+    let r = s.put_start(b"k", 10, PutOptions::default()).unwrap();
+    let other = strata_server::WriterId::from_raw(r.writer().get() + 1000);
+    assert_eq!(
+        s.put_end(b"k", other).unwrap_err().code(),
+        ErrorCode::NotWriter
+    );
+    assert_eq!(
+        s.put_revoke(b"k", other).unwrap_err().code(),
+        ErrorCode::NotWriter
+    );
+    let w = r.writer();
+    // The raw API (as the network layer uses it) commits; the guard then has nothing to do.
+    s.put_end(b"k", w).unwrap();
+    assert_eq!(
+        s.put_end(b"k", w).unwrap_err().code(),
+        ErrorCode::AlreadyExists,
+        "double put_end"
+    );
+    drop(r);
+    assert!(
+        s.exists(b"k").unwrap(),
+        "dropping a committed reservation must not remove it"
+    );
+}
+
+#[test]
+fn dropped_reservation_revokes_and_returns_space() {
+    let (s, _) = store(1 << 20);
+    {
+        let mut r = s.put_start(b"k", 4000, PutOptions::default()).unwrap();
+        r.write_at(0, &[1; 4000]).unwrap();
+        assert_eq!(s.stats().pending, 1);
+    }
+    assert!(!s.exists(b"k").unwrap());
+    assert!(s.reclaim(Duration::from_secs(5)));
+    let st = s.stats();
+    assert_eq!((st.pending, st.tiers[0].used), (0, 0));
+    s.put(b"k", &[9; 10], PutOptions::default()).unwrap();
+}
+
+#[test]
+fn expired_reservation_is_reaped_and_its_writer_refused() {
+    let (s, clock) = store(1 << 20);
+    let mut r = s.put_start(b"k", 4000, PutOptions::default()).unwrap();
+    clock.advance(Duration::from_secs(6));
+    // Another writer may take the key over once the deadline passed.
+    s.run_maintenance();
+    assert!(s.reclaim(Duration::from_secs(5)));
+    assert_eq!(
+        s.stats().tiers[0].used,
+        0,
+        "reaped reservation returned its space"
+    );
+    assert_eq!(s.stats().counters.expired_reservations, 1);
+    assert_eq!(
+        r.write_at(0, &[1; 10]).unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert_eq!(r.commit().unwrap_err().code(), ErrorCode::NotFound);
+    assert!(!s.exists(b"k").unwrap());
+}
+
+#[test]
+fn expired_reservation_blocks_nobody() {
+    let (s, clock) = store(1 << 20);
+    let old = s.put_start(b"k", 100, PutOptions::default()).unwrap();
+    clock.advance(Duration::from_secs(6));
+    // No maintenance ran: put_start itself revokes the stale reservation.
+    s.put(b"k", &[5; 100], PutOptions::default()).unwrap();
+    assert_eq!(old.commit().unwrap_err().code(), ErrorCode::AlreadyExists);
+    assert_eq!(s.get(b"k").unwrap(), vec![5; 100]);
+}
+
+#[test]
+fn put_end_past_deadline_is_lease_expired() {
+    let (s, clock) = store(1 << 20);
+    let r = s.put_start(b"k", 100, PutOptions::default()).unwrap();
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(r.commit().unwrap_err().code(), ErrorCode::LeaseExpired);
+    assert!(!s.exists(b"k").unwrap());
+    assert!(s.reclaim(Duration::from_secs(5)));
+    assert_eq!(s.stats().tiers[0].used, 0);
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_disturbs_nothing() {
+    let (s, _) = store(1 << 20);
+    s.put(b"keep", &[1; 100], PutOptions::default()).unwrap();
+    let long = vec![b'x'; 1025];
+    let cases = [
+        (
+            s.put(b"", &[1], PutOptions::default()).unwrap_err(),
+            ErrorCode::InvalidKey,
+        ),
+        (
+            s.put(&long, &[1], PutOptions::default()).unwrap_err(),
+            ErrorCode::InvalidKey,
+        ),
+        (
+            s.put_start(b"z", 0, PutOptions::default()).err().unwrap(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            s.put_start(b"z", 2 << 20, PutOptions::default())
+                .err()
+                .unwrap(),
+            ErrorCode::TooLarge,
+        ),
+        (s.get(b"").unwrap_err(), ErrorCode::InvalidKey),
+        (s.exists(&long).unwrap_err(), ErrorCode::InvalidKey),
+        (s.remove(b"", false).unwrap_err(), ErrorCode::InvalidKey),
+        (s.get(b"missing").unwrap_err(), ErrorCode::NotFound),
+        (
+            s.remove(b"missing", false).unwrap_err(),
+            ErrorCode::NotFound,
+        ),
+        (
+            s.get_into(b"keep", &mut [0u8; 10]).unwrap_err(),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            s.prefix_len(&[[&long[..]]], false).unwrap_err(),
+            ErrorCode::InvalidKey,
+        ),
+    ];
+    for (err, code) in cases {
+        assert_eq!(err.code(), code, "{err}");
+        assert!(!err.message().is_empty());
+    }
+    let mut r = s.put_start(b"w", 10, PutOptions::default()).unwrap();
+    assert_eq!(
+        r.write_at(5, &[0; 6]).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(
+        r.write_at(u64::MAX, &[0; 6]).unwrap_err().code(),
+        ErrorCode::InvalidArgument
+    );
+    drop(r);
+    let mut bufs: Vec<&mut [u8]> = vec![];
+    assert_eq!(
+        s.batch_get_into(&[b"keep"], &mut bufs)[0]
+            .as_ref()
+            .unwrap_err()
+            .code(),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(s.get(b"keep").unwrap(), vec![1; 100]);
+    assert_eq!(s.stats().objects, 1);
+}
+
+#[test]
+fn batches_report_per_key() {
+    let (s, _) = store(1 << 20);
+    let res = s.batch_put(
+        &[
+            (&b"a"[..], &[1u8; 10][..]),
+            (b"", &[1u8; 10]),
+            (b"b", &[2u8; 20]),
+        ],
+        PutOptions::default(),
+    );
+    assert!(res[0].is_ok() && res[2].is_ok());
+    assert_eq!(res[1].as_ref().unwrap_err().code(), ErrorCode::InvalidKey);
+    let exists = s.batch_exists(&[&b"a"[..], b"nope", b"b"]);
+    assert_eq!(
+        exists
+            .iter()
+            .map(|r| *r.as_ref().unwrap())
+            .collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
+    let (mut x, mut y, mut z) = ([0u8; 10], [0u8; 10], [0u8; 20]);
+    let mut bufs: Vec<&mut [u8]> = vec![&mut x, &mut y, &mut z];
+    let got = s.batch_get_into(&[&b"a"[..], b"nope", b"b"], &mut bufs);
+    assert_eq!(*got[0].as_ref().unwrap(), 10);
+    assert_eq!(got[1].as_ref().unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(*got[2].as_ref().unwrap(), 20);
+    assert_eq!((x, z), ([1u8; 10], [2u8; 20]));
+}
+
+#[test]
+fn prefix_len_counts_whole_groups() {
+    let (s, _) = store(1 << 20);
+    // 4 positions x 2 ranks; position 2 lacks rank 1.
+    let key = |pos: usize, rank: usize| format!("m@tp_rank:{rank}@{pos:064x}").into_bytes();
+    for pos in 0..4 {
+        for rank in 0..2 {
+            if (pos, rank) != (2, 1) {
+                s.put(&key(pos, rank), &[pos as u8; 64], PutOptions::default())
+                    .unwrap();
+            }
+        }
+    }
+    let groups: Vec<Vec<Vec<u8>>> = (0..4)
+        .map(|p| (0..2).map(|r| key(p, r)).collect())
+        .collect();
+    assert_eq!(s.prefix_len(&groups, false).unwrap().len, 2);
+    assert_eq!(s.prefix_len(&groups[..1], false).unwrap().len, 1);
+    assert_eq!(s.prefix_len(&groups[3..], false).unwrap().len, 1);
+    let empty: Vec<Vec<Vec<u8>>> = vec![];
+    assert_eq!(s.prefix_len(&empty, false).unwrap().len, 0);
+    // No lease taken without asking; with `lease` the matched objects are leased.
+    assert!(s.remove(&key(0, 0), false).is_ok());
+    s.put(&key(0, 0), &[0; 64], PutOptions::default()).unwrap();
+    let m = s.prefix_len(&groups, true).unwrap();
+    assert_eq!(m.len, 2);
+    assert!(m.leased_until.is_some());
+    assert_eq!(
+        s.remove(&key(1, 1), false).unwrap_err().code(),
+        ErrorCode::Leased
+    );
+    assert!(
+        s.remove(&key(3, 0), false).is_ok(),
+        "keys past the match are not leased"
+    );
+}
+
+#[test]
+fn prefix_len_makes_the_head_most_recent() {
+    // Capacity for 4 values of 64 KiB; a prefix lookup over a..d, then one more put: the
+    // victim must be the prefix's *last* block (touched first, so least recent).
+    let (s, _) = store(256 * KIB);
+    for k in [b"a", b"b", b"c", b"d"] {
+        s.put(k, &vec![1; 64 * KIB as usize], PutOptions::default())
+            .unwrap();
+    }
+    assert_eq!(
+        s.prefix_len(&[[b"d"], [b"c"], [b"b"], [b"a"]], false)
+            .unwrap()
+            .len,
+        4
+    );
+    s.put(b"e", &vec![2; 64 * KIB as usize], PutOptions::default())
+        .unwrap();
+    assert!(s.exists(b"d").unwrap() && s.exists(b"c").unwrap() && s.exists(b"b").unwrap());
+    assert!(
+        !s.exists(b"a").unwrap(),
+        "the prefix's last position is evicted first"
+    );
+}
+
+#[test]
+fn remove_respects_leases_unless_forced() {
+    let (s, clock) = store(1 << 20);
+    s.put(b"k", &[1; 10], PutOptions::default()).unwrap();
+    let lease = s.get_locations(&[b"k"])[0].clone().unwrap();
+    assert!(s.lease_valid(&lease));
+    assert_eq!(s.remove(b"k", false).unwrap_err().code(), ErrorCode::Leased);
+    assert_eq!(s.remove_all(false), 0);
+    clock.advance(Duration::from_secs(11));
+    assert!(!s.lease_valid(&lease));
+    s.remove(b"k", false).unwrap();
+    s.put(b"k", &[1; 10], PutOptions::default()).unwrap();
+    s.get_locations(&[b"k"]);
+    s.remove(b"k", true).unwrap();
+    assert!(!s.exists(b"k").unwrap());
+}
+
+#[test]
+fn remove_all_skips_leased_and_pending_unless_forced() {
+    let (s, _) = store(1 << 20);
+    for k in [b"a", b"b", b"c"] {
+        s.put(k, &[1; 10], PutOptions::default()).unwrap();
+    }
+    s.get_locations(&[b"b"]);
+    let _pending = s.put_start(b"p", 10, PutOptions::default()).unwrap();
+    assert_eq!(s.remove_all(false), 2);
+    assert!(s.exists(b"b").unwrap());
+    assert_eq!(s.stats().pending, 1);
+    assert_eq!(s.remove_all(true), 2);
+    assert!(s.reclaim(Duration::from_secs(5)));
+    let st = s.stats();
+    assert_eq!((st.objects, st.pending, st.tiers[0].used), (0, 0, 0));
+}
+
+#[test]
+fn eviction_is_lru_and_spares_leased_and_pinned() {
+    let (s, _) = store(512 * KIB);
+    let v = vec![3u8; 64 * KIB as usize];
+    s.put(b"pinned", &v, PutOptions { pin: true }).unwrap();
+    for i in 0..7u8 {
+        s.put(&[b'k', i], &v, PutOptions::default()).unwrap();
+    }
+    // k0 is the oldest; lease it. Touch k1 so k2 becomes the oldest evictable.
+    s.get_locations(&[[b'k', 0]]);
+    s.get(&[b'k', 1]).unwrap();
+    s.put(b"new", &v, PutOptions::default()).unwrap();
+    assert!(s.exists(b"pinned").unwrap());
+    assert!(s.exists(&[b'k', 0]).unwrap(), "leased");
+    assert!(s.exists(&[b'k', 1]).unwrap(), "recently used");
+    assert!(
+        !s.exists(&[b'k', 2]).unwrap(),
+        "least recently used goes first"
+    );
+    assert_eq!(s.stats().counters.evictions, 1);
+    assert!(s.stats().tiers[0].used <= 512 * KIB);
+}
+
+#[test]
+fn put_fails_only_when_nothing_is_evictable() {
+    let (s, _) = store(256 * KIB);
+    let v = vec![1u8; 64 * KIB as usize];
+    for i in 0..4u8 {
+        s.put(&[i], &v, PutOptions { pin: true }).unwrap();
+    }
+    let err = s.put(b"x", &v, PutOptions::default()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NoSpace);
+    for i in 0..4u8 {
+        assert_eq!(s.get(&[i]).unwrap(), v, "a failed put disturbs nothing");
+    }
+    s.remove(&[0], false).unwrap();
+    s.put(b"x", &v, PutOptions::default()).unwrap();
+}
+
+#[test]
+fn background_eviction_keeps_tiers_under_the_watermark() {
+    let mut cfg = config(1 << 20);
+    cfg.maintenance_interval = Some(Duration::from_millis(1));
+    let s = Store::open(cfg).unwrap();
+    let v = vec![1u8; 16 * KIB as usize];
+    for i in 0..60u32 {
+        s.put(&i.to_le_bytes(), &v, PutOptions::default()).unwrap();
+    }
+    // 60 x 16 KiB = 94% of capacity: above the 90% mark, so the thread must act.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.stats().counters.evictions == 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let st = s.stats();
+    assert!(
+        st.counters.evictions > 0,
+        "maintenance thread never evicted"
+    );
+    assert!(s.reclaim(Duration::from_secs(5)));
+    let used = s.stats().tiers[0].used;
+    assert!(
+        used <= (0.9 * (1 << 20) as f64) as u64,
+        "used {used} still above the watermark"
+    );
+}
+
+#[test]
+fn eviction_demotes_to_the_next_tier() {
+    let mut cfg = config(256 * KIB);
+    let mut lower = TierConfig::dram(1 << 20);
+    lower.alignment = 64;
+    cfg.tiers.push(lower);
+    let (clock, _) = Clock::manual();
+    let s = Store::open_with_clock(cfg, clock).unwrap();
+    let v = |i: u8| vec![i; 64 * KIB as usize];
+    for i in 0..6u8 {
+        s.put(&[i], &v(i), PutOptions::default()).unwrap();
+    }
+    let st = s.stats();
+    assert_eq!(st.counters.demotions, 2);
+    assert_eq!(st.counters.evictions, 0);
+    assert_eq!((st.tiers[0].objects, st.tiers[1].objects), (4, 2));
+    for i in 0..6u8 {
+        assert_eq!(
+            s.get(&[i]).unwrap(),
+            v(i),
+            "demoted values are byte-identical"
+        );
+    }
+    let lease = &s.get_locations(&[[0u8]])[0];
+    assert_eq!(lease.as_ref().unwrap().extent.tier, 1);
+}
+
+#[test]
+fn read_guard_survives_concurrent_removal() {
+    let (s, _) = store(1 << 20);
+    let v = value(b"k", 100_000);
+    s.put(b"k", &v, PutOptions::default()).unwrap();
+    let guard = s.read(b"k").unwrap();
+    // Removal and a new put of the same size while the guard is held: the reused space
+    // must not be the guarded extent.
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            s.remove(b"k", true).unwrap();
+            s.put(b"k2", &vec![0xAA; 100_000], PutOptions::default())
+                .unwrap();
+        });
+    });
+    assert_eq!(guard.bytes().unwrap(), &v[..]);
+    drop(guard);
+    assert!(s.reclaim(Duration::from_secs(5)));
+}
+
+#[test]
+fn config_is_validated() {
+    let mut bad = config(1 << 20);
+    bad.shards = 3;
+    assert_eq!(
+        Store::open(bad).err().unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+    let mut bad = config(1 << 20);
+    bad.eviction_ratio = 0.0;
+    assert_eq!(
+        Store::open(bad).err().unwrap().code(),
+        ErrorCode::InvalidArgument
+    );
+    let mut bad = config(1 << 20);
+    bad.tiers[0].alignment = 3;
+    let err = Store::open(bad).err().unwrap();
+    assert!(err.message().contains("alignment"), "{err}");
+}
