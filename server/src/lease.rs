@@ -152,7 +152,10 @@ impl WriteReservation {
         // Pin, then confirm the reservation is still ours: if it is, its extent cannot be
         // reclaimed (and so reused by another writer) until this pin drops.
         let pin = epoch::pin();
-        let extent = self.inner.writable_extent(&self.key, self.writer, &pin)?;
+        let extent = self
+            .inner
+            .writable_extent(&self.key, self.writer, &pin)
+            .map_err(reservation_gone)?;
         debug_assert_eq!(extent, self.extent);
         // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
         // pending objects have no readers, and the range was bounds-checked above.
@@ -163,7 +166,10 @@ impl WriteReservation {
     /// Makes the value visible. On error the reservation is gone (revoked or expired).
     pub fn commit(mut self) -> Result<()> {
         self.finished = true;
-        let result = self.inner.put_end_for(&self.key, self.writer);
+        let result = self
+            .inner
+            .put_end_for(&self.key, self.writer)
+            .map_err(reservation_gone);
         if result.is_err() {
             // Whatever went wrong, do not leave the space reserved.
             let _ = self.inner.put_revoke_for(&self.key, self.writer);
@@ -175,6 +181,19 @@ impl WriteReservation {
     pub fn revoke(mut self) -> Result<()> {
         self.finished = true;
         self.inner.put_revoke_for(&self.key, self.writer)
+    }
+}
+
+/// This guard did hold a reservation, so a missing key means it ended (expired and reaped,
+/// or removed with force): say so rather than `NotFound`.
+fn reservation_gone(e: Error) -> Error {
+    if e.code() == ErrorCode::NotFound {
+        Error::new(
+            ErrorCode::LeaseExpired,
+            "reservation ended (deadline passed or key removed with force)",
+        )
+    } else {
+        e
     }
 }
 

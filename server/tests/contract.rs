@@ -161,9 +161,9 @@ fn expired_reservation_is_reaped_and_its_writer_refused() {
     assert_eq!(s.stats().counters.expired_reservations, 1);
     assert_eq!(
         r.write_at(0, &[1; 10]).unwrap_err().code(),
-        ErrorCode::NotFound
+        ErrorCode::LeaseExpired
     );
-    assert_eq!(r.commit().unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(r.commit().unwrap_err().code(), ErrorCode::LeaseExpired);
     assert!(!s.exists(b"k").unwrap());
 }
 

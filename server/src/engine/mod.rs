@@ -572,7 +572,7 @@ impl Inner {
                 self.tiers[extent.tier as usize].retire(extent, &guard);
                 Err(Error::new(
                     ErrorCode::LeaseExpired,
-                    "reservation expired while space was being found",
+                    "reservation was revoked (deadline passed or key removed with force) while space was being found",
                 ))
             }
             (Err(e), ours) => {
@@ -663,7 +663,7 @@ impl Inner {
             }
             _ => Err(Error::new(
                 ErrorCode::LeaseExpired,
-                "reservation was revoked before it was committed",
+                "reservation was revoked (deadline passed or key removed with force) before it was committed",
             )),
         }
     }
