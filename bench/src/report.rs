@@ -1,0 +1,172 @@
+//! The benchmark report: a human table on stdout and, with `--json`, JSON Lines in the
+//! format of the design brief (one object per measurement).
+
+use std::io::Write;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Map, Value};
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub workload: &'static str,
+    pub system: &'static str,
+    pub op: &'static str,
+    pub phase: &'static str,
+    pub value_size: u64,
+    pub concurrency: u32,
+    pub batch: u32,
+    /// Operations counted (keys, for key-rate workloads).
+    pub ops: u64,
+    pub seconds: f64,
+    pub bytes: u64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub extra: Map<String, Value>,
+}
+
+impl Record {
+    pub fn new(workload: &'static str, system: &'static str, op: &'static str, phase: &'static str) -> Record {
+        Record {
+            workload,
+            system,
+            op,
+            phase,
+            value_size: 0,
+            concurrency: 1,
+            batch: 1,
+            ops: 0,
+            seconds: 0.0,
+            bytes: 0,
+            p50_us: None,
+            p99_us: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Fills counts, time and latency percentiles (histogram in nanoseconds).
+    pub fn timed(mut self, ops: u64, bytes: u64, elapsed: Duration, latency_ns: Option<&Histogram<u64>>) -> Record {
+        self.ops = ops;
+        self.bytes = bytes;
+        self.seconds = elapsed.as_secs_f64();
+        if let Some(h) = latency_ns.filter(|h| !h.is_empty()) {
+            self.p50_us = Some(h.value_at_quantile(0.50) as f64 / 1000.0);
+            self.p99_us = Some(h.value_at_quantile(0.99) as f64 / 1000.0);
+        }
+        self
+    }
+
+    pub fn size(mut self, value_size: u64) -> Record {
+        self.value_size = value_size;
+        self
+    }
+
+    pub fn batch(mut self, batch: u32) -> Record {
+        self.batch = batch;
+        self
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Record {
+        self.extra.insert(key.to_string(), value.into());
+        self
+    }
+
+    pub fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn bytes_per_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "workload": self.workload,
+            "system": self.system,
+            "op": self.op,
+            "phase": self.phase,
+            "value_size": self.value_size,
+            "concurrency": self.concurrency,
+            "batch": self.batch,
+            "ops": self.ops,
+            "seconds": self.seconds,
+            "ops_per_s": self.ops_per_s(),
+            "bytes_per_s": self.bytes_per_s(),
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+        });
+        if let Value::Object(m) = &mut v {
+            m.extend(self.extra.clone());
+        }
+        v
+    }
+}
+
+/// Collects records, prints each as a table row as it arrives, writes JSON Lines at the end.
+pub struct Report {
+    records: Vec<Record>,
+}
+
+impl Report {
+    pub fn new() -> Report {
+        println!(
+            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12} {:>10} {:>10} {:>10}  extra",
+            "workload", "system", "op", "phase", "size", "batch", "ops/s", "GB/s", "p50 us", "p99 us"
+        );
+        Report { records: Vec::new() }
+    }
+
+    pub fn add(&mut self, r: Record) {
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let gbps = if r.bytes > 0 { format!("{:.2}", r.bytes_per_s() / 1e9) } else { "-".into() };
+        let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12.0} {:>10} {:>10} {:>10}  {}",
+            r.workload,
+            r.system,
+            r.op,
+            r.phase,
+            human_size(r.value_size),
+            r.batch,
+            r.ops_per_s(),
+            gbps,
+            opt(r.p50_us),
+            opt(r.p99_us),
+            extra.join(" ")
+        );
+        self.records.push(r);
+    }
+
+    #[cfg(test)]
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Writes every record as one JSON object per line to `path` (`-` for stdout).
+    pub fn write_json(&self, path: &str) -> std::io::Result<()> {
+        let mut out: Box<dyn Write> = if path == "-" {
+            Box::new(std::io::stdout().lock())
+        } else {
+            Box::new(std::fs::File::create(path)?)
+        };
+        for r in &self.records {
+            writeln!(out, "{}", r.to_json())?;
+        }
+        out.flush()
+    }
+}
+
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        0 => "-".into(),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
+        b => format!("{b}B"),
+    }
+}
+
+/// A latency histogram in nanoseconds, 1 ns to 100 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
