@@ -65,7 +65,11 @@ fn store(capacity: u64, alignment: u64) -> Store {
     let mut tier = TierConfig::dram(capacity);
     tier.alignment = alignment;
     tier.populate = true; // Page faults are not what is measured.
-    Store::open(StoreConfig { tiers: vec![tier], ..StoreConfig::default() }).expect("opening the bench store")
+    Store::open(StoreConfig {
+        tiers: vec![tier],
+        ..StoreConfig::default()
+    })
+    .expect("opening the bench store")
 }
 
 fn pattern(len: u64) -> Vec<u8> {
@@ -74,7 +78,11 @@ fn pattern(len: u64) -> Vec<u8> {
 
 /// Runs `op(i)` for i = 0, 1, 2, ... until `max_ops` or `seconds` pass; returns
 /// (ops, elapsed, latency histogram in ns).
-fn timed_loop(max_ops: u64, seconds: f64, mut op: impl FnMut(u64)) -> (u64, Duration, hdrhistogram::Histogram<u64>) {
+fn timed_loop(
+    max_ops: u64,
+    seconds: f64,
+    mut op: impl FnMut(u64),
+) -> (u64, Duration, hdrhistogram::Histogram<u64>) {
     let mut h = histogram();
     let bound = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -111,33 +119,49 @@ fn copy_workloads(p: &EngineParams, size: u64, report: &mut Report) {
         bufs[i as usize].copy_from_slice(&value);
         black_box(&bufs[i as usize]);
     });
-    let memcpy_write = Record::new("engine", "memcpy", "copy", "write").size(size).timed(n, n * size, t, Some(&h));
+    let memcpy_write = Record::new("engine", "memcpy", "copy", "write")
+        .size(size)
+        .timed(n, n * size, t, Some(&h));
     let (n, t, h) = timed_loop(u64::MAX, p.seconds, |i| {
         out.copy_from_slice(&bufs[(i % count as u64) as usize]);
         black_box(&out);
     });
-    let memcpy_read = Record::new("engine", "memcpy", "copy", "read").size(size).timed(n, n * size, t, Some(&h));
+    let memcpy_read = Record::new("engine", "memcpy", "copy", "read")
+        .size(size)
+        .timed(n, n * size, t, Some(&h));
     drop(bufs);
 
     let s = store(count as u64 * size + (64 << 20), 4096);
     let keys: Vec<Vec<u8>> = (0..count).map(key).collect();
     let (n, t, h) = timed_loop(count as u64, 1e6, |i| {
-        s.put(&keys[i as usize], &value, PutOptions::default()).expect("bench put");
+        s.put(&keys[i as usize], &value, PutOptions::default())
+            .expect("bench put");
     });
-    let put = Record::new("engine", "strata-embedded", "put", "cold").size(size).timed(n, n * size, t, Some(&h));
+    let put = Record::new("engine", "strata-embedded", "put", "cold")
+        .size(size)
+        .timed(n, n * size, t, Some(&h));
     let (n, t, h) = timed_loop(u64::MAX, p.seconds, |i| {
-        s.get_into(&keys[(i % count as u64) as usize], &mut out).expect("bench get");
+        s.get_into(&keys[(i % count as u64) as usize], &mut out)
+            .expect("bench get");
         black_box(&out);
     });
-    let get = Record::new("engine", "strata-embedded", "get_into", "warm").size(size).timed(n, n * size, t, Some(&h));
+    let get = Record::new("engine", "strata-embedded", "get_into", "warm")
+        .size(size)
+        .timed(n, n * size, t, Some(&h));
     assert_eq!(out, value, "bench read back wrong bytes");
 
     let put_ratio = put.bytes_per_s() / memcpy_write.bytes_per_s();
     let get_ratio = get.bytes_per_s() / memcpy_read.bytes_per_s();
     report.add(memcpy_write);
-    report.add(put.with("vs_memcpy", round3(put_ratio)).with("objects", count));
+    report.add(
+        put.with("vs_memcpy", round3(put_ratio))
+            .with("objects", count),
+    );
     report.add(memcpy_read);
-    report.add(get.with("vs_memcpy", round3(get_ratio)).with("objects", count));
+    report.add(
+        get.with("vs_memcpy", round3(get_ratio))
+            .with("objects", count),
+    );
 }
 
 fn key_rates(p: &EngineParams, report: &mut Report) {
@@ -145,31 +169,52 @@ fn key_rates(p: &EngineParams, report: &mut Report) {
     let s = store(n as u64 * 64 + (16 << 20), 64);
     let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
     for k in &keys {
-        s.put(k, &[7u8; 64], PutOptions::default()).expect("bench put");
+        s.put(k, &[7u8; 64], PutOptions::default())
+            .expect("bench put");
     }
     const BATCH: usize = 1024;
-    // Batches of keys spread over the whole index (what a scheduler's probe looks like).
-    let batches: Vec<Vec<&[u8]>> = (0..64)
-        .map(|b| (0..BATCH).map(|j| &keys[(b * 7919 + j * 104_729) % n][..]).collect())
-        .collect();
-    let (ops, t, h) = timed_loop(u64::MAX, p.seconds, |i| {
-        let r = s.batch_exists(&batches[(i % 64) as usize]);
-        debug_assert!(r.iter().all(|x| matches!(x, Ok(true))));
-        black_box(r);
-    });
-    report.add(Record::new("engine", "strata-embedded", "batch_exists", "warm").batch(BATCH as u32).timed(ops * BATCH as u64, 0, t, Some(&h)).with("unit", "keys"));
-
-    // A 1024-block prompt whose every block is stored: the full prefix matches.
-    for lease in [false, true] {
-        let chains: Vec<Vec<[&[u8]; 1]>> = (0..16)
-            .map(|c| (0..BATCH).map(|j| [&keys[(c * BATCH + j) % n][..]]).collect())
+    // Two key distributions for both ops, so they compare: "hot" cycles over 16 batches
+    // (16K keys, index entries mostly in cache); "spread" draws 64 batches from the whole
+    // index (64K keys, most lookups miss the CPU caches).
+    for (phase, batches, stride) in [("hot", 16usize, 1usize), ("spread", 64, 104_729)] {
+        let sets: Vec<Vec<&[u8]>> = (0..batches)
+            .map(|b| {
+                (0..BATCH)
+                    .map(|j| &keys[(b * BATCH * stride + j * stride) % n][..])
+                    .collect()
+            })
             .collect();
         let (ops, t, h) = timed_loop(u64::MAX, p.seconds, |i| {
-            let m = s.prefix_len(&chains[(i % 16) as usize], lease).expect("bench prefix_len");
-            assert_eq!(m.len, BATCH);
+            let r = s.batch_exists(&sets[i as usize % batches]);
+            debug_assert!(r.iter().all(|x| matches!(x, Ok(true))));
+            black_box(r);
         });
-        let phase = if lease { "leased" } else { "warm" };
-        report.add(Record::new("engine", "strata-embedded", "prefix_len", phase).batch(BATCH as u32).timed(ops * BATCH as u64, 0, t, Some(&h)).with("unit", "keys"));
+        report.add(
+            Record::new("engine", "strata-embedded", "batch_exists", phase)
+                .batch(BATCH as u32)
+                .timed(ops * BATCH as u64, 0, t, Some(&h))
+                .with("unit", "keys"),
+        );
+        // The same keys as a 1024-block prompt whose every block is stored.
+        let chains: Vec<Vec<[&[u8]; 1]>> = sets
+            .iter()
+            .map(|set| set.iter().map(|k| [*k]).collect())
+            .collect();
+        for lease in [false, true] {
+            let (ops, t, h) = timed_loop(u64::MAX, p.seconds, |i| {
+                let m = s
+                    .prefix_len(&chains[i as usize % batches], lease)
+                    .expect("bench prefix_len");
+                assert_eq!(m.len, BATCH);
+            });
+            report.add(
+                Record::new("engine", "strata-embedded", "prefix_len", phase)
+                    .batch(BATCH as u32)
+                    .timed(ops * BATCH as u64, 0, t, Some(&h))
+                    .with("unit", "keys")
+                    .with("lease", lease),
+            );
+        }
     }
 }
 
@@ -198,16 +243,27 @@ fn pressure(p: &EngineParams, report: &mut Report) {
         }
     }
     let st = s.stats();
-    let p99_ratio = during.value_at_quantile(0.99) as f64 / before.value_at_quantile(0.99).max(1) as f64;
+    let p99_ratio =
+        during.value_at_quantile(0.99) as f64 / before.value_at_quantile(0.99).max(1) as f64;
     report.add(
         Record::new("engine", "strata-embedded", "put", "no-eviction")
             .size(size)
-            .timed(before.len(), before.len() * size, Duration::from_nanos(before_ns), Some(&before)),
+            .timed(
+                before.len(),
+                before.len() * size,
+                Duration::from_nanos(before_ns),
+                Some(&before),
+            ),
     );
     report.add(
         Record::new("engine", "strata-embedded", "put", "eviction")
             .size(size)
-            .timed(during.len(), during.len() * size, Duration::from_nanos(during_ns), Some(&during))
+            .timed(
+                during.len(),
+                during.len() * size,
+                Duration::from_nanos(during_ns),
+                Some(&during),
+            )
             .with("evictions", st.counters.evictions)
             .with("failed", failed)
             .with("written_x_capacity", 3)
@@ -221,7 +277,8 @@ fn index_memory(p: &EngineParams, report: &mut Report) {
     let heap_before = heap::live_bytes();
     let start = Instant::now();
     for i in 0..n {
-        s.put(&key(i), &[1u8; 64], PutOptions::default()).expect("bench put");
+        s.put(&key(i), &[1u8; 64], PutOptions::default())
+            .expect("bench put");
     }
     let elapsed = start.elapsed();
     let heap = (heap::live_bytes() - heap_before) as f64 / n as f64;
@@ -234,7 +291,10 @@ fn index_memory(p: &EngineParams, report: &mut Report) {
             .with("objects", n)
             .with("index_bytes_per_object", round3(heap - key_len))
             .with("key_bytes_per_object", round3(key_len))
-            .with("stats_index_bytes_per_object", round3(st.index_bytes_per_object)),
+            .with(
+                "stats_index_bytes_per_object",
+                round3(st.index_bytes_per_object),
+            ),
     );
 }
 
@@ -252,20 +312,47 @@ mod tests {
         let mut report = Report::new();
         run(&EngineParams::quick(), &mut report);
         let recs = report.records();
-        let has = |system: &str, op: &str, phase: &str| recs.iter().any(|r| r.system == system && r.op == op && r.phase == phase);
+        let has = |system: &str, op: &str, phase: &str| {
+            recs.iter()
+                .any(|r| r.system == system && r.op == op && r.phase == phase)
+        };
         assert!(has("memcpy", "copy", "read") && has("memcpy", "copy", "write"));
-        assert!(has("strata-embedded", "get_into", "warm") && has("strata-embedded", "put", "cold"));
-        assert!(has("strata-embedded", "batch_exists", "warm") && has("strata-embedded", "prefix_len", "warm"));
-        assert!(has("strata-embedded", "put", "eviction") && has("strata-embedded", "put", "index"));
+        assert!(
+            has("strata-embedded", "get_into", "warm") && has("strata-embedded", "put", "cold")
+        );
+        assert!(
+            has("strata-embedded", "batch_exists", "spread")
+                && has("strata-embedded", "prefix_len", "spread")
+        );
+        assert!(
+            has("strata-embedded", "put", "eviction") && has("strata-embedded", "put", "index")
+        );
         for r in recs {
             let j = r.to_json();
-            for field in ["workload", "system", "op", "phase", "value_size", "concurrency", "batch", "ops", "seconds", "ops_per_s", "bytes_per_s", "p50_us", "p99_us"] {
+            for field in [
+                "workload",
+                "system",
+                "op",
+                "phase",
+                "value_size",
+                "concurrency",
+                "batch",
+                "ops",
+                "seconds",
+                "ops_per_s",
+                "bytes_per_s",
+                "p50_us",
+                "p99_us",
+            ] {
                 assert!(j.get(field).is_some(), "{field} missing in {j}");
             }
             assert!(r.ops > 0, "{j}");
         }
         let pressure = recs.iter().find(|r| r.phase == "eviction").unwrap();
-        assert_eq!(pressure.extra["failed"], 0, "no put may fail under pressure");
+        assert_eq!(
+            pressure.extra["failed"], 0,
+            "no put may fail under pressure"
+        );
         assert!(pressure.extra["evictions"].as_u64().unwrap() > 0);
     }
 }

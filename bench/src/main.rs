@@ -41,7 +41,11 @@ fn main() {
     let mut report = report::Report::new();
     match cli.workload {
         Workload::Engine { seconds } => {
-            let mut params = if cli.quick { engine::EngineParams::quick() } else { engine::EngineParams::full() };
+            let mut params = if cli.quick {
+                engine::EngineParams::quick()
+            } else {
+                engine::EngineParams::full()
+            };
             if let Some(s) = seconds {
                 params.seconds = s;
             }

@@ -27,7 +27,12 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(workload: &'static str, system: &'static str, op: &'static str, phase: &'static str) -> Record {
+    pub fn new(
+        workload: &'static str,
+        system: &'static str,
+        op: &'static str,
+        phase: &'static str,
+    ) -> Record {
         Record {
             workload,
             system,
@@ -46,7 +51,13 @@ impl Record {
     }
 
     /// Fills counts, time and latency percentiles (histogram in nanoseconds).
-    pub fn timed(mut self, ops: u64, bytes: u64, elapsed: Duration, latency_ns: Option<&Histogram<u64>>) -> Record {
+    pub fn timed(
+        mut self,
+        ops: u64,
+        bytes: u64,
+        elapsed: Duration,
+        latency_ns: Option<&Histogram<u64>>,
+    ) -> Record {
         self.ops = ops;
         self.bytes = bytes;
         self.seconds = elapsed.as_secs_f64();
@@ -112,14 +123,29 @@ impl Report {
     pub fn new() -> Report {
         println!(
             "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12} {:>10} {:>10} {:>10}  extra",
-            "workload", "system", "op", "phase", "size", "batch", "ops/s", "GB/s", "p50 us", "p99 us"
+            "workload",
+            "system",
+            "op",
+            "phase",
+            "size",
+            "batch",
+            "ops/s",
+            "GB/s",
+            "p50 us",
+            "p99 us"
         );
-        Report { records: Vec::new() }
+        Report {
+            records: Vec::new(),
+        }
     }
 
     pub fn add(&mut self, r: Record) {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let gbps = if r.bytes > 0 { format!("{:.2}", r.bytes_per_s() / 1e9) } else { "-".into() };
+        let gbps = if r.bytes > 0 {
+            format!("{:.2}", r.bytes_per_s() / 1e9)
+        } else {
+            "-".into()
+        };
         let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
             "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12.0} {:>10} {:>10} {:>10}  {}",

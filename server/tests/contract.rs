@@ -513,3 +513,32 @@ fn config_is_validated() {
     let err = Store::open(bad).err().unwrap();
     assert!(err.message().contains("alignment"), "{err}");
 }
+
+#[test]
+fn prefix_len_across_lookup_windows() {
+    // 300 positions x 3 ranks = 900 keys: several lookup windows, positions never split.
+    let (s, _) = store(4 << 20);
+    let key = |pos: usize, rank: usize| format!("m@{rank}@{pos:08x}").into_bytes();
+    let groups: Vec<Vec<Vec<u8>>> = (0..300)
+        .map(|p| (0..3).map(|r| key(p, r)).collect())
+        .collect();
+    for (p, g) in groups.iter().enumerate() {
+        for (r, k) in g.iter().enumerate() {
+            if (p, r) != (200, 2) {
+                s.put(k, &[1; 64], PutOptions::default()).unwrap();
+            }
+        }
+    }
+    assert_eq!(s.prefix_len(&groups, false).unwrap().len, 200);
+    s.put(&key(200, 2), &[1; 64], PutOptions::default())
+        .unwrap();
+    let m = s.prefix_len(&groups, true).unwrap();
+    assert_eq!(m.len, 300);
+    for p in [0, 85, 86, 255, 299] {
+        assert_eq!(
+            s.remove(&key(p, 1), false).unwrap_err().code(),
+            ErrorCode::Leased,
+            "position {p}"
+        );
+    }
+}

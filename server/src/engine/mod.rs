@@ -342,12 +342,28 @@ impl Store {
             .is_some_and(|s| shard.entry(s).state == State::Complete))
     }
 
-    /// Per-key [`Store::exists`].
+    /// Per-key [`Store::exists`]. Keys are grouped by shard so each shard is locked once
+    /// per batch, not once per key.
     pub fn batch_exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<bool>> {
         if keys.len() > MAX_BATCH_KEYS {
             return vec![Err(batch_too_large(keys.len())); keys.len()];
         }
-        keys.iter().map(|k| self.exists(k.as_ref())).collect()
+        let mut out: Vec<Result<bool>> = keys
+            .iter()
+            .map(|k| validate_key(k.as_ref()).map(|()| false))
+            .collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| key_hash(k.as_ref())).collect();
+        let valid: Vec<u32> = (0..keys.len() as u32)
+            .filter(|&i| out[i as usize].is_ok())
+            .collect();
+        self.inner.for_each_by_shard(&hashes, &valid, |shard, run| {
+            for &i in run {
+                let i = i as usize;
+                let found = shard.find(hashes[i], keys[i].as_ref());
+                out[i] = Ok(found.is_some_and(|s| shard.entry(s).state == State::Complete));
+            }
+        });
+        out
     }
 
     /// The number of leading positions whose keys are all present. A position is a group:
@@ -464,6 +480,9 @@ impl Drop for Store {
         }
     }
 }
+
+/// Keys of a prefix lookup checked per window before deciding whether to go on.
+const PREFIX_WINDOW_KEYS: usize = 256;
 
 fn batch_too_large(n: usize) -> Error {
     Error::new(
@@ -759,58 +778,117 @@ impl Inner {
         G: AsRef<[K]>,
         K: AsRef<[u8]>,
     {
-        // Pass 1, first to last: find the matched prefix, remembering where each key is.
-        let mut found: Vec<(u64, u32, u32)> = Vec::new();
-        let mut group_ends: Vec<usize> = Vec::new();
-        'groups: for g in groups {
-            let mark = found.len();
+        // Flatten: key k belongs to position pos_of[k].
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut pos_of: Vec<u32> = Vec::new();
+        for (pos, g) in groups.iter().enumerate() {
             for k in g.as_ref() {
-                let key = k.as_ref();
-                let hash = key_hash(key);
-                let shard = self.shard(hash);
-                match shard.find(hash, key) {
-                    Some(s) if shard.entry(s).state == State::Complete => {
-                        found.push((hash, s, shard.entry(s).generation));
-                    }
-                    _ => {
-                        found.truncate(mark);
-                        break 'groups;
+                keys.push(k.as_ref());
+                pos_of.push(pos as u32);
+            }
+        }
+        let hashes: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
+        // Where each key was found: (slot, generation), or none.
+        let mut found: Vec<Option<(u32, u32)>> = vec![None; keys.len()];
+
+        // Pass 1: presence, a window of positions at a time (so a short match does not pay
+        // for the whole query), each window's keys grouped by shard.
+        let mut matched = groups.len();
+        let mut start = 0;
+        while start < keys.len() {
+            let end = (start + PREFIX_WINDOW_KEYS).min(keys.len());
+            // Never split a position across windows.
+            let end = (end..keys.len())
+                .find(|&k| pos_of[k] != pos_of[end - 1])
+                .unwrap_or(keys.len());
+            let window: Vec<u32> = (start as u32..end as u32).collect();
+            self.for_each_by_shard(&hashes, &window, |shard, run| {
+                for &k in run {
+                    let k = k as usize;
+                    if let Some(s) = shard.find(hashes[k], keys[k]) {
+                        let e = shard.entry(s);
+                        if e.state == State::Complete {
+                            found[k] = Some((s, e.generation));
+                        }
                     }
                 }
+            });
+            if let Some(k) = (start..end).find(|&k| found[k].is_none()) {
+                matched = pos_of[k] as usize;
+                break;
             }
-            group_ends.push(found.len());
+            start = end;
         }
-        // Pass 2, last to first: touch (and lease) so the head ends most recent. A key that
+
+        // Pass 2: touch (and lease) the matched keys so the head of the prefix ends most
+        // recent: key k gets recency base + (n - 1 - k), and within a shard the touches run
+        // in that ascending order (the run is in ascending k, so backwards). A key that
         // vanished in between shortens the match to the positions before it.
+        let n = pos_of
+            .iter()
+            .take_while(|&&p| (p as usize) < matched)
+            .count();
         let now = self.clock.now();
         let until = now.saturating_add(nanos(self.config.lease_ttl));
-        let mut seq = self
-            .access_seq
-            .fetch_add(found.len() as u64, Ordering::Relaxed);
-        let mut matched = group_ends.len();
-        for pos in (0..group_ends.len()).rev() {
-            let start = if pos == 0 { 0 } else { group_ends[pos - 1] };
-            for &(hash, slot, generation) in found[start..group_ends[pos]].iter().rev() {
-                let mut shard = self.shard(hash);
+        let base = self.access_seq.fetch_add(n as u64, Ordering::Relaxed);
+        let touched: Vec<u32> = (0..n as u32).collect();
+        let mut vanished = matched;
+        self.for_each_by_shard(&hashes, &touched, |shard, run| {
+            for &k in run.iter().rev() {
+                let k = k as usize;
+                let (slot, generation) = found[k].expect("matched keys were found");
                 if shard
                     .live(slot, generation)
                     .is_some_and(|e| e.state == State::Complete)
                 {
-                    shard.touch(slot, seq);
-                    seq += 1;
+                    shard.touch(slot, base + (n - 1 - k) as u64);
                     if lease {
                         let e = shard.entry_mut(slot);
                         e.lease_until = e.lease_until.max(until);
                     }
                 } else {
-                    matched = pos;
+                    vanished = vanished.min(pos_of[k] as usize);
                 }
             }
-        }
+        });
+        let matched = vanished;
         Ok(PrefixMatch {
             len: matched,
             leased_until: (lease && matched > 0).then_some(until),
         })
+    }
+
+    /// Calls `f` once per shard with that shard locked and the indices (into `hashes`) of
+    /// `items` that live in it, in ascending order. One lock per shard instead of one per
+    /// key lets the CPU overlap the cache misses of neighbouring lookups.
+    fn for_each_by_shard(
+        &self,
+        hashes: &[u64],
+        items: &[u32],
+        mut f: impl FnMut(&mut Shard, &[u32]),
+    ) {
+        let shards = self.shards.len();
+        // Counting sort by shard: stable, so each run stays in ascending index order.
+        let mut starts = vec![0u32; shards + 1];
+        for &i in items {
+            starts[shard_of(hashes[i as usize], self.shard_mask) + 1] += 1;
+        }
+        for s in 0..shards {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts.clone();
+        let mut sorted = vec![0u32; items.len()];
+        for &i in items {
+            let s = shard_of(hashes[i as usize], self.shard_mask);
+            sorted[next[s] as usize] = i;
+            next[s] += 1;
+        }
+        for s in 0..shards {
+            let run = &sorted[starts[s] as usize..starts[s + 1] as usize];
+            if !run.is_empty() {
+                f(&mut self.shards[s].0.lock(), run);
+            }
+        }
     }
 
     fn stats(&self) -> StoreStats {
