@@ -43,6 +43,10 @@ pub struct ReadLease {
 
 /// Read access to one object's bytes, safe against concurrent eviction or removal.
 /// Not `Send`: it holds this thread's epoch pin.
+///
+/// Keep it short-lived (copy, then drop): while any epoch pin is held, no retired extent in
+/// the process is reclaimed, so a put that must evict waits for it (up to a second) before
+/// evicting more.
 pub struct ReadGuard<'a> {
     _pin: Guard,
     tier: &'a dyn Tier,

@@ -18,7 +18,7 @@ pub mod tier;
 
 pub use clock::{Clock, ManualClock};
 pub use config::{StoreConfig, TierConfig};
-pub use engine::{PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
+pub use engine::{OpCounters, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
 pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 pub use strata_proto::{Error, ErrorCode, Key, Result};
 pub use tier::{Extent, TierKind, TierStats};

@@ -56,8 +56,8 @@ fn put_get_round_trip_and_stats() {
         st.tiers[0].used, 5056,
         "5000 rounded up to the 64-byte alignment"
     );
-    assert_eq!(st.counters.puts, 1);
-    assert_eq!(st.counters.get_hits, 2);
+    assert_eq!(st.counters.ops.puts, 1);
+    assert_eq!(st.counters.ops.get_hits, 2);
     assert!(st.index_bytes_per_object > 0.0);
 }
 

@@ -16,6 +16,7 @@
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::engine::OpCounters;
 use crate::tier::{Extent, MAX_TIERS};
 
 pub(crate) const NIL: u32 = u32::MAX;
@@ -77,17 +78,6 @@ enum ListId {
     Pending,
 }
 
-/// Per-shard operation counters, summed by `Store::stats`.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Counters {
-    pub puts: u64,
-    pub put_bytes: u64,
-    pub get_hits: u64,
-    pub get_misses: u64,
-    pub get_bytes: u64,
-    pub removes: u64,
-}
-
 pub(crate) struct Shard {
     table: HashTable<u32>,
     entries: Vec<Entry>,
@@ -97,7 +87,8 @@ pub(crate) struct Shard {
     pub objects: [u64; MAX_TIERS],
     pub pending_count: u64,
     pub key_bytes: u64,
-    pub counters: Counters,
+    /// This shard's share of the operation counters, summed by `Store::stats`.
+    pub counters: OpCounters,
 }
 
 impl Shard {
@@ -111,7 +102,7 @@ impl Shard {
             objects: [0; MAX_TIERS],
             pending_count: 0,
             key_bytes: 0,
-            counters: Counters::default(),
+            counters: OpCounters::default(),
         }
     }
 

@@ -48,15 +48,33 @@ pub struct PrefixMatch {
     pub leased_until: Option<u64>,
 }
 
-/// Engine-wide counters (the per-operation ones are summed from the shards).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct StoreCounters {
+/// Counters of the operations callers make. Each shard keeps its own, under its lock, so
+/// counting costs no shared cache line; `Store::stats` sums them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OpCounters {
     pub puts: u64,
     pub put_bytes: u64,
     pub get_hits: u64,
     pub get_misses: u64,
     pub get_bytes: u64,
     pub removes: u64,
+}
+
+impl OpCounters {
+    fn add(&mut self, o: &OpCounters) {
+        self.puts += o.puts;
+        self.put_bytes += o.put_bytes;
+        self.get_hits += o.get_hits;
+        self.get_misses += o.get_misses;
+        self.get_bytes += o.get_bytes;
+        self.removes += o.removes;
+    }
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoreCounters {
+    pub ops: OpCounters,
     pub evictions: u64,
     pub evicted_bytes: u64,
     pub demotions: u64,
@@ -905,12 +923,7 @@ impl Inner {
             pending += s.pending_count;
             index_bytes += s.index_bytes() as u64;
             key_bytes += s.key_bytes;
-            c.puts += s.counters.puts;
-            c.put_bytes += s.counters.put_bytes;
-            c.get_hits += s.counters.get_hits;
-            c.get_misses += s.counters.get_misses;
-            c.get_bytes += s.counters.get_bytes;
-            c.removes += s.counters.removes;
+            c.ops.add(&s.counters);
         }
         index_bytes += (self.shards.len() * std::mem::size_of::<PaddedShard>()) as u64;
         let g = &self.counters;
