@@ -245,25 +245,14 @@ fn pressure(p: &EngineParams, report: &mut Report) {
     let st = s.stats();
     let p99_ratio =
         during.value_at_quantile(0.99) as f64 / before.value_at_quantile(0.99).max(1) as f64;
-    report.add(
-        Record::new("engine", "strata-embedded", "put", "no-eviction")
+    let phase = |name: &'static str, h: &hdrhistogram::Histogram<u64>, ns: u64| {
+        Record::new("engine", "strata-embedded", "put", name)
             .size(size)
-            .timed(
-                before.len(),
-                before.len() * size,
-                Duration::from_nanos(before_ns),
-                Some(&before),
-            ),
-    );
+            .timed(h.len(), h.len() * size, Duration::from_nanos(ns), Some(h))
+    };
+    report.add(phase("no-eviction", &before, before_ns));
     report.add(
-        Record::new("engine", "strata-embedded", "put", "eviction")
-            .size(size)
-            .timed(
-                during.len(),
-                during.len() * size,
-                Duration::from_nanos(during_ns),
-                Some(&during),
-            )
+        phase("eviction", &during, during_ns)
             .with("evictions", st.counters.evictions)
             .with("failed", failed)
             .with("written_x_capacity", 3)

@@ -15,7 +15,7 @@
 pub(crate) mod index;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -125,7 +125,8 @@ pub(crate) struct Inner {
     /// recently used" is an exact order across shards, never a tie of coarse timestamps.
     access_seq: AtomicU64,
     pub counters: GlobalCounters,
-    maintenance: Mutex<Option<std::thread::Thread>>,
+    /// The maintenance thread, set once at open; puts that cross a watermark unpark it.
+    maintenance: OnceLock<std::thread::Thread>,
 }
 
 struct Maintenance {
@@ -191,14 +192,14 @@ impl Store {
             next_writer: AtomicU64::new(1),
             access_seq: AtomicU64::new(1),
             counters: GlobalCounters::default(),
-            maintenance: Mutex::new(None),
+            maintenance: OnceLock::new(),
             config,
         });
         let maintenance = inner.config.maintenance_interval.map(|every| {
             let stop = Arc::new(AtomicBool::new(false));
             let handle =
                 crate::evict::spawn_maintenance(Arc::clone(&inner), Arc::clone(&stop), every);
-            *inner.maintenance.lock() = Some(handle.thread().clone());
+            let _ = inner.maintenance.set(handle.thread().clone());
             Maintenance { stop, handle }
         });
         Ok(Store { inner, maintenance })
@@ -643,7 +644,8 @@ impl Inner {
     /// only when nothing evictable is left and no retired space is on its way back.
     pub fn allocate_evicting(&self, i: usize, len: u64) -> Option<Extent> {
         let tier = &self.tiers[i];
-        let started = std::time::Instant::now();
+        // Read the clock only once a put has to wait: the common put allocates at once.
+        let mut waiting_since: Option<std::time::Instant> = None;
         loop {
             if let Some(extent) = tier.allocate(len) {
                 if self.above_watermark(i) {
@@ -651,6 +653,7 @@ impl Inner {
                 }
                 return Some(extent);
             }
+            let started = *waiting_since.get_or_insert_with(std::time::Instant::now);
             if tier.retiring() > 0 && started.elapsed() < Duration::from_secs(1) {
                 // Evicted space comes back once readers unpin: help the epoch along.
                 epoch::pin().flush();
@@ -671,7 +674,7 @@ impl Inner {
     }
 
     fn wake_maintenance(&self) {
-        if let Some(t) = &*self.maintenance.lock() {
+        if let Some(t) = self.maintenance.get() {
             t.unpark();
         }
     }
