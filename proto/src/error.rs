@@ -30,11 +30,20 @@ pub enum ErrorCode {
     Internal = 10,
     /// The object is leased by a reader and the operation was not forced.
     Leased = 11,
+    /// A request frame broke the wire protocol: wrong version, unknown opcode, unknown
+    /// flags, or a header or payload that is malformed or does not match what it announced.
+    Protocol = 12,
+    /// The connection has not presented the server's auth token, or presented a wrong one.
+    Unauthorized = 13,
+    /// The operation did not finish within its time bound (connect or transfer timeout).
+    Timeout = 14,
+    /// The server cannot be reached, or the connection to it was lost or is shutting down.
+    Unavailable = 15,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::Busy,
@@ -46,6 +55,10 @@ impl ErrorCode {
         ErrorCode::NotWriter,
         ErrorCode::Internal,
         ErrorCode::Leased,
+        ErrorCode::Protocol,
+        ErrorCode::Unauthorized,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
     ];
 
     /// The stable number of this code.
@@ -72,6 +85,10 @@ impl ErrorCode {
             ErrorCode::NotWriter => "NotWriter",
             ErrorCode::Internal => "Internal",
             ErrorCode::Leased => "Leased",
+            ErrorCode::Protocol => "Protocol",
+            ErrorCode::Unauthorized => "Unauthorized",
+            ErrorCode::Timeout => "Timeout",
+            ErrorCode::Unavailable => "Unavailable",
         }
     }
 }
@@ -132,13 +149,17 @@ mod tests {
             (ErrorCode::NotWriter, 9),
             (ErrorCode::Internal, 10),
             (ErrorCode::Leased, 11),
+            (ErrorCode::Protocol, 12),
+            (ErrorCode::Unauthorized, 13),
+            (ErrorCode::Timeout, 14),
+            (ErrorCode::Unavailable, 15),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n);
             assert_eq!(ErrorCode::from_u16(n), Some(code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(12), None);
+        assert_eq!(ErrorCode::from_u16(16), None);
     }
 
     #[test]

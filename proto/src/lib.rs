@@ -1,13 +1,16 @@
-//! The vocabulary every strata component shares: keys, error codes and limits.
+//! The vocabulary every strata component shares: keys, error codes, limits, and the wire
+//! protocol's framing and messages.
 //!
-//! This crate does no I/O. The wire framing (issue: QUIC service) builds on it, and the
-//! engine validates its inputs with the same types so an embedded caller and a remote one
-//! get identical errors.
+//! This crate does no I/O: [`wire`] encodes and decodes frames from byte slices, so the
+//! protocol is tested without a network, and the engine validates its inputs with the same
+//! types so an embedded caller and a remote one get identical errors.
 #![deny(missing_docs)]
 
 mod error;
 mod key;
 pub mod limits;
+pub mod msg;
+pub mod wire;
 
 pub use error::{Error, ErrorCode, Result};
 pub use key::{validate_key, Key};

@@ -18,3 +18,8 @@ pub const MAX_GROUP_KEYS: usize = 1024;
 /// Largest single value, in bytes. A tier may hold less: the real bound is its largest
 /// free extent, reported as `TooLarge` when a value can never fit.
 pub const MAX_VALUE_LEN: u64 = 1 << 40;
+
+/// Largest rkyv header of one request or response frame, in bytes. Batches of many long
+/// keys must be split to stay under it; it bounds what one stream can make the server
+/// allocate before any validation.
+pub const MAX_HEADER_LEN: u32 = 16 << 20;

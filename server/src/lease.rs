@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crossbeam_epoch::{self as epoch, Guard};
+use crossbeam_epoch::Guard;
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::engine::Inner;
@@ -51,15 +51,27 @@ pub struct ReadGuard<'a> {
     _pin: Guard,
     tier: &'a dyn Tier,
     extent: Extent,
+    checksum: u64,
 }
 
 impl<'a> ReadGuard<'a> {
-    pub(crate) fn new(pin: Guard, tier: &'a dyn Tier, extent: Extent) -> ReadGuard<'a> {
+    pub(crate) fn new(
+        pin: Guard,
+        tier: &'a dyn Tier,
+        extent: Extent,
+        checksum: u64,
+    ) -> ReadGuard<'a> {
         ReadGuard {
             _pin: pin,
             tier,
             extent,
+            checksum,
         }
+    }
+
+    /// xxh3-64 of the value recorded at commit (0 if the store computes none).
+    pub fn checksum(&self) -> u64 {
+        self.checksum
     }
 
     /// The value's length in bytes.
@@ -144,27 +156,9 @@ impl WriteReservation {
     /// Copies `data` into the value at `offset`. Fails with `LeaseExpired` if the
     /// reservation passed its deadline (its space may already be someone else's).
     pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|end| end > self.extent.len) {
-            let msg = format!(
-                "write of {} bytes at {offset} runs past the {}-byte value",
-                data.len(),
-                self.extent.len
-            );
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        }
-        // Pin, then confirm the reservation is still ours: if it is, its extent cannot be
-        // reclaimed (and so reused by another writer) until this pin drops.
-        let pin = epoch::pin();
-        let extent = self
-            .inner
-            .writable_extent(&self.key, self.writer, &pin)
-            .map_err(reservation_gone)?;
-        debug_assert_eq!(extent, self.extent);
-        // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
-        // pending objects have no readers, and the range was bounds-checked above.
-        unsafe { self.inner.tiers[extent.tier as usize].write(&extent, offset, data) };
-        Ok(())
+        self.inner
+            .write_reserved(&self.key, self.writer, offset, data)
+            .map_err(reservation_gone)
     }
 
     /// Makes the value visible. On error the reservation is gone (revoked or expired).
@@ -190,7 +184,7 @@ impl WriteReservation {
 
 /// This guard did hold a reservation, so a missing key means it ended (expired and reaped,
 /// or removed with force): say so rather than `NotFound`.
-fn reservation_gone(e: Error) -> Error {
+pub(crate) fn reservation_gone(e: Error) -> Error {
     if e.code() == ErrorCode::NotFound {
         Error::new(
             ErrorCode::LeaseExpired,

@@ -236,6 +236,15 @@ impl Store {
         self.inner.put_revoke_for(key, writer)
     }
 
+    /// Writes `data` at `offset` into the value `writer` reserved for `key`: the two-phase
+    /// put of a writer that holds only the id (a remote client), not the reservation.
+    /// `LeaseExpired` once the reservation has ended.
+    pub fn put_write(&self, key: &[u8], writer: WriterId, offset: u64, data: &[u8]) -> Result<()> {
+        self.inner
+            .write_reserved(key, writer, offset, data)
+            .map_err(crate::lease::reservation_gone)
+    }
+
     /// put_start + copy + put_end.
     pub fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<()> {
         let mut reservation = self.put_start(key, value.len() as u64, opts)?;
@@ -301,7 +310,7 @@ impl Store {
         match self.inner.visible(&mut shard, hash, key) {
             Ok(slot) => {
                 shard.touch(slot, self.inner.next_access());
-                let extent = shard.entry(slot).extent;
+                let (extent, checksum) = (shard.entry(slot).extent, shard.entry(slot).tag);
                 shard.counters.get_hits += 1;
                 shard.counters.get_bytes += extent.len;
                 drop(shard);
@@ -309,6 +318,7 @@ impl Store {
                     guard,
                     &*self.inner.tiers[extent.tier as usize],
                     extent,
+                    checksum,
                 ))
             }
             Err(e) => {
@@ -772,6 +782,34 @@ impl Inner {
         let mut shard = self.shard(hash);
         let slot = self.writer_slot(&mut shard, hash, key, writer, guard)?;
         Ok(shard.entry(slot).extent)
+    }
+
+    /// Copies `data` into `writer`'s reserved value for `key` at `offset`.
+    pub fn write_reserved(
+        &self,
+        key: &[u8],
+        writer: WriterId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        validate_key(key)?;
+        // Pin, then confirm the reservation is still ours: if it is, its extent cannot be
+        // reclaimed (and so reused by another writer) until this pin drops.
+        let pin = epoch::pin();
+        let extent = self.writable_extent(key, writer, &pin)?;
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|end| end > extent.len) {
+            let msg = format!(
+                "write of {} bytes at {offset} runs past the {}-byte value",
+                data.len(),
+                extent.len
+            );
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        }
+        // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
+        // pending objects have no readers, and the range was bounds-checked above.
+        unsafe { self.tiers[extent.tier as usize].write(&extent, offset, data) };
+        Ok(())
     }
 
     fn checksum(&self, extent: &Extent) -> u64 {

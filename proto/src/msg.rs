@@ -1,0 +1,300 @@
+//! The headers of each operation, as rkyv archives (see [`crate::wire`] for the framing).
+//!
+//! Value bytes are never a field here: they travel as the frame's raw payload. Times are
+//! durations relative to when the server answered, never absolute clock readings, so the
+//! two ends need no synchronised clocks.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// The header of an error response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// A stable [`ErrorCode`](crate::ErrorCode) number.
+    pub code: u16,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+/// [`Opcode::Handshake`](crate::wire::Opcode::Handshake) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeRequest {
+    /// The client's crate version, for the server's logs.
+    pub client_version: String,
+    /// The shared auth token, when the server requires one.
+    pub auth_token: Option<String>,
+}
+
+/// The hard limits of [`crate::limits`] as the server applies them.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// [`crate::limits::MAX_KEY_LEN`].
+    pub max_key_len: u32,
+    /// [`crate::limits::MAX_BATCH_KEYS`].
+    pub max_batch_keys: u32,
+    /// [`crate::limits::MAX_PREFIX_GROUPS`].
+    pub max_prefix_groups: u32,
+    /// [`crate::limits::MAX_GROUP_KEYS`].
+    pub max_group_keys: u32,
+    /// [`crate::limits::MAX_HEADER_LEN`].
+    pub max_header_len: u32,
+    /// The largest value the server's tiers can ever hold.
+    pub max_value_len: u64,
+}
+
+/// [`Opcode::Handshake`](crate::wire::Opcode::Handshake) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeResponse {
+    /// The server's crate version.
+    pub server_version: String,
+    /// The protocol version it speaks.
+    pub protocol: u8,
+    /// Identifies the server's host (same value: same machine), so a client can tell
+    /// whether same-host transports apply.
+    pub host_id: String,
+    /// How long read leases last, in milliseconds.
+    pub lease_ttl_ms: u64,
+    /// How long a reservation may stay uncommitted, in milliseconds.
+    pub put_timeout_ms: u64,
+    /// What the server accepts.
+    pub limits: Limits,
+}
+
+/// [`Opcode::Ping`](crate::wire::Opcode::Ping) request and response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ping {
+    /// Echoed back unchanged.
+    pub nonce: u64,
+}
+
+/// [`Opcode::Put`](crate::wire::Opcode::Put) and [`Opcode::PutStart`](crate::wire::Opcode::PutStart)
+/// request. A put's payload is the `len` value bytes; a put_start has none.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PutRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value's length in bytes.
+    pub len: u64,
+    /// Never evict the object.
+    pub pin: bool,
+}
+
+/// Where an object's bytes are in the server's tiers.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Tier index, top (fastest) first.
+    pub tier: u8,
+    /// Segment within the tier.
+    pub segment: u32,
+    /// Byte offset within the segment.
+    pub offset: u64,
+    /// Value length in bytes.
+    pub len: u64,
+}
+
+/// [`Opcode::PutStart`](crate::wire::Opcode::PutStart) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutStartResponse {
+    /// The writer id; pass it to put_write, put_end and put_revoke.
+    pub writer: u64,
+    /// Where the value goes (for same-host transports).
+    pub location: Location,
+    /// Milliseconds until an uncommitted reservation is revoked.
+    pub deadline_ms: u64,
+}
+
+/// [`Opcode::PutWrite`](crate::wire::Opcode::PutWrite) request; the payload is `len` bytes
+/// written at `offset` of the reserved value.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PutWriteRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The writer id from put_start.
+    pub writer: u64,
+    /// Where in the value the payload goes.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u64,
+}
+
+/// [`Opcode::PutEnd`](crate::wire::Opcode::PutEnd) and
+/// [`Opcode::PutRevoke`](crate::wire::Opcode::PutRevoke) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct WriterRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The writer id from put_start.
+    pub writer: u64,
+}
+
+/// A request naming one key: get, exists.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyRequest {
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+/// [`Opcode::Get`](crate::wire::Opcode::Get) response; the payload is the `len` value bytes.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GetResponse {
+    /// Value length.
+    pub len: u64,
+    /// xxh3-64 of the value as committed (0 when the server records none).
+    pub checksum: u64,
+}
+
+/// A request naming a batch of keys: get_locations, batch_exists.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchKeysRequest {
+    /// The keys.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// [`Opcode::BatchExists`](crate::wire::Opcode::BatchExists) request.
+pub type BatchExistsRequest = BatchKeysRequest;
+
+/// A read lease on one object.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Where the bytes are.
+    pub location: Location,
+    /// xxh3-64 of the value (0 when the server records none).
+    pub checksum: u64,
+    /// Nanoseconds the lease still had when the server answered.
+    pub remaining_ns: u64,
+}
+
+/// The outcome for one key of a batch.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum LeaseResult {
+    /// Found and leased.
+    Leased(Lease),
+    /// Not found, or invalid.
+    Failed(ErrorFrame),
+}
+
+/// [`Opcode::GetLocations`](crate::wire::Opcode::GetLocations) response, one result per key
+/// in request order.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GetLocationsResponse {
+    /// Per key.
+    pub results: Vec<LeaseResult>,
+}
+
+/// [`Opcode::Exists`](crate::wire::Opcode::Exists) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExistsResponse {
+    /// Whether a complete object has the key.
+    pub present: bool,
+}
+
+/// An error that belongs to one key of a batch.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KeyError {
+    /// Position of the key in the request.
+    pub index: u32,
+    /// What went wrong.
+    pub error: ErrorFrame,
+}
+
+/// [`Opcode::BatchExists`](crate::wire::Opcode::BatchExists) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchExistsResponse {
+    /// One byte per key in request order: 1 present, 0 absent or failed.
+    pub present: Vec<u8>,
+    /// The keys that failed (invalid), with why.
+    pub errors: Vec<KeyError>,
+}
+
+/// [`Opcode::PrefixLen`](crate::wire::Opcode::PrefixLen) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PrefixLenRequest {
+    /// Positions in order; each holds the keys (for example one per tensor-parallel rank)
+    /// that must all be present for the position to count.
+    pub groups: Vec<Vec<Vec<u8>>>,
+    /// Lease the matched objects so a following get cannot miss.
+    pub lease: bool,
+}
+
+/// [`Opcode::PrefixLen`](crate::wire::Opcode::PrefixLen) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixLenResponse {
+    /// Leading positions whose keys are all present.
+    pub len: u64,
+    /// With `lease`: nanoseconds the leases still had when the server answered.
+    pub lease_remaining_ns: Option<u64>,
+}
+
+/// [`Opcode::Remove`](crate::wire::Opcode::Remove) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RemoveRequest {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Remove even when leased or being written.
+    pub force: bool,
+}
+
+/// [`Opcode::RemoveAll`](crate::wire::Opcode::RemoveAll) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoveAllRequest {
+    /// Remove leased objects and cancel reservations too.
+    pub force: bool,
+}
+
+/// [`Opcode::RemoveAll`](crate::wire::Opcode::RemoveAll) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoveAllResponse {
+    /// Entries removed.
+    pub removed: u64,
+}
+
+/// One tier's figures.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TierStats {
+    /// `device`, `dram` or `ssd`.
+    pub kind: String,
+    /// Bytes the tier can hold.
+    pub capacity: u64,
+    /// Bytes allocated.
+    pub used: u64,
+    /// Objects whose bytes are here.
+    pub objects: u64,
+    /// Largest value that could be placed without evicting.
+    pub largest_free_extent: u64,
+}
+
+/// [`Opcode::Stats`](crate::wire::Opcode::Stats) response (the request has no header).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct StatsResponse {
+    /// Per tier, top first.
+    pub tiers: Vec<TierStats>,
+    /// Complete objects.
+    pub objects: u64,
+    /// Pending reservations.
+    pub pending: u64,
+    /// Heap bytes of the index, keys excluded.
+    pub index_bytes: u64,
+    /// Bytes of keys held by the index.
+    pub key_bytes: u64,
+    /// Puts committed.
+    pub puts: u64,
+    /// Bytes committed by puts.
+    pub put_bytes: u64,
+    /// Gets that found their key.
+    pub get_hits: u64,
+    /// Gets that did not.
+    pub get_misses: u64,
+    /// Bytes read by gets.
+    pub get_bytes: u64,
+    /// Removals.
+    pub removes: u64,
+    /// Objects evicted (dropped or demoted).
+    pub evictions: u64,
+    /// Bytes evicted.
+    pub evicted_bytes: u64,
+    /// Reservations revoked at their deadline.
+    pub expired_reservations: u64,
+    /// Puts refused for lack of space.
+    pub no_space: u64,
+    /// Connections the server holds now.
+    pub connections: u64,
+}
