@@ -53,6 +53,25 @@ pub const CLOSE_SHUTDOWN: u32 = 0x5354_0002;
 /// (for example with an error) before reading the whole payload.
 pub const STOP_ANSWERED: u32 = 0x5354_0003;
 
+/// QUIC transport settings both ends apply, tuned for multi-MiB values (quinn's defaults
+/// are sized for web traffic: a 1.25 MB stream window and 100 concurrent streams).
+pub mod tuning {
+    use std::time::Duration;
+
+    /// Concurrent request streams a peer may open: batch gets fan out one stream per key.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
+    /// Bytes one stream may have in flight unread: a whole 16 MiB value without stalls.
+    pub const STREAM_RECEIVE_WINDOW: u32 = 16 << 20;
+    /// Bytes a whole connection may have in flight unread (16 concurrent 8 MiB values).
+    pub const CONNECTION_RECEIVE_WINDOW: u32 = 128 << 20;
+    /// Bytes a sender keeps in flight across all its streams.
+    pub const SEND_WINDOW: u64 = 128 << 20;
+    /// Keep-alive interval: idle engine connections outlive NAT and idle timeouts.
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+    /// A connection with no traffic (keep-alives included) for this long is dead.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
 /// What a request asks for. The numbers are part of the protocol: only append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

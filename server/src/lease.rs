@@ -133,6 +133,11 @@ impl WriteReservation {
         }
     }
 
+    /// The key being written.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
     /// The writer id (for `Store::put_end` / `put_revoke` from elsewhere).
     pub fn writer(&self) -> WriterId {
         self.writer

@@ -1,8 +1,11 @@
-//! strata's store engine, usable in-process with no network (embedded mode).
+//! strata's store engine, usable in-process with no network (embedded mode), and its
+//! QUIC service.
 //!
 //! Start at [`Store`]: it implements the operation contract of the design brief — two-phase
 //! puts with reservations, leased reads, prefix lookup, removal, pinning, per-tier LRU
 //! eviction with watermarks — over a stack of tiers (dram now; device and ssd later).
+//!
+//! The QUIC service over it is [`net`]; the `strata-server` binary's flags are [`settings`].
 //!
 //! Rooms: [`engine`] (the store and its sharded index), [`tier`] (where bytes live),
 //! [`alloc`] (the offset allocator), [`lease`] (guards and reservations), `evict` (eviction
@@ -14,6 +17,8 @@ pub mod config;
 pub mod engine;
 mod evict;
 pub mod lease;
+pub mod net;
+pub mod settings;
 pub mod tier;
 
 pub use clock::{Clock, ManualClock};

@@ -205,6 +205,17 @@ impl Store {
         Ok(Store { inner, maintenance })
     }
 
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The largest value any tier can hold (its segment size).
+    pub fn max_value_len(&self) -> u64 {
+        let largest = self.inner.config.tiers.iter().map(|t| t.segment_size).max();
+        largest.unwrap_or(0).min(MAX_VALUE_LEN)
+    }
+
     /// The store's clock (lease ends and deadlines are on it).
     pub fn clock(&self) -> &Clock {
         &self.inner.clock

@@ -1,0 +1,373 @@
+//! One function per opcode: decode the header, call the engine, answer.
+//!
+//! Every handler either answers itself (and finishes the stream) or returns a
+//! [`Failure`], which the caller turns into an error frame. Nothing here panics on input:
+//! headers are validated by bytecheck before any field is read, and the engine checks
+//! keys, lengths and batch sizes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use quinn::{RecvStream, SendStream};
+use rkyv::util::AlignedVec;
+use strata_proto::limits::MAX_VALUE_LEN;
+use strata_proto::msg::{
+    BatchExistsResponse, BatchKeysRequest, ErrorFrame, ExistsResponse, GetLocationsResponse,
+    GetResponse, HandshakeRequest, HandshakeResponse, KeyError, KeyRequest, Lease, LeaseResult,
+    Location, Ping, PrefixLenRequest, PrefixLenResponse, PutRequest, PutStartResponse,
+    PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest, StatsResponse, TierStats,
+    WriterRequest,
+};
+use strata_proto::wire::{access, encode_bare_response, encode_response, Opcode};
+use strata_proto::{Error, ErrorCode};
+
+use super::stream::{
+    expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
+};
+use crate::{Extent, PutOptions, Store, WriteReservation, WriterId};
+
+/// What every connection of one server shares.
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub auth_token: Option<String>,
+    pub hello: HandshakeResponse,
+    pub connections: AtomicU64,
+}
+
+/// Per-connection state.
+#[derive(Default)]
+pub(crate) struct Session {
+    authenticated: AtomicBool,
+    /// Reservations made by put_start on this connection. They belong to it: when the
+    /// connection ends they are dropped, which revokes the uncommitted ones at once rather
+    /// than at their deadline.
+    reservations: Mutex<HashMap<u64, WriteReservation>>,
+}
+
+/// Serves one request stream from head to answer.
+pub(crate) async fn serve(
+    shared: &Shared,
+    session: &Session,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), Failure> {
+    let head = read_head(recv).await?;
+    let opcode = head.check()?;
+    let header = read_header(recv, head.header_len).await?;
+    if opcode != Opcode::Handshake
+        && shared.auth_token.is_some()
+        && !session.authenticated.load(Ordering::Acquire)
+    {
+        return Err(Error::new(
+            ErrorCode::Unauthorized,
+            "this server requires an auth token: send a handshake with it first",
+        )
+        .into());
+    }
+    let store = &*shared.store;
+    match opcode {
+        Opcode::Handshake => handshake(shared, session, send, &header).await,
+        Opcode::Ping => {
+            let ping = access::<Ping>(&header)?;
+            let echo = Ping {
+                nonce: ping.nonce.to_native(),
+            };
+            reply(send, &encode_response(&echo)).await
+        }
+        Opcode::Put => put(store, send, recv, &header).await,
+        Opcode::PutStart => put_start(store, session, send, &header).await,
+        Opcode::PutWrite => put_write(store, send, recv, &header).await,
+        Opcode::PutEnd | Opcode::PutRevoke => {
+            put_finish(store, session, opcode, send, &header).await
+        }
+        Opcode::Get => get(store, send, &header).await,
+        Opcode::GetLocations => get_locations(store, send, &header).await,
+        Opcode::Exists => {
+            let req = access::<KeyRequest>(&header)?;
+            let present = store.exists(req.key.as_slice())?;
+            reply(send, &encode_response(&ExistsResponse { present })).await
+        }
+        Opcode::BatchExists => batch_exists(store, send, &header).await,
+        Opcode::PrefixLen => prefix_len(store, send, &header).await,
+        Opcode::Remove => {
+            let req = access::<RemoveRequest>(&header)?;
+            store.remove(req.key.as_slice(), req.force)?;
+            reply(send, &encode_bare_response()).await
+        }
+        Opcode::RemoveAll => {
+            let req = access::<RemoveAllRequest>(&header)?;
+            let removed = store.remove_all(req.force);
+            reply(send, &encode_response(&RemoveAllResponse { removed })).await
+        }
+        Opcode::Stats => {
+            expect_no_header(&header)?;
+            let stats = stats(shared);
+            reply(send, &encode_response(&stats)).await
+        }
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    session: &Session,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<HandshakeRequest>(header)?;
+    if let Some(expected) = &shared.auth_token {
+        let given = req.auth_token.as_ref().map(|t| t.as_str()).unwrap_or("");
+        // Constant-time: how long the comparison takes must not hint at the token.
+        let equal: bool =
+            subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+        if !equal {
+            let why = if req.auth_token.is_none() {
+                "this server requires an auth token and none was given"
+            } else {
+                "wrong auth token"
+            };
+            return Err(Failure::Refuse(Error::new(ErrorCode::Unauthorized, why)));
+        }
+        session.authenticated.store(true, Ordering::Release);
+    }
+    reply(send, &encode_response(&shared.hello)).await
+}
+
+fn location(e: Extent) -> Location {
+    Location {
+        tier: e.tier,
+        segment: u32::from(e.segment),
+        offset: e.offset,
+        len: e.len,
+    }
+}
+
+fn check_value_len(len: u64) -> Result<(), Error> {
+    if len > MAX_VALUE_LEN {
+        let msg = format!("value of {len} bytes is over the limit of {MAX_VALUE_LEN}");
+        return Err(Error::new(ErrorCode::TooLarge, msg));
+    }
+    Ok(())
+}
+
+async fn put(
+    store: &Store,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<PutRequest>(header)?;
+    let len = req.len.to_native();
+    check_value_len(len)?;
+    let opts = PutOptions { pin: req.pin };
+    let mut reservation = store.put_start(req.key.as_slice(), len, opts)?;
+    // Dropped on any early return below, which revokes it: a torn put is never visible.
+    receive_payload(recv, len, |offset, bytes| {
+        reservation.write_at(offset, bytes)
+    })
+    .await?;
+    reservation.commit()?;
+    reply(send, &encode_bare_response()).await
+}
+
+async fn put_start(
+    store: &Store,
+    session: &Session,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<PutRequest>(header)?;
+    let len = req.len.to_native();
+    check_value_len(len)?;
+    let reservation = store.put_start(req.key.as_slice(), len, PutOptions { pin: req.pin })?;
+    let response = PutStartResponse {
+        writer: reservation.writer().get(),
+        location: location(reservation.extent()),
+        deadline_ms: store.config().put_timeout.as_millis() as u64,
+    };
+    session
+        .reservations
+        .lock()
+        .insert(reservation.writer().get(), reservation);
+    reply(send, &encode_response(&response)).await
+}
+
+async fn put_write(
+    store: &Store,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<PutWriteRequest>(header)?;
+    let key = req.key.as_slice();
+    let writer = WriterId::from_raw(req.writer.to_native());
+    let base = req.offset.to_native();
+    receive_payload(recv, req.len.to_native(), |offset, bytes| {
+        let at = base
+            .checked_add(offset)
+            .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, "write offset overflows"))?;
+        store.put_write(key, writer, at, bytes)
+    })
+    .await?;
+    reply(send, &encode_bare_response()).await
+}
+
+async fn put_finish(
+    store: &Store,
+    session: &Session,
+    opcode: Opcode,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<WriterRequest>(header)?;
+    let key = req.key.as_slice();
+    let writer = req.writer.to_native();
+    let own = session.reservations.lock().remove(&writer);
+    let result = match (own, opcode) {
+        (Some(r), Opcode::PutEnd) if r.key() == key => r.commit(),
+        (Some(r), _) if r.key() == key => r.revoke(),
+        (other, _) => {
+            // Not this connection's reservation (or another key): put it back and ask
+            // the engine, which checks the writer itself.
+            if let Some(r) = other {
+                session.reservations.lock().insert(writer, r);
+            }
+            let id = WriterId::from_raw(writer);
+            if opcode == Opcode::PutEnd {
+                store.put_end(key, id)
+            } else {
+                store.put_revoke(key, id)
+            }
+        }
+    };
+    result?;
+    reply(send, &encode_bare_response()).await
+}
+
+async fn get(store: &Store, send: &mut SendStream, header: &AlignedVec) -> Result<(), Failure> {
+    let req = access::<KeyRequest>(header)?;
+    // Copy out under the read guard (an epoch pin, which cannot be held across an await),
+    // then stream the copy: the pin is held for one memcpy, not for a network transfer.
+    let (value, checksum) = {
+        let guard = store.read(req.key.as_slice())?;
+        let mut value = vec![0u8; guard.len() as usize];
+        guard.copy_to(&mut value)?;
+        (value, guard.checksum())
+    };
+    let response = GetResponse {
+        len: value.len() as u64,
+        checksum,
+    };
+    reply_with_payload(send, encode_response(&response), Bytes::from(value)).await
+}
+
+async fn get_locations(
+    store: &Store,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<BatchKeysRequest>(header)?;
+    let keys: Vec<&[u8]> = req.keys.iter().map(|k| k.as_slice()).collect();
+    let now = store.clock().now();
+    let results = store
+        .get_locations(&keys)
+        .into_iter()
+        .map(|r| match r {
+            Ok(lease) => LeaseResult::Leased(Lease {
+                location: location(lease.extent),
+                checksum: lease.checksum,
+                remaining_ns: lease.expires_at.saturating_sub(now),
+            }),
+            Err(e) => LeaseResult::Failed(error_frame(&e)),
+        })
+        .collect();
+    let response = GetLocationsResponse { results };
+    reply(send, &encode_response(&response)).await
+}
+
+fn error_frame(e: &Error) -> ErrorFrame {
+    ErrorFrame {
+        code: e.code().as_u16(),
+        message: e.message().to_owned(),
+    }
+}
+
+async fn batch_exists(
+    store: &Store,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<BatchKeysRequest>(header)?;
+    let keys: Vec<&[u8]> = req.keys.iter().map(|k| k.as_slice()).collect();
+    let mut present = Vec::with_capacity(keys.len());
+    let mut errors = Vec::new();
+    for (i, r) in store.batch_exists(&keys).into_iter().enumerate() {
+        match r {
+            Ok(p) => present.push(u8::from(p)),
+            Err(e) => {
+                present.push(0);
+                errors.push(KeyError {
+                    index: i as u32,
+                    error: error_frame(&e),
+                });
+            }
+        }
+    }
+    let response = BatchExistsResponse { present, errors };
+    reply(send, &encode_response(&response)).await
+}
+
+async fn prefix_len(
+    store: &Store,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<PrefixLenRequest>(header)?;
+    let groups: Vec<Vec<&[u8]>> = req
+        .groups
+        .iter()
+        .map(|g| g.iter().map(|k| k.as_slice()).collect())
+        .collect();
+    let matched = store.prefix_len(&groups, req.lease)?;
+    let now = store.clock().now();
+    let response = PrefixLenResponse {
+        len: matched.len as u64,
+        lease_remaining_ns: matched.leased_until.map(|t| t.saturating_sub(now)),
+    };
+    reply(send, &encode_response(&response)).await
+}
+
+fn stats(shared: &Shared) -> StatsResponse {
+    let s = shared.store.stats();
+    let c = &s.counters;
+    StatsResponse {
+        tiers: s
+            .tiers
+            .iter()
+            .map(|t| TierStats {
+                kind: t.kind.name().to_owned(),
+                capacity: t.capacity,
+                used: t.used,
+                objects: t.objects,
+                largest_free_extent: t.largest_free_extent,
+            })
+            .collect(),
+        objects: s.objects,
+        pending: s.pending,
+        index_bytes: s.index_bytes,
+        key_bytes: s.key_bytes,
+        puts: c.ops.puts,
+        put_bytes: c.ops.put_bytes,
+        get_hits: c.ops.get_hits,
+        get_misses: c.ops.get_misses,
+        get_bytes: c.ops.get_bytes,
+        removes: c.ops.removes,
+        evictions: c.evictions,
+        evicted_bytes: c.evicted_bytes,
+        expired_reservations: c.expired_reservations,
+        no_space: c.no_space,
+        connections: shared.connections.load(Ordering::Relaxed),
+    }
+}

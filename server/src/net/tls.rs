@@ -1,0 +1,190 @@
+//! The server's TLS identity and its quinn configuration.
+//!
+//! TLS is always on. Without `--tls-cert`/`--tls-key` the server makes a self-signed
+//! certificate at first start (rcgen) and keeps it in its data dir, so clients can pin it
+//! across restarts: `<data-dir>/server-cert.pem` is the file they trust.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quinn::VarInt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use strata_proto::wire::{tuning, ALPN};
+use strata_proto::{Error, ErrorCode, Result};
+
+/// File name of the generated certificate inside the data dir.
+pub const CERT_FILE: &str = "server-cert.pem";
+/// File name of the generated private key inside the data dir (mode 0600).
+pub const KEY_FILE: &str = "server-key.pem";
+
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug)]
+pub enum TlsSource {
+    /// Generate a self-signed certificate in this directory at first start, reuse it after.
+    SelfSigned {
+        /// The data dir.
+        dir: PathBuf,
+        /// Names and addresses the certificate is valid for.
+        names: Vec<String>,
+    },
+    /// PEM files given by the operator.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+}
+
+/// A loaded certificate chain and key.
+pub struct Identity {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// The certificate file clients should trust.
+    pub cert_path: PathBuf,
+}
+
+fn setup_error(what: String) -> Error {
+    Error::new(ErrorCode::InvalidArgument, what)
+}
+
+/// Loads the identity `source` names, generating the self-signed one when it is missing.
+pub fn load_identity(source: &TlsSource) -> Result<Identity> {
+    match source {
+        TlsSource::Files { cert, key } => read_identity(cert, key),
+        TlsSource::SelfSigned { dir, names } => {
+            let cert = dir.join(CERT_FILE);
+            let key = dir.join(KEY_FILE);
+            if !cert.exists() || !key.exists() {
+                generate(dir, &cert, &key, names)?;
+            }
+            read_identity(&cert, &key)
+        }
+    }
+}
+
+fn read_identity(cert_path: &Path, key_path: &Path) -> Result<Identity> {
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| setup_error(format!("reading certificate {}: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        let msg = format!("{} holds no certificate", cert_path.display());
+        return Err(setup_error(msg));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| setup_error(format!("reading private key {}: {e}", key_path.display())))?;
+    Ok(Identity {
+        chain,
+        key,
+        cert_path: cert_path.to_path_buf(),
+    })
+}
+
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        setup_error(format!("{what} {}: {e}", p.display()))
+    };
+    fs::create_dir_all(dir).map_err(|e| io("creating data dir", dir, e))?;
+    let certified = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("generating a certificate: {e}"),
+        )
+    })?;
+    let mut key_file = private_file(key_path).map_err(|e| io("writing", key_path, e))?;
+    key_file
+        .write_all(certified.key_pair.serialize_pem().as_bytes())
+        .map_err(|e| io("writing", key_path, e))?;
+    // Write the certificate last: its presence says the pair is complete.
+    fs::write(cert_path, certified.cert.pem()).map_err(|e| io("writing", cert_path, e))?;
+    Ok(())
+}
+
+fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// quinn's transport settings for this workload (see [`tuning`]).
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(VarInt::from_u32(tuning::MAX_CONCURRENT_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .stream_receive_window(VarInt::from_u32(tuning::STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(tuning::CONNECTION_RECEIVE_WINDOW))
+        .send_window(tuning::SEND_WINDOW)
+        .keep_alive_interval(Some(tuning::KEEP_ALIVE))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(tuning::IDLE_TIMEOUT).expect("30 s fits a VarInt"),
+        ));
+    t
+}
+
+/// The quinn server configuration for `identity`: TLS 1.3 over ring, strata's ALPN,
+/// tuned transport.
+pub fn server_config(identity: Identity) -> Result<quinn::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let bad = |e: rustls::Error| setup_error(format!("TLS setup: {e}"));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(bad)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| setup_error(format!("TLS setup for QUIC: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_identity_is_generated_once_and_reused() {
+        let dir = std::env::temp_dir().join(format!("strata-tls-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let source = TlsSource::SelfSigned {
+            dir: dir.clone(),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        };
+        let first = load_identity(&source).unwrap();
+        let second = load_identity(&source).unwrap();
+        assert_eq!(
+            first.chain, second.chain,
+            "restart must keep the certificate"
+        );
+        assert_eq!(first.cert_path, dir.join(CERT_FILE));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
+        }
+        server_config(first).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_files_are_named_in_the_error() {
+        let source = TlsSource::Files {
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+        };
+        let e = load_identity(&source).err().unwrap();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.message().contains("/nonexistent/cert.pem"), "{e}");
+    }
+}

@@ -1,0 +1,312 @@
+//! The server binary's settings: command-line flags, their environment fallbacks and an
+//! optional TOML file, resolved into the engine's and the service's configurations.
+//!
+//! Precedence, highest first: flag, environment variable (`STRATA_<FLAG>`), config file
+//! (`--config`, keys named like the flags: `dram-capacity = "4GiB"`), built-in default.
+//! Flag names follow Mooncake's where one exists, so deployment guides map one to one.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use strata_proto::{Error, ErrorCode, Result};
+
+use crate::net::{ServiceConfig, TlsSource};
+use crate::{StoreConfig, TierConfig};
+
+/// Default QUIC port (Mooncake's master uses the same number).
+pub const DEFAULT_PORT: u16 = 50088;
+
+/// A byte size: plain bytes (`1073741824`) or with a unit (`1GB`, `512MiB`, `64 KiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl FromStr for Size {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Size, String> {
+        let s = s.trim();
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Size(n));
+        }
+        s.parse::<bytesize::ByteSize>()
+            .map(|b| Size(b.as_u64()))
+            .map_err(|e| format!("{s:?} is not a size like 1GB, 512MiB or 1073741824 ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `strata-server`: one per host; stores KV-cache blocks for inference engines.
+#[derive(Parser, Debug, Default, Deserialize)]
+#[command(name = "strata-server", version, about)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct ServerArgs {
+    /// TOML file with any of these settings, keys named like the flags.
+    #[arg(long, env = "STRATA_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "STRATA_HOST")]
+    pub host: Option<String>,
+    /// QUIC (UDP) port [default: 50088].
+    #[arg(long, env = "STRATA_PORT")]
+    pub port: Option<u16>,
+    /// Bytes of host memory for the dram tier [default: 512MiB].
+    #[arg(long, env = "STRATA_DRAM_CAPACITY")]
+    pub dram_capacity: Option<Size>,
+    /// Evict a tier once its used bytes pass this fraction of capacity [default: 0.9].
+    #[arg(long, env = "STRATA_EVICTION_HIGH_WATERMARK_RATIO")]
+    pub eviction_high_watermark_ratio: Option<f64>,
+    /// Fraction of capacity one eviction pass frees [default: 0.1].
+    #[arg(long, env = "STRATA_EVICTION_RATIO")]
+    pub eviction_ratio: Option<f64>,
+    /// Read lease length in milliseconds [default: 10000].
+    #[arg(long, env = "STRATA_DEFAULT_KV_LEASE_TTL")]
+    pub default_kv_lease_ttl: Option<u64>,
+    /// Milliseconds a writer has from put_start to put_end [default: 30000].
+    #[arg(long, env = "STRATA_PUT_TIMEOUT")]
+    pub put_timeout: Option<u64>,
+    /// Where the server keeps its certificate and (later) its ssd tier
+    /// [default: <data home>/strata, e.g. ~/.local/share/strata].
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain to serve instead of the generated self-signed one.
+    #[arg(long, env = "STRATA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Shared token clients must present (none: any client that trusts the certificate).
+    #[arg(long, env = "STRATA_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// HTTP address for Prometheus metrics (served once the metrics work lands).
+    #[arg(long, env = "STRATA_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Index shards, a power of two [default: 64].
+    #[arg(long, env = "STRATA_SHARDS")]
+    pub shards: Option<usize>,
+    /// Milliseconds shutdown waits for in-flight requests [default: 5000].
+    #[arg(long, env = "STRATA_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// Everything the binary needs to start, resolved and checked.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The engine.
+    pub store: StoreConfig,
+    /// The network service.
+    pub service: ServiceConfig,
+    /// The data dir (certificate, later the ssd tier).
+    pub data_dir: PathBuf,
+    /// Where metrics will be served.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::new(ErrorCode::InvalidArgument, msg)
+}
+
+/// The default data dir: `strata` under the user's data home.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("strata")
+}
+
+impl ServerArgs {
+    /// Fills every setting not given by flag or environment from `file`.
+    fn or_file(self, file: ServerArgs) -> ServerArgs {
+        ServerArgs {
+            config: self.config,
+            host: self.host.or(file.host),
+            port: self.port.or(file.port),
+            dram_capacity: self.dram_capacity.or(file.dram_capacity),
+            eviction_high_watermark_ratio: self
+                .eviction_high_watermark_ratio
+                .or(file.eviction_high_watermark_ratio),
+            eviction_ratio: self.eviction_ratio.or(file.eviction_ratio),
+            default_kv_lease_ttl: self.default_kv_lease_ttl.or(file.default_kv_lease_ttl),
+            put_timeout: self.put_timeout.or(file.put_timeout),
+            data_dir: self.data_dir.or(file.data_dir),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            auth_token: self.auth_token.or(file.auth_token),
+            metrics_addr: self.metrics_addr.or(file.metrics_addr),
+            shards: self.shards.or(file.shards),
+            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+        }
+    }
+
+    /// Reads the config file (if any) and resolves every setting.
+    pub fn resolve(self) -> Result<Settings> {
+        let args = match &self.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                self.or_file(file)
+            }
+            None => self,
+        };
+        args.into_settings()
+    }
+
+    fn into_settings(self) -> Result<Settings> {
+        let host = self.host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        let port = self.port.unwrap_or(DEFAULT_PORT);
+        let listen = resolve_addr(&host, port)?;
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let capacity = self.dram_capacity.map_or(512 << 20, |s| s.0);
+        let store = StoreConfig {
+            tiers: vec![TierConfig::dram(capacity)],
+            eviction_high_watermark_ratio: self.eviction_high_watermark_ratio.unwrap_or(0.9),
+            eviction_ratio: self.eviction_ratio.unwrap_or(0.1),
+            lease_ttl: Duration::from_millis(self.default_kv_lease_ttl.unwrap_or(10_000)),
+            put_timeout: Duration::from_millis(self.put_timeout.unwrap_or(30_000)),
+            shards: self.shards.unwrap_or(64),
+            ..StoreConfig::default()
+        };
+        store.validate()?;
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => TlsSource::SelfSigned {
+                dir: data_dir.clone(),
+                names: certificate_names(listen.ip()),
+            },
+            _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
+        };
+        if self.auth_token.as_deref() == Some("") {
+            return Err(invalid("--auth-token must not be empty".into()));
+        }
+        Ok(Settings {
+            store,
+            service: ServiceConfig {
+                listen,
+                tls,
+                auth_token: self.auth_token,
+                shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
+            },
+            data_dir,
+            metrics_addr: self.metrics_addr,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServerArgs> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("reading config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| invalid(format!("config file {}: {e}", path.display())))
+}
+
+fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| invalid(format!("--host {host:?} is not an address or a known name")))
+}
+
+/// The names the self-signed certificate covers: loopback, this host's name, and the
+/// address the server listens on when it is a specific one.
+fn certificate_names(listen: IpAddr) -> Vec<String> {
+    let mut names = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = hostname::get() {
+        names.push(h.to_string_lossy().into_owned());
+    }
+    if !listen.is_unspecified() && !listen.is_loopback() {
+        names.push(listen.to_string());
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServerArgs {
+        let mut all = vec!["strata-server"];
+        all.extend_from_slice(args);
+        ServerArgs::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn sizes_accept_units_and_plain_bytes() {
+        assert_eq!("1073741824".parse::<Size>(), Ok(Size(1 << 30)));
+        assert_eq!("512MiB".parse::<Size>(), Ok(Size(512 << 20)));
+        assert_eq!("1GB".parse::<Size>(), Ok(Size(1_000_000_000)));
+        assert_eq!("64 KiB".parse::<Size>(), Ok(Size(64 << 10)));
+        assert!("lots".parse::<Size>().is_err());
+        assert!("-1".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn no_flags_gives_safe_local_defaults() {
+        let s = parse(&[]).resolve().unwrap();
+        assert_eq!(
+            s.service.listen,
+            "127.0.0.1:50088".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(s.store.tiers[0].capacity, 512 << 20);
+        assert_eq!(s.store.lease_ttl, Duration::from_secs(10));
+        assert_eq!(s.store.eviction_high_watermark_ratio, 0.9);
+        assert!(s.service.auth_token.is_none());
+        assert!(matches!(s.service.tls, TlsSource::SelfSigned { .. }));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let path = std::env::temp_dir().join(format!("strata-cfg-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "port = 6000\ndram-capacity = \"2GiB\"\neviction-ratio = 0.2\n\
+             default-kv-lease-ttl = 500\n",
+        )
+        .unwrap();
+        let s = parse(&["--config", path.to_str().unwrap(), "--port", "7000"])
+            .resolve()
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(s.service.listen.port(), 7000, "flag beats file");
+        assert_eq!(s.store.tiers[0].capacity, 2 << 30, "file beats default");
+        assert_eq!(s.store.eviction_ratio, 0.2);
+        assert_eq!(s.store.lease_ttl, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let e = parse(&["--eviction-ratio", "1.5"]).resolve().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        let e = parse(&["--host", "no such host.invalid"])
+            .resolve()
+            .unwrap_err();
+        assert!(e.message().contains("--host"), "{e}");
+        assert!(ServerArgs::try_parse_from(["s", "--dram-capacity", "big"]).is_err());
+        assert!(ServerArgs::try_parse_from(["s", "--tls-cert", "c.pem"]).is_err());
+
+        let path = std::env::temp_dir().join(format!("strata-bad-{}.toml", std::process::id()));
+        std::fs::write(&path, "dram-capacty = 5\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.message().contains("dram-capacty"), "{e}");
+    }
+}
