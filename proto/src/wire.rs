@@ -70,6 +70,23 @@ pub mod tuning {
     pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
     /// A connection with no traffic (keep-alives included) for this long is dead.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+    /// These settings as quinn's transport configuration (both ends use it).
+    #[cfg(feature = "quinn")]
+    pub fn transport_config() -> quinn::TransportConfig {
+        use quinn::VarInt;
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+            .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+            .send_window(SEND_WINDOW)
+            .keep_alive_interval(Some(KEEP_ALIVE))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("30 s fits a VarInt"),
+            ));
+        t
+    }
 }
 
 /// What a request asks for. The numbers are part of the protocol: only append.

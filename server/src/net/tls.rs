@@ -9,7 +9,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use quinn::VarInt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use strata_proto::wire::{tuning, ALPN};
@@ -111,21 +110,6 @@ fn private_file(path: &Path) -> std::io::Result<fs::File> {
     options.open(path)
 }
 
-/// quinn's transport settings for this workload (see [`tuning`]).
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(VarInt::from_u32(tuning::MAX_CONCURRENT_STREAMS))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(tuning::STREAM_RECEIVE_WINDOW))
-        .receive_window(VarInt::from_u32(tuning::CONNECTION_RECEIVE_WINDOW))
-        .send_window(tuning::SEND_WINDOW)
-        .keep_alive_interval(Some(tuning::KEEP_ALIVE))
-        .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(tuning::IDLE_TIMEOUT).expect("30 s fits a VarInt"),
-        ));
-    t
-}
-
 /// The quinn server configuration for `identity`: TLS 1.3 over ring, strata's ALPN,
 /// tuned transport.
 pub fn server_config(identity: Identity) -> Result<quinn::ServerConfig> {
@@ -141,7 +125,7 @@ pub fn server_config(identity: Identity) -> Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| setup_error(format!("TLS setup for QUIC: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(tuning::transport_config()));
     Ok(config)
 }
 

@@ -1,0 +1,114 @@
+//! The location/lease cache: where a key's bytes are, for as long as the server promised
+//! to leave them there.
+//!
+//! Each entry expires at its lease's end minus a margin, so a cached location is never
+//! handed out when the lease may lapse before the caller's copy finishes. A key removed
+//! through this client is dropped at once.
+
+use std::time::{Duration, Instant};
+
+use moka::sync::Cache;
+use moka::Expiry;
+use strata_proto::msg::Location;
+
+/// A location under a read lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeasedLocation {
+    /// Where the bytes are in the server's tiers.
+    pub location: Location,
+    /// xxh3-64 of the value (0 when the server records none).
+    pub checksum: u64,
+    /// Until when the server keeps the object in place (client clock; taken from when
+    /// the request was sent, so it errs early).
+    pub valid_until: Instant,
+}
+
+struct UntilLeaseEnds {
+    margin: Duration,
+}
+
+impl Expiry<Vec<u8>, LeasedLocation> for UntilLeaseEnds {
+    fn expire_after_create(
+        &self,
+        _key: &Vec<u8>,
+        value: &LeasedLocation,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        let left = value.valid_until.saturating_duration_since(created_at);
+        Some(left.saturating_sub(self.margin))
+    }
+}
+
+/// Key -> leased location, expiring with the lease.
+pub(crate) struct LocationCache {
+    cache: Cache<Vec<u8>, LeasedLocation>,
+    margin: Duration,
+}
+
+impl LocationCache {
+    pub fn new(capacity: u64, margin: Duration) -> LocationCache {
+        let cache = Cache::builder()
+            .max_capacity(capacity)
+            .expire_after(UntilLeaseEnds { margin })
+            .build();
+        LocationCache { cache, margin }
+    }
+
+    /// The cached location of `key`, if its lease still has more than the margin left.
+    pub fn get(&self, key: &[u8]) -> Option<LeasedLocation> {
+        let hit = self.cache.get(key)?;
+        // moka's expiry is lazy about time granularity: check the lease itself too.
+        (hit.valid_until > Instant::now() + self.margin).then_some(hit)
+    }
+
+    pub fn insert(&self, key: &[u8], location: LeasedLocation) {
+        if location.valid_until > Instant::now() + self.margin {
+            self.cache.insert(key.to_vec(), location);
+        }
+    }
+
+    pub fn invalidate(&self, key: &[u8]) {
+        self.cache.invalidate(key);
+    }
+
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leased(for_ms: u64) -> LeasedLocation {
+        LeasedLocation {
+            location: Location {
+                tier: 0,
+                segment: 1,
+                offset: 4096,
+                len: 10,
+            },
+            checksum: 9,
+            valid_until: Instant::now() + Duration::from_millis(for_ms),
+        }
+    }
+
+    #[test]
+    fn entries_live_until_lease_end_minus_margin() {
+        let cache = LocationCache::new(100, Duration::from_millis(50));
+        cache.insert(b"long", leased(10_000));
+        cache.insert(b"short", leased(120));
+        cache.insert(b"too-short", leased(20));
+        assert_eq!(cache.get(b"long").unwrap().checksum, 9);
+        assert!(cache.get(b"short").is_some());
+        assert!(cache.get(b"too-short").is_none(), "inside the margin");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            cache.get(b"short").is_none(),
+            "lease end minus margin passed"
+        );
+        assert!(cache.get(b"long").is_some());
+        cache.invalidate(b"long");
+        assert!(cache.get(b"long").is_none());
+    }
+}

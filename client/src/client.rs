@@ -1,0 +1,588 @@
+//! [`Client`]: every store operation as an async method.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt};
+use parking_lot::Mutex;
+use quinn::{RecvStream, SendStream};
+use rkyv::util::AlignedVec;
+use strata_proto::limits::MAX_BATCH_KEYS;
+use strata_proto::msg::{
+    BatchExistsResponse, BatchKeysRequest, ExistsResponse, GetLocationsResponse, GetResponse,
+    KeyRequest, LeaseResult, Location, Ping, PrefixLenRequest, PrefixLenResponse, PutRequest,
+    PutStartResponse, PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest,
+    StatsResponse, WriterRequest,
+};
+use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opcode};
+use strata_proto::{Error, ErrorCode, Result};
+
+use crate::cache::{LeasedLocation, LocationCache};
+use crate::config::ClientConfig;
+use crate::connection::{read_error, read_response, Connector, Link, ServerInfo};
+
+/// The store's figures, as `strata stats` prints them.
+pub type ServerStats = StatsResponse;
+
+/// A write reservation made with [`Client::put_start`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// The writer id to pass to put_write, put_end and put_revoke.
+    pub writer: u64,
+    /// Where the value goes in the server's tiers.
+    pub location: Location,
+    /// When the server revokes the reservation if it is not committed.
+    pub deadline: Instant,
+}
+
+/// The result of [`Client::prefix_len_leased`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixMatch {
+    /// Leading positions whose keys are all stored.
+    pub len: usize,
+    /// Until when the matched objects are leased (none when nothing matched).
+    pub leased_until: Option<Instant>,
+}
+
+/// A memory region registered with [`Client::register_buffer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BufferId(u64);
+
+/// A client of one strata server. Cheap to clone; clones share the connection, the
+/// location cache and the registered buffers.
+///
+/// Every operation is bounded by `transfer_timeout` (a timeout is an error, never a hang)
+/// and reconnects if the connection was lost.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    connector: Arc<Connector>,
+    cache: LocationCache,
+    buffers: Mutex<Buffers>,
+}
+
+#[derive(Default)]
+struct Buffers {
+    next: u64,
+    /// start address -> (end address, id)
+    by_start: BTreeMap<usize, (usize, BufferId)>,
+}
+
+fn timed_out(what: &str, after: Duration) -> Error {
+    Error::new(
+        ErrorCode::Timeout,
+        format!("{what} did not finish within {after:?}"),
+    )
+}
+
+impl Client {
+    /// Connects to the server of `config` and completes the handshake (authenticating
+    /// when a token is given).
+    pub async fn connect(config: ClientConfig) -> Result<Client> {
+        let connector = Arc::new(Connector::new(&config)?);
+        connector.link().await?;
+        let cache = LocationCache::new(config.location_cache_capacity, config.lease_margin);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                config,
+                connector,
+                cache,
+                buffers: Mutex::new(Buffers::default()),
+            }),
+        })
+    }
+
+    /// What the server said about itself in the last handshake.
+    pub async fn server_info(&self) -> Result<ServerInfo> {
+        Ok(self.inner.connector.link().await?.info.clone())
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// Closes the connection politely (the server frees its state for it at once).
+    pub async fn close(&self) {
+        self.inner.connector.close().await;
+    }
+
+    /// Runs `op` under the transfer timeout. On timeout the connection is probed in the
+    /// background and dropped if the server does not answer, so the next call reconnects
+    /// instead of waiting on a dead connection.
+    async fn bounded<T>(&self, what: &str, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.inner.config.transfer_timeout;
+        match tokio::time::timeout(limit, op).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.probe_after_timeout();
+                Err(timed_out(what, limit))
+            }
+        }
+    }
+
+    fn probe_after_timeout(&self) {
+        let connector = Arc::clone(&self.inner.connector);
+        let bound = self
+            .inner
+            .config
+            .connect_timeout
+            .min(Duration::from_secs(2));
+        tokio::spawn(async move {
+            let Ok(link) = connector.link().await else {
+                return;
+            };
+            let frame = encode_request(Opcode::Ping, &Ping { nonce: 0 });
+            let probe = exchange_on(&link, &frame, &[]);
+            if !matches!(tokio::time::timeout(bound, probe).await, Ok(Ok(_))) {
+                connector.discard(&link);
+            }
+        });
+    }
+
+    /// Opens a request stream, reconnecting once if the connection turns out to be gone.
+    async fn open(&self) -> Result<(SendStream, RecvStream)> {
+        let link = self.inner.connector.link().await?;
+        match link.conn.open_bi().await {
+            Ok(streams) => Ok(streams),
+            Err(_) => {
+                self.inner.connector.discard(&link);
+                let link = self.inner.connector.link().await?;
+                link.conn
+                    .open_bi()
+                    .await
+                    .map_err(|e| crate::connection::connection_error(&e))
+            }
+        }
+    }
+
+    /// Sends `frame` and `payload` on a new stream; returns the response header and the
+    /// stream positioned at the response payload.
+    async fn request(&self, frame: &[u8], payload: &[u8]) -> Result<(RecvStream, AlignedVec)> {
+        let (mut send, mut recv) = self.open().await?;
+        crate::connection::send_request(&mut send, frame, payload).await?;
+        let header = read_response(&mut recv).await?;
+        Ok((recv, header))
+    }
+
+    /// Stores `value` under `key`. An existing key counts as success: the same block hash
+    /// means the same bytes, and values are immutable.
+    pub async fn put(&self, key: &[u8], value: Bytes) -> Result<()> {
+        self.put_from(key, &value).await
+    }
+
+    /// Stores a copy of `value` under `key` (see [`Client::put`]).
+    pub async fn put_from(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_with(key, value, false).await
+    }
+
+    /// Stores `value` under `key` pinned: it is never evicted (it can still be removed).
+    pub async fn put_pinned(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_with(key, value, true).await
+    }
+
+    async fn put_with(&self, key: &[u8], value: &[u8], pin: bool) -> Result<()> {
+        let header = PutRequest {
+            key: key.to_vec(),
+            len: value.len() as u64,
+            pin,
+        };
+        let frame = encode_request(Opcode::Put, &header);
+        let result = self.bounded("put", self.request(&frame, value)).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == ErrorCode::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Per-item [`Client::put_from`], up to `batch_concurrency` in flight; one failure never
+    /// fails the others.
+    pub async fn batch_put_from<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        items: &[(K, V)],
+    ) -> Vec<Result<()>> {
+        stream::iter(items)
+            .map(|(k, v)| self.put_from(k.as_ref(), v.as_ref()))
+            .buffered(self.inner.config.batch_concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Reserves space for a `len`-byte value (two-phase put): write it with
+    /// [`Client::put_write`], then commit with [`Client::put_end`]. The reservation
+    /// belongs to this connection: if the connection ends first, the server revokes it.
+    pub async fn put_start(&self, key: &[u8], len: u64) -> Result<Reservation> {
+        let header = PutRequest {
+            key: key.to_vec(),
+            len,
+            pin: false,
+        };
+        let frame = encode_request(Opcode::PutStart, &header);
+        let sent = Instant::now();
+        let (_, header) = self.bounded("put_start", self.request(&frame, &[])).await?;
+        let r = decode::<PutStartResponse>(&header)?;
+        Ok(Reservation {
+            writer: r.writer,
+            location: r.location,
+            deadline: sent + Duration::from_millis(r.deadline_ms),
+        })
+    }
+
+    /// Writes `data` at `offset` of the value reserved by `writer`.
+    pub async fn put_write(&self, key: &[u8], writer: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let header = PutWriteRequest {
+            key: key.to_vec(),
+            writer,
+            offset,
+            len: data.len() as u64,
+        };
+        let frame = encode_request(Opcode::PutWrite, &header);
+        self.bounded("put_write", self.request(&frame, data))
+            .await?;
+        Ok(())
+    }
+
+    /// Commits the reservation: the value becomes visible.
+    pub async fn put_end(&self, key: &[u8], writer: u64) -> Result<()> {
+        self.finish_put(Opcode::PutEnd, key, writer).await
+    }
+
+    /// Cancels the reservation and frees its space.
+    pub async fn put_revoke(&self, key: &[u8], writer: u64) -> Result<()> {
+        self.finish_put(Opcode::PutRevoke, key, writer).await
+    }
+
+    async fn finish_put(&self, opcode: Opcode, key: &[u8], writer: u64) -> Result<()> {
+        let header = WriterRequest {
+            key: key.to_vec(),
+            writer,
+        };
+        let frame = encode_request(opcode, &header);
+        self.bounded(opcode.name(), self.request(&frame, &[]))
+            .await?;
+        Ok(())
+    }
+
+    /// The value of `key`.
+    pub async fn get(&self, key: &[u8]) -> Result<Bytes> {
+        self.bounded("get", async {
+            let (mut recv, response) = self.get_request(key).await?;
+            let mut value = vec![0u8; response.len as usize];
+            recv.read_exact(&mut value).await.map_err(read_error)?;
+            self.verify(key, &value, response.checksum)?;
+            Ok(Bytes::from(value))
+        })
+        .await
+    }
+
+    /// Copies the value of `key` into the front of `buf`; returns its length.
+    /// `InvalidArgument` if `buf` is too small.
+    pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
+        self.bounded("get", async {
+            let (mut recv, response) = self.get_request(key).await?;
+            let len = response.len as usize;
+            let Some(dst) = buf.get_mut(..len) else {
+                let _ = recv.stop(wire::STOP_ANSWERED.into());
+                let msg = format!(
+                    "buffer of {} bytes is too small for a value of {len} bytes",
+                    buf.len()
+                );
+                return Err(Error::new(ErrorCode::InvalidArgument, msg));
+            };
+            recv.read_exact(dst).await.map_err(read_error)?;
+            self.verify(key, dst, response.checksum)?;
+            Ok(len)
+        })
+        .await
+    }
+
+    async fn get_request(&self, key: &[u8]) -> Result<(RecvStream, GetResponse)> {
+        let frame = encode_request(Opcode::Get, &KeyRequest { key: key.to_vec() });
+        let (recv, header) = self.request(&frame, &[]).await?;
+        Ok((recv, decode::<GetResponse>(&header)?))
+    }
+
+    fn verify(&self, key: &[u8], value: &[u8], checksum: u64) -> Result<()> {
+        if !self.inner.config.verify_checksums || checksum == 0 {
+            return Ok(());
+        }
+        let got = xxhash_rust::xxh3::xxh3_64(value);
+        if got != checksum {
+            let msg = format!(
+                "value of {} arrived corrupted (checksum {got:#x}, stored {checksum:#x})",
+                String::from_utf8_lossy(key)
+            );
+            return Err(Error::new(ErrorCode::Internal, msg));
+        }
+        Ok(())
+    }
+
+    /// Per-key [`Client::get_into`], up to `batch_concurrency` in flight; one failure never
+    /// fails the others. `keys` and `bufs` pair up by position.
+    pub async fn batch_get_into<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        bufs: &mut [&mut [u8]],
+    ) -> Vec<Result<usize>> {
+        if keys.len() != bufs.len() {
+            let msg = format!("{} keys but {} buffers", keys.len(), bufs.len());
+            return vec![Err(Error::new(ErrorCode::InvalidArgument, msg)); keys.len()];
+        }
+        stream::iter(keys.iter().zip(bufs.iter_mut()))
+            .map(|(k, b)| self.get_into(k.as_ref(), b))
+            .buffered(self.inner.config.batch_concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Where each key's bytes are, under a read lease (from the cache while a cached
+    /// lease holds, else from the server, which leases them anew).
+    pub async fn get_locations<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<LeasedLocation>> {
+        let mut out: Vec<Option<Result<LeasedLocation>>> = keys
+            .iter()
+            .map(|k| self.inner.cache.get(k.as_ref()).map(Ok))
+            .collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        for chunk in missing.chunks(MAX_BATCH_KEYS) {
+            let request = BatchKeysRequest {
+                keys: chunk.iter().map(|&i| keys[i].as_ref().to_vec()).collect(),
+            };
+            let frame = encode_request(Opcode::GetLocations, &request);
+            let sent = Instant::now();
+            let answer = self
+                .bounded("get_locations", self.request(&frame, &[]))
+                .await
+                .and_then(|(_, h)| decode::<GetLocationsResponse>(&h));
+            let results = match answer {
+                Ok(r) if r.results.len() == chunk.len() => r.results,
+                Ok(_) => {
+                    let e = Error::new(ErrorCode::Protocol, "server answered a different count");
+                    chunk.iter().for_each(|&i| out[i] = Some(Err(e.clone())));
+                    continue;
+                }
+                Err(e) => {
+                    chunk.iter().for_each(|&i| out[i] = Some(Err(e.clone())));
+                    continue;
+                }
+            };
+            for (&i, result) in chunk.iter().zip(results) {
+                out[i] = Some(match result {
+                    LeaseResult::Leased(lease) => {
+                        let leased = LeasedLocation {
+                            location: lease.location,
+                            checksum: lease.checksum,
+                            valid_until: sent + Duration::from_nanos(lease.remaining_ns),
+                        };
+                        self.inner.cache.insert(keys[i].as_ref(), leased);
+                        Ok(leased)
+                    }
+                    LeaseResult::Failed(f) => Err(Error::new(
+                        ErrorCode::from_u16(f.code).unwrap_or(ErrorCode::Internal),
+                        f.message,
+                    )),
+                });
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every key was answered"))
+            .collect()
+    }
+
+    /// Whether `key` is stored (complete). Takes no lease.
+    pub async fn exists(&self, key: &[u8]) -> Result<bool> {
+        let frame = encode_request(Opcode::Exists, &KeyRequest { key: key.to_vec() });
+        let (_, header) = self.bounded("exists", self.request(&frame, &[])).await?;
+        Ok(decode::<ExistsResponse>(&header)?.present)
+    }
+
+    /// Per-key [`Client::exists`] in one round trip per [`MAX_BATCH_KEYS`] keys.
+    pub async fn batch_exists<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<bool>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_KEYS) {
+            let request = BatchKeysRequest {
+                keys: chunk.iter().map(|k| k.as_ref().to_vec()).collect(),
+            };
+            let frame = encode_request(Opcode::BatchExists, &request);
+            let answer = self
+                .bounded("batch_exists", self.request(&frame, &[]))
+                .await
+                .and_then(|(_, h)| decode::<BatchExistsResponse>(&h));
+            match answer {
+                Ok(r) if r.present.len() == chunk.len() => {
+                    let start = out.len();
+                    out.extend(r.present.iter().map(|&p| Ok(p == 1)));
+                    for e in r.errors {
+                        if let Some(slot) = out.get_mut(start + e.index as usize) {
+                            let code = ErrorCode::from_u16(e.error.code);
+                            *slot = Err(Error::new(
+                                code.unwrap_or(ErrorCode::Internal),
+                                e.error.message,
+                            ));
+                        }
+                    }
+                }
+                Ok(_) => {
+                    let e = Error::new(ErrorCode::Protocol, "server answered a different count");
+                    out.extend(chunk.iter().map(|_| Err(e.clone())));
+                }
+                Err(e) => out.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+        }
+        out
+    }
+
+    /// The number of leading positions whose keys are all stored. A position is a group:
+    /// all tensor-parallel ranks' keys of one block.
+    pub async fn prefix_len<G, K>(&self, groups: &[G]) -> Result<usize>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        Ok(self.prefix(groups, false).await?.len)
+    }
+
+    /// [`Client::prefix_len`], and the matched objects are leased so the gets that follow
+    /// cannot miss.
+    pub async fn prefix_len_leased<G, K>(&self, groups: &[G]) -> Result<PrefixMatch>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        self.prefix(groups, true).await
+    }
+
+    async fn prefix<G, K>(&self, groups: &[G], lease: bool) -> Result<PrefixMatch>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        let request = PrefixLenRequest {
+            groups: groups
+                .iter()
+                .map(|g| g.as_ref().iter().map(|k| k.as_ref().to_vec()).collect())
+                .collect(),
+            lease,
+        };
+        let frame = encode_request(Opcode::PrefixLen, &request);
+        let sent = Instant::now();
+        let (_, header) = self
+            .bounded("prefix_len", self.request(&frame, &[]))
+            .await?;
+        let r = decode::<PrefixLenResponse>(&header)?;
+        Ok(PrefixMatch {
+            len: r.len as usize,
+            leased_until: r
+                .lease_remaining_ns
+                .map(|ns| sent + Duration::from_nanos(ns)),
+        })
+    }
+
+    /// Removes `key`. A leased or still-written object is refused unless `force`.
+    pub async fn remove(&self, key: &[u8], force: bool) -> Result<()> {
+        self.inner.cache.invalidate(key);
+        let request = RemoveRequest {
+            key: key.to_vec(),
+            force,
+        };
+        let frame = encode_request(Opcode::Remove, &request);
+        self.bounded("remove", self.request(&frame, &[])).await?;
+        Ok(())
+    }
+
+    /// Removes every object (leased ones only with `force`); returns how many.
+    pub async fn remove_all(&self, force: bool) -> Result<u64> {
+        self.inner.cache.clear();
+        let frame = encode_request(Opcode::RemoveAll, &RemoveAllRequest { force });
+        let (_, header) = self
+            .bounded("remove_all", self.request(&frame, &[]))
+            .await?;
+        Ok(decode::<RemoveAllResponse>(&header)?.removed)
+    }
+
+    /// The server's figures.
+    pub async fn stats(&self) -> Result<ServerStats> {
+        let frame = encode_bare_request(Opcode::Stats);
+        let (_, header) = self.bounded("stats", self.request(&frame, &[])).await?;
+        decode::<StatsResponse>(&header)
+    }
+
+    /// One round trip with no work; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration> {
+        let nonce = Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed;
+        let frame = encode_request(Opcode::Ping, &Ping { nonce });
+        let start = Instant::now();
+        let (_, header) = self.bounded("ping", self.request(&frame, &[])).await?;
+        if decode::<Ping>(&header)?.nonce != nonce {
+            return Err(Error::new(
+                ErrorCode::Protocol,
+                "ping answered another nonce",
+            ));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// Registers the memory region `[addr, addr + len)` (for example an engine's KV-cache
+    /// pool) for direct transports. Bookkeeping only for now: the shared-memory and device
+    /// transports use it to copy without staging. Overlapping regions are refused.
+    pub fn register_buffer(&self, addr: usize, len: usize) -> Result<BufferId> {
+        let end = addr.checked_add(len).filter(|_| len > 0).ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                format!("cannot register {len} bytes at {addr:#x}"),
+            )
+        })?;
+        let mut buffers = self.inner.buffers.lock();
+        let before = buffers.by_start.range(..end).next_back();
+        if before.is_some_and(|(_, &(before_end, _))| before_end > addr) {
+            let msg = format!("region {addr:#x}..{end:#x} overlaps a registered buffer");
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        }
+        buffers.next += 1;
+        let id = BufferId(buffers.next);
+        buffers.by_start.insert(addr, (end, id));
+        Ok(id)
+    }
+
+    /// Forgets a region registered with [`Client::register_buffer`].
+    pub fn unregister_buffer(&self, id: BufferId) -> Result<()> {
+        let mut buffers = self.inner.buffers.lock();
+        let start = buffers
+            .by_start
+            .iter()
+            .find(|(_, &(_, b))| b == id)
+            .map(|(&s, _)| s);
+        match start {
+            Some(s) => {
+                buffers.by_start.remove(&s);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorCode::NotFound,
+                format!("buffer {id:?} is not registered"),
+            )),
+        }
+    }
+
+    /// The registered regions as `(addr, len)`, by address.
+    pub fn registered_buffers(&self) -> Vec<(usize, usize)> {
+        let buffers = self.inner.buffers.lock();
+        buffers
+            .by_start
+            .iter()
+            .map(|(&s, &(e, _))| (s, e - s))
+            .collect()
+    }
+}
+
+async fn exchange_on(link: &Link, frame: &[u8], payload: &[u8]) -> Result<AlignedVec> {
+    let (_, header) = crate::connection::exchange(&link.conn, frame, payload).await?;
+    Ok(header)
+}

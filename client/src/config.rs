@@ -1,0 +1,87 @@
+//! How a [`Client`](crate::Client) reaches its server.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The default server address: a server on this host with its default port.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:50088";
+
+/// How value bytes travel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The most direct transport that works. Today that is QUIC; same-host shared memory
+    /// and device transports join it as they land.
+    #[default]
+    Auto,
+    /// Value bytes on QUIC streams, also on the same host.
+    Quic,
+}
+
+impl FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Transport, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "quic" => Ok(Transport::Quic),
+            other => Err(format!(
+                "unknown transport {other:?} (expected auto or quic)"
+            )),
+        }
+    }
+}
+
+/// Client settings. `ClientConfig::default()` reaches a server on this host started with
+/// no flags: it trusts the certificate that server keeps in the default data dir.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `host:port` of the server (a name or an address; `[::1]:50088` for IPv6).
+    pub server: String,
+    /// Certificate (PEM) to trust: the server's self-signed `server-cert.pem`, or the CA
+    /// that issued its certificate. `None`: the certificate in the default data dir
+    /// ([`default_cert_path`]) if there is one, and the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Name to check the server's certificate against. `None`: the host part of `server`.
+    pub server_name: Option<String>,
+    /// Token the server requires, if it requires one.
+    pub auth_token: Option<String>,
+    /// Bound on establishing a connection (QUIC + TLS + handshake).
+    pub connect_timeout: Duration,
+    /// Bound on one operation once connected, transfer included.
+    pub transfer_timeout: Duration,
+    /// How value bytes travel.
+    pub transport: Transport,
+    /// Verify each value read against the checksum the server recorded at commit.
+    pub verify_checksums: bool,
+    /// Locations kept in the lease cache.
+    pub location_cache_capacity: u64,
+    /// A cached location is dropped this long before its lease ends, so it is never used
+    /// with a lease about to lapse.
+    pub lease_margin: Duration,
+    /// Requests of a batch in flight at once.
+    pub batch_concurrency: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            server: DEFAULT_SERVER.to_owned(),
+            ca_cert: None,
+            server_name: None,
+            auth_token: None,
+            connect_timeout: Duration::from_secs(10),
+            transfer_timeout: Duration::from_secs(10),
+            transport: Transport::Auto,
+            verify_checksums: true,
+            location_cache_capacity: 1 << 20,
+            lease_margin: Duration::from_millis(500),
+            batch_concurrency: 64,
+        }
+    }
+}
+
+/// Where a server started without `--data-dir` keeps its certificate:
+/// `<data home>/strata/server-cert.pem` (e.g. `~/.local/share/strata/server-cert.pem`).
+pub fn default_cert_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("strata").join("server-cert.pem"))
+}
