@@ -203,13 +203,12 @@ impl Connector {
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
-                format!(
-                    "no connection to {} within {:?}",
-                    self.addr, self.connect_timeout
-                ),
-            )),
+            // Unreachable rather than slow: QUIC gets no refusal from a port nobody
+            // listens on, only silence.
+            Err(_) => Err(unavailable(format!(
+                "no answer from {} within {:?} (is the server running?)",
+                self.addr, self.connect_timeout
+            ))),
         }
     }
 

@@ -23,7 +23,10 @@ struct Case {
 
 #[test]
 fn block_hasher_matches_the_published_vectors() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/block_hash_vectors.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/block_hash_vectors.json"
+    );
     let text = std::fs::read_to_string(path).expect("vectors file");
     let vectors: Vectors = serde_json::from_str(&text).expect("vectors parse");
     assert!(vectors.cases.len() >= 4);
@@ -41,5 +44,8 @@ fn block_hasher_matches_the_published_vectors() {
         assert_eq!(formatted, case.keys, "case {i}: keys");
         blocks += hashes.len();
     }
-    assert!(blocks >= 12, "the vectors must exercise real chains, got {blocks} blocks");
+    assert!(
+        blocks >= 12,
+        "the vectors must exercise real chains, got {blocks} blocks"
+    );
 }
