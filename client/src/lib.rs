@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 mod cache;
+pub mod cli;
 mod client;
 mod config;
 mod connection;

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 mod evict;
+pub mod launch;
 pub mod lease;
 pub mod net;
 pub mod settings;

@@ -1,17 +1,18 @@
 //! Harness of the end-to-end tests: runs the real `strata-server` binary as a child
 //! process and hands out clients for it.
 //!
-//! Every test binary shares one build of the server: the harness runs
-//! `cargo build -p strata-server -p strata-client --bins` once per test process (a no-op
-//! when up to date) and starts the binaries from the target dir the tests run from, so a
-//! stale binary is never tested. `STRATA_SERVER_BIN` / `STRATA_CLI_BIN` point elsewhere.
+//! Every test shares one build of the server: this crate's binaries `e2e-strata-server`
+//! and `e2e-strata` are one-line mains calling the same entry points as `strata-server`
+//! and `strata` (`strata_server::launch::main`, `strata_client::cli::main`). Cargo builds
+//! them before it runs this crate's tests, with the same features, so the binary under test
+//! is never stale and no nested cargo build runs. `STRATA_SERVER_BIN` / `STRATA_CLI_BIN`
+//! point the tests at other binaries (a release build, an installed one).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use strata_client::ClientConfig;
@@ -28,47 +29,9 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn build_binaries() -> &'static Result<(), String> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        if std::env::var_os("STRATA_SERVER_BIN").is_some() {
-            return Ok(());
-        }
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile_dir = target_dir();
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "strata-server",
-            "-p",
-            "strata-client",
-            "--bins",
-        ]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target) = profile_dir.parent() {
-            cmd.arg("--target-dir").arg(target);
-        }
-        let status = cmd
-            .status()
-            .map_err(|e| format!("running cargo build: {e}"))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("cargo build of the binaries failed: {status}"))
-        }
-    })
-}
-
 fn binary(env: &str, name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
-    }
-    if let Err(e) = build_binaries() {
-        panic!("{e}");
     }
     let path = target_dir().join(name);
     assert!(path.exists(), "{} was not built", path.display());
@@ -77,12 +40,12 @@ fn binary(env: &str, name: &str) -> PathBuf {
 
 /// The `strata-server` binary under test.
 pub fn server_binary() -> PathBuf {
-    binary("STRATA_SERVER_BIN", "strata-server")
+    binary("STRATA_SERVER_BIN", "e2e-strata-server")
 }
 
 /// The `strata` command-line client under test.
 pub fn cli_binary() -> PathBuf {
-    binary("STRATA_CLI_BIN", "strata")
+    binary("STRATA_CLI_BIN", "e2e-strata")
 }
 
 /// A running `strata-server` child process, killed when dropped.

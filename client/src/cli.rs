@@ -1,0 +1,255 @@
+//! The `strata` command-line client. Exit codes: 0 success, 1 not found, 2 any other error
+//! (its code and message on stderr).
+//!
+//! Lives in the library so the binary is one line and the end-to-end tests can build a
+//! binary from the very same entry point.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::{Client, ClientConfig, Error, ErrorCode, ServerStats, DEFAULT_SERVER};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "Command-line client of a strata server"
+)]
+struct Cli {
+    /// Server address.
+    #[arg(long, env = "STRATA_SERVER", default_value = DEFAULT_SERVER, global = true)]
+    server: String,
+    /// Certificate to trust (the server's server-cert.pem). Default: the one a local
+    /// server keeps in the default data dir, and the system's roots.
+    #[arg(long, env = "STRATA_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Name to check the server's certificate against (default: the host of --server).
+    #[arg(long, env = "STRATA_SERVER_NAME", global = true)]
+    server_name: Option<String>,
+    /// The server's auth token, if it requires one.
+    #[arg(long, env = "STRATA_AUTH_TOKEN", hide_env_values = true, global = true)]
+    auth_token: Option<String>,
+    /// Seconds to wait for the connection and for each operation.
+    #[arg(long, env = "STRATA_TIMEOUT", default_value_t = 10.0, global = true)]
+    timeout: f64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store FILE (or standard input with `-`) under KEY. An existing KEY is success.
+    Put {
+        key: String,
+        file: PathBuf,
+        /// Never evict it.
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Write the value of KEY to standard output or to FILE.
+    Get {
+        key: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print whether each KEY is stored; exit 1 if any is not.
+    Exists {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print how many leading KEYs (one per block) are all stored.
+    Prefix {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Remove KEY (with --force even when leased or being written).
+    Rm {
+        key: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the server's figures.
+    Stats {
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Round trip to the server; print its version and host.
+    Ping,
+}
+
+/// Runs `strata` with the process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("strata: {e}");
+            if e.code() == ErrorCode::NotFound {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn io_error(what: String, e: std::io::Error) -> Error {
+    Error::new(ErrorCode::InvalidArgument, format!("{what}: {e}"))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
+        let msg = format!(
+            "--timeout must be a positive number of seconds, not {}",
+            cli.timeout
+        );
+        return Err(Error::new(ErrorCode::InvalidArgument, msg));
+    }
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let config = ClientConfig {
+        server: cli.server,
+        ca_cert: cli.ca,
+        server_name: cli.server_name,
+        auth_token: cli.auth_token,
+        connect_timeout: timeout,
+        transfer_timeout: timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(config).await?;
+    let code = command(&client, cli.command).await;
+    client.close().await;
+    code
+}
+
+async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
+    match command {
+        Command::Put { key, file, pin } => {
+            let value = if file.as_os_str() == "-" {
+                let mut v = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut v)
+                    .map_err(|e| io_error("reading standard input".into(), e))?;
+                v
+            } else {
+                std::fs::read(&file)
+                    .map_err(|e| io_error(format!("reading {}", file.display()), e))?
+            };
+            if pin {
+                client.put_pinned(key.as_bytes(), &value).await?;
+            } else {
+                client.put_from(key.as_bytes(), &value).await?;
+            }
+        }
+        Command::Get { key, output } => {
+            let value = client.get(key.as_bytes()).await?;
+            match output {
+                Some(path) => std::fs::write(&path, &value)
+                    .map_err(|e| io_error(format!("writing {}", path.display()), e))?,
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&value)
+                        .and_then(|()| out.flush())
+                        .map_err(|e| io_error("writing standard output".into(), e))?;
+                }
+            }
+        }
+        Command::Exists { keys } => {
+            let mut all = true;
+            for (key, present) in keys.iter().zip(client.batch_exists(&keys).await) {
+                let present = present?;
+                all &= present;
+                println!("{key}\t{present}");
+            }
+            if !all {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::Prefix { keys } => {
+            let groups: Vec<[&String; 1]> = keys.iter().map(|k| [k]).collect();
+            println!("{}", client.prefix_len(&groups).await?);
+        }
+        Command::Rm { key, force } => client.remove(key.as_bytes(), force).await?,
+        Command::Stats { json } => {
+            let stats = client.stats().await?;
+            if json {
+                println!("{}", stats_json(&stats));
+            } else {
+                print_stats(&stats);
+            }
+        }
+        Command::Ping => {
+            let rtt = client.ping().await?;
+            let info = client.server_info().await?;
+            println!(
+                "pong from {}: strata-server {} on {}, protocol {}, lease {} ms, rtt {:.3} ms",
+                client.config().server,
+                info.server_version,
+                info.host_id,
+                info.protocol,
+                info.lease_ttl_ms,
+                rtt.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats_json(s: &ServerStats) -> serde_json::Value {
+    let tiers: Vec<serde_json::Value> = s
+        .tiers
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "kind": t.kind, "capacity": t.capacity, "used": t.used,
+                "objects": t.objects, "largest_free_extent": t.largest_free_extent,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "tiers": tiers,
+        "objects": s.objects, "pending": s.pending,
+        "index_bytes": s.index_bytes, "key_bytes": s.key_bytes,
+        "puts": s.puts, "put_bytes": s.put_bytes,
+        "get_hits": s.get_hits, "get_misses": s.get_misses, "get_bytes": s.get_bytes,
+        "removes": s.removes, "evictions": s.evictions, "evicted_bytes": s.evicted_bytes,
+        "expired_reservations": s.expired_reservations, "no_space": s.no_space,
+        "connections": s.connections,
+    })
+}
+
+fn print_stats(s: &ServerStats) {
+    for t in &s.tiers {
+        println!(
+            "tier {:<6} used {:>14} of {:>14} bytes ({:.1}%), {} objects",
+            t.kind,
+            t.used,
+            t.capacity,
+            100.0 * t.used as f64 / t.capacity.max(1) as f64,
+            t.objects
+        );
+    }
+    println!("objects {}  pending {}", s.objects, s.pending);
+    println!(
+        "puts {} ({} bytes)  gets {} hit / {} miss ({} bytes)  removes {}",
+        s.puts, s.put_bytes, s.get_hits, s.get_misses, s.get_bytes, s.removes
+    );
+    println!(
+        "evictions {} ({} bytes)  expired reservations {}  refused for space {}",
+        s.evictions, s.evicted_bytes, s.expired_reservations, s.no_space
+    );
+    println!("connections {}", s.connections);
+}

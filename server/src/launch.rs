@@ -1,0 +1,71 @@
+//! The `strata-server` process: logging, the runtime, the service, and signals.
+//!
+//! Lives in the library so the binary is one line and the end-to-end tests can build a
+//! binary from the very same entry point.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::net::Service;
+use crate::settings::ServerArgs;
+use crate::Store;
+use clap::Parser;
+
+/// Runs `strata-server` with the process's arguments; exit code 0 after a graceful
+/// shutdown, 2 when it cannot start.
+pub fn main() -> ExitCode {
+    let args = ServerArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: ServerArgs) -> crate::Result<()> {
+    let settings = args.resolve()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| internal(format!("starting the runtime: {e}")))?;
+    runtime.block_on(async {
+        let store = Arc::new(Store::open(settings.store)?);
+        let service = Service::bind(store, settings.service)?;
+        if let Some(addr) = settings.metrics_addr {
+            tracing::warn!("--metrics-addr {addr}: the metrics endpoint is not built yet");
+        }
+        // Scripts and tests read these two lines: keep their shape.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "strata-server listening on {}", service.local_addr());
+        let _ = writeln!(out, "certificate: {}", service.cert_path().display());
+        let _ = out.flush();
+        drop(out);
+        let drained = service.run(shutdown_signal()).await;
+        tracing::info!(drained, "stopped");
+        Ok(())
+    })
+}
+
+fn internal(msg: String) -> crate::Error {
+    crate::Error::new(crate::ErrorCode::Internal, msg)
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
