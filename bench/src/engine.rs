@@ -72,7 +72,7 @@ fn store(capacity: u64, alignment: u64) -> Store {
     .expect("opening the bench store")
 }
 
-fn pattern(len: u64) -> Vec<u8> {
+pub(crate) fn pattern(len: u64) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
@@ -287,7 +287,7 @@ fn index_memory(p: &EngineParams, report: &mut Report) {
     );
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 

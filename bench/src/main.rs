@@ -5,6 +5,7 @@
 
 mod engine;
 mod heap;
+mod quic;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,13 @@ enum Workload {
         #[arg(long)]
         seconds: Option<f64>,
     },
+    /// The QUIC service on loopback: put/get of large values at several concurrencies,
+    /// small gets, batch_exists and prefix_len, next to a raw quinn stream (the ceiling).
+    Quic {
+        /// Seconds per timed loop (default 2, or 0.1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
 }
 
 fn main() {
@@ -50,6 +58,17 @@ fn main() {
                 params.seconds = s;
             }
             engine::run(&params, &mut report);
+        }
+        Workload::Quic { seconds } => {
+            let mut params = if cli.quick {
+                quic::QuicParams::quick()
+            } else {
+                quic::QuicParams::full()
+            };
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            quic::run(&params, &mut report);
         }
     }
     if let Some(path) = cli.json {

@@ -73,6 +73,11 @@ impl Record {
         self
     }
 
+    pub fn concurrency(mut self, concurrency: u32) -> Record {
+        self.concurrency = concurrency;
+        self
+    }
+
     pub fn batch(mut self, batch: u32) -> Record {
         self.batch = batch;
         self

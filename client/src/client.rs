@@ -22,7 +22,7 @@ use strata_proto::{Error, ErrorCode, Result};
 
 use crate::cache::{LeasedLocation, LocationCache};
 use crate::config::ClientConfig;
-use crate::connection::{read_error, read_response, Connector, Link, ServerInfo};
+use crate::connection::{read_error, read_response, Connector, Link, Payload, ServerInfo};
 
 /// The store's figures, as `strata stats` prints them.
 pub type ServerStats = StatsResponse;
@@ -166,36 +166,50 @@ impl Client {
     /// Sends `frame` and `payload` on a new stream; returns the response header and the
     /// stream positioned at the response payload.
     async fn request(&self, frame: &[u8], payload: &[u8]) -> Result<(RecvStream, AlignedVec)> {
+        self.request_with(frame, Payload::Borrowed(payload)).await
+    }
+
+    async fn request_with(
+        &self,
+        frame: &[u8],
+        payload: Payload<'_>,
+    ) -> Result<(RecvStream, AlignedVec)> {
         let (mut send, mut recv) = self.open().await?;
         crate::connection::send_request(&mut send, frame, payload).await?;
         let header = read_response(&mut recv).await?;
         Ok((recv, header))
     }
 
-    /// Stores `value` under `key`. An existing key counts as success: the same block hash
-    /// means the same bytes, and values are immutable.
+    /// Stores `value` under `key`, handing its bytes to QUIC without a copy. An existing
+    /// key counts as success: the same block hash means the same bytes, and values are
+    /// immutable.
     pub async fn put(&self, key: &[u8], value: Bytes) -> Result<()> {
-        self.put_from(key, &value).await
+        let len = value.len() as u64;
+        self.put_with(key, len, Payload::Owned(value), false).await
     }
 
     /// Stores a copy of `value` under `key` (see [`Client::put`]).
     pub async fn put_from(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put_with(key, value, false).await
+        let len = value.len() as u64;
+        self.put_with(key, len, Payload::Borrowed(value), false)
+            .await
     }
 
     /// Stores `value` under `key` pinned: it is never evicted (it can still be removed).
     pub async fn put_pinned(&self, key: &[u8], value: &[u8]) -> Result<()> {
-        self.put_with(key, value, true).await
+        let len = value.len() as u64;
+        self.put_with(key, len, Payload::Borrowed(value), true)
+            .await
     }
 
-    async fn put_with(&self, key: &[u8], value: &[u8], pin: bool) -> Result<()> {
+    async fn put_with(&self, key: &[u8], len: u64, value: Payload<'_>, pin: bool) -> Result<()> {
         let header = PutRequest {
             key: key.to_vec(),
-            len: value.len() as u64,
+            len,
             pin,
         };
         let frame = encode_request(Opcode::Put, &header);
-        let result = self.bounded("put", self.request(&frame, value)).await;
+        let result = self.bounded("put", self.request_with(&frame, value)).await;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.code() == ErrorCode::AlreadyExists => Ok(()),

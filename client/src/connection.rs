@@ -229,7 +229,7 @@ pub(crate) async fn exchange(
     payload: &[u8],
 ) -> Result<(RecvStream, AlignedVec)> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| connection_error(&e))?;
-    send_request(&mut send, frame, payload).await?;
+    send_request(&mut send, frame, Payload::Borrowed(payload)).await?;
     let header = read_response(&mut recv).await?;
     Ok((recv, header))
 }
@@ -237,12 +237,15 @@ pub(crate) async fn exchange(
 pub(crate) async fn send_request(
     send: &mut SendStream,
     frame: &[u8],
-    payload: &[u8],
+    payload: Payload<'_>,
 ) -> Result<()> {
     let write = async {
         send.write_all(frame).await?;
-        if !payload.is_empty() {
-            send.write_all(payload).await?;
+        match payload {
+            Payload::Borrowed(bytes) if !bytes.is_empty() => send.write_all(bytes).await?,
+            // Handed to quinn as is: no copy into its send buffer.
+            Payload::Owned(bytes) if !bytes.is_empty() => send.write_chunk(bytes).await?,
+            _ => {}
         }
         Ok::<(), quinn::WriteError>(())
     };
@@ -257,6 +260,14 @@ pub(crate) async fn send_request(
         Err(quinn::WriteError::ConnectionLost(e)) => Err(connection_error(&e)),
         Err(e) => Err(unavailable(format!("sending the request: {e}"))),
     }
+}
+
+/// The raw value bytes after a request's header.
+pub(crate) enum Payload<'a> {
+    /// Copied into quinn's send buffer.
+    Borrowed(&'a [u8]),
+    /// Given to quinn without a copy.
+    Owned(bytes::Bytes),
 }
 
 /// Reads a response head and header; an error frame becomes the error it carries.
