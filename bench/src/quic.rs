@@ -114,7 +114,7 @@ pub fn run(p: &QuicParams, report: &mut Report) {
             transfer_round(p, &client_rt, &client, &raw, size, c, report);
         }
     }
-    small_gets(p, &client_rt, &client, report);
+    small_gets(p, &client_rt, &client, &raw, report);
     key_lookups(p, &client_rt, &client, report);
 
     let _ = stop_tx.send(());
@@ -245,7 +245,13 @@ fn transfer_round(
 }
 
 /// 4 KiB gets with one request in flight: the round-trip cost of a get.
-fn small_gets(p: &QuicParams, rt: &tokio::runtime::Runtime, client: &Client, report: &mut Report) {
+fn small_gets(
+    p: &QuicParams,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    raw: &RawClient,
+    report: &mut Report,
+) {
     const SIZE: u64 = 4096;
     let value = Bytes::from(crate::engine::pattern(SIZE));
     rt.block_on(async {
@@ -265,11 +271,20 @@ fn small_gets(p: &QuicParams, rt: &tokio::runtime::Runtime, client: &Client, rep
             cl.get(key.as_bytes()).await.expect("get");
         }
     });
-    report.add(
-        Record::new("quic", "strata-quic", "get", "warm")
-            .size(SIZE)
-            .timed(n, n * SIZE, t, Some(&h)),
-    );
+    let get = Record::new("quic", "strata-quic", "get", "warm")
+        .size(SIZE)
+        .timed(n, n * SIZE, t, Some(&h));
+    let rc = raw.clone();
+    let (n, t, h) = timed(rt, 1, p.seconds, move |_, _| {
+        let rc = rc.clone();
+        async move { rc.read(SIZE).await }
+    });
+    let ceiling = Record::new("quic", "raw-quic", "read", "ceiling")
+        .size(SIZE)
+        .timed(n, n * SIZE, t, Some(&h));
+    let ratio = get.ops_per_s() / ceiling.ops_per_s().max(1.0);
+    report.add(get.with("vs_raw_quic", crate::engine::round3(ratio)));
+    report.add(ceiling);
 }
 
 /// batch_exists of `batch_keys` keys and prefix_len of `batch_keys / ranks` positions.

@@ -127,12 +127,13 @@ pub struct Report {
 impl Report {
     pub fn new() -> Report {
         println!(
-            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12} {:>10} {:>10} {:>10}  extra",
+            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>4} {:>5} {:>12} {:>10} {:>10} {:>10}  extra",
             "workload",
             "system",
             "op",
             "phase",
             "size",
+            "conc",
             "batch",
             "ops/s",
             "GB/s",
@@ -153,12 +154,13 @@ impl Report {
         };
         let extra: Vec<String> = r.extra.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
-            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>5} {:>12.0} {:>10} {:>10} {:>10}  {}",
+            "{:<8} {:<16} {:<11} {:<12} {:>9} {:>4} {:>5} {:>12.0} {:>10} {:>10} {:>10}  {}",
             r.workload,
             r.system,
             r.op,
             r.phase,
             human_size(r.value_size),
+            r.concurrency,
             r.batch,
             r.ops_per_s(),
             gbps,

@@ -13,9 +13,9 @@ use rkyv::util::AlignedVec;
 use strata_proto::limits::MAX_BATCH_KEYS;
 use strata_proto::msg::{
     BatchExistsResponse, BatchKeysRequest, ExistsResponse, GetLocationsResponse, GetResponse,
-    KeyRequest, LeaseResult, Location, Ping, PrefixLenRequest, PrefixLenResponse, PutRequest,
-    PutStartResponse, PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest,
-    StatsResponse, WriterRequest,
+    KeyList, KeyRequest, LeaseResult, Location, Ping, PrefixLenRequest, PrefixLenResponse,
+    PutRequest, PutStartResponse, PutWriteRequest, RemoveAllRequest, RemoveAllResponse,
+    RemoveRequest, StatsResponse, WriterRequest,
 };
 use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
@@ -367,7 +367,7 @@ impl Client {
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         for chunk in missing.chunks(MAX_BATCH_KEYS) {
             let request = BatchKeysRequest {
-                keys: chunk.iter().map(|&i| keys[i].as_ref().to_vec()).collect(),
+                keys: KeyList::new(chunk.iter().map(|&i| keys[i].as_ref())),
             };
             let frame = encode_request(Opcode::GetLocations, &request);
             let sent = Instant::now();
@@ -422,7 +422,7 @@ impl Client {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(MAX_BATCH_KEYS) {
             let request = BatchKeysRequest {
-                keys: chunk.iter().map(|k| k.as_ref().to_vec()).collect(),
+                keys: KeyList::new(chunk),
             };
             let frame = encode_request(Opcode::BatchExists, &request);
             let answer = self
@@ -478,11 +478,17 @@ impl Client {
         G: AsRef<[K]>,
         K: AsRef<[u8]>,
     {
+        let mut keys = KeyList::default();
+        let mut group_ends = Vec::with_capacity(groups.len());
+        for g in groups {
+            for k in g.as_ref() {
+                keys.push(k.as_ref());
+            }
+            group_ends.push(keys.ends.len() as u32);
+        }
         let request = PrefixLenRequest {
-            groups: groups
-                .iter()
-                .map(|g| g.as_ref().iter().map(|k| k.as_ref().to_vec()).collect())
-                .collect(),
+            keys,
+            group_ends,
             lease,
         };
         let frame = encode_request(Opcode::PrefixLen, &request);

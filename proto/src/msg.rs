@@ -142,11 +142,73 @@ pub struct GetResponse {
     pub checksum: u64,
 }
 
+/// Many keys in two flat arrays: the keys' bytes end to end, and where each one ends.
+///
+/// Flat on purpose: building it is one copy per key into one buffer, validating it is
+/// O(1) for bytecheck plus one pass over `ends`, and reading it allocates nothing —
+/// a `Vec<Vec<u8>>` costs an allocation per key to build and a pointer check per key to
+/// validate.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyList {
+    /// Every key's bytes, concatenated.
+    pub bytes: Vec<u8>,
+    /// End offset of each key in `bytes`; non-decreasing, the last one is `bytes.len()`.
+    pub ends: Vec<u32>,
+}
+
+impl KeyList {
+    /// The list of `keys`, in order.
+    pub fn new<K: AsRef<[u8]>>(keys: impl IntoIterator<Item = K>) -> KeyList {
+        let mut list = KeyList::default();
+        for k in keys {
+            list.push(k.as_ref());
+        }
+        list
+    }
+
+    /// Appends one key.
+    pub fn push(&mut self, key: &[u8]) {
+        self.bytes.extend_from_slice(key);
+        self.ends.push(self.bytes.len() as u32);
+    }
+}
+
+impl ArchivedKeyList {
+    /// The keys as slices of the archive, or a `Protocol` error if the offsets do not
+    /// describe `bytes`.
+    pub fn keys(&self) -> crate::Result<Vec<&[u8]>> {
+        let bytes = self.bytes.as_slice();
+        let mut out = Vec::with_capacity(self.ends.len());
+        let mut start = 0usize;
+        for end in self.ends.iter() {
+            let end = end.to_native() as usize;
+            let Some(key) = bytes.get(start..end) else {
+                return Err(crate::Error::new(
+                    crate::ErrorCode::Protocol,
+                    format!(
+                        "key list offset {end} is out of order or past {} bytes",
+                        bytes.len()
+                    ),
+                ));
+            };
+            out.push(key);
+            start = end;
+        }
+        if start != bytes.len() {
+            return Err(crate::Error::new(
+                crate::ErrorCode::Protocol,
+                "key list has bytes after its last key",
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// A request naming a batch of keys: get_locations, batch_exists.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct BatchKeysRequest {
     /// The keys.
-    pub keys: Vec<Vec<u8>>,
+    pub keys: KeyList,
 }
 
 /// [`Opcode::BatchExists`](crate::wire::Opcode::BatchExists) request.
@@ -208,11 +270,43 @@ pub struct BatchExistsResponse {
 /// [`Opcode::PrefixLen`](crate::wire::Opcode::PrefixLen) request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PrefixLenRequest {
-    /// Positions in order; each holds the keys (for example one per tensor-parallel rank)
-    /// that must all be present for the position to count.
-    pub groups: Vec<Vec<Vec<u8>>>,
+    /// Every position's keys (for example one per tensor-parallel rank), position after
+    /// position: all of a position's keys must be present for it to count.
+    pub keys: KeyList,
+    /// End of each position in `keys` (a count of keys, non-decreasing).
+    pub group_ends: Vec<u32>,
     /// Lease the matched objects so a following get cannot miss.
     pub lease: bool,
+}
+
+impl ArchivedPrefixLenRequest {
+    /// The positions as slices of keys, or a `Protocol` error if the offsets are invalid.
+    pub fn groups(&self) -> crate::Result<Vec<Vec<&[u8]>>> {
+        let keys = self.keys.keys()?;
+        let mut groups = Vec::with_capacity(self.group_ends.len());
+        let mut start = 0usize;
+        for end in self.group_ends.iter() {
+            let end = end.to_native() as usize;
+            let Some(group) = keys.get(start..end) else {
+                return Err(crate::Error::new(
+                    crate::ErrorCode::Protocol,
+                    format!(
+                        "position end {end} is out of order or past {} keys",
+                        keys.len()
+                    ),
+                ));
+            };
+            groups.push(group.to_vec());
+            start = end;
+        }
+        if start != keys.len() {
+            return Err(crate::Error::new(
+                crate::ErrorCode::Protocol,
+                "prefix request has keys after its last position",
+            ));
+        }
+        Ok(groups)
+    }
 }
 
 /// [`Opcode::PrefixLen`](crate::wire::Opcode::PrefixLen) response.

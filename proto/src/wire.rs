@@ -422,7 +422,7 @@ fn malformed<T>(e: rancor::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::msg::{BatchExistsRequest, PutRequest};
+    use crate::msg::{BatchExistsRequest, BatchKeysRequest, PutRequest};
 
     #[test]
     fn request_head_round_trips_and_is_little_endian() {
@@ -478,10 +478,55 @@ mod tests {
         let other = encode_request(
             Opcode::BatchExists,
             &BatchExistsRequest {
-                keys: vec![vec![1; 40]; 3],
+                keys: crate::msg::KeyList::new([[1u8; 40]; 3]),
             },
         );
         let _ = decode::<PutRequest>(&other[8..]); // must not panic, whatever it returns
+    }
+
+    #[test]
+    fn key_lists_round_trip_and_bad_offsets_are_refused() {
+        use crate::msg::{KeyList, PrefixLenRequest};
+        let list = KeyList::new([&b"ab"[..], b"", b"cde"]);
+        let bytes = rkyv::to_bytes::<rancor::Error>(&BatchKeysRequest { keys: list }).unwrap();
+        let archived = access::<BatchKeysRequest>(&bytes).unwrap();
+        assert_eq!(archived.keys.keys().unwrap(), vec![&b"ab"[..], b"", b"cde"]);
+
+        for ends in [vec![3, 2, 5], vec![2, 9], vec![2]] {
+            let bad = KeyList {
+                bytes: b"abcde".to_vec(),
+                ends,
+            };
+            let bytes = rkyv::to_bytes::<rancor::Error>(&BatchKeysRequest { keys: bad }).unwrap();
+            let archived = access::<BatchKeysRequest>(&bytes).unwrap();
+            let e = archived.keys.keys().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Protocol);
+        }
+
+        let prefix = PrefixLenRequest {
+            keys: KeyList::new([&b"a0"[..], b"a1", b"b0", b"b1"]),
+            group_ends: vec![2, 4],
+            lease: false,
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&prefix).unwrap();
+        let groups = access::<PrefixLenRequest>(&bytes)
+            .unwrap()
+            .groups()
+            .unwrap();
+        assert_eq!(
+            groups,
+            vec![vec![&b"a0"[..], b"a1"], vec![&b"b0"[..], b"b1"]]
+        );
+        let bad = PrefixLenRequest {
+            group_ends: vec![3, 5],
+            ..prefix
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&bad).unwrap();
+        let e = access::<PrefixLenRequest>(&bytes)
+            .unwrap()
+            .groups()
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Protocol);
     }
 
     #[test]

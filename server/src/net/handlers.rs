@@ -252,15 +252,22 @@ async fn get(store: &Store, send: &mut SendStream, header: &AlignedVec) -> Resul
     // then stream the copy: the pin is held for one memcpy, not for a network transfer.
     let (value, checksum) = {
         let guard = store.read(req.key.as_slice())?;
-        let mut value = vec![0u8; guard.len() as usize];
-        guard.copy_to(&mut value)?;
+        let value = match guard.bytes() {
+            // Host memory: one copy, into memory that is not zeroed first.
+            Some(bytes) => Bytes::copy_from_slice(bytes),
+            None => {
+                let mut value = vec![0u8; guard.len() as usize];
+                guard.copy_to(&mut value)?;
+                Bytes::from(value)
+            }
+        };
         (value, guard.checksum())
     };
     let response = GetResponse {
         len: value.len() as u64,
         checksum,
     };
-    reply_with_payload(send, encode_response(&response), Bytes::from(value)).await
+    reply_with_payload(send, encode_response(&response), value).await
 }
 
 async fn get_locations(
@@ -269,7 +276,7 @@ async fn get_locations(
     header: &AlignedVec,
 ) -> Result<(), Failure> {
     let req = access::<BatchKeysRequest>(header)?;
-    let keys: Vec<&[u8]> = req.keys.iter().map(|k| k.as_slice()).collect();
+    let keys = req.keys.keys()?;
     let now = store.clock().now();
     let results = store
         .get_locations(&keys)
@@ -300,7 +307,7 @@ async fn batch_exists(
     header: &AlignedVec,
 ) -> Result<(), Failure> {
     let req = access::<BatchKeysRequest>(header)?;
-    let keys: Vec<&[u8]> = req.keys.iter().map(|k| k.as_slice()).collect();
+    let keys = req.keys.keys()?;
     let mut present = Vec::with_capacity(keys.len());
     let mut errors = Vec::new();
     for (i, r) in store.batch_exists(&keys).into_iter().enumerate() {
@@ -325,11 +332,7 @@ async fn prefix_len(
     header: &AlignedVec,
 ) -> Result<(), Failure> {
     let req = access::<PrefixLenRequest>(header)?;
-    let groups: Vec<Vec<&[u8]>> = req
-        .groups
-        .iter()
-        .map(|g| g.iter().map(|k| k.as_slice()).collect())
-        .collect();
+    let groups = req.groups()?;
     let matched = store.prefix_len(&groups, req.lease)?;
     let now = store.clock().now();
     let response = PrefixLenResponse {
