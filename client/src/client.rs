@@ -346,9 +346,8 @@ impl Client {
         keys: &[K],
         bufs: &mut [&mut [u8]],
     ) -> Vec<Result<usize>> {
-        if keys.len() != bufs.len() {
-            let msg = format!("{} keys but {} buffers", keys.len(), bufs.len());
-            return vec![Err(Error::new(ErrorCode::InvalidArgument, msg)); keys.len()];
+        if let Err(e) = strata_proto::limits::check_paired(keys.len(), bufs.len()) {
+            return vec![Err(e); keys.len()];
         }
         stream::iter(keys.iter().zip(bufs.iter_mut()))
             .map(|(k, b)| self.get_into(k.as_ref(), b))

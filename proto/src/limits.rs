@@ -23,3 +23,14 @@ pub const MAX_VALUE_LEN: u64 = 1 << 40;
 /// keys must be split to stay under it; it bounds what one stream can make the server
 /// allocate before any validation.
 pub const MAX_HEADER_LEN: u32 = 16 << 20;
+
+/// Checks that a batch read pairs every key with a buffer: `InvalidArgument` otherwise.
+pub fn check_paired(keys: usize, buffers: usize) -> crate::Result<()> {
+    if keys == buffers {
+        return Ok(());
+    }
+    Err(crate::Error::new(
+        crate::ErrorCode::InvalidArgument,
+        format!("{keys} keys but {buffers} buffers"),
+    ))
+}

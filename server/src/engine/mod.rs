@@ -359,9 +359,8 @@ impl Store {
         keys: &[K],
         bufs: &mut [&mut [u8]],
     ) -> Vec<Result<usize>> {
-        if keys.len() != bufs.len() {
-            let msg = format!("{} keys but {} buffers", keys.len(), bufs.len());
-            return vec![Err(Error::new(ErrorCode::InvalidArgument, msg)); keys.len()];
+        if let Err(e) = strata_proto::limits::check_paired(keys.len(), bufs.len()) {
+            return vec![Err(e); keys.len()];
         }
         if keys.len() > MAX_BATCH_KEYS {
             return vec![Err(batch_too_large(keys.len())); keys.len()];

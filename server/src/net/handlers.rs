@@ -144,12 +144,15 @@ fn location(e: Extent) -> Location {
     }
 }
 
-fn check_value_len(len: u64) -> Result<(), Error> {
+/// Reserves space for the value a put or put_start header announces.
+fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error> {
+    let req = access::<PutRequest>(header)?;
+    let len = req.len.to_native();
     if len > MAX_VALUE_LEN {
         let msg = format!("value of {len} bytes is over the limit of {MAX_VALUE_LEN}");
         return Err(Error::new(ErrorCode::TooLarge, msg));
     }
-    Ok(())
+    store.put_start(req.key.as_slice(), len, PutOptions { pin: req.pin })
 }
 
 async fn put(
@@ -158,11 +161,8 @@ async fn put(
     recv: &mut RecvStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
-    let req = access::<PutRequest>(header)?;
-    let len = req.len.to_native();
-    check_value_len(len)?;
-    let opts = PutOptions { pin: req.pin };
-    let mut reservation = store.put_start(req.key.as_slice(), len, opts)?;
+    let mut reservation = reserve(store, header)?;
+    let len = reservation.len();
     // Dropped on any early return below, which revokes it: a torn put is never visible.
     receive_payload(recv, len, |offset, bytes| {
         reservation.write_at(offset, bytes)
@@ -178,10 +178,7 @@ async fn put_start(
     send: &mut SendStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
-    let req = access::<PutRequest>(header)?;
-    let len = req.len.to_native();
-    check_value_len(len)?;
-    let reservation = store.put_start(req.key.as_slice(), len, PutOptions { pin: req.pin })?;
+    let reservation = reserve(store, header)?;
     let response = PutStartResponse {
         writer: reservation.writer().get(),
         location: location(reservation.extent()),
