@@ -535,7 +535,8 @@ impl Client {
 
     /// One round trip with no work; returns how long it took.
     pub async fn ping(&self) -> Result<Duration> {
-        let nonce = Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed;
+        static NEXT_NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let nonce = NEXT_NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let frame = encode_request(Opcode::Ping, &Ping { nonce });
         let start = Instant::now();
         let (_, header) = self.bounded("ping", self.request(&frame, &[])).await?;
