@@ -102,10 +102,15 @@ mod tests {
         assert_eq!(cache.get(b"long").unwrap().checksum, 9);
         assert!(cache.get(b"short").is_some());
         assert!(cache.get(b"too-short").is_none(), "inside the margin");
-        std::thread::sleep(Duration::from_millis(100));
+        // "short" lives 120 - 50 = 70 ms: wait for it to go (bounded), and not sooner.
+        let start = Instant::now();
+        while cache.get(b"short").is_some() {
+            assert!(start.elapsed() < Duration::from_secs(2), "never expired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert!(
-            cache.get(b"short").is_none(),
-            "lease end minus margin passed"
+            start.elapsed() >= Duration::from_millis(40),
+            "expired too early"
         );
         assert!(cache.get(b"long").is_some());
         cache.invalidate(b"long");

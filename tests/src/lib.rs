@@ -156,6 +156,25 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Polls `check` every 10 ms until it returns true or `within` passes; returns whether it
+/// did. For conditions the server reaches on its own time (revokes, expiries).
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Deterministic bytes for block `i` of a test, `len` long: a value that differs at every
 /// position and between blocks, so a misplaced or torn copy cannot pass a comparison.
 pub fn block_value(seed: u64, len: usize) -> Vec<u8> {

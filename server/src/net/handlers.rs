@@ -29,6 +29,10 @@ use super::stream::{
 };
 use crate::{Extent, PutOptions, Store, WriteReservation, WriterId};
 
+/// Largest handshake header an unauthenticated connection may send (a version string and
+/// a token).
+const MAX_HANDSHAKE_LEN: u32 = 64 << 10;
+
 /// What every connection of one server shares.
 pub(crate) struct Shared {
     pub store: Arc<Store>,
@@ -56,17 +60,22 @@ pub(crate) async fn serve(
 ) -> Result<(), Failure> {
     let head = read_head(recv).await?;
     let opcode = head.check()?;
-    let header = read_header(recv, head.header_len).await?;
-    if opcode != Opcode::Handshake
-        && shared.auth_token.is_some()
-        && !session.authenticated.load(Ordering::Acquire)
-    {
-        return Err(Error::new(
-            ErrorCode::Unauthorized,
-            "this server requires an auth token: send a handshake with it first",
-        )
-        .into());
+    // Judge the connection before reading the header: an unauthenticated peer must not
+    // make the server buffer up to MAX_HEADER_LEN per stream.
+    if shared.auth_token.is_some() && !session.authenticated.load(Ordering::Acquire) {
+        if opcode != Opcode::Handshake {
+            return Err(Error::new(
+                ErrorCode::Unauthorized,
+                "this server requires an auth token: send a handshake with it first",
+            )
+            .into());
+        }
+        if head.header_len > MAX_HANDSHAKE_LEN {
+            let msg = format!("a handshake header is at most {MAX_HANDSHAKE_LEN} bytes");
+            return Err(Error::new(ErrorCode::TooLarge, msg).into());
+        }
     }
+    let header = read_header(recv, head.header_len).await?;
     let store = &*shared.store;
     match opcode {
         Opcode::Handshake => handshake(shared, session, send, &header).await,
