@@ -84,6 +84,7 @@ pub fn run(p: &QuicParams, report: &mut Report) {
                 tls: tls_source.clone(),
                 auth_token: None,
                 shutdown_grace: Duration::from_secs(1),
+                shm_socket: None,
             },
         )
         .expect("bind the service")

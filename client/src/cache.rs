@@ -21,6 +21,9 @@ pub struct LeasedLocation {
     /// Until when the server keeps the object in place (client clock; taken from when
     /// the request was sent, so it errs early).
     pub valid_until: Instant,
+    /// The server instance that granted it: a location means nothing to another one.
+    /// Private, so every `LeasedLocation` comes from a server.
+    pub(crate) instance: u64,
 }
 
 struct UntilLeaseEnds {
@@ -54,11 +57,12 @@ impl LocationCache {
         LocationCache { cache, margin }
     }
 
-    /// The cached location of `key`, if its lease still has more than the margin left.
-    pub fn get(&self, key: &[u8]) -> Option<LeasedLocation> {
+    /// The cached location of `key` from server `instance`, if its lease still has more
+    /// than the margin left.
+    pub fn get(&self, key: &[u8], instance: u64) -> Option<LeasedLocation> {
         let hit = self.cache.get(key)?;
         // moka's expiry is lazy about time granularity: check the lease itself too.
-        (hit.valid_until > Instant::now() + self.margin).then_some(hit)
+        (hit.instance == instance && hit.valid_until > Instant::now() + self.margin).then_some(hit)
     }
 
     pub fn insert(&self, key: &[u8], location: LeasedLocation) {
@@ -90,6 +94,7 @@ mod tests {
             },
             checksum: 9,
             valid_until: Instant::now() + Duration::from_millis(for_ms),
+            instance: 1,
         }
     }
 
@@ -99,12 +104,13 @@ mod tests {
         cache.insert(b"long", leased(10_000));
         cache.insert(b"short", leased(120));
         cache.insert(b"too-short", leased(20));
-        assert_eq!(cache.get(b"long").unwrap().checksum, 9);
-        assert!(cache.get(b"short").is_some());
-        assert!(cache.get(b"too-short").is_none(), "inside the margin");
+        assert_eq!(cache.get(b"long", 1).unwrap().checksum, 9);
+        assert!(cache.get(b"long", 2).is_none(), "another server instance");
+        assert!(cache.get(b"short", 1).is_some());
+        assert!(cache.get(b"too-short", 1).is_none(), "inside the margin");
         // "short" lives 120 - 50 = 70 ms: wait for it to go (bounded), and not sooner.
         let start = Instant::now();
-        while cache.get(b"short").is_some() {
+        while cache.get(b"short", 1).is_some() {
             assert!(start.elapsed() < Duration::from_secs(2), "never expired");
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -112,8 +118,8 @@ mod tests {
             start.elapsed() >= Duration::from_millis(40),
             "expired too early"
         );
-        assert!(cache.get(b"long").is_some());
+        assert!(cache.get(b"long", 1).is_some());
         cache.invalidate(b"long");
-        assert!(cache.get(b"long").is_none());
+        assert!(cache.get(b"long", 1).is_none());
     }
 }

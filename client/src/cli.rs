@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::{Client, ClientConfig, Error, ErrorCode, ServerStats, DEFAULT_SERVER};
+use crate::{Client, ClientConfig, Error, ErrorCode, ServerStats, Transport, DEFAULT_SERVER};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +35,10 @@ struct Cli {
     /// Seconds to wait for the connection and for each operation.
     #[arg(long, env = "STRATA_TIMEOUT", default_value_t = 10.0, global = true)]
     timeout: f64,
+    /// How value bytes travel: quic, shm (same host, shared memory) or auto. One command
+    /// moves one value, so mapping the server's segments rarely pays: quic by default.
+    #[arg(long, env = "STRATA_TRANSPORT", default_value = "quic", global = true)]
+    transport: Transport,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,6 +131,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         auth_token: cli.auth_token,
         connect_timeout: timeout,
         transfer_timeout: timeout,
+        transport: cli.transport,
         ..ClientConfig::default()
     };
     let client = Client::connect(config).await?;

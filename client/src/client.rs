@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opco
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::cache::{LeasedLocation, LocationCache};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Transport};
 use crate::connection::{read_error, read_response, Connector, Link, Payload, ServerInfo};
 
 /// The store's figures, as `strata stats` prints them.
@@ -58,14 +59,73 @@ pub struct BufferId(u64);
 /// and reconnects if the connection was lost.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: ClientConfig,
-    connector: Arc<Connector>,
-    cache: LocationCache,
+pub(crate) struct Inner {
+    pub config: ClientConfig,
+    pub connector: Arc<Connector>,
+    pub cache: LocationCache,
     buffers: Mutex<Buffers>,
+    pub counters: Counters,
+}
+
+/// How this client moved value bytes, since it connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Values read by copying from shared memory.
+    pub shm_gets: u64,
+    /// Bytes of those.
+    pub shm_get_bytes: u64,
+    /// Values written by copying into shared memory.
+    pub shm_puts: u64,
+    /// Bytes of those.
+    pub shm_put_bytes: u64,
+    /// Values read from QUIC streams.
+    pub quic_gets: u64,
+    /// Bytes of those.
+    pub quic_get_bytes: u64,
+    /// Values written to QUIC streams.
+    pub quic_puts: u64,
+    /// Bytes of those.
+    pub quic_put_bytes: u64,
+    /// Shared-memory reads refused because the lease ended before the copy did.
+    pub lease_expired: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub shm_gets: AtomicU64,
+    pub shm_get_bytes: AtomicU64,
+    pub shm_puts: AtomicU64,
+    pub shm_put_bytes: AtomicU64,
+    pub quic_gets: AtomicU64,
+    pub quic_get_bytes: AtomicU64,
+    pub quic_puts: AtomicU64,
+    pub quic_put_bytes: AtomicU64,
+    pub lease_expired: AtomicU64,
+}
+
+impl Counters {
+    pub fn count(pair: (&AtomicU64, &AtomicU64), bytes: usize) {
+        pair.0.fetch_add(1, Ordering::Relaxed);
+        pair.1.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> TransportStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            shm_gets: get(&self.shm_gets),
+            shm_get_bytes: get(&self.shm_get_bytes),
+            shm_puts: get(&self.shm_puts),
+            shm_put_bytes: get(&self.shm_put_bytes),
+            quic_gets: get(&self.quic_gets),
+            quic_get_bytes: get(&self.quic_get_bytes),
+            quic_puts: get(&self.quic_puts),
+            quic_put_bytes: get(&self.quic_put_bytes),
+            lease_expired: get(&self.lease_expired),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -95,6 +155,7 @@ impl Client {
                 connector,
                 cache,
                 buffers: Mutex::new(Buffers::default()),
+                counters: Counters::default(),
             }),
         })
     }
@@ -102,6 +163,22 @@ impl Client {
     /// What the server said about itself in the last handshake.
     pub async fn server_info(&self) -> Result<ServerInfo> {
         Ok(self.inner.connector.link().await?.info.clone())
+    }
+
+    /// How value bytes travel now: [`Transport::Shm`] when the server's segments are
+    /// mapped into this process, else [`Transport::Quic`].
+    pub async fn transport(&self) -> Result<Transport> {
+        let link = self.inner.connector.link().await?;
+        Ok(if link.shm.is_some() {
+            Transport::Shm
+        } else {
+            Transport::Quic
+        })
+    }
+
+    /// How this client has moved value bytes so far.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.inner.counters.snapshot()
     }
 
     /// The settings this client was made with.
@@ -114,10 +191,32 @@ impl Client {
         self.inner.connector.close().await;
     }
 
+    /// [`Client::bounded`] for a batch: a timeout fails each of its `n` items.
+    pub(crate) async fn bounded_batch<T>(
+        &self,
+        what: &str,
+        n: usize,
+        op: impl Future<Output = Vec<Result<T>>>,
+    ) -> Vec<Result<T>> {
+        let limit = self.inner.config.transfer_timeout;
+        match tokio::time::timeout(limit, op).await {
+            Ok(results) => results,
+            Err(_) => {
+                self.probe_after_timeout();
+                let e = timed_out(what, limit);
+                (0..n).map(|_| Err(e.clone())).collect()
+            }
+        }
+    }
+
     /// Runs `op` under the transfer timeout. On timeout the connection is probed in the
     /// background and dropped if the server does not answer, so the next call reconnects
     /// instead of waiting on a dead connection.
-    async fn bounded<T>(&self, what: &str, op: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        op: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let limit = self.inner.config.transfer_timeout;
         match tokio::time::timeout(limit, op).await {
             Ok(result) => result,
@@ -203,6 +302,17 @@ impl Client {
     }
 
     async fn put_with(&self, key: &[u8], len: u64, value: Payload<'_>, pin: bool) -> Result<()> {
+        let link = self.inner.connector.link().await?;
+        if let Some(segments) = &link.shm {
+            let bytes = match &value {
+                Payload::Borrowed(b) => *b,
+                Payload::Owned(b) => &b[..],
+            };
+            let item = [(key, bytes)];
+            let op = self.shm_put(&link, segments, &item, pin);
+            let mut results = self.bounded_batch("put", 1, op).await;
+            return results.pop().unwrap_or_else(|| Err(missing_answer()));
+        }
         let header = PutRequest {
             key: key.to_vec(),
             len,
@@ -211,7 +321,16 @@ impl Client {
         let frame = encode_request(Opcode::Put, &header);
         let result = self.bounded("put", self.request_with(&frame, value)).await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                Counters::count(
+                    (
+                        &self.inner.counters.quic_puts,
+                        &self.inner.counters.quic_put_bytes,
+                    ),
+                    len as usize,
+                );
+                Ok(())
+            }
             Err(e) if e.code() == ErrorCode::AlreadyExists => Ok(()),
             Err(e) => Err(e),
         }
@@ -219,10 +338,27 @@ impl Client {
 
     /// Per-item [`Client::put_from`], up to `batch_concurrency` in flight; one failure never
     /// fails the others.
+    ///
+    /// Through shared memory, the whole batch takes one reservation round trip and one
+    /// commit round trip (per [`MAX_BATCH_KEYS`] items), and the copies run in parallel.
     pub async fn batch_put_from<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
         items: &[(K, V)],
     ) -> Vec<Result<()>> {
+        if let Ok(link) = self.inner.connector.link().await {
+            if let Some(segments) = &link.shm {
+                let mut out = Vec::with_capacity(items.len());
+                for chunk in items.chunks(MAX_BATCH_KEYS) {
+                    let pairs: Vec<(&[u8], &[u8])> = chunk
+                        .iter()
+                        .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                        .collect();
+                    let op = self.shm_put(&link, segments, &pairs, false);
+                    out.extend(self.bounded_batch("batch_put", pairs.len(), op).await);
+                }
+                return out;
+            }
+        }
         stream::iter(items)
             .map(|(k, v)| self.put_from(k.as_ref(), v.as_ref()))
             .buffered(self.inner.config.batch_concurrency.max(1))
@@ -288,19 +424,51 @@ impl Client {
     /// The value of `key`.
     pub async fn get(&self, key: &[u8]) -> Result<Bytes> {
         self.bounded("get", async {
+            let link = self.inner.connector.link().await?;
+            if let Some(segments) = &link.shm {
+                if let Some(lease) = self.shm_lease(&link, segments, key).await? {
+                    let mut value = vec![0u8; lease.location.len as usize];
+                    self.shm_read(segments, key, &lease, &mut value).await?;
+                    return Ok(Bytes::from(value));
+                }
+            }
             let (mut recv, response) = self.get_request(key).await?;
             let mut value = vec![0u8; response.len as usize];
             recv.read_exact(&mut value).await.map_err(read_error)?;
             self.verify(key, &value, response.checksum)?;
+            self.count_quic_get(value.len());
             Ok(Bytes::from(value))
         })
         .await
     }
 
+    pub(crate) fn count_quic_get(&self, bytes: usize) {
+        let c = &self.inner.counters;
+        Counters::count((&c.quic_gets, &c.quic_get_bytes), bytes);
+    }
+
     /// Copies the value of `key` into the front of `buf`; returns its length.
     /// `InvalidArgument` if `buf` is too small.
+    ///
+    /// Through shared memory: a lease (from the cache while one holds, else one round
+    /// trip), a copy straight from the server's segment into `buf`, and a check that the
+    /// lease still held when the copy ended (`LeaseExpired` if not).
     pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
         self.bounded("get", async {
+            let link = self.inner.connector.link().await?;
+            if let Some(segments) = &link.shm {
+                if let Some(lease) = self.shm_lease(&link, segments, key).await? {
+                    return self.shm_read(segments, key, &lease, buf).await;
+                }
+            }
+            self.quic_get_into(key, buf).await
+        })
+        .await
+    }
+
+    /// get_into on a QUIC stream (no timeout of its own).
+    pub(crate) async fn quic_get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
+        {
             let (mut recv, response) = self.get_request(key).await?;
             let len = response.len as usize;
             let Some(dst) = buf.get_mut(..len) else {
@@ -313,9 +481,9 @@ impl Client {
             };
             recv.read_exact(dst).await.map_err(read_error)?;
             self.verify(key, dst, response.checksum)?;
+            self.count_quic_get(len);
             Ok(len)
-        })
-        .await
+        }
     }
 
     async fn get_request(&self, key: &[u8]) -> Result<(RecvStream, GetResponse)> {
@@ -339,8 +507,12 @@ impl Client {
         Ok(())
     }
 
-    /// Per-key [`Client::get_into`], up to `batch_concurrency` in flight; one failure never
-    /// fails the others. `keys` and `bufs` pair up by position.
+    /// Per-key [`Client::get_into`]; one failure never fails the others. `keys` and `bufs`
+    /// pair up by position.
+    ///
+    /// Through shared memory: one get_locations round trip for the batch (per
+    /// [`MAX_BATCH_KEYS`] keys), then the copies, in parallel when the batch is large.
+    /// Over QUIC: up to `batch_concurrency` gets in flight.
     pub async fn batch_get_into<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
@@ -348,6 +520,12 @@ impl Client {
     ) -> Vec<Result<usize>> {
         if let Err(e) = strata_proto::limits::check_paired(keys.len(), bufs.len()) {
             return vec![Err(e); keys.len()];
+        }
+        if let Ok(link) = self.inner.connector.link().await {
+            if let Some(segments) = &link.shm {
+                let op = self.shm_batch_get_into(&link, segments, keys, bufs);
+                return self.bounded_batch("batch_get", keys.len(), op).await;
+            }
         }
         stream::iter(keys.iter().zip(bufs.iter_mut()))
             .map(|(k, b)| self.get_into(k.as_ref(), b))
@@ -359,9 +537,23 @@ impl Client {
     /// Where each key's bytes are, under a read lease (from the cache while a cached
     /// lease holds, else from the server, which leases them anew).
     pub async fn get_locations<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<Result<LeasedLocation>> {
+        match self.inner.connector.link().await {
+            Ok(link) => self.leases_on(&link, keys).await,
+            Err(e) => keys.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    /// get_locations on `link` (each round trip bounded): the leases are good for that
+    /// link's server instance.
+    pub(crate) async fn leases_on<K: AsRef<[u8]>>(
+        &self,
+        link: &Link,
+        keys: &[K],
+    ) -> Vec<Result<LeasedLocation>> {
+        let instance = link.info.instance;
         let mut out: Vec<Option<Result<LeasedLocation>>> = keys
             .iter()
-            .map(|k| self.inner.cache.get(k.as_ref()).map(Ok))
+            .map(|k| self.inner.cache.get(k.as_ref(), instance).map(Ok))
             .collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         for chunk in missing.chunks(MAX_BATCH_KEYS) {
@@ -371,9 +563,9 @@ impl Client {
             let frame = encode_request(Opcode::GetLocations, &request);
             let sent = Instant::now();
             let answer = self
-                .bounded("get_locations", self.request(&frame, &[]))
+                .bounded("get_locations", exchange_on(link, &frame, &[]))
                 .await
-                .and_then(|(_, h)| decode::<GetLocationsResponse>(&h));
+                .and_then(|h| decode::<GetLocationsResponse>(&h));
             let results = match answer {
                 Ok(r) if r.results.len() == chunk.len() => r.results,
                 Ok(_) => {
@@ -393,6 +585,7 @@ impl Client {
                             location: lease.location,
                             checksum: lease.checksum,
                             valid_until: sent + Duration::from_nanos(lease.remaining_ns),
+                            instance,
                         };
                         self.inner.cache.insert(keys[i].as_ref(), leased);
                         Ok(leased)
@@ -602,7 +795,11 @@ impl Client {
     }
 }
 
-async fn exchange_on(link: &Link, frame: &[u8], payload: &[u8]) -> Result<AlignedVec> {
+pub(crate) fn missing_answer() -> Error {
+    Error::new(ErrorCode::Protocol, "the server answered a different count")
+}
+
+pub(crate) async fn exchange_on(link: &Link, frame: &[u8], payload: &[u8]) -> Result<AlignedVec> {
     let (_, header) = crate::connection::exchange(&link.conn, frame, payload).await?;
     Ok(header)
 }

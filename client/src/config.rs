@@ -10,12 +10,15 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:50088";
 /// How value bytes travel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Transport {
-    /// The most direct transport that works. Today that is QUIC; same-host shared memory
-    /// and device transports join it as they land.
+    /// The most direct transport that works: shared memory when the server is on this
+    /// host and shares its segments with this user, else QUIC.
     #[default]
     Auto,
     /// Value bytes on QUIC streams, also on the same host.
     Quic,
+    /// Shared memory only: connecting fails (`Unavailable`) when the segments cannot be
+    /// mapped. Objects on tiers that cannot be mapped still come through the server.
+    Shm,
 }
 
 impl FromStr for Transport {
@@ -24,8 +27,9 @@ impl FromStr for Transport {
         match s {
             "auto" => Ok(Transport::Auto),
             "quic" => Ok(Transport::Quic),
+            "shm" => Ok(Transport::Shm),
             other => Err(format!(
-                "unknown transport {other:?} (expected auto or quic)"
+                "unknown transport {other:?} (expected auto, quic or shm)"
             )),
         }
     }
@@ -60,6 +64,8 @@ pub struct ClientConfig {
     pub lease_margin: Duration,
     /// Requests of a batch in flight at once.
     pub batch_concurrency: usize,
+    /// Threads that copy one batch's values through shared memory in parallel.
+    pub shm_copy_threads: usize,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +82,9 @@ impl Default for ClientConfig {
             location_cache_capacity: 1 << 20,
             lease_margin: Duration::from_millis(500),
             batch_concurrency: 64,
+            shm_copy_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(4),
         }
     }
 }

@@ -15,7 +15,8 @@ use strata_proto::msg::{HandshakeRequest, HandshakeResponse};
 use strata_proto::wire::{self, decode, Opcode, ResponseHead, Status, RESPONSE_HEAD_LEN};
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::config::{default_cert_path, ClientConfig};
+use crate::config::{default_cert_path, ClientConfig, Transport};
+use crate::transport::shm::SharedSegments;
 
 /// What the server said about itself in the handshake.
 pub type ServerInfo = HandshakeResponse;
@@ -24,6 +25,8 @@ pub type ServerInfo = HandshakeResponse;
 pub(crate) struct Link {
     pub conn: Connection,
     pub info: ServerInfo,
+    /// The server's segments, mapped, when this link moves bytes through shared memory.
+    pub shm: Option<Arc<SharedSegments>>,
 }
 
 /// The client's endpoint and its current link; reconnects when the link is gone.
@@ -33,7 +36,11 @@ pub(crate) struct Connector {
     server_name: String,
     auth_token: Option<String>,
     connect_timeout: Duration,
+    transport: Transport,
     current: RwLock<Option<Arc<Link>>>,
+    /// The last mapped segments: a reconnect to the same server instance reuses them
+    /// (and the page tables already built for them) instead of mapping anew.
+    mapped: parking_lot::Mutex<Option<Arc<SharedSegments>>>,
     /// Serialises reconnects, so a burst of requests after a loss makes one connection.
     reconnecting: tokio::sync::Mutex<()>,
 }
@@ -145,7 +152,9 @@ impl Connector {
             server_name,
             auth_token: config.auth_token.clone(),
             connect_timeout: config.connect_timeout,
+            transport: config.transport,
             current: RwLock::new(None),
+            mapped: parking_lot::Mutex::new(None),
             reconnecting: tokio::sync::Mutex::new(()),
         })
     }
@@ -199,7 +208,8 @@ impl Connector {
             let frame = wire::encode_request(Opcode::Handshake, &hello);
             let (_, header) = exchange(&conn, &frame, &[]).await?;
             let info = decode::<HandshakeResponse>(&header)?;
-            Ok(Link { conn, info })
+            let shm = self.map_segments(&info).await?;
+            Ok(Link { conn, info, shm })
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -212,8 +222,56 @@ impl Connector {
         }
     }
 
-    /// Closes the connection and waits (briefly) for the server to hear it.
+    /// The shared segments for a link to the server that answered `info`, when this
+    /// client may use shared memory and the server is on this host. A failure is an error
+    /// only when the config insists on shared memory; `auto` falls back to QUIC.
+    async fn map_segments(&self, info: &ServerInfo) -> Result<Option<Arc<SharedSegments>>> {
+        let insist = match self.transport {
+            Transport::Quic => return Ok(None),
+            Transport::Auto => false,
+            Transport::Shm => true,
+        };
+        let refuse = |why: String| {
+            if insist {
+                Err(unavailable(format!("transport shm: {why}")))
+            } else {
+                tracing::debug!("shared memory not used: {why}");
+                Ok(None)
+            }
+        };
+        let Some(offer) = info.shm.clone() else {
+            return refuse("the server does not share its memory".into());
+        };
+        let here = strata_proto::host_id();
+        if info.host_id != here {
+            let why = format!("the server is on {}, this client on {here}", info.host_id);
+            return refuse(why);
+        }
+        let reuse = self.mapped.lock().clone();
+        if let Some(segments) = reuse.filter(|s| s.instance() == info.instance) {
+            return Ok(Some(segments));
+        }
+        let instance = info.instance;
+        let timeout = self.connect_timeout;
+        let attached =
+            tokio::task::spawn_blocking(move || SharedSegments::attach(&offer, instance, timeout))
+                .await
+                .map_err(|e| Error::new(ErrorCode::Internal, format!("mapping task: {e}")))
+                .and_then(|r| r);
+        match attached {
+            Ok(segments) => {
+                let segments = Arc::new(segments);
+                *self.mapped.lock() = Some(Arc::clone(&segments));
+                Ok(Some(segments))
+            }
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+
+    /// Closes the connection and waits (briefly) for the server to hear it. The shared
+    /// segments are unmapped once no copy in flight uses them.
     pub async fn close(&self) {
+        self.mapped.lock().take();
         if let Some(link) = self.current.write().take() {
             link.conn.close(0u8.into(), b"client closed");
         }

@@ -33,10 +33,12 @@ pub mod cli;
 mod client;
 mod config;
 mod connection;
+mod direct;
 mod hash;
+mod transport;
 
 pub use cache::LeasedLocation;
-pub use client::{BufferId, Client, PrefixMatch, Reservation, ServerStats};
+pub use client::{BufferId, Client, PrefixMatch, Reservation, ServerStats, TransportStats};
 pub use config::{default_cert_path, ClientConfig, Transport, DEFAULT_SERVER};
 pub use connection::ServerInfo;
 pub use hash::{BlockHash, BlockHasher, KeyFormatter};

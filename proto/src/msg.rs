@@ -57,6 +57,37 @@ pub struct HandshakeResponse {
     pub put_timeout_ms: u64,
     /// What the server accepts.
     pub limits: Limits,
+    /// Random per server start: leases and locations from another instance mean nothing
+    /// here (a client that reconnects to a restarted server drops what it cached).
+    pub instance: u64,
+    /// How a client on this host maps the dram tier, when the server shares it.
+    pub shm: Option<ShmOffer>,
+}
+
+/// One shared-memory segment of a tier.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The tier it belongs to ([`Location::tier`]).
+    pub tier: u8,
+    /// Its number within the tier ([`Location::segment`]).
+    pub segment: u32,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The offer of the shared-memory transport, made in the handshake to every session.
+///
+/// The client connects to `socket` (a Unix seqpacket socket only the server's user can
+/// open), sends `ticket`, and receives one descriptor per segment, in `segments` order
+/// ([`crate::shm`] has the exchange's layout).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ShmOffer {
+    /// Path of the server's descriptor socket.
+    pub socket: String,
+    /// Single-use proof that the one asking holds this (authenticated) session.
+    pub ticket: Vec<u8>,
+    /// The segments the descriptors map, in the order they are sent.
+    pub segments: Vec<SegmentInfo>,
 }
 
 /// [`Opcode::Ping`](crate::wire::Opcode::Ping) request and response.
@@ -131,6 +162,57 @@ pub struct WriterRequest {
 pub struct KeyRequest {
     /// The key.
     pub key: Vec<u8>,
+}
+
+/// [`Opcode::BatchPutStart`](crate::wire::Opcode::BatchPutStart) request: reserve space
+/// for each key (`lens[i]` bytes for `keys[i]`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchPutStartRequest {
+    /// The keys.
+    pub keys: KeyList,
+    /// Each value's length, paired with `keys` by position.
+    pub lens: Vec<u64>,
+    /// Never evict the objects.
+    pub pin: bool,
+}
+
+/// The outcome of one reservation of a batch.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PutStartResult {
+    /// Reserved.
+    Started(PutStartResponse),
+    /// Refused (`AlreadyExists`, `Busy`, `NoSpace`, ...).
+    Failed(ErrorFrame),
+}
+
+/// [`Opcode::BatchPutStart`](crate::wire::Opcode::BatchPutStart) response, one result per
+/// key in request order.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchPutStartResponse {
+    /// Per key.
+    pub results: Vec<PutStartResult>,
+}
+
+/// [`Opcode::BatchPutFinish`](crate::wire::Opcode::BatchPutFinish) request: commit (or,
+/// with `commit` false, cancel) the reservations `writers[i]` holds on `keys[i]`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchPutFinishRequest {
+    /// The keys.
+    pub keys: KeyList,
+    /// The writer ids from put_start, paired with `keys`.
+    pub writers: Vec<u64>,
+    /// xxh3-64 of each value as the writer wrote it, paired with `keys`; 0 lets the
+    /// server compute it. Ignored when cancelling.
+    pub checksums: Vec<u64>,
+    /// Commit (true) or cancel (false).
+    pub commit: bool,
+}
+
+/// [`Opcode::BatchPutFinish`](crate::wire::Opcode::BatchPutFinish) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchPutFinishResponse {
+    /// The keys that failed, with why; the others are committed (or cancelled).
+    pub errors: Vec<KeyError>,
 }
 
 /// [`Opcode::Get`](crate::wire::Opcode::Get) response; the payload is the `len` value bytes.

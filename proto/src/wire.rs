@@ -123,11 +123,15 @@ pub enum Opcode {
     RemoveAll = 14,
     /// Store-wide figures.
     Stats = 15,
+    /// Reserve space for a batch of values (same-host writers copy into it themselves).
+    BatchPutStart = 16,
+    /// Commit or cancel a batch of reservations.
+    BatchPutFinish = 17,
 }
 
 impl Opcode {
     /// Every opcode, in numeric order.
-    pub const ALL: [Opcode; 15] = [
+    pub const ALL: [Opcode; 17] = [
         Opcode::Handshake,
         Opcode::Ping,
         Opcode::Put,
@@ -143,6 +147,8 @@ impl Opcode {
         Opcode::Remove,
         Opcode::RemoveAll,
         Opcode::Stats,
+        Opcode::BatchPutStart,
+        Opcode::BatchPutFinish,
     ];
 
     /// The opcode with this number, if there is one.
@@ -168,6 +174,8 @@ impl Opcode {
             Opcode::Remove => "remove",
             Opcode::RemoveAll => "remove_all",
             Opcode::Stats => "stats",
+            Opcode::BatchPutStart => "batch_put_start",
+            Opcode::BatchPutFinish => "batch_put_finish",
         }
     }
 }

@@ -167,11 +167,21 @@ impl WriteReservation {
     }
 
     /// Makes the value visible. On error the reservation is gone (revoked or expired).
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.finish_commit(None)
+    }
+
+    /// [`WriteReservation::commit`] recording `checksum` (the value's xxh3-64 as the writer
+    /// computed it) instead of reading the value to compute it.
+    pub fn commit_with_checksum(self, checksum: u64) -> Result<()> {
+        self.finish_commit(Some(checksum))
+    }
+
+    fn finish_commit(mut self, checksum: Option<u64>) -> Result<()> {
         self.finished = true;
         let result = self
             .inner
-            .put_end_for(&self.key, self.writer)
+            .put_end_for(&self.key, self.writer, checksum)
             .map_err(reservation_gone);
         if result.is_err() {
             // Whatever went wrong, do not leave the space reserved.

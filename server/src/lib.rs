@@ -27,4 +27,4 @@ pub use config::{StoreConfig, TierConfig};
 pub use engine::{OpCounters, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
 pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 pub use strata_proto::{Error, ErrorCode, Key, Result};
-pub use tier::{Extent, TierKind, TierStats};
+pub use tier::{Extent, SharedSegment, TierKind, TierStats};

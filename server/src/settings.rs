@@ -104,6 +104,10 @@ pub struct ServerArgs {
     /// Milliseconds shutdown waits for in-flight requests [default: 5000].
     #[arg(long, env = "STRATA_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
+    /// Unix socket through which same-host clients map the dram tier (shared-memory
+    /// transport), or `off` [default: <data dir>/shm.sock].
+    #[arg(long, env = "STRATA_SHM_SOCKET")]
+    pub shm_socket: Option<String>,
 }
 
 /// Everything the binary needs to start, resolved and checked.
@@ -151,6 +155,7 @@ impl ServerArgs {
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             shards: self.shards.or(file.shards),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+            shm_socket: self.shm_socket.or(file.shm_socket),
         }
     }
 
@@ -190,6 +195,12 @@ impl ServerArgs {
             },
             _ => return Err(invalid("--tls-cert and --tls-key go together".into())),
         };
+        let shm_socket = match self.shm_socket.as_deref() {
+            Some("off") => None,
+            Some("") => return Err(invalid("--shm-socket takes a path or `off`".into())),
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(data_dir.join(crate::net::shm::SOCKET_FILE)),
+        };
         if self.auth_token.as_deref() == Some("") {
             return Err(invalid("--auth-token must not be empty".into()));
         }
@@ -200,6 +211,7 @@ impl ServerArgs {
                 tls,
                 auth_token: self.auth_token,
                 shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
+                shm_socket,
             },
             data_dir,
             metrics_addr: self.metrics_addr,

@@ -48,6 +48,11 @@ pub fn cli_binary() -> PathBuf {
     binary("STRATA_CLI_BIN", "e2e-strata")
 }
 
+/// The same-host client process of the shared-memory tests (`src/bin/e2e-shm-client.rs`).
+pub fn shm_client_binary() -> PathBuf {
+    binary("STRATA_SHM_CLIENT_BIN", "e2e-shm-client")
+}
+
 /// A running `strata-server` child process, killed when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -72,6 +77,12 @@ impl ServerProcess {
     /// Starts a server listening on `listen` with data dir `data_dir`.
     pub fn start_in(data_dir: &Path, listen: &str, args: &[&str]) -> ServerProcess {
         let listen: SocketAddr = listen.parse().expect("listen address");
+        // A small tier unless the test sizes it itself.
+        let capacity: &[&str] = if args.contains(&"--dram-capacity") {
+            &[]
+        } else {
+            &["--dram-capacity", "256MiB"]
+        };
         let mut child = Command::new(server_binary())
             .arg("--host")
             .arg(listen.ip().to_string())
@@ -79,7 +90,7 @@ impl ServerProcess {
             .arg(listen.port().to_string())
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--dram-capacity", "256MiB"])
+            .args(capacity)
             .args(args)
             .env("STRATA_LOG", "warn")
             .env_remove("STRATA_CONFIG")
@@ -104,7 +115,9 @@ impl ServerProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let _ = child.kill();
-                panic!("strata-server did not report its address within {START_TIMEOUT:?}");
+                panic!(
+                    "strata-server exited or did not report its address within {START_TIMEOUT:?}"
+                );
             };
             if let Some(a) = line.strip_prefix("strata-server listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));

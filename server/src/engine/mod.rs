@@ -29,7 +29,7 @@ use crate::clock::{nanos, Clock};
 use crate::config::StoreConfig;
 use crate::lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 use crate::tier::dram::DramTier;
-use crate::tier::{Extent, Tier, TierKind, TierStats};
+use crate::tier::{Extent, SharedSegment, Tier, TierKind, TierStats};
 use index::{key_hash, Shard, State, NO_TIER};
 
 /// Options of a put.
@@ -239,7 +239,24 @@ impl Store {
 
     /// Commits the reservation `writer` holds on `key`: the object becomes visible.
     pub fn put_end(&self, key: &[u8], writer: WriterId) -> Result<()> {
-        self.inner.put_end_for(key, writer)
+        self.inner.put_end_for(key, writer, None)
+    }
+
+    /// [`Store::put_end`] with the value's xxh3-64 as its writer computed it while copying
+    /// (a same-host writer copies into shared memory itself), so committing reads no bytes.
+    pub fn put_end_with_checksum(&self, key: &[u8], writer: WriterId, checksum: u64) -> Result<()> {
+        self.inner.put_end_for(key, writer, Some(checksum))
+    }
+
+    /// The shared-memory segments of every tier that has them, as `(tier index, segment)`:
+    /// what the shared-memory transport hands to same-host clients.
+    pub fn shared_segments(&self) -> Vec<(u8, SharedSegment<'_>)> {
+        self.inner
+            .tiers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.shared_segments().into_iter().map(move |s| (i as u8, s)))
+            .collect()
     }
 
     /// Cancels the reservation `writer` holds on `key` and releases its space.
@@ -699,7 +716,14 @@ impl Inner {
         }
     }
 
-    pub(crate) fn put_end_for(&self, key: &[u8], writer: WriterId) -> Result<()> {
+    /// Commits `writer`'s reservation on `key`, recording `given` as its checksum or, when
+    /// `None`, computing one (if the store keeps checksums).
+    pub(crate) fn put_end_for(
+        &self,
+        key: &[u8],
+        writer: WriterId,
+        given: Option<u64>,
+    ) -> Result<()> {
         validate_key(key)?;
         let hash = key_hash(key);
         let guard = epoch::pin();
@@ -710,10 +734,10 @@ impl Inner {
             (slot, e.generation, e.extent)
         };
         // Checksum outside the lock: a 16 MiB value takes about a millisecond.
-        let checksum = if self.config.checksum_on_commit {
-            self.checksum(&extent)
-        } else {
-            0
+        let checksum = match given {
+            _ if !self.config.checksum_on_commit => 0,
+            Some(c) => c,
+            None => self.checksum(&extent),
         };
         let mut shard = self.shard(hash);
         match shard.live(slot, generation) {

@@ -13,17 +13,19 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
 use rkyv::util::AlignedVec;
-use strata_proto::limits::MAX_VALUE_LEN;
+use strata_proto::limits::{check_paired, MAX_VALUE_LEN};
 use strata_proto::msg::{
-    BatchExistsResponse, BatchKeysRequest, ErrorFrame, ExistsResponse, GetLocationsResponse,
+    BatchExistsResponse, BatchKeysRequest, BatchPutFinishRequest, BatchPutFinishResponse,
+    BatchPutStartRequest, BatchPutStartResponse, ErrorFrame, ExistsResponse, GetLocationsResponse,
     GetResponse, HandshakeRequest, HandshakeResponse, KeyError, KeyRequest, Lease, LeaseResult,
     Location, Ping, PrefixLenRequest, PrefixLenResponse, PutRequest, PutStartResponse,
-    PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest, StatsResponse, TierStats,
-    WriterRequest,
+    PutStartResult, PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest,
+    StatsResponse, TierStats, WriterRequest,
 };
 use strata_proto::wire::{access, encode_bare_response, encode_response, Opcode};
 use strata_proto::{Error, ErrorCode};
 
+use super::shm::ShmExport;
 use super::stream::{
     expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
 };
@@ -39,6 +41,8 @@ pub(crate) struct Shared {
     pub auth_token: Option<String>,
     pub hello: HandshakeResponse,
     pub connections: AtomicU64,
+    /// The shared-memory transport, when on: each handshake gets an offer with a ticket.
+    pub shm: Option<Arc<ShmExport>>,
 }
 
 /// Per-connection state.
@@ -90,8 +94,22 @@ pub(crate) async fn serve(
         Opcode::PutStart => put_start(store, session, send, &header).await,
         Opcode::PutWrite => put_write(store, send, recv, &header).await,
         Opcode::PutEnd | Opcode::PutRevoke => {
-            put_finish(store, session, opcode, send, &header).await
+            let req = access::<WriterRequest>(&header)?;
+            let finish = Finish {
+                commit: opcode == Opcode::PutEnd,
+                checksum: None,
+            };
+            finish_one(
+                store,
+                session,
+                req.key.as_slice(),
+                req.writer.to_native(),
+                finish,
+            )?;
+            reply(send, &encode_bare_response()).await
         }
+        Opcode::BatchPutStart => batch_put_start(store, session, send, &header).await,
+        Opcode::BatchPutFinish => batch_put_finish(store, session, send, &header).await,
         Opcode::Get => get(store, send, &header).await,
         Opcode::GetLocations => get_locations(store, send, &header).await,
         Opcode::Exists => {
@@ -141,7 +159,9 @@ async fn handshake(
         }
         session.authenticated.store(true, Ordering::Release);
     }
-    reply(send, &encode_response(&shared.hello)).await
+    let mut hello = shared.hello.clone();
+    hello.shm = shared.shm.as_ref().and_then(|s| s.offer());
+    reply(send, &encode_response(&hello)).await
 }
 
 fn location(e: Extent) -> Location {
@@ -153,14 +173,19 @@ fn location(e: Extent) -> Location {
     }
 }
 
-/// Reserves space for the value a put or put_start header announces.
-fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error> {
-    let req = access::<PutRequest>(header)?;
-    let len = req.len.to_native();
+fn check_value_len(len: u64) -> Result<(), Error> {
     if len > MAX_VALUE_LEN {
         let msg = format!("value of {len} bytes is over the limit of {MAX_VALUE_LEN}");
         return Err(Error::new(ErrorCode::TooLarge, msg));
     }
+    Ok(())
+}
+
+/// Reserves space for the value a put or put_start header announces.
+fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error> {
+    let req = access::<PutRequest>(header)?;
+    let len = req.len.to_native();
+    check_value_len(len)?;
     store.put_start(req.key.as_slice(), len, PutOptions { pin: req.pin })
 }
 
@@ -220,36 +245,112 @@ async fn put_write(
     reply(send, &encode_bare_response()).await
 }
 
-async fn put_finish(
+/// How to end a reservation.
+#[derive(Clone, Copy)]
+struct Finish {
+    commit: bool,
+    /// The writer's checksum of what it wrote (commit only); `None`: the engine computes it.
+    checksum: Option<u64>,
+}
+
+/// Commits or revokes `writer`'s reservation on `key`.
+fn finish_one(
     store: &Store,
     session: &Session,
-    opcode: Opcode,
-    send: &mut SendStream,
-    header: &AlignedVec,
-) -> Result<(), Failure> {
-    let req = access::<WriterRequest>(header)?;
-    let key = req.key.as_slice();
-    let writer = req.writer.to_native();
+    key: &[u8],
+    writer: u64,
+    finish: Finish,
+) -> Result<(), Error> {
     let own = session.reservations.lock().remove(&writer);
-    let result = match (own, opcode) {
-        (Some(r), Opcode::PutEnd) if r.key() == key => r.commit(),
-        (Some(r), _) if r.key() == key => r.revoke(),
-        (other, _) => {
+    match own {
+        Some(r) if r.key() == key => match (finish.commit, finish.checksum) {
+            (true, Some(c)) => r.commit_with_checksum(c),
+            (true, None) => r.commit(),
+            (false, _) => r.revoke(),
+        },
+        other => {
             // Not this connection's reservation (or another key): put it back and ask
             // the engine, which checks the writer itself.
             if let Some(r) = other {
                 session.reservations.lock().insert(writer, r);
             }
             let id = WriterId::from_raw(writer);
-            if opcode == Opcode::PutEnd {
-                store.put_end(key, id)
-            } else {
-                store.put_revoke(key, id)
+            match (finish.commit, finish.checksum) {
+                (true, Some(c)) => store.put_end_with_checksum(key, id, c),
+                (true, None) => store.put_end(key, id),
+                (false, _) => store.put_revoke(key, id),
             }
         }
-    };
-    result?;
-    reply(send, &encode_bare_response()).await
+    }
+}
+
+async fn batch_put_start(
+    store: &Store,
+    session: &Session,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<BatchPutStartRequest>(header)?;
+    let keys = req.keys.keys()?;
+    check_paired(keys.len(), req.lens.len())?;
+    let options = PutOptions { pin: req.pin };
+    let deadline_ms = store.config().put_timeout.as_millis() as u64;
+    let results = keys
+        .iter()
+        .zip(req.lens.iter())
+        .map(|(key, len)| {
+            let len = len.to_native();
+            let started = check_value_len(len).and_then(|()| store.put_start(key, len, options));
+            match started {
+                Ok(reservation) => {
+                    let response = PutStartResponse {
+                        writer: reservation.writer().get(),
+                        location: location(reservation.extent()),
+                        deadline_ms,
+                    };
+                    session
+                        .reservations
+                        .lock()
+                        .insert(reservation.writer().get(), reservation);
+                    PutStartResult::Started(response)
+                }
+                Err(e) => PutStartResult::Failed(error_frame(&e)),
+            }
+        })
+        .collect();
+    reply(send, &encode_response(&BatchPutStartResponse { results })).await
+}
+
+async fn batch_put_finish(
+    store: &Store,
+    session: &Session,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
+    let req = access::<BatchPutFinishRequest>(header)?;
+    let keys = req.keys.keys()?;
+    check_paired(keys.len(), req.writers.len())?;
+    if req.commit {
+        check_paired(keys.len(), req.checksums.len())?;
+    }
+    let mut errors = Vec::new();
+    for (i, (key, writer)) in keys.iter().zip(req.writers.iter()).enumerate() {
+        let finish = Finish {
+            commit: req.commit,
+            checksum: req
+                .checksums
+                .get(i)
+                .map(|c| c.to_native())
+                .filter(|&c| c != 0),
+        };
+        if let Err(e) = finish_one(store, session, key, writer.to_native(), finish) {
+            errors.push(KeyError {
+                index: i as u32,
+                error: error_frame(&e),
+            });
+        }
+    }
+    reply(send, &encode_response(&BatchPutFinishResponse { errors })).await
 }
 
 async fn get(store: &Store, send: &mut SendStream, header: &AlignedVec) -> Result<(), Failure> {

@@ -9,6 +9,7 @@
 //! a grace period, then close every connection with [`wire::CLOSE_SHUTDOWN`].
 
 mod handlers;
+pub mod shm;
 mod stream;
 pub mod tls;
 
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Store;
 use handlers::{Session, Shared};
+use shm::ShmExport;
 use stream::{reply_error, Failure};
 pub use tls::TlsSource;
 
@@ -43,6 +45,10 @@ pub struct ServiceConfig {
     pub auth_token: Option<String>,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
+    /// Where to listen for same-host clients of the shared-memory transport (a Unix
+    /// socket path; [`shm::SOCKET_FILE`] in the data dir by default). `None`: the
+    /// transport is off and every client uses QUIC.
+    pub shm_socket: Option<PathBuf>,
 }
 
 /// A bound, not yet running, QUIC service. Create it inside a tokio runtime.
@@ -63,10 +69,23 @@ impl Service {
             let msg = format!("cannot listen on {}: {e}", config.listen);
             Error::new(ErrorCode::Unavailable, msg)
         })?;
+        let shm = match &config.shm_socket {
+            Some(path) => match ShmExport::bind(path, Arc::clone(&store)) {
+                Ok(export) => export.map(Arc::new),
+                Err(e) => {
+                    tracing::warn!("shared-memory transport off: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut instance = [0u8; 8];
+        getrandom::fill(&mut instance)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("no randomness: {e}")))?;
         let hello = HandshakeResponse {
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: PROTOCOL_VERSION,
-            host_id: host_id(),
+            host_id: strata_proto::host_id(),
             lease_ttl_ms: store.config().lease_ttl.as_millis() as u64,
             put_timeout_ms: store.config().put_timeout.as_millis() as u64,
             limits: Limits {
@@ -77,12 +96,15 @@ impl Service {
                 max_header_len: limits::MAX_HEADER_LEN,
                 max_value_len: store.max_value_len(),
             },
+            instance: u64::from_le_bytes(instance),
+            shm: None,
         };
         let shared = Arc::new(Shared {
             store,
             auth_token: config.auth_token,
             hello,
             connections: AtomicU64::new(0),
+            shm,
         });
         Ok(Service {
             endpoint,
@@ -99,6 +121,11 @@ impl Service {
             .expect("a bound endpoint has an address")
     }
 
+    /// The shared-memory transport's socket, when it is on.
+    pub fn shm_socket(&self) -> Option<&Path> {
+        self.shared.shm.as_deref().map(ShmExport::path)
+    }
+
     /// The certificate file clients should trust.
     pub fn cert_path(&self) -> &Path {
         &self.cert_path
@@ -109,6 +136,9 @@ impl Service {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
         let tracker = TaskTracker::new();
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(shm) = &self.shared.shm {
+            tracker.spawn(Arc::clone(shm).serve(stop_rx.clone()));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -185,18 +215,4 @@ async fn serve_connection(
         });
     }
     shared.connections.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Names this machine: the host name and, where the OS has one, its machine id, so two
-/// containers with the same host name on different machines differ.
-fn host_id() -> String {
-    let name = hostname::get()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
-    let machine = ["/etc/machine-id", "/proc/sys/kernel/random/boot_id"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
-    format!("{name}/{machine}")
 }

@@ -1,7 +1,7 @@
 //! The dram tier: host memory in shared-memory segments.
 //!
-//! Each segment is a memfd mapped read-write and shared, so a later transport can hand the
-//! descriptor to a same-host client that maps the same pages and copies under a lease. The
+//! Each segment is a memfd mapped read-write and shared; the shared-memory transport hands
+//! the descriptor to same-host clients, which map the same pages and copy under a lease. The
 //! server itself only copies through the raw mapping; it never forms a `&mut [u8]` over a
 //! segment, because other writers (reservations) and readers touch disjoint parts of it at
 //! the same time.
@@ -14,7 +14,7 @@ use crossbeam_epoch::Guard;
 use memmap2::{MmapOptions, MmapRaw};
 use parking_lot::Mutex;
 
-use super::{Extent, Tier, TierKind};
+use super::{Extent, SharedSegment, Tier, TierKind};
 use crate::alloc::{AllocStats, BlockId, OffsetAllocator};
 
 /// The part of the tier that deferred frees need; kept apart from the mappings so a
@@ -37,8 +37,8 @@ impl Allocators {
 
 struct Segment {
     map: MmapRaw,
-    // The memfd stays open so a later transport can pass it to clients.
-    _fd: memfd::Memfd,
+    /// Kept open for the shared-memory transport, which passes it to same-host clients.
+    fd: memfd::Memfd,
 }
 
 /// Host-memory tier over memfd segments.
@@ -78,7 +78,7 @@ impl DramTier {
                 opts.populate();
             }
             let map = opts.map_raw(fd.as_file())?;
-            segments.push(Segment { map, _fd: fd });
+            segments.push(Segment { map, fd });
             allocators.push(Mutex::new(OffsetAllocator::new(size, alignment)));
         }
         Ok(DramTier {
@@ -176,6 +176,19 @@ impl Tier for DramTier {
             .iter()
             .map(|a| a.lock().heap_bytes())
             .sum()
+    }
+
+    fn shared_segments(&self) -> Vec<SharedSegment<'_>> {
+        use std::os::fd::AsFd;
+        self.segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| SharedSegment {
+                segment: i as u32,
+                size: s.map.len() as u64,
+                fd: s.fd.as_file().as_fd(),
+            })
+            .collect()
     }
 
     unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]> {

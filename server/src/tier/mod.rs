@@ -64,6 +64,17 @@ pub struct TierStats {
     pub fragmentation: f64,
 }
 
+/// A segment of a tier that other processes on this host may map.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedSegment<'a> {
+    /// Its number within the tier.
+    pub segment: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The shared-memory file to map.
+    pub fd: std::os::fd::BorrowedFd<'a>,
+}
+
 /// A tier of the store. Implementations are internally synchronised.
 pub trait Tier: Send + Sync {
     fn kind(&self) -> TierKind;
@@ -83,6 +94,10 @@ pub trait Tier: Send + Sync {
     fn alloc_stats(&self) -> (usize, AllocStats);
     /// Heap bytes of the allocators' bookkeeping.
     fn bookkeeping_bytes(&self) -> usize;
+    /// The segments same-host clients may map (none unless the tier is shared memory).
+    fn shared_segments(&self) -> Vec<SharedSegment<'_>> {
+        Vec::new()
+    }
 
     /// The extent's bytes, if this tier is host-addressable.
     ///

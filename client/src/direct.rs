@@ -1,0 +1,436 @@
+//! The client's operations when value bytes move through shared memory: the control round
+//! trips on QUIC (leases, reservations, commits), the copies in this process
+//! ([`SharedSegments`] does each copy and its checks).
+//!
+//! Batches pay one control round trip per phase, not one per key: one get_locations for a
+//! batch of gets; one batch_put_start and one batch_put_finish for a batch of puts. Large
+//! batches copy on several threads, because one core's copy does not reach the memory
+//! bandwidth of the machine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::msg::{
+    BatchPutFinishRequest, BatchPutFinishResponse, BatchPutStartRequest, BatchPutStartResponse,
+    KeyList, PutStartResult, PutWriteRequest,
+};
+use strata_proto::wire::{decode, encode_request, Opcode};
+use strata_proto::{Error, ErrorCode, Result};
+use tokio::runtime::{Handle, RuntimeFlavor};
+
+use crate::cache::LeasedLocation;
+use crate::client::{exchange_on, missing_answer, Client, Counters};
+use crate::connection::Link;
+use crate::transport::shm::SharedSegments;
+
+/// A copy at least this large runs off the async reactor ([`off_reactor`]).
+const BLOCKING_COPY: usize = 1 << 20;
+
+/// A batch copies on several threads once it holds at least this many bytes; below it,
+/// starting threads costs more than it saves.
+const PARALLEL_COPY: usize = 8 << 20;
+
+/// Runs a copy of `bytes` bytes. A large one tells a multi-threaded tokio runtime that this
+/// worker is busy, so the runtime moves its other tasks elsewhere meanwhile.
+fn off_reactor<R>(bytes: usize, copy: impl FnOnce() -> R) -> R {
+    let multi_thread =
+        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
+    if bytes >= BLOCKING_COPY && multi_thread {
+        tokio::task::block_in_place(copy)
+    } else {
+        copy()
+    }
+}
+
+/// Runs `jobs` on up to `threads` threads (scoped: they end before this returns), or on
+/// this one when the batch is small. Jobs are dealt round-robin, which balances the equal
+/// sizes of KV-cache blocks.
+fn copy_all<J: Send, R: Send>(
+    jobs: Vec<J>,
+    bytes: usize,
+    threads: usize,
+    copy: impl Fn(J) -> R + Sync,
+) -> Vec<R> {
+    let threads = threads.min(jobs.len()).max(1);
+    off_reactor(bytes, || {
+        if threads == 1 || bytes < PARALLEL_COPY {
+            return jobs.into_iter().map(&copy).collect();
+        }
+        let n = jobs.len();
+        let mut hands: Vec<Vec<(usize, J)>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, job) in jobs.into_iter().enumerate() {
+            hands[i % threads].push((i, job));
+        }
+        let copy = &copy;
+        let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = hands
+                .into_iter()
+                .map(|hand| {
+                    scope.spawn(move || {
+                        hand.into_iter()
+                            .map(|(i, job)| (i, copy(job)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("a copy thread panicked"))
+                .collect()
+        });
+        debug_assert_eq!(done.len(), n);
+        done.sort_unstable_by_key(|(i, _)| *i);
+        done.into_iter().map(|(_, r)| r).collect()
+    })
+}
+
+/// Reservations made but neither committed nor revoked yet. Dropped with any left (a copy
+/// failed, or the caller dropped the future), it revokes them in the background, so their
+/// space returns now rather than at the deadline.
+struct Unfinished {
+    link: Arc<Link>,
+    keys: Vec<Vec<u8>>,
+    writers: Vec<u64>,
+}
+
+impl Unfinished {
+    fn take(&mut self, writer: u64) {
+        if let Some(i) = self.writers.iter().position(|&w| w == writer) {
+            self.writers.swap_remove(i);
+            self.keys.swap_remove(i);
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.writers.is_empty() {
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return; // no runtime left: the server revokes at the deadline or disconnect
+        };
+        let request = BatchPutFinishRequest {
+            keys: KeyList::new(&self.keys),
+            writers: std::mem::take(&mut self.writers),
+            checksums: Vec::new(),
+            commit: false,
+        };
+        let frame = encode_request(Opcode::BatchPutFinish, &request);
+        let link = Arc::clone(&self.link);
+        runtime.spawn(async move {
+            let bound = Duration::from_secs(5);
+            let _ = tokio::time::timeout(bound, exchange_on(&link, &frame, &[])).await;
+        });
+    }
+}
+
+/// One value of a put batch, reserved and waiting for its bytes.
+struct Reserved {
+    index: usize,
+    writer: u64,
+    location: strata_proto::msg::Location,
+    deadline: Instant,
+}
+
+impl Client {
+    /// The lease on `key` when its bytes can be copied from `segments`; `None` when they
+    /// lie in a tier this process cannot map (the caller then reads through the server).
+    pub(crate) async fn shm_lease(
+        &self,
+        link: &Link,
+        segments: &SharedSegments,
+        key: &[u8],
+    ) -> Result<Option<LeasedLocation>> {
+        let lease = self
+            .leases_on(link, &[key])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(missing_answer()))?;
+        Ok(segments.covers(&lease.location).then_some(lease))
+    }
+
+    /// Copies the leased value of `key` into `buf`.
+    pub(crate) async fn shm_read(
+        &self,
+        segments: &SharedSegments,
+        key: &[u8],
+        lease: &LeasedLocation,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let len = lease.location.len as usize;
+        let result = off_reactor(len, || self.copy_out(segments, lease, buf));
+        self.after_read(key, &result);
+        result
+    }
+
+    fn copy_out(
+        &self,
+        segments: &SharedSegments,
+        lease: &LeasedLocation,
+        buf: &mut [u8],
+    ) -> Result<usize> {
+        let checksum = self.inner.config.verify_checksums.then_some(lease.checksum);
+        segments.read(&lease.location, buf, lease.valid_until, checksum)
+    }
+
+    fn after_read(&self, key: &[u8], result: &Result<usize>) {
+        let c = &self.inner.counters;
+        match result {
+            Ok(n) => Counters::count((&c.shm_gets, &c.shm_get_bytes), *n),
+            Err(e) if e.code() == ErrorCode::LeaseExpired => {
+                c.lease_expired
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.cache.invalidate(key);
+            }
+            Err(_) => self.inner.cache.invalidate(key),
+        }
+    }
+
+    /// Copies the value at a location leased earlier (by [`Client::get_locations`]) into
+    /// the front of `buf`, through shared memory; returns its length. For engines that
+    /// lease a prefix's blocks first and load them later.
+    ///
+    /// `LeaseExpired` if the lease ended before the copy did (the bytes may have been
+    /// overwritten; they are never returned), or if it came from a server instance that
+    /// is gone. `InvalidArgument` when this client does not use shared memory.
+    pub async fn read_leased(&self, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
+        let link = self.inner.connector.link().await?;
+        let Some(segments) = &link.shm else {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "reading at a leased location needs the shared-memory transport; use get_into",
+            ));
+        };
+        if lease.instance != segments.instance() {
+            return Err(Error::new(
+                ErrorCode::LeaseExpired,
+                "the lease came from a server instance that is gone",
+            ));
+        }
+        if !segments.covers(&lease.location) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                "the location is in a tier this client cannot map; use get_into",
+            ));
+        }
+        let len = lease.location.len as usize;
+        let result = off_reactor(len, || self.copy_out(segments, lease, buf));
+        if matches!(&result, Err(e) if e.code() == ErrorCode::LeaseExpired) {
+            self.inner
+                .counters
+                .lease_expired
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else if let Ok(n) = result {
+            let c = &self.inner.counters;
+            Counters::count((&c.shm_gets, &c.shm_get_bytes), n);
+        }
+        result
+    }
+
+    /// batch_get_into through shared memory: one lease round trip, then the copies; keys
+    /// whose bytes cannot be mapped go through the server.
+    pub(crate) async fn shm_batch_get_into<K: AsRef<[u8]>>(
+        &self,
+        link: &Link,
+        segments: &SharedSegments,
+        keys: &[K],
+        bufs: &mut [&mut [u8]],
+    ) -> Vec<Result<usize>> {
+        let leases = self.leases_on(link, keys).await;
+        let mut results: Vec<Option<Result<usize>>> = (0..keys.len()).map(|_| None).collect();
+        let mut direct = Vec::new();
+        let mut via_server = Vec::new();
+        let mut bytes = 0usize;
+        for (i, (lease, buf)) in leases.into_iter().zip(bufs.iter_mut()).enumerate() {
+            match lease {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok(l) if segments.covers(&l.location) => {
+                    bytes += l.location.len as usize;
+                    direct.push((i, l, &mut **buf));
+                }
+                Ok(_) => via_server.push((i, &mut **buf)),
+            }
+        }
+        let threads = self.inner.config.shm_copy_threads;
+        let copied = copy_all(direct, bytes, threads, |(i, lease, buf)| {
+            (i, self.copy_out(segments, &lease, buf))
+        });
+        for (i, result) in copied {
+            self.after_read(keys[i].as_ref(), &result);
+            results[i] = Some(result);
+        }
+        for (i, buf) in via_server {
+            results[i] = Some(self.quic_get_into(keys[i].as_ref(), buf).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(missing_answer())))
+            .collect()
+    }
+
+    /// Puts through shared memory: reserve every item in one round trip, copy each value
+    /// into its reserved extent, commit the copied ones in one round trip (with the
+    /// checksums computed while copying, so the server reads no bytes). An item that
+    /// already exists counts as stored. Failed or abandoned reservations are revoked.
+    pub(crate) async fn shm_put(
+        &self,
+        link: &Arc<Link>,
+        segments: &SharedSegments,
+        items: &[(&[u8], &[u8])],
+        pin: bool,
+    ) -> Vec<Result<()>> {
+        let mut results: Vec<Option<Result<()>>> = (0..items.len()).map(|_| None).collect();
+        let request = BatchPutStartRequest {
+            keys: KeyList::new(items.iter().map(|(k, _)| k)),
+            lens: items.iter().map(|(_, v)| v.len() as u64).collect(),
+            pin,
+        };
+        let frame = encode_request(Opcode::BatchPutStart, &request);
+        let sent = Instant::now();
+        let answer = exchange_on(link, &frame, &[])
+            .await
+            .and_then(|h| decode::<BatchPutStartResponse>(&h))
+            .and_then(|r| {
+                (r.results.len() == items.len())
+                    .then_some(r.results)
+                    .ok_or_else(missing_answer)
+            });
+        let started = match answer {
+            Ok(started) => started,
+            Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut unfinished = Unfinished {
+            link: Arc::clone(link),
+            keys: Vec::new(),
+            writers: Vec::new(),
+        };
+        let mut reserved = Vec::new();
+        for (index, result) in started.into_iter().enumerate() {
+            match result {
+                PutStartResult::Started(s) => {
+                    unfinished.keys.push(items[index].0.to_vec());
+                    unfinished.writers.push(s.writer);
+                    reserved.push(Reserved {
+                        index,
+                        writer: s.writer,
+                        location: s.location,
+                        deadline: sent + Duration::from_millis(s.deadline_ms),
+                    });
+                }
+                PutStartResult::Failed(f) => {
+                    let code = ErrorCode::from_u16(f.code).unwrap_or(ErrorCode::Internal);
+                    // Same key, same bytes: a value already stored is this one.
+                    results[index] = Some(if code == ErrorCode::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(Error::new(code, f.message))
+                    });
+                }
+            }
+        }
+
+        let (mapped, elsewhere): (Vec<Reserved>, Vec<Reserved>) = reserved
+            .into_iter()
+            .partition(|r| segments.covers(&r.location));
+        let bytes = mapped.iter().map(|r| r.location.len as usize).sum();
+        let margin = self.inner.config.lease_margin;
+        let threads = self.inner.config.shm_copy_threads;
+        let mut written = copy_all(mapped, bytes, threads, |r| {
+            let value = items[r.index].1;
+            let copied = segments.write(&r.location, value, r.deadline, margin);
+            (r, copied)
+        });
+        for r in elsewhere {
+            // A tier this process cannot map: the bytes go through the server.
+            let copied = self
+                .put_write_on(link, items[r.index].0, &r, items[r.index].1)
+                .await;
+            written.push((r, copied.map(|()| 0)));
+        }
+
+        let mut commit = Vec::new();
+        for (r, copied) in written {
+            match copied {
+                Ok(checksum) => commit.push((r, checksum)),
+                Err(e) => results[r.index] = Some(Err(e)),
+            }
+        }
+        if !commit.is_empty() {
+            let request = BatchPutFinishRequest {
+                keys: KeyList::new(commit.iter().map(|(r, _)| items[r.index].0)),
+                writers: commit.iter().map(|(r, _)| r.writer).collect(),
+                checksums: commit.iter().map(|(_, c)| *c).collect(),
+                commit: true,
+            };
+            let frame = encode_request(Opcode::BatchPutFinish, &request);
+            let answer = exchange_on(link, &frame, &[])
+                .await
+                .and_then(|h| decode::<BatchPutFinishResponse>(&h));
+            match answer {
+                Ok(finished) => {
+                    let c = &self.inner.counters;
+                    for (r, _) in &commit {
+                        unfinished.take(r.writer);
+                        let len = items[r.index].1.len();
+                        Counters::count((&c.shm_puts, &c.shm_put_bytes), len);
+                        results[r.index] = Some(Ok(()));
+                    }
+                    for failed in finished.errors {
+                        let Some((r, _)) = commit.get(failed.index as usize) else {
+                            continue;
+                        };
+                        let code =
+                            ErrorCode::from_u16(failed.error.code).unwrap_or(ErrorCode::Internal);
+                        results[r.index] = Some(Err(Error::new(code, failed.error.message)));
+                    }
+                }
+                Err(e) => {
+                    for (r, _) in &commit {
+                        results[r.index] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        drop(unfinished); // revokes what was not committed
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(missing_answer())))
+            .collect()
+    }
+
+    async fn put_write_on(
+        &self,
+        link: &Link,
+        key: &[u8],
+        r: &Reserved,
+        value: &[u8],
+    ) -> Result<()> {
+        let header = PutWriteRequest {
+            key: key.to_vec(),
+            writer: r.writer,
+            offset: 0,
+            len: value.len() as u64,
+        };
+        let frame = encode_request(Opcode::PutWrite, &header);
+        exchange_on(link, &frame, value).await?;
+        let c = &self.inner.counters;
+        Counters::count((&c.quic_puts, &c.quic_put_bytes), value.len());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_all_keeps_order_in_parallel_and_alone() {
+        let jobs: Vec<usize> = (0..37).collect();
+        let serial = copy_all(jobs.clone(), 1, 4, |j| j * 2);
+        let parallel = copy_all(jobs, PARALLEL_COPY, 4, |j| j * 2);
+        let expected: Vec<usize> = (0..37).map(|j| j * 2).collect();
+        assert_eq!(serial, expected);
+        assert_eq!(parallel, expected);
+    }
+}

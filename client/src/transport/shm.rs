@@ -1,0 +1,359 @@
+//! The shared-memory transport, client side: map the server's dram segments and copy value
+//! bytes in and out of them directly, under the leases and reservations the server gave.
+//!
+//! The rules that keep it safe (`docs/shm.md` explains them in full):
+//! * bytes are only ever touched at a location the server named in a lease (reads) or a
+//!   reservation (writes), and only after checking that location lies inside the mapping;
+//! * a read copies, *then* checks that the lease still held when the copy ended: if it
+//!   lapsed, the bytes may have been overwritten and the read fails with `LeaseExpired`;
+//! * a write copies in chunks and checks before each chunk that the reservation has more
+//!   than the safety margin left, so it never writes into space the server may have
+//!   handed to someone else;
+//! * no Rust reference into a mapping is ever formed: another process writes the same
+//!   pages, so the client only copies raw bytes (any bit pattern is a valid `u8`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::IoSliceMut;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::net::{
+    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags,
+    SocketAddrUnix, SocketFlags, SocketType,
+};
+use strata_proto::msg::{Location, ShmOffer};
+use strata_proto::shm::{decode_reply, Reply, MAX_FDS_PER_PACKET, MAX_PACKET_LEN};
+use strata_proto::{Error, ErrorCode, Result};
+use xxhash_rust::xxh3::Xxh3;
+
+/// Bytes copied between two checks (and hashed while still in cache).
+const CHUNK: usize = 256 << 10;
+
+/// The server's dram segments, mapped into this process.
+pub(crate) struct SharedSegments {
+    /// The server instance whose segments these are.
+    instance: u64,
+    maps: HashMap<(u8, u32), MmapRaw>,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(
+        ErrorCode::Unavailable,
+        format!("shared memory: {what}: {e}"),
+    )
+}
+
+/// Receives one descriptor per segment of `offer` from the server's socket (blocking,
+/// each step bounded by `timeout`).
+fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedFd>> {
+    let addr = SocketAddrUnix::new(offer.socket.as_str())
+        .map_err(|e| unavailable(&format!("socket path {}", offer.socket), e))?;
+    let socket = net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| unavailable("socket", e))?;
+    for which in [net::sockopt::Timeout::Recv, net::sockopt::Timeout::Send] {
+        net::sockopt::set_socket_timeout(&socket, which, Some(timeout))
+            .map_err(|e| unavailable("socket timeout", e))?;
+    }
+    net::connect(&socket, &addr)
+        .map_err(|e| unavailable(&format!("connecting to {}", offer.socket), e))?;
+    net::send(&socket, &offer.ticket, SendFlags::NOSIGNAL)
+        .map_err(|e| unavailable("sending the ticket", e))?;
+    let mut fds = Vec::with_capacity(offer.segments.len());
+    let mut packet = [0u8; MAX_PACKET_LEN];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_PACKET))];
+    while fds.len() < offer.segments.len() {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = net::recvmsg(
+            &socket,
+            &mut [IoSliceMut::new(&mut packet)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+        .map_err(|e| unavailable("receiving descriptors", e))?;
+        let mut got: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(passed) = message {
+                got.extend(passed);
+            }
+        }
+        if received.bytes == 0 {
+            return Err(unavailable("receiving descriptors", "the server hung up"));
+        }
+        match decode_reply(&packet[..received.bytes.min(packet.len())])? {
+            Reply::Refused(reason) => {
+                return Err(Error::new(
+                    ErrorCode::Unauthorized,
+                    format!("shared memory refused: {reason}"),
+                ))
+            }
+            Reply::Descriptors { count } if usize::from(count) == got.len() => fds.extend(got),
+            Reply::Descriptors { count } => {
+                return Err(Error::new(
+                    ErrorCode::Protocol,
+                    format!("{count} descriptors announced, {} received", got.len()),
+                ))
+            }
+        }
+    }
+    Ok(fds)
+}
+
+impl SharedSegments {
+    /// Receives the offer's descriptors and maps every segment read-write (puts copy into
+    /// their reserved extents). Blocking: call it off the async reactor.
+    pub fn attach(offer: &ShmOffer, instance: u64, timeout: Duration) -> Result<SharedSegments> {
+        let fds = receive_descriptors(offer, timeout)?;
+        let mut maps = HashMap::with_capacity(fds.len());
+        for (info, fd) in offer.segments.iter().zip(fds) {
+            let file = File::from(fd);
+            let actual = file
+                .metadata()
+                .map_err(|e| unavailable("segment size", e))?
+                .len();
+            if actual < info.size {
+                let msg = format!(
+                    "segment {}/{} is {actual} bytes, the offer says {}",
+                    info.tier, info.segment, info.size
+                );
+                return Err(Error::new(ErrorCode::Protocol, msg));
+            }
+            let len = usize::try_from(info.size)
+                .map_err(|_| unavailable("mapping", "segment larger than the address space"))?;
+            let map = MmapOptions::new()
+                .len(len)
+                .map_raw(&file)
+                .map_err(|e| unavailable("mapping a segment", e))?;
+            maps.insert((info.tier, info.segment), map);
+        }
+        Ok(SharedSegments { instance, maps })
+    }
+
+    /// The server instance these segments belong to.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether `location` lies in a mapped segment (else its bytes go through the server).
+    pub fn covers(&self, location: &Location) -> bool {
+        self.span(location).is_some()
+    }
+
+    /// The start of `location` in its mapping, when it lies wholly inside one.
+    fn span(&self, location: &Location) -> Option<*mut u8> {
+        let map = self.maps.get(&(location.tier, location.segment))?;
+        let end = location.offset.checked_add(location.len)?;
+        if end > map.len() as u64 {
+            return None;
+        }
+        Some(map.as_mut_ptr().wrapping_add(location.offset as usize))
+    }
+
+    fn outside(location: &Location) -> Error {
+        let msg = format!("location {location:?} is outside the mapped segments");
+        Error::new(ErrorCode::Protocol, msg)
+    }
+
+    /// Copies the value at `location` into the front of `dst`, then checks that its lease
+    /// (ending at `valid_until`) still holds, and, when `checksum` is non-zero, that the
+    /// bytes hash to it.
+    pub fn read(
+        &self,
+        location: &Location,
+        dst: &mut [u8],
+        valid_until: Instant,
+        checksum: Option<u64>,
+    ) -> Result<usize> {
+        let len = location.len as usize;
+        let src = self.span(location).ok_or_else(|| Self::outside(location))?;
+        let Some(dst) = dst.get_mut(..len) else {
+            let msg = format!(
+                "buffer of {} bytes is too small for a value of {len} bytes",
+                dst.len()
+            );
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        };
+        if Instant::now() >= valid_until {
+            return Err(lease_expired());
+        }
+        let mut hasher = checksum.filter(|&c| c != 0).map(|_| Xxh3::new());
+        for (i, part) in dst.chunks_mut(CHUNK).enumerate() {
+            // SAFETY: `span` checked that the whole location lies inside a mapping that
+            // lives as long as `self`; this chunk is within it. `part` is a distinct,
+            // exclusively borrowed Rust buffer. Another process may write these pages only
+            // if the lease lapsed: the copy then holds garbage, which the lease check below
+            // turns into an error before anyone sees it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.add(i * CHUNK), part.as_mut_ptr(), part.len())
+            };
+            if let Some(h) = hasher.as_mut() {
+                h.update(part);
+            }
+        }
+        // The lease is judged after the copy: only bytes copied while it held are sound.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if Instant::now() >= valid_until {
+            return Err(lease_expired());
+        }
+        if let (Some(h), Some(expected)) = (hasher, checksum) {
+            let got = h.digest();
+            if got != expected {
+                let msg = format!(
+                    "value read from shared memory does not match its checksum \
+                     ({got:#x}, stored {expected:#x}): was it removed with force?"
+                );
+                return Err(Error::new(ErrorCode::Internal, msg));
+            }
+        }
+        Ok(len)
+    }
+
+    /// Copies `src` into the reserved `location` (whose length must be `src.len()`) and
+    /// returns the value's xxh3-64. Before each chunk it checks that the reservation,
+    /// ending at `deadline`, has more than `margin` left; `LeaseExpired` otherwise.
+    pub fn write(
+        &self,
+        location: &Location,
+        src: &[u8],
+        deadline: Instant,
+        margin: Duration,
+    ) -> Result<u64> {
+        if location.len != src.len() as u64 {
+            let msg = format!(
+                "reservation of {} bytes for a value of {}",
+                location.len,
+                src.len()
+            );
+            return Err(Error::new(ErrorCode::Protocol, msg));
+        }
+        let dst = self.span(location).ok_or_else(|| Self::outside(location))?;
+        let mut hasher = Xxh3::new();
+        for (i, part) in src.chunks(CHUNK).enumerate() {
+            if Instant::now() + margin >= deadline {
+                return Err(Error::new(
+                    ErrorCode::LeaseExpired,
+                    "the reservation is about to end; stopped writing into it",
+                ));
+            }
+            // SAFETY: `span` checked that the whole location lies inside a mapping that
+            // lives as long as `self`; this chunk is within it. The reservation makes the
+            // range this writer's alone, and it still has more than `margin` to run, so the
+            // server hands it to no one else during this chunk. `part` is distinct memory.
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(i * CHUNK), part.len()) };
+            hasher.update(part);
+        }
+        Ok(hasher.digest())
+    }
+}
+
+fn lease_expired() -> Error {
+    Error::new(
+        ErrorCode::LeaseExpired,
+        "the read lease ended before the copy did; the bytes may have been overwritten",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Segments backed by a local memfd, as if received from a server.
+    fn local_segments(size: u64) -> SharedSegments {
+        let fd = memfd::MemfdOptions::default().create("test").unwrap();
+        fd.as_file().set_len(size).unwrap();
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(fd.as_file())
+            .unwrap();
+        SharedSegments {
+            instance: 7,
+            maps: HashMap::from([((0, 0), map)]),
+        }
+    }
+
+    fn at(offset: u64, len: u64) -> Location {
+        Location {
+            tier: 0,
+            segment: 0,
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn write_then_read_round_trips_with_checksum() {
+        let segs = local_segments(4 << 20);
+        let value: Vec<u8> = (0..(1 << 20) + 17).map(|i| (i * 31 % 251) as u8).collect();
+        let loc = at(4096, value.len() as u64);
+        let later = Instant::now() + Duration::from_secs(10);
+        let sum = segs.write(&loc, &value, later, Duration::ZERO).unwrap();
+        assert_eq!(sum, xxhash_rust::xxh3::xxh3_64(&value));
+        let mut out = vec![0u8; value.len() + 5];
+        let n = segs.read(&loc, &mut out, later, Some(sum)).unwrap();
+        assert_eq!(&out[..n], &value[..]);
+        // A wrong checksum is an error, never silently returned bytes.
+        let e = segs.read(&loc, &mut out, later, Some(sum ^ 1)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn expired_leases_and_reservations_refuse() {
+        let segs = local_segments(1 << 20);
+        let loc = at(0, 4096);
+        let past = Instant::now();
+        let mut out = vec![0u8; 4096];
+        let e = segs.read(&loc, &mut out, past, None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::LeaseExpired);
+        // A reservation inside the margin is not written at all.
+        let soon = Instant::now() + Duration::from_millis(100);
+        let e = segs
+            .write(&loc, &[1u8; 4096], soon, Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::LeaseExpired);
+        segs.read(
+            &loc,
+            &mut out,
+            Instant::now() + Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
+        assert!(
+            out.iter().all(|&b| b == 0),
+            "a refused write touched memory"
+        );
+    }
+
+    #[test]
+    fn locations_outside_the_mapping_are_refused() {
+        let segs = local_segments(1 << 20);
+        let later = Instant::now() + Duration::from_secs(10);
+        let mut out = vec![0u8; 8192];
+        for loc in [
+            at((1 << 20) - 10, 11),
+            at(u64::MAX - 1, 4),
+            Location {
+                segment: 1,
+                ..at(0, 1)
+            },
+            Location {
+                tier: 2,
+                ..at(0, 1)
+            },
+        ] {
+            assert!(!segs.covers(&loc));
+            let e = segs.read(&loc, &mut out, later, None).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::Protocol, "{loc:?}");
+        }
+        let e = segs
+            .read(&at(0, 4096), &mut out[..100], later, None)
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    }
+}

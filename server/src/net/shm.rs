@@ -1,0 +1,244 @@
+//! The shared-memory transport, server side: hands the dram tier's segment descriptors to
+//! same-host clients, who then map the segments and copy value bytes themselves under
+//! their leases and reservations. The server's CPU does no data work for them.
+//!
+//! Who gets the descriptors (see `docs/shm.md` for the whole threat model):
+//! * only a peer of the server's own user: the socket file is 0600 and every peer's
+//!   credentials (`SO_PEERCRED`) are checked, since the kernel vouches for those;
+//! * only a holder of a live session: the handshake gives each session a random,
+//!   single-use ticket, and the peer must present it ([`strata_proto::shm`] has the
+//!   exchange's layout). With an auth token configured, only authenticated sessions get
+//!   a handshake answer at all, so the token guards shared memory too.
+//!
+//! The socket is `SOCK_SEQPACKET`, so a packet and the descriptors riding with it arrive
+//! whole and alone. The accept loop runs on the runtime; each peer is served on a blocking
+//! thread with socket timeouts, so a peer that stalls holds only that thread, and only for
+//! [`PEER_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rustix::net::{
+    self, AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    SocketAddrUnix, SocketFlags, SocketType,
+};
+use strata_proto::msg::{SegmentInfo, ShmOffer};
+use strata_proto::shm::{encode_descriptors, encode_refusal, MAX_FDS_PER_PACKET, TICKET_LEN};
+use strata_proto::{Error, ErrorCode, Result};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::Store;
+
+/// The socket's file name in the data dir.
+pub const SOCKET_FILE: &str = "shm.sock";
+
+/// How long a ticket stays redeemable after the handshake that issued it.
+const TICKET_TTL: Duration = Duration::from_secs(60);
+
+/// Tickets live at once at most; past that, handshakes offer no shared memory until old
+/// tickets expire (a client then uses QUIC).
+const MAX_LIVE_TICKETS: usize = 4096;
+
+/// Bound on each read and write of one peer's exchange.
+const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The descriptor socket and the tickets it honours.
+pub(crate) struct ShmExport {
+    path: PathBuf,
+    listener: AsyncFd<OwnedFd>,
+    tickets: Mutex<HashMap<[u8; TICKET_LEN], Instant>>,
+    segments: Vec<SegmentInfo>,
+    store: Arc<Store>,
+}
+
+fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    let msg = format!("{what} {}: {e}", path.display());
+    Error::new(ErrorCode::Unavailable, msg)
+}
+
+impl ShmExport {
+    /// Binds the descriptor socket at `path` (replacing a stale one a dead server left).
+    /// `Ok(None)` when the store has no shared segments. Call inside a tokio runtime.
+    pub fn bind(path: &Path, store: Arc<Store>) -> Result<Option<ShmExport>> {
+        let segments: Vec<SegmentInfo> = store
+            .shared_segments()
+            .iter()
+            .map(|(tier, s)| SegmentInfo {
+                tier: *tier,
+                segment: s.segment,
+                size: s.size,
+            })
+            .collect();
+        if segments.is_empty() {
+            return Ok(None);
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(dir)
+            .map_err(|e| io_error("cannot create", dir, e))?;
+        }
+        let addr = SocketAddrUnix::new(path)
+            .map_err(|e| io_error("cannot use as a socket path", path, e))?;
+        if path.exists() {
+            let probe = net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None)
+                .map_err(|e| io_error("cannot probe", path, e))?;
+            if net::connect(&probe, &addr).is_ok() {
+                return Err(io_error(
+                    "another server shares memory through",
+                    path,
+                    "stop it or give this one another data dir",
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| io_error("cannot remove stale", path, e))?;
+        }
+        let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+        let fd = net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, flags, None)
+            .map_err(|e| io_error("cannot create a socket for", path, e))?;
+        net::bind(&fd, &addr).map_err(|e| io_error("cannot bind", path, e))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io_error("cannot restrict", path, e))?;
+        net::listen(&fd, 128).map_err(|e| io_error("cannot listen on", path, e))?;
+        // SAFETY: the AsyncFd takes ownership of `fd` (an OwnedFd), so the descriptor stays
+        // open and names the same socket until the AsyncFd drops.
+        let listener =
+            unsafe { AsyncFd::register(fd) }.map_err(|e| io_error("cannot poll", path, e))?;
+        Ok(Some(ShmExport {
+            path: path.to_owned(),
+            listener,
+            tickets: Mutex::new(HashMap::new()),
+            segments,
+            store,
+        }))
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A fresh offer for one session, with its own ticket; `None` when too many tickets
+    /// are outstanding.
+    pub fn offer(&self) -> Option<ShmOffer> {
+        let mut ticket = [0u8; TICKET_LEN];
+        getrandom::fill(&mut ticket).ok()?;
+        let now = Instant::now();
+        let mut live = self.tickets.lock();
+        live.retain(|_, expires| *expires > now);
+        if live.len() >= MAX_LIVE_TICKETS {
+            return None;
+        }
+        live.insert(ticket, now + TICKET_TTL);
+        Some(ShmOffer {
+            socket: self.path.to_string_lossy().into_owned(),
+            ticket: ticket.to_vec(),
+            segments: self.segments.clone(),
+        })
+    }
+
+    /// Whether `ticket` was issued and has not expired; it cannot be used again.
+    fn redeem(&self, ticket: &[u8]) -> bool {
+        let Ok(ticket) = <[u8; TICKET_LEN]>::try_from(ticket) else {
+            return false;
+        };
+        self.tickets
+            .lock()
+            .remove(&ticket)
+            .is_some_and(|expires| expires > Instant::now())
+    }
+
+    /// Accepts peers until `stop` turns true.
+    pub async fn serve(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let ready = tokio::select! {
+                _ = stop.changed() => break,
+                ready = self.listener.readable() => ready,
+            };
+            let mut ready = match ready {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("shared-memory socket failed, transport off: {e}");
+                    break;
+                }
+            };
+            match net::accept_with(self.listener.get_ref(), SocketFlags::CLOEXEC) {
+                Ok(peer) => {
+                    let export = Arc::clone(&self);
+                    tokio::task::spawn_blocking(move || export.serve_peer(peer));
+                }
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(e) => {
+                    // Out of descriptors, most likely: back off rather than spin.
+                    tracing::warn!("accepting on the shared-memory socket: {e}");
+                    ready.clear_ready();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn serve_peer(&self, peer: OwnedFd) {
+        if let Err(reason) = self.share_with(&peer) {
+            tracing::debug!("shared memory refused: {reason}");
+            let _ = net::send(&peer, &encode_refusal(&reason), SendFlags::NOSIGNAL);
+        }
+    }
+
+    fn share_with(&self, peer: &OwnedFd) -> std::result::Result<(), String> {
+        for which in [net::sockopt::Timeout::Recv, net::sockopt::Timeout::Send] {
+            net::sockopt::set_socket_timeout(peer, which, Some(PEER_TIMEOUT))
+                .map_err(|e| format!("socket setup: {e}"))?;
+        }
+        let cred = net::sockopt::socket_peercred(peer).map_err(|e| format!("peer: {e}"))?;
+        let own = rustix::process::geteuid();
+        if cred.uid != own {
+            return Err(format!(
+                "the peer runs as uid {}, the server as uid {}: segments are shared with \
+                 the server's user only",
+                cred.uid.as_raw(),
+                own.as_raw()
+            ));
+        }
+        let mut packet = [0u8; TICKET_LEN + 1];
+        let (_, n) = net::recv(peer, &mut packet, RecvFlags::empty())
+            .map_err(|e| format!("reading the ticket: {e}"))?;
+        if n != TICKET_LEN || !self.redeem(&packet[..n]) {
+            return Err("unknown, used or expired ticket".into());
+        }
+        let shared = self.store.shared_segments();
+        let fds: Vec<BorrowedFd<'_>> = shared.iter().map(|(_, s)| s.fd).collect();
+        let mut space =
+            vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_PACKET))];
+        for chunk in fds.chunks(MAX_FDS_PER_PACKET) {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
+                return Err("descriptor buffer too small".into());
+            }
+            let head = encode_descriptors(chunk.len() as u16);
+            net::sendmsg(
+                peer,
+                &[IoSlice::new(&head)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            )
+            .map_err(|e| format!("sending descriptors: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ShmExport {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
