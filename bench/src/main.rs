@@ -7,6 +7,7 @@ mod engine;
 mod heap;
 mod quic;
 mod report;
+mod shm;
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +43,13 @@ enum Workload {
         #[arg(long)]
         seconds: Option<f64>,
     },
+    /// The shared-memory transport on this host: get_into and put_from of 1, 4 and 16 MiB
+    /// at batch 1 and 32, next to memcpy (the ceiling) and to the QUIC transport.
+    Shm {
+        /// Seconds per timed loop (default 2, or 0.1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
 }
 
 fn main() {
@@ -69,6 +77,17 @@ fn main() {
                 params.seconds = s;
             }
             quic::run(&params, &mut report);
+        }
+        Workload::Shm { seconds } => {
+            let mut params = if cli.quick {
+                shm::ShmParams::quick()
+            } else {
+                shm::ShmParams::full()
+            };
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            shm::run(&params, &mut report);
         }
     }
     if let Some(path) = cli.json {

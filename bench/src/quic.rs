@@ -50,7 +50,7 @@ impl QuicParams {
     }
 }
 
-fn runtime(threads: usize) -> tokio::runtime::Runtime {
+pub(crate) fn runtime(threads: usize) -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -124,7 +124,7 @@ pub fn run(p: &QuicParams, report: &mut Report) {
 
 /// Runs `op(task, i)` from `concurrency` tasks until `seconds` pass; returns the count,
 /// the elapsed time and the latency histogram (ns).
-fn timed<F, Fut>(
+pub(crate) fn timed<F, Fut>(
     rt: &tokio::runtime::Runtime,
     concurrency: usize,
     seconds: f64,

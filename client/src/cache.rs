@@ -46,6 +46,8 @@ impl Expiry<Vec<u8>, LeasedLocation> for UntilLeaseEnds {
 pub(crate) struct LocationCache {
     cache: Cache<Vec<u8>, LeasedLocation>,
     margin: Duration,
+    /// Capacity 0: cache nothing (every read leases anew).
+    enabled: bool,
 }
 
 impl LocationCache {
@@ -54,7 +56,11 @@ impl LocationCache {
             .max_capacity(capacity)
             .expire_after(UntilLeaseEnds { margin })
             .build();
-        LocationCache { cache, margin }
+        LocationCache {
+            cache,
+            margin,
+            enabled: capacity > 0,
+        }
     }
 
     /// The cached location of `key` from server `instance`, if its lease still has more
@@ -66,7 +72,7 @@ impl LocationCache {
     }
 
     pub fn insert(&self, key: &[u8], location: LeasedLocation) {
-        if location.valid_until > Instant::now() + self.margin {
+        if self.enabled && location.valid_until > Instant::now() + self.margin {
             self.cache.insert(key.to_vec(), location);
         }
     }

@@ -55,9 +55,15 @@ pub struct ClientConfig {
     pub transfer_timeout: Duration,
     /// How value bytes travel.
     pub transport: Transport,
-    /// Verify each value read against the checksum the server recorded at commit.
+    /// Verify each value read from a QUIC stream against the checksum the server recorded
+    /// at commit.
     pub verify_checksums: bool,
-    /// Locations kept in the lease cache.
+    /// Verify each value copied from shared memory too. Off by default: the bytes never
+    /// leave this host's memory and the lease check already refuses reused space; hashing
+    /// as it copies halves the read rate (`docs/benchmarks.md`). Turn it on to catch a
+    /// reader racing a forced removal, or a process scribbling over the segments.
+    pub verify_shm_checksums: bool,
+    /// Locations kept in the lease cache (0: none; every read leases anew).
     pub location_cache_capacity: u64,
     /// A cached location is dropped this long before its lease ends, so it is never used
     /// with a lease about to lapse.
@@ -79,6 +85,7 @@ impl Default for ClientConfig {
             transfer_timeout: Duration::from_secs(10),
             transport: Transport::Auto,
             verify_checksums: true,
+            verify_shm_checksums: false,
             location_cache_capacity: 1 << 20,
             lease_margin: Duration::from_millis(500),
             batch_concurrency: 64,

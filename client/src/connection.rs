@@ -261,6 +261,7 @@ impl Connector {
         match attached {
             Ok(segments) => {
                 let segments = Arc::new(segments);
+                SharedSegments::prefault_in_background(&segments);
                 *self.mapped.lock() = Some(Arc::clone(&segments));
                 Ok(Some(segments))
             }

@@ -170,7 +170,11 @@ impl Client {
         lease: &LeasedLocation,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let checksum = self.inner.config.verify_checksums.then_some(lease.checksum);
+        let checksum = self
+            .inner
+            .config
+            .verify_shm_checksums
+            .then_some(lease.checksum);
         segments.read(&lease.location, buf, lease.valid_until, checksum)
     }
 

@@ -17,9 +17,10 @@ use std::fs::File;
 use std::io::IoSliceMut;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memmap2::{MmapOptions, MmapRaw};
+use memmap2::{Advice, MmapOptions, MmapRaw};
 use rustix::net::{
     self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendFlags,
     SocketAddrUnix, SocketFlags, SocketType,
@@ -31,6 +32,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// Bytes copied between two checks (and hashed while still in cache).
 const CHUNK: usize = 256 << 10;
+
+/// Bytes of a segment prefaulted in one step (one madvise call) in the background.
+const PREFAULT_STEP: usize = 64 << 20;
 
 /// The server's dram segments, mapped into this process.
 pub(crate) struct SharedSegments {
@@ -134,6 +138,37 @@ impl SharedSegments {
             maps.insert((info.tier, info.segment), map);
         }
         Ok(SharedSegments { instance, maps })
+    }
+
+    /// Builds this process's page tables for every segment on a background thread, so
+    /// copies do not stop at a page fault every 4 KiB the first time they touch a page
+    /// (that costs more than the copy: `docs/shm.md`). The thread stops when the segments
+    /// are dropped, or at the first step the kernel refuses (older than 5.14: copies then
+    /// fault as they go).
+    pub fn prefault_in_background(segments: &Arc<SharedSegments>) {
+        let weak = Arc::downgrade(segments);
+        let spans: Vec<((u8, u32), usize)> =
+            segments.maps.iter().map(|(k, m)| (*k, m.len())).collect();
+        let spawned = std::thread::Builder::new()
+            .name("strata-shm-prefault".into())
+            .spawn(move || {
+                for (key, len) in spans {
+                    for offset in (0..len).step_by(PREFAULT_STEP) {
+                        let Some(segments) = weak.upgrade() else {
+                            return; // unmapped meanwhile
+                        };
+                        let step = PREFAULT_STEP.min(len - offset);
+                        let map = &segments.maps[&key];
+                        if let Err(e) = map.advise_range(Advice::PopulateWrite, offset, step) {
+                            tracing::debug!("prefaulting shared memory stopped: {e}");
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::debug!("no prefault thread: {e}");
+        }
     }
 
     /// The server instance these segments belong to.

@@ -156,6 +156,10 @@ impl Tier for DramTier {
             allocators.free(extent.segment, BlockId::from_raw(extent.block), size);
             allocators.retiring.fetch_sub(size, Ordering::Relaxed);
         });
+        // Hand the free to the global queue now: left in this thread's local bag, it would
+        // wait for this thread to pin again many times, and a thread that goes idle (a
+        // server worker between requests) would keep the space from ever coming back.
+        guard.flush();
     }
 
     fn alloc_stats(&self) -> (usize, AllocStats) {
