@@ -833,7 +833,7 @@ mod tests {
                 client.get_into(b"k", &mut bufs[0]).await.ok();
                 client.put_from(b"k", b"v").await.ok();
                 client.get_locations(&keys).await;
-                client.prefix_len(&[keys.clone()]).await.ok();
+                client.prefix_len(std::slice::from_ref(&keys)).await.ok();
                 client.batch_exists(&keys).await;
             });
         };
