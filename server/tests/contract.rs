@@ -542,3 +542,50 @@ fn prefix_len_across_lookup_windows() {
         );
     }
 }
+
+#[test]
+fn space_evicted_by_a_thread_that_goes_idle_comes_back() {
+    // Space one thread evicted (and then idles, as a server worker between requests) is
+    // usable by another thread's put that can evict nothing else.
+    let (s, _) = store(8 * 64 * KIB);
+    let s = std::sync::Arc::new(s);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (quit_tx, quit_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let s = std::sync::Arc::clone(&s);
+        std::thread::spawn(move || {
+            for i in 0..12u32 {
+                let key = format!("k{i}");
+                s.put(
+                    key.as_bytes(),
+                    &value(key.as_bytes(), 64 * KIB as usize),
+                    PutOptions::default(),
+                )
+                .unwrap();
+            }
+            done_tx.send(()).unwrap();
+            let _ = quit_rx.recv(); // idle, alive, holding whatever it did not hand over
+        })
+    };
+    done_rx.recv().unwrap();
+    assert!(
+        s.stats().counters.evictions >= 4,
+        "the writer's puts evicted"
+    );
+    // Lease everything still stored: the next put can only use space already evicted.
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let leased = s.get_locations(&keys).iter().filter(|r| r.is_ok()).count();
+    assert!(leased > 0 && leased < 12);
+    let free_slots = 8 - leased;
+    for i in 0..free_slots {
+        let key = format!("late{i}");
+        s.put(
+            key.as_bytes(),
+            &value(key.as_bytes(), 64 * KIB as usize),
+            PutOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("put {i} of {free_slots} found no space: {e}"));
+    }
+    quit_tx.send(()).unwrap();
+    writer.join().unwrap();
+}
