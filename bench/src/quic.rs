@@ -68,33 +68,8 @@ pub fn run(p: &QuicParams, report: &mut Report) {
     };
 
     // strata's service.
-    let store = StoreConfig {
-        tiers: vec![TierConfig {
-            populate: true,
-            ..TierConfig::dram(2 << 30)
-        }],
-        ..StoreConfig::default()
-    };
-    let store = Arc::new(Store::open(store).expect("store"));
-    let service = server_rt.block_on(async {
-        Service::bind(
-            store,
-            ServiceConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls: tls_source.clone(),
-                auth_token: None,
-                shutdown_grace: Duration::from_secs(1),
-                shm_socket: None,
-            },
-        )
-        .expect("bind the service")
-    });
-    let addr = service.local_addr();
-    let cert = service.cert_path().to_path_buf();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = server_rt.spawn(service.run(async {
-        let _ = stop_rx.await;
-    }));
+    let served = serve(&server_rt, 2 << 30, tls_source.clone(), None);
+    let (addr, cert) = (served.addr, served.cert.clone());
 
     // The raw quinn ceiling, same identity and transport settings.
     let raw_addr = server_rt.block_on(async { spawn_raw_server(&tls_source) });
@@ -118,8 +93,58 @@ pub fn run(p: &QuicParams, report: &mut Report) {
     small_gets(p, &client_rt, &client, &raw, report);
     key_lookups(p, &client_rt, &client, report);
 
-    let _ = stop_tx.send(());
-    let _ = server_rt.block_on(served);
+    served.stop(&server_rt);
+}
+
+/// A strata service running on `rt` in this process, with a prefaulted dram tier of
+/// `capacity` bytes.
+pub(crate) struct Served {
+    pub addr: std::net::SocketAddr,
+    pub cert: std::path::PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+pub(crate) fn serve(
+    rt: &tokio::runtime::Runtime,
+    capacity: u64,
+    tls: TlsSource,
+    shm_socket: Option<std::path::PathBuf>,
+) -> Served {
+    let store = StoreConfig {
+        tiers: vec![TierConfig {
+            populate: true,
+            ..TierConfig::dram(capacity)
+        }],
+        ..StoreConfig::default()
+    };
+    let store = Arc::new(Store::open(store).expect("store"));
+    let config = ServiceConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls,
+        auth_token: None,
+        shutdown_grace: Duration::from_secs(1),
+        shm_socket,
+    };
+    let service = rt.block_on(async { Service::bind(store, config).expect("bind the service") });
+    let (addr, cert) = (service.local_addr(), service.cert_path().to_path_buf());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(service.run(async {
+        let _ = stopped.await;
+    }));
+    Served {
+        addr,
+        cert,
+        stop,
+        task,
+    }
+}
+
+impl Served {
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        let _ = rt.block_on(self.task);
+    }
 }
 
 /// Runs `op(task, i)` from `concurrency` tasks until `seconds` pass; returns the count,

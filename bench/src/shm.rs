@@ -21,11 +21,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use strata_client::{Client, ClientConfig, Transport};
-use strata_server::net::{Service, ServiceConfig, TlsSource};
-use strata_server::{Store, StoreConfig, TierConfig};
+use strata_server::net::TlsSource;
 
 use crate::engine::{pattern, round3};
-use crate::quic::{runtime, timed};
+use crate::quic::{runtime, serve, timed};
 use crate::report::{Record, Report};
 
 /// What to run.
@@ -78,40 +77,17 @@ pub fn run(p: &ShmParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let store = StoreConfig {
-        tiers: vec![TierConfig {
-            populate: true,
-            ..TierConfig::dram(3 << 30)
-        }],
-        ..StoreConfig::default()
+    let tls = TlsSource::SelfSigned {
+        dir: dir.path().to_path_buf(),
+        names: vec!["localhost".into(), "127.0.0.1".into()],
     };
-    let store = Arc::new(Store::open(store).expect("store"));
-    let service = server_rt.block_on(async {
-        Service::bind(
-            store,
-            ServiceConfig {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls: TlsSource::SelfSigned {
-                    dir: dir.path().to_path_buf(),
-                    names: vec!["localhost".into(), "127.0.0.1".into()],
-                },
-                auth_token: None,
-                shutdown_grace: Duration::from_secs(1),
-                shm_socket: Some(dir.path().join("shm.sock")),
-            },
-        )
-        .expect("bind the service")
-    });
+    let served = serve(&server_rt, 3 << 30, tls, Some(dir.path().join("shm.sock")));
     let base = ClientConfig {
-        server: service.local_addr().to_string(),
-        ca_cert: Some(service.cert_path().to_path_buf()),
+        server: served.addr.to_string(),
+        ca_cert: Some(served.cert.clone()),
         transfer_timeout: Duration::from_secs(60),
         ..ClientConfig::default()
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = server_rt.spawn(service.run(async {
-        let _ = stop_rx.await;
-    }));
     let clients = client_rt.block_on(async {
         let connect = |transport, location_cache_capacity, verify_shm_checksums| {
             let config = ClientConfig {
@@ -136,8 +112,7 @@ pub fn run(p: &ShmParams, report: &mut Report) {
             round(p, &client_rt, &clients, size, c, report);
         }
     }
-    let _ = stop_tx.send(());
-    let _ = server_rt.block_on(served);
+    served.stop(&server_rt);
 }
 
 /// Per-task buffers for `batch` values of `size` bytes, touched so no page faults are
