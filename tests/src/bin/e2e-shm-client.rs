@@ -53,6 +53,11 @@ async fn main() {
             println!("mapped {}", mapped_segments());
             client.close().await;
             drop(client);
+            // The background prefault thread lets go of the mappings within one step.
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while mapped_segments() > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             println!("mapped {}", mapped_segments());
         }
         other => panic!("unknown mode {other}"),
