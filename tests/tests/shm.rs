@@ -133,10 +133,15 @@ async fn a_read_whose_lease_ended_never_returns_bytes() {
         );
     }
 
-    // After the lease: remove it and overwrite the space with other values.
-    let until = lease.valid_until;
-    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
-    writer.remove(b"victim", false).await.unwrap();
+    // After the lease: remove it (an unforced remove succeeds once the server's lease
+    // has ended, a little after the client's conservative end) and overwrite the space.
+    let w = &writer;
+    let removed = eventually(Duration::from_secs(5), || async move {
+        w.remove(b"victim", false).await.is_ok()
+    })
+    .await;
+    assert!(removed, "the lease never ended on the server");
+    assert!(Instant::now() >= lease.valid_until);
     for i in 0..8 {
         let key = format!("overwrite-{i}");
         writer
@@ -156,8 +161,17 @@ async fn a_read_whose_lease_ended_never_returns_bytes() {
     // and a later get says NotFound rather than handing back another value's bytes.
     let evictee = block_value(2, 2 * MIB);
     writer.put_from(b"evictee", &evictee).await.unwrap();
-    let lease = reader.get_locations(&[b"evictee"]).await.remove(0).unwrap();
-    tokio::time::sleep(lease.valid_until.saturating_duration_since(Instant::now())).await;
+    writer.put_from(b"sentinel", b"s").await.unwrap();
+    // Leased in one request, the sentinel's lease ends no earlier than the evictee's:
+    // once an unforced remove of the sentinel succeeds, the evictee is evictable.
+    let mut leases = reader.get_locations(&[&b"evictee"[..], b"sentinel"]).await;
+    leases.truncate(1);
+    let lease = leases.remove(0).unwrap();
+    let ended = eventually(Duration::from_secs(5), || async move {
+        w.remove(b"sentinel", false).await.is_ok()
+    })
+    .await;
+    assert!(ended, "the lease never ended on the server");
     for i in 0..16 {
         let key = format!("pressure-{i}");
         writer
