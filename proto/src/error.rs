@@ -39,11 +39,14 @@ pub enum ErrorCode {
     Timeout = 14,
     /// The server cannot be reached, or the connection to it was lost or is shutting down.
     Unavailable = 15,
+    /// Stored bytes failed their checksum when read (a damaged ssd record). The object has
+    /// been dropped; it is never served.
+    Corrupt = 16,
 }
 
 impl ErrorCode {
     /// Every code, in numeric order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::NotFound,
         ErrorCode::AlreadyExists,
         ErrorCode::Busy,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::Timeout,
         ErrorCode::Unavailable,
+        ErrorCode::Corrupt,
     ];
 
     /// The stable number of this code.
@@ -89,6 +93,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Unavailable => "Unavailable",
+            ErrorCode::Corrupt => "Corrupt",
         }
     }
 }
@@ -153,6 +158,7 @@ mod tests {
             (ErrorCode::Unauthorized, 13),
             (ErrorCode::Timeout, 14),
             (ErrorCode::Unavailable, 15),
+            (ErrorCode::Corrupt, 16),
         ];
         for (code, n) in expected {
             assert_eq!(code.as_u16(), n);

@@ -153,6 +153,62 @@ impl OffsetAllocator {
         a
     }
 
+    /// An allocator over `capacity` bytes in which the given blocks are already allocated:
+    /// how a tier that survives restarts rebuilds its free space from the records it found.
+    /// `allocated` holds `(offset, size)` pairs in bytes, sorted by offset, aligned, non-empty
+    /// and not overlapping; otherwise the result is `None`. Returns the allocation of each.
+    pub fn with_allocated(
+        capacity: u64,
+        alignment: u64,
+        allocated: &[(u64, u64)],
+    ) -> Option<(OffsetAllocator, Vec<Allocation>)> {
+        let mut a = OffsetAllocator::new(0, alignment);
+        let shift = a.align_shift;
+        a.capacity_units = capacity >> shift;
+        let mut blocks = Vec::with_capacity(allocated.len());
+        let mut cursor = 0u64; // in units
+        let mut prev = NIL;
+        let mut append = |a: &mut OffsetAllocator, offset: u64, size: u64, used: bool| {
+            let id = a.new_node(offset, size);
+            a.nodes[id as usize].phys_prev = prev;
+            if prev != NIL {
+                a.nodes[prev as usize].phys_next = id;
+            }
+            prev = id;
+            if used {
+                a.nodes[id as usize].used = true;
+                a.used_units += size;
+            } else {
+                a.insert_free(id);
+            }
+            id
+        };
+        for &(offset, size) in allocated {
+            if offset % alignment != 0 || size == 0 {
+                return None;
+            }
+            let (start, units) = (offset >> shift, size.div_ceil(alignment));
+            if start < cursor || start.checked_add(units)? > a.capacity_units {
+                return None;
+            }
+            if start > cursor {
+                append(&mut a, cursor, start - cursor, false);
+            }
+            let id = append(&mut a, start, units, true);
+            blocks.push(Allocation {
+                block: BlockId(id),
+                offset,
+                size: units << shift,
+            });
+            cursor = start + units;
+        }
+        let end = a.capacity_units;
+        if cursor < end {
+            append(&mut a, cursor, end - cursor, false);
+        }
+        Some((a, blocks))
+    }
+
     /// Bytes under management.
     pub fn capacity(&self) -> u64 {
         self.capacity_units << self.align_shift
@@ -368,6 +424,32 @@ impl OffsetAllocator {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rebuilt_layout_frees_and_merges_like_a_live_one() {
+        const K: u64 = 4096;
+        let (mut a, blocks) =
+            OffsetAllocator::with_allocated(64 * K, K, &[(4 * K, 2 * K), (10 * K, 1)]).unwrap();
+        assert_eq!(a.used(), 3 * K);
+        assert_eq!(blocks[1].size, K, "sizes round up to the alignment");
+        // The gaps are free: 4 blocks before, 4 between, 53 after.
+        let s = a.stats();
+        assert_eq!((s.free_extents, s.largest_free), (3, 53 * K));
+        assert!(a.allocate(54 * K).is_none());
+        // Freeing the rebuilt blocks merges everything back into one extent.
+        assert!(a.free(blocks[0].block) && a.free(blocks[1].block));
+        assert_eq!(a.stats().free_extents, 1);
+        assert_eq!(a.allocate(64 * K).map(|x| x.offset), Some(0));
+        // Overlapping, unsorted, unaligned or out-of-range layouts are refused.
+        for bad in [
+            &[(0, 2 * K), (K, K)][..],
+            &[(8 * K, K), (0, K)],
+            &[(100, K)],
+            &[(63 * K, 2 * K)],
+        ] {
+            assert!(OffsetAllocator::with_allocated(64 * K, K, bad).is_none());
+        }
+    }
 
     #[test]
     fn bins_bracket_sizes() {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use strata_proto::{Error, ErrorCode};
 
+use crate::tier::ssd::SsdOptions;
 use crate::tier::{TierKind, MAX_TIERS};
 
 /// One tier of the stack, top (fastest) first.
@@ -20,6 +21,8 @@ pub struct TierConfig {
     pub alignment: u64,
     /// Fault every page in at start instead of on first write.
     pub populate: bool,
+    /// Where and how an ssd tier keeps its files (`Some` exactly for `TierKind::Ssd`).
+    pub ssd: Option<SsdOptions>,
 }
 
 impl TierConfig {
@@ -31,6 +34,20 @@ impl TierConfig {
             segment_size: capacity.clamp(1, 1 << 30),
             alignment: 4096,
             populate: false,
+            ssd: None,
+        }
+    }
+
+    /// An ssd tier of `capacity` bytes with files as `opts` says. Its files are a quarter
+    /// of the capacity each (64 MiB to 4 GiB), so a few allocators share the load.
+    pub fn ssd(capacity: u64, opts: SsdOptions) -> TierConfig {
+        TierConfig {
+            kind: TierKind::Ssd,
+            capacity,
+            segment_size: (capacity / 4).clamp(64 << 20, 4 << 30).min(capacity),
+            alignment: 4096,
+            populate: false,
+            ssd: Some(opts),
         }
     }
 }
@@ -105,6 +122,22 @@ impl StoreConfig {
                 return Err(invalid(format!(
                     "tier {i} ({name}): segment size {} is below the alignment {}",
                     t.segment_size, t.alignment
+                )));
+            }
+            if (t.kind == TierKind::Ssd) != t.ssd.is_some() {
+                return Err(invalid(format!(
+                    "tier {i} ({name}): ssd options go with, and only with, an ssd tier"
+                )));
+            }
+            if t.kind == TierKind::Ssd && (i == 0 || i + 1 != self.tiers.len()) {
+                return Err(invalid(format!(
+                    "tier {i} (ssd): an ssd tier is filled by demotion, so it must be the last \
+                     tier, below a memory tier"
+                )));
+            }
+            if t.kind == TierKind::Ssd && (t.alignment != 4096 || t.capacity < 3 * 4096) {
+                return Err(invalid(format!(
+                    "tier {i} (ssd): needs 4096-byte alignment and at least 12 KiB"
                 )));
             }
             if t.capacity.div_ceil(t.segment_size) > u16::MAX as u64 {

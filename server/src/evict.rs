@@ -20,7 +20,7 @@ use crossbeam_epoch as epoch;
 
 use crate::engine::index::{key_hash, State};
 use crate::engine::Inner;
-use crate::tier::{Extent, Tier};
+use crate::tier::{Extent, ObjectWrite, Tier};
 
 /// Recency-list entries each shard offers per round.
 const OFFER_PER_SHARD: usize = 16;
@@ -69,6 +69,9 @@ impl Inner {
             }
         }
         epoch::pin().flush();
+        for t in &self.tiers {
+            t.reclaim_retired();
+        }
     }
 
     fn reap_expired_reservations(&self) {
@@ -159,9 +162,17 @@ impl Inner {
 
     /// Demotes or drops one victim; false if it changed meanwhile (used, leased, removed).
     fn evict_one(&self, i: usize, c: &Candidate) -> bool {
-        if i + 1 < self.tiers.len() {
-            if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
-                return self.demote(i, c, dst);
+        if let Some(below) = self.tiers.get(i + 1) {
+            let hits = self.shards[c.shard]
+                .0
+                .lock()
+                .live(c.slot, c.generation)
+                .map(|e| e.hits);
+            let Some(hits) = hits else { return false };
+            if below.admits(hits) {
+                if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
+                    return self.demote(i, c, dst);
+                }
             }
         }
         let guard = epoch::pin();
@@ -196,21 +207,36 @@ impl Inner {
     /// its location if it is still evictable; otherwise gives `dst` back.
     fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> bool {
         let guard = epoch::pin();
-        let src = {
+        let (src, key) = {
             let shard = self.shards[c.shard].0.lock();
             if !self.still_evictable(&shard, i, c) {
                 drop(shard);
                 self.tiers[dst.tier as usize].retire(dst, &guard);
                 return false;
             }
-            shard.entry(c.slot).extent
+            let e = shard.entry(c.slot);
+            (e.extent, e.key.clone())
         };
         // SAFETY: `src` was complete when seen under `guard`, so it is not reclaimed before
         // the guard drops and nobody writes it; `dst` is a fresh extent nobody else indexes.
-        unsafe { copy_extent(&*self.tiers[i], &src, &*self.tiers[dst.tier as usize], &dst) };
+        let copied = unsafe {
+            copy_object(
+                &*self.tiers[i],
+                &src,
+                &*self.tiers[dst.tier as usize],
+                &dst,
+                &key,
+            )
+        };
+        if let Err(e) = &copied {
+            tracing::warn!(
+                "demoting an object to the {} tier failed: {e}",
+                self.tiers[dst.tier as usize].kind().name()
+            );
+        }
         let mut shard = self.shards[c.shard].0.lock();
         let unchanged = self.still_evictable(&shard, i, c) && shard.entry(c.slot).extent == src;
-        if !unchanged {
+        if copied.is_err() || !unchanged {
             drop(shard);
             self.tiers[dst.tier as usize].retire(dst, &guard);
             return false;
@@ -223,28 +249,37 @@ impl Inner {
     }
 }
 
-/// Copies a whole value from one tier's extent to another's.
+/// Copies a whole object from one tier's extent into another's.
 ///
 /// # Safety
 /// `src` must stay unreclaimed and unwritten for the call, `dst` must be exclusively the
 /// caller's, and both must have the same length.
-unsafe fn copy_extent(src_tier: &dyn Tier, src: &Extent, dst_tier: &dyn Tier, dst: &Extent) {
+unsafe fn copy_object(
+    src_tier: &dyn Tier,
+    src: &Extent,
+    dst_tier: &dyn Tier,
+    dst: &Extent,
+    key: &[u8],
+) -> strata_proto::Result<()> {
     debug_assert_eq!(src.len, dst.len);
+    let staged;
     // SAFETY: forwarded from this function's contract.
-    if let Some(bytes) = unsafe { src_tier.host_bytes(src) } {
-        // SAFETY: forwarded; `bytes` is exactly `dst.len` long.
-        unsafe { dst_tier.write(dst, 0, bytes) };
-        return;
-    }
-    let mut buf = vec![0u8; (1 << 20).min(src.len as usize)];
-    let mut offset = 0;
-    while offset < src.len {
-        let n = buf.len().min((src.len - offset) as usize);
-        // SAFETY: forwarded; the ranges are inside both extents.
-        unsafe {
-            src_tier.read(src, offset, &mut buf[..n]);
-            dst_tier.write(dst, offset, &buf[..n]);
+    let value = match unsafe { src_tier.host_bytes(src) } {
+        Some(bytes) => bytes,
+        None => {
+            let mut buf = vec![0u8; src.len as usize];
+            // SAFETY: forwarded.
+            unsafe { src_tier.read(src, &mut buf) }?;
+            staged = buf;
+            &staged[..]
         }
-        offset += n as u64;
-    }
+    };
+    let object = ObjectWrite {
+        extent: *dst,
+        key,
+        value,
+    };
+    // SAFETY: forwarded; the value is exactly `dst.len` bytes.
+    let mut results = unsafe { dst_tier.store_objects(&[object]) };
+    results.pop().unwrap_or(Ok(()))
 }

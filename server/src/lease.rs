@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crossbeam_epoch::Guard;
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::engine::Inner;
+use crate::engine::{Inner, ObjectAt};
 use crate::tier::{Extent, Tier};
 
 /// Identifies the writer of a reservation; only it may commit or revoke.
@@ -49,24 +49,35 @@ pub struct ReadLease {
 /// evicting more.
 pub struct ReadGuard<'a> {
     _pin: Guard,
-    tier: &'a dyn Tier,
+    inner: &'a Inner,
+    at: ObjectAt,
     extent: Extent,
     checksum: u64,
+    /// Move the object up a tier once a copy has succeeded.
+    promote: bool,
 }
 
 impl<'a> ReadGuard<'a> {
     pub(crate) fn new(
         pin: Guard,
-        tier: &'a dyn Tier,
+        inner: &'a Inner,
+        at: ObjectAt,
         extent: Extent,
         checksum: u64,
+        promote: bool,
     ) -> ReadGuard<'a> {
         ReadGuard {
             _pin: pin,
-            tier,
+            inner,
+            at,
             extent,
             checksum,
+            promote,
         }
+    }
+
+    fn tier(&self) -> &'a dyn Tier {
+        &*self.inner.tiers[self.extent.tier as usize]
     }
 
     /// xxh3-64 of the value recorded at commit (0 if the store computes none).
@@ -84,14 +95,17 @@ impl<'a> ReadGuard<'a> {
         false
     }
 
-    /// The bytes in place, when the tier is host memory (no copy).
+    /// The bytes in place, when the tier is host memory (no copy). `None` for a tier read
+    /// through I/O (ssd): use [`ReadGuard::copy_to`], which blocks on the device.
     pub fn bytes(&self) -> Option<&[u8]> {
         // SAFETY: the extent was complete when looked up after `_pin` was taken, so it is not
         // reclaimed before the pin drops, and complete values are never written.
-        unsafe { self.tier.host_bytes(&self.extent) }
+        unsafe { self.tier().host_bytes(&self.extent) }
     }
 
-    /// Copies the value into the front of `buf`; returns its length.
+    /// Copies the value into the front of `buf`; returns its length. From a tier that
+    /// verifies what it reads, damaged bytes fail with `Corrupt` and the object is dropped
+    /// from the store; an object read again on a lower tier is moved up afterwards.
     pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize> {
         let len = self.extent.len as usize;
         let Some(dst) = buf.get_mut(..len) else {
@@ -101,9 +115,21 @@ impl<'a> ReadGuard<'a> {
             );
             return Err(Error::new(ErrorCode::InvalidArgument, msg));
         };
-        // SAFETY: as in `bytes`; the range is the whole extent.
-        unsafe { self.tier.read(&self.extent, 0, dst) };
-        Ok(len)
+        // SAFETY: as in `bytes`; `dst` is exactly the extent's length.
+        match unsafe { self.tier().read(&self.extent, dst) } {
+            Ok(()) => {
+                if self.promote {
+                    self.inner.promote(self.at, self.extent, dst);
+                }
+                Ok(len)
+            }
+            Err(e) => {
+                if e.code() == ErrorCode::Corrupt {
+                    self.inner.drop_corrupt(self.at, self.extent);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

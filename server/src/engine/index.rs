@@ -50,6 +50,9 @@ pub(crate) struct Entry {
     pub generation: u32,
     pub state: State,
     pub pinned: bool,
+    /// Complete: reads since the object arrived in its tier (saturating). Drives ssd
+    /// admission (was it read in dram?) and promotion (read again on ssd?).
+    pub hits: u8,
 }
 
 const NO_EXTENT: Extent = Extent {
@@ -148,6 +151,7 @@ impl Shard {
             generation: 0,
             state: State::Pending,
             pinned,
+            hits: 0,
         };
         let slot = if self.vacant != NIL {
             let slot = self.vacant;
@@ -174,17 +178,38 @@ impl Shard {
 
     /// Turns a pending entry complete and makes it visible.
     pub fn commit(&mut self, slot: u32, checksum: u64, access: u64) {
+        let len = self.entries[slot as usize].extent.len;
+        self.make_complete(slot, checksum, access);
+        self.counters.puts += 1;
+        self.counters.put_bytes += len;
+    }
+
+    /// Indexes an object found in a persistent tier at open, as complete; the caller
+    /// checked the key is absent.
+    pub fn insert_complete(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        extent: Extent,
+        checksum: u64,
+        access: u64,
+    ) {
+        let slot = self.insert_pending(hash, key, 0, 0, false);
+        self.entries[slot as usize].extent = extent;
+        self.make_complete(slot, checksum, access);
+    }
+
+    fn make_complete(&mut self, slot: u32, checksum: u64, access: u64) {
         self.unlink(slot);
         let e = &mut self.entries[slot as usize];
         debug_assert_eq!(e.state, State::Pending);
         e.state = State::Complete;
         e.tag = checksum;
         e.stamp = access;
-        let (tier, len, pinned) = (e.extent.tier, e.extent.len, e.pinned);
+        e.hits = 0;
+        let (tier, pinned) = (e.extent.tier, e.pinned);
         self.pending_count -= 1;
         self.objects[tier as usize] += 1;
-        self.counters.puts += 1;
-        self.counters.put_bytes += len;
         if !pinned {
             self.push_front(ListId::Recency(tier), slot);
         }
@@ -201,11 +226,18 @@ impl Shard {
         }
     }
 
+    /// Counts a read of a complete object's bytes.
+    pub fn hit(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        e.hits = e.hits.saturating_add(1);
+    }
+
     /// Points a complete object at a new extent in another tier (demotion).
     pub fn move_to(&mut self, slot: u32, extent: Extent) {
         let old = self.entries[slot as usize].extent.tier;
         self.unlink(slot);
         self.entries[slot as usize].extent = extent;
+        self.entries[slot as usize].hits = 0;
         self.objects[old as usize] -= 1;
         self.objects[extent.tier as usize] += 1;
         if !self.entries[slot as usize].pinned {

@@ -23,12 +23,12 @@ use crossbeam_epoch as epoch;
 use parking_lot::{Mutex, MutexGuard};
 use strata_proto::limits::{MAX_BATCH_KEYS, MAX_GROUP_KEYS, MAX_PREFIX_GROUPS, MAX_VALUE_LEN};
 use strata_proto::{validate_key, Error, ErrorCode, Result};
-use xxhash_rust::xxh3::Xxh3;
 
 use crate::clock::{nanos, Clock};
 use crate::config::StoreConfig;
 use crate::lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 use crate::tier::dram::DramTier;
+use crate::tier::ssd::SsdTier;
 use crate::tier::{Extent, SharedSegment, Tier, TierKind, TierStats};
 use index::{key_hash, Shard, State, NO_TIER};
 
@@ -78,6 +78,10 @@ pub struct StoreCounters {
     pub evictions: u64,
     pub evicted_bytes: u64,
     pub demotions: u64,
+    /// Objects moved up a tier because they were read again (ssd to dram).
+    pub promotions: u64,
+    /// Objects dropped because their stored bytes failed their checksum.
+    pub corrupt: u64,
     pub expired_reservations: u64,
     pub no_space: u64,
 }
@@ -105,6 +109,8 @@ pub(crate) struct GlobalCounters {
     pub evictions: AtomicU64,
     pub evicted_bytes: AtomicU64,
     pub demotions: AtomicU64,
+    pub promotions: AtomicU64,
+    pub corrupt: AtomicU64,
     pub expired_reservations: AtomicU64,
     pub no_space: AtomicU64,
 }
@@ -171,15 +177,23 @@ impl Store {
         config.validate()?;
         let mut tiers: Vec<Box<dyn Tier>> = Vec::new();
         for (i, t) in config.tiers.iter().enumerate() {
-            let tier = match t.kind {
-                TierKind::Dram => {
-                    DramTier::new(i as u8, t.capacity, t.segment_size, t.alignment, t.populate)
-                        .map_err(|e| {
-                            Error::new(ErrorCode::Internal, format!("dram tier {i}: {e}"))
-                        })?
-                }
+            let failed = |e: std::io::Error| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("{} tier {i}: {e}", t.kind.name()),
+                )
             };
-            tiers.push(Box::new(tier));
+            let tier: Box<dyn Tier> = match (t.kind, &t.ssd) {
+                (TierKind::Dram, _) => Box::new(
+                    DramTier::new(i as u8, t.capacity, t.segment_size, t.alignment, t.populate)
+                        .map_err(failed)?,
+                ),
+                (TierKind::Ssd, Some(opts)) => Box::new(
+                    SsdTier::open(i as u8, t.capacity, t.segment_size, opts).map_err(failed)?,
+                ),
+                (TierKind::Ssd, None) => unreachable!("validate() requires ssd options"),
+            };
+            tiers.push(tier);
         }
         let shards = (0..config.shards)
             .map(|_| PaddedShard(Mutex::new(Shard::new())))
@@ -195,6 +209,7 @@ impl Store {
             maintenance: OnceLock::new(),
             config,
         });
+        inner.adopt_recovered();
         let maintenance = inner.config.maintenance_interval.map(|every| {
             let stop = Arc::new(AtomicBool::new(false));
             let handle =
@@ -210,10 +225,9 @@ impl Store {
         &self.inner.config
     }
 
-    /// The largest value any tier can hold (its segment size).
+    /// The largest value a put can store (the largest extent of a tier that takes puts).
     pub fn max_value_len(&self) -> u64 {
-        let largest = self.inner.config.tiers.iter().map(|t| t.segment_size).max();
-        largest.unwrap_or(0).min(MAX_VALUE_LEN)
+        self.inner.max_put_len()
     }
 
     /// The store's clock (lease ends and deadlines are on it).
@@ -311,6 +325,9 @@ impl Store {
                 let mut shard = self.inner.shard(hash);
                 let slot = self.inner.visible(&mut shard, hash, key)?;
                 shard.touch(slot, self.inner.next_access());
+                if self.inner.read_in_place(shard.entry(slot).extent.tier) {
+                    shard.hit(slot); // The lease holder copies the bytes itself.
+                }
                 let e = shard.entry_mut(slot);
                 e.lease_until = e.lease_until.max(until);
                 Ok(ReadLease {
@@ -338,15 +355,26 @@ impl Store {
         match self.inner.visible(&mut shard, hash, key) {
             Ok(slot) => {
                 shard.touch(slot, self.inner.next_access());
-                let (extent, checksum) = (shard.entry(slot).extent, shard.entry(slot).tag);
+                shard.hit(slot);
+                let e = shard.entry(slot);
+                let (extent, checksum) = (e.extent, e.tag);
+                // Read again while on a tier below the top: worth moving up once copied.
+                let promote = extent.tier > 0 && e.hits >= PROMOTE_AFTER_HITS;
+                let at = ObjectAt {
+                    hash,
+                    slot,
+                    generation: e.generation,
+                };
                 shard.counters.get_hits += 1;
                 shard.counters.get_bytes += extent.len;
                 drop(shard);
                 Ok(ReadGuard::new(
                     guard,
-                    &*self.inner.tiers[extent.tier as usize],
+                    &self.inner,
+                    at,
                     extent,
                     checksum,
+                    promote,
                 ))
             }
             Err(e) => {
@@ -514,6 +542,21 @@ impl Store {
         self.inner.stats()
     }
 
+    /// Moves every evictable object of each tier that has a tier below it down into that
+    /// tier (dram to ssd), as far as space allows: what a graceful shutdown does so that the
+    /// contents survive the restart. Returns the objects moved.
+    pub fn demote_all(&self) -> u64 {
+        let before = self.inner.counters.demotions.load(Ordering::Relaxed);
+        for i in 0..self.inner.tiers.len().saturating_sub(1) {
+            if self.inner.tiers[i + 1].accepts_puts() {
+                continue; // Only a persistent tier below is worth the move.
+            }
+            self.inner.evict(i, self.inner.tiers[i].used());
+        }
+        self.inner.maintain();
+        self.inner.counters.demotions.load(Ordering::Relaxed) - before
+    }
+
     /// Reaps expired reservations and evicts tiers above their high watermark, once.
     /// The background thread does this every `maintenance_interval`.
     pub fn run_maintenance(&self) {
@@ -534,7 +577,22 @@ impl Drop for Store {
             m.handle.thread().unpark();
             let _ = m.handle.join();
         }
+        // Let retired extents finish their frees (an ssd record's tombstone) before the
+        // tiers close, so what was removed stays removed.
+        self.inner.reclaim(Duration::from_millis(200));
     }
+}
+
+/// Reads of an object on a lower tier after which it is moved up (the second hit: one
+/// scan over cold data does not flush the memory tier).
+const PROMOTE_AFTER_HITS: u8 = 2;
+
+/// Where an object was found: enough to find it again and tell whether it changed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectAt {
+    pub hash: u64,
+    pub slot: u32,
+    pub generation: u32,
 }
 
 /// Keys of a prefix lookup checked per window before deciding whether to go on.
@@ -550,6 +608,90 @@ fn batch_too_large(n: usize) -> Error {
 impl Inner {
     pub fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         self.shards[shard_of(hash, self.shard_mask)].0.lock()
+    }
+
+    /// Whether a lease holder reads objects of tier `t` in place (shared memory), rather
+    /// than asking the server for the bytes.
+    pub fn read_in_place(&self, t: u8) -> bool {
+        self.tiers[t as usize].accepts_puts()
+    }
+
+    /// The largest value a put can place.
+    fn max_put_len(&self) -> u64 {
+        self.tiers
+            .iter()
+            .filter(|t| t.accepts_puts())
+            .map(|t| t.max_value_len())
+            .max()
+            .unwrap_or(0)
+            .min(MAX_VALUE_LEN)
+    }
+
+    /// Indexes what persistent tiers found at open, oldest first so recency follows
+    /// write order.
+    fn adopt_recovered(&self) {
+        let guard = epoch::pin();
+        for tier in &self.tiers {
+            for obj in tier.take_recovered() {
+                let hash = key_hash(&obj.key);
+                let mut shard = self.shard(hash);
+                if shard.find(hash, &obj.key).is_some() {
+                    drop(shard);
+                    tier.retire(obj.extent, &guard);
+                    continue;
+                }
+                let access = self.next_access();
+                shard.insert_complete(hash, &obj.key, obj.extent, obj.checksum, access);
+            }
+        }
+    }
+
+    /// Copies a value just read from a lower tier into the tier above and points the
+    /// object there, if that tier is under its watermark and the object is unchanged.
+    /// A lease does not hold a lower-tier object in place: its holder reads it through the
+    /// server by key, and in-process readers keep the old extent through the epoch.
+    pub(crate) fn promote(&self, at: ObjectAt, src: Extent, value: &[u8]) {
+        let Some(up) = (src.tier as usize).checked_sub(1) else {
+            return;
+        };
+        let tier = &self.tiers[up];
+        if !tier.accepts_puts() || self.above_watermark(up) {
+            return;
+        }
+        let Some(dst) = tier.allocate(src.len) else {
+            return;
+        };
+        let guard = epoch::pin();
+        // SAFETY: `dst` is freshly allocated and indexed by nobody, so this is its only
+        // writer and it has no reader; `value` is exactly `dst.len` bytes.
+        let copied = unsafe { tier.write(&dst, 0, value) };
+        let mut shard = self.shard(at.hash);
+        let unchanged = shard
+            .live(at.slot, at.generation)
+            .is_some_and(|e| e.state == State::Complete && e.extent == src);
+        if copied.is_err() || !unchanged {
+            drop(shard);
+            tier.retire(dst, &guard);
+            return;
+        }
+        shard.move_to(at.slot, dst);
+        drop(shard);
+        self.tiers[src.tier as usize].retire(src, &guard);
+        self.counters.promotions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drops an object whose stored bytes failed their checksum, if it is still the one
+    /// read from `extent`.
+    pub(crate) fn drop_corrupt(&self, at: ObjectAt, extent: Extent) {
+        let guard = epoch::pin();
+        let mut shard = self.shard(at.hash);
+        let unchanged = shard
+            .live(at.slot, at.generation)
+            .is_some_and(|e| e.state == State::Complete && e.extent == extent);
+        if unchanged {
+            self.drop_entry(&mut shard, at.hash, at.slot, &guard);
+            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The next number of the logical recency clock.
@@ -582,13 +724,7 @@ impl Inner {
                 "value length is zero",
             ));
         }
-        let max = self
-            .tiers
-            .iter()
-            .map(|t| t.max_value_len())
-            .max()
-            .unwrap_or(0)
-            .min(MAX_VALUE_LEN);
+        let max = self.max_put_len();
         if len > max {
             return Err(Error::new(
                 ErrorCode::TooLarge,
@@ -663,7 +799,7 @@ impl Inner {
     /// synchronously when it is full.
     fn place(&self, len: u64) -> Result<Extent> {
         for (i, tier) in self.tiers.iter().enumerate() {
-            if len > tier.max_value_len() {
+            if !tier.accepts_puts() || len > tier.max_value_len() {
                 continue;
             }
             if let Some(extent) = self.allocate_evicting(i, len) {
@@ -694,6 +830,7 @@ impl Inner {
             if tier.retiring() > 0 && started.elapsed() < Duration::from_secs(1) {
                 // Evicted space comes back once readers unpin: help the epoch along.
                 epoch::pin().flush();
+                tier.reclaim_retired();
                 std::thread::yield_now();
                 continue;
             }
@@ -737,7 +874,7 @@ impl Inner {
         let checksum = match given {
             _ if !self.config.checksum_on_commit => 0,
             Some(c) => c,
-            None => self.checksum(&extent),
+            None => self.checksum(&extent)?,
         };
         let mut shard = self.shard(hash);
         match shard.live(slot, generation) {
@@ -842,28 +979,20 @@ impl Inner {
         }
         // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
         // pending objects have no readers, and the range was bounds-checked above.
-        unsafe { self.tiers[extent.tier as usize].write(&extent, offset, data) };
-        Ok(())
+        unsafe { self.tiers[extent.tier as usize].write(&extent, offset, data) }
     }
 
-    fn checksum(&self, extent: &Extent) -> u64 {
+    fn checksum(&self, extent: &Extent) -> Result<u64> {
         let tier = &self.tiers[extent.tier as usize];
         // SAFETY: the caller holds an epoch guard pinned while the reservation was live, and
         // the writer has finished writing (it is committing).
         if let Some(bytes) = unsafe { tier.host_bytes(extent) } {
-            return xxhash_rust::xxh3::xxh3_64(bytes);
+            return Ok(xxhash_rust::xxh3::xxh3_64(bytes));
         }
-        let mut hasher = Xxh3::new();
-        let mut buf = vec![0u8; (1 << 20).min(extent.len as usize)];
-        let mut offset = 0;
-        while offset < extent.len {
-            let n = buf.len().min((extent.len - offset) as usize);
-            // SAFETY: as above; the range is inside the extent.
-            unsafe { tier.read(extent, offset, &mut buf[..n]) };
-            hasher.update(&buf[..n]);
-            offset += n as u64;
-        }
-        hasher.digest()
+        let mut value = vec![0u8; extent.len as usize];
+        // SAFETY: as above.
+        unsafe { tier.read(extent, &mut value) }?;
+        Ok(xxhash_rust::xxh3::xxh3_64(&value))
     }
 
     fn prefix_len<G, K>(&self, groups: &[G], lease: bool) -> Result<PrefixMatch>
@@ -1005,6 +1134,8 @@ impl Inner {
         c.evictions = g.evictions.load(Ordering::Relaxed);
         c.evicted_bytes = g.evicted_bytes.load(Ordering::Relaxed);
         c.demotions = g.demotions.load(Ordering::Relaxed);
+        c.promotions = g.promotions.load(Ordering::Relaxed);
+        c.corrupt = g.corrupt.load(Ordering::Relaxed);
         c.expired_reservations = g.expired_reservations.load(Ordering::Relaxed);
         c.no_space = g.no_space.load(Ordering::Relaxed);
         let tiers = self
@@ -1023,6 +1154,7 @@ impl Inner {
                     free_extents: a.free_extents,
                     largest_free_extent: a.largest_free,
                     fragmentation: a.fragmentation(),
+                    io: t.io_figures(),
                 }
             })
             .collect();
@@ -1048,6 +1180,9 @@ impl Inner {
                 return false;
             }
             epoch::pin().flush();
+            for t in &self.tiers {
+                t.reclaim_retired();
+            }
             std::thread::yield_now();
         }
     }

@@ -7,33 +7,14 @@
 //! the same time.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_epoch::Guard;
 use memmap2::{MmapOptions, MmapRaw};
-use parking_lot::Mutex;
+use strata_proto::Result;
 
-use super::{Extent, SharedSegment, Tier, TierKind};
-use crate::alloc::{AllocStats, BlockId, OffsetAllocator};
-
-/// The part of the tier that deferred frees need; kept apart from the mappings so a
-/// pending free never keeps a segment mapped.
-struct Allocators {
-    segments: Vec<Mutex<OffsetAllocator>>,
-    used: AtomicU64,
-    retiring: AtomicU64,
-}
-
-impl Allocators {
-    fn free(&self, segment: u16, block: BlockId, size: u64) {
-        let freed = self.segments[segment as usize].lock().free(block);
-        debug_assert!(freed, "retired extent was not allocated");
-        if freed {
-            self.used.fetch_sub(size, Ordering::Relaxed);
-        }
-    }
-}
+use super::{Extent, SegmentAllocators, SharedSegment, Tier, TierKind};
+use crate::alloc::{AllocStats, OffsetAllocator};
 
 struct Segment {
     map: MmapRaw,
@@ -47,8 +28,8 @@ pub struct DramTier {
     alignment: u64,
     segment_size: u64,
     segments: Vec<Segment>,
-    allocators: Arc<Allocators>,
-    cursor: AtomicUsize,
+    /// Shared with deferred frees, which must not keep the mappings alive.
+    allocators: Arc<SegmentAllocators>,
 }
 
 impl DramTier {
@@ -79,19 +60,14 @@ impl DramTier {
             }
             let map = opts.map_raw(fd.as_file())?;
             segments.push(Segment { map, fd });
-            allocators.push(Mutex::new(OffsetAllocator::new(size, alignment)));
+            allocators.push(OffsetAllocator::new(size, alignment));
         }
         Ok(DramTier {
             index,
             alignment,
             segment_size,
             segments,
-            allocators: Arc::new(Allocators {
-                segments: allocators,
-                used: AtomicU64::new(0),
-                retiring: AtomicU64::new(0),
-            }),
-            cursor: AtomicUsize::new(0),
+            allocators: Arc::new(SegmentAllocators::new(allocators)),
         })
     }
 
@@ -117,11 +93,11 @@ impl Tier for DramTier {
     }
 
     fn used(&self) -> u64 {
-        self.allocators.used.load(Ordering::Relaxed)
+        self.allocators.used()
     }
 
     fn retiring(&self) -> u64 {
-        self.allocators.retiring.load(Ordering::Relaxed)
+        self.allocators.retiring()
     }
 
     fn max_value_len(&self) -> u64 {
@@ -129,33 +105,21 @@ impl Tier for DramTier {
     }
 
     fn allocate(&self, len: u64) -> Option<Extent> {
-        let n = self.segments.len();
-        // Spread consecutive allocations over segments so their locks are not all one.
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let seg = (start + i) % n;
-            if let Some(a) = self.allocators.segments[seg].lock().allocate(len) {
-                self.allocators.used.fetch_add(a.size, Ordering::Relaxed);
-                return Some(Extent {
-                    tier: self.index,
-                    segment: seg as u16,
-                    block: a.block.raw(),
-                    offset: a.offset,
-                    len,
-                });
-            }
-        }
-        None
+        let (segment, a) = self.allocators.allocate(len)?;
+        Some(Extent {
+            tier: self.index,
+            segment,
+            block: a.block.raw(),
+            offset: a.offset,
+            len,
+        })
     }
 
     fn retire(&self, extent: Extent, guard: &Guard) {
         let size = self.rounded(extent.len);
         let allocators = Arc::clone(&self.allocators);
-        allocators.retiring.fetch_add(size, Ordering::Relaxed);
-        guard.defer(move || {
-            allocators.free(extent.segment, BlockId::from_raw(extent.block), size);
-            allocators.retiring.fetch_sub(size, Ordering::Relaxed);
-        });
+        allocators.start_retiring(size);
+        guard.defer(move || allocators.free_retired(extent.segment, extent.block, size));
         // Hand the free to the global queue now: left in this thread's local bag, it would
         // wait for this thread to pin again many times, and a thread that goes idle (a
         // server worker between requests) would keep the space from ever coming back.
@@ -163,23 +127,11 @@ impl Tier for DramTier {
     }
 
     fn alloc_stats(&self) -> (usize, AllocStats) {
-        let mut total = AllocStats::default();
-        for a in &self.allocators.segments {
-            let s = a.lock().stats();
-            total.capacity += s.capacity;
-            total.used += s.used;
-            total.free_extents += s.free_extents;
-            total.largest_free = total.largest_free.max(s.largest_free);
-        }
-        (self.segments.len(), total)
+        self.allocators.stats()
     }
 
     fn bookkeeping_bytes(&self) -> usize {
-        self.allocators
-            .segments
-            .iter()
-            .map(|a| a.lock().heap_bytes())
-            .sum()
+        self.allocators.heap_bytes()
     }
 
     fn shared_segments(&self) -> Vec<SharedSegment<'_>> {
@@ -201,20 +153,21 @@ impl Tier for DramTier {
         Some(unsafe { std::slice::from_raw_parts(self.base(extent), extent.len as usize) })
     }
 
-    unsafe fn read(&self, extent: &Extent, offset: u64, dst: &mut [u8]) {
-        debug_assert!(offset + dst.len() as u64 <= extent.len);
-        // SAFETY: source range is inside the extent (checked by the caller) inside a live
-        // mapping; nobody writes it (contract); `dst` is a distinct Rust buffer.
+    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(dst.len() as u64, extent.len);
+        // SAFETY: source range is the extent inside a live mapping; nobody writes it
+        // (contract); `dst` is a distinct Rust buffer of the extent's length.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.base(extent).add(offset as usize),
+                self.base(extent),
                 dst.as_mut_ptr(),
-                dst.len(),
+                dst.len().min(extent.len as usize),
             )
         }
+        Ok(())
     }
 
-    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) {
+    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) -> Result<()> {
         debug_assert!(offset + src.len() as u64 <= extent.len);
         // SAFETY: destination range is inside the caller's own pending extent in a live
         // mapping, with no concurrent reader or writer (contract); `src` is distinct memory.
@@ -225,5 +178,6 @@ impl Tier for DramTier {
                 src.len(),
             )
         }
+        Ok(())
     }
 }

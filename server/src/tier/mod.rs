@@ -5,14 +5,20 @@
 //! free runs through crossbeam-epoch once every in-process reader that might still be copying
 //! from the extent has unpinned, so a reader never sees memory reused under it.
 //!
-//! This issue implements the dram tier ([`dram`]); device and ssd tiers plug in behind the
-//! same trait.
+//! Two tiers are here: [`dram`] (shared-memory segments that same-host clients map) and
+//! [`ssd`] (records in O_DIRECT files, reached only through the server). A tier that is not
+//! host memory takes whole objects only (demotion and promotion), never a put's pieces.
 
 pub mod dram;
+pub mod ssd;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_epoch::Guard;
+use parking_lot::Mutex;
+use strata_proto::Result;
 
-use crate::alloc::AllocStats;
+use crate::alloc::{AllocStats, Allocation, BlockId, OffsetAllocator};
 
 /// Most tiers one store may stack (device, dram, ssd, plus one spare for tests).
 pub const MAX_TIERS: usize = 4;
@@ -22,6 +28,8 @@ pub const MAX_TIERS: usize = 4;
 pub enum TierKind {
     /// Host memory in shared-memory segments (memfd), mappable by same-host clients.
     Dram,
+    /// Records in files opened O_DIRECT; survives restarts.
+    Ssd,
 }
 
 impl TierKind {
@@ -29,6 +37,7 @@ impl TierKind {
     pub fn name(self) -> &'static str {
         match self {
             TierKind::Dram => "dram",
+            TierKind::Ssd => "ssd",
         }
     }
 }
@@ -62,6 +71,29 @@ pub struct TierStats {
     pub largest_free_extent: u64,
     /// `1 - largest_free_extent / free bytes`, 0 when free space is one extent.
     pub fragmentation: f64,
+    /// I/O figures of a tier that does I/O (ssd).
+    pub io: Option<ssd::IoFigures>,
+}
+
+/// One whole object for [`Tier::store_objects`].
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectWrite<'a> {
+    /// The extent allocated for it in the destination tier.
+    pub extent: Extent,
+    pub key: &'a [u8],
+    /// Exactly `extent.len` bytes.
+    pub value: &'a [u8],
+}
+
+/// An object a persistent tier found when it opened: the engine indexes it as complete.
+#[derive(Clone, Debug)]
+pub struct RecoveredObject {
+    pub key: Box<[u8]>,
+    pub extent: Extent,
+    /// xxh3-64 of the value, as recorded when it was written.
+    pub checksum: u64,
+    /// Write order within the tier: later records of the same key win.
+    pub sequence: u64,
 }
 
 /// A segment of a tier that other processes on this host may map.
@@ -98,6 +130,29 @@ pub trait Tier: Send + Sync {
     fn shared_segments(&self) -> Vec<SharedSegment<'_>> {
         Vec::new()
     }
+    /// Whether puts may reserve space here and write it piecewise. A tier that takes whole
+    /// objects only (ssd) is filled by demotion.
+    fn accepts_puts(&self) -> bool {
+        true
+    }
+    /// Whether a victim evicted from the tier above, read `hits` times there since it
+    /// arrived, should be written here rather than dropped (the admission filter).
+    fn admits(&self, hits: u8) -> bool {
+        let _ = hits;
+        true
+    }
+    /// Finishes frees whose readers have unpinned but which need work first (an ssd record
+    /// is invalidated on disk before its space is reused). Called by maintenance and by
+    /// anyone waiting for space.
+    fn reclaim_retired(&self) {}
+    /// I/O figures, for a tier that does I/O.
+    fn io_figures(&self) -> Option<ssd::IoFigures> {
+        None
+    }
+    /// The objects found on opening (a persistent tier); empty after the first call.
+    fn take_recovered(&self) -> Vec<RecoveredObject> {
+        Vec::new()
+    }
 
     /// The extent's bytes, if this tier is host-addressable.
     ///
@@ -108,17 +163,112 @@ pub trait Tier: Send + Sync {
     /// has finished writing).
     unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]>;
 
-    /// Copies `dst.len()` bytes from the extent starting at `offset`.
+    /// Copies the whole value into `dst` (exactly `extent.len` bytes). A tier that checks
+    /// what it reads fails with `Corrupt` rather than hand out bytes that do not match.
     ///
     /// # Safety
-    /// As [`Tier::host_bytes`]; the caller has checked `offset + dst.len() <= extent.len`.
-    unsafe fn read(&self, extent: &Extent, offset: u64, dst: &mut [u8]);
+    /// As [`Tier::host_bytes`].
+    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()>;
 
-    /// Copies `src` into the extent starting at `offset`.
+    /// Copies `src` into the extent starting at `offset` (a put's piece).
     ///
     /// # Safety
     /// `extent` must come from this tier's `allocate`, be unreclaimed for the whole call (epoch
     /// guard as above), and the caller must be its only writer with no concurrent reader (a
     /// pending reservation); it has checked `offset + src.len() <= extent.len`.
-    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]);
+    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) -> Result<()>;
+
+    /// Writes whole objects into extents freshly allocated for them (demotion, promotion);
+    /// one result per object, in order. A tier that does I/O submits them together.
+    ///
+    /// # Safety
+    /// Each extent must come from this tier's `allocate`, be exclusively the caller's and
+    /// unreclaimed for the call, and each value exactly `extent.len` bytes.
+    unsafe fn store_objects(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
+        objects
+            .iter()
+            // SAFETY: forwarded from this method's contract; the value fills the extent.
+            .map(|o| unsafe { self.write(&o.extent, 0, o.value) })
+            .collect()
+    }
+}
+
+/// The offset allocators of a tier's segments, with the tier-wide byte counts. A retired
+/// extent's bytes stay counted in `used` (and in `retiring`) until it is really freed.
+pub(crate) struct SegmentAllocators {
+    segments: Vec<Mutex<OffsetAllocator>>,
+    used: AtomicU64,
+    retiring: AtomicU64,
+    cursor: AtomicUsize,
+}
+
+impl SegmentAllocators {
+    pub fn new(segments: Vec<OffsetAllocator>) -> SegmentAllocators {
+        let used = segments.iter().map(|a| a.used()).sum();
+        SegmentAllocators {
+            segments: segments.into_iter().map(Mutex::new).collect(),
+            used: AtomicU64::new(used),
+            retiring: AtomicU64::new(0),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves `size` bytes in some segment, spreading consecutive calls over segments so
+    /// their locks are not all one.
+    pub fn allocate(&self, size: u64) -> Option<(u16, Allocation)> {
+        let n = self.segments.len();
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..n).find_map(|i| {
+            let seg = (start + i) % n;
+            let a = self.segments[seg].lock().allocate(size)?;
+            self.used.fetch_add(a.size, Ordering::Relaxed);
+            Some((seg as u16, a))
+        })
+    }
+
+    /// Counts `size` bytes as on their way back (retired, not yet free).
+    pub fn start_retiring(&self, size: u64) {
+        self.retiring.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Frees a retired block of `size` (rounded) bytes.
+    pub fn free_retired(&self, segment: u16, block: u32, size: u64) {
+        let freed = self.segments[segment as usize]
+            .lock()
+            .free(BlockId::from_raw(block));
+        debug_assert!(freed, "retired extent was not allocated");
+        if freed {
+            self.used.fetch_sub(size, Ordering::Relaxed);
+        }
+        self.retiring.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn retiring(&self) -> u64 {
+        self.retiring.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.segments.iter().map(|a| a.lock().capacity()).sum()
+    }
+
+    /// Allocator figures summed over segments.
+    pub fn stats(&self) -> (usize, AllocStats) {
+        let mut total = AllocStats::default();
+        for a in &self.segments {
+            let s = a.lock().stats();
+            total.capacity += s.capacity;
+            total.used += s.used;
+            total.free_extents += s.free_extents;
+            total.largest_free = total.largest_free.max(s.largest_free);
+        }
+        (self.segments.len(), total)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.segments.iter().map(|a| a.lock().heap_bytes()).sum()
+    }
 }

@@ -1,0 +1,404 @@
+//! The I/O engine under the ssd tier: a small trait with two implementations.
+//!
+//! * [`UringEngine`](super::uring::UringEngine): io_uring, a batch of operations submitted
+//!   together and kept up to the queue depth in flight.
+//! * [`PsyncEngine`](super::psync::PsyncEngine): plain `pread`/`pwrite`, one operation after
+//!   the other in the caller's thread; the fallback where io_uring is unavailable.
+//!
+//! Buffers are owned: an [`IoOp`] moves its [`IoBuf`] into the engine and [`IoDone`] hands it
+//! back after completion. The kernel writes into a buffer while an io_uring read is in
+//! flight, so nothing else may own it meanwhile; making the engine the owner is what makes
+//! that safe without trusting every caller.
+
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::fs::File;
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::record::BLOCK;
+
+/// A heap buffer aligned to [`BLOCK`] whose length is a multiple of it, as O_DIRECT needs.
+pub struct IoBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: an IoBuf owns its allocation exclusively, like a Box<[u8]>.
+unsafe impl Send for IoBuf {}
+// SAFETY: shared access only reads, like &[u8].
+unsafe impl Sync for IoBuf {}
+
+impl IoBuf {
+    /// A zeroed buffer of at least `len` bytes (rounded up to a block; at least one block).
+    pub fn new(len: usize) -> IoBuf {
+        let len = len.max(1).div_ceil(BLOCK as usize) * BLOCK as usize;
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(ptr) else {
+            handle_alloc_error(layout)
+        };
+        IoBuf { ptr, len }
+    }
+
+    fn layout(len: usize) -> Layout {
+        Layout::from_size_align(len, BLOCK as usize).expect("block-aligned layout")
+    }
+
+    /// Its size in bytes (a multiple of [`BLOCK`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a buffer has at least one block.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live allocation of `len` initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for IoBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout.
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.len)) }
+    }
+}
+
+/// A few buffers kept for reuse, so a steady stream of reads and writes of similar sizes
+/// does not fault fresh pages in for every operation.
+pub struct BufPool {
+    free: Mutex<Vec<IoBuf>>,
+    keep: usize,
+}
+
+impl BufPool {
+    pub fn new(keep: usize) -> BufPool {
+        BufPool {
+            free: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A buffer of at least `len` bytes; its contents are unspecified.
+    pub fn take(&self, len: usize) -> IoBuf {
+        let mut free = self.free.lock();
+        // The smallest kept buffer that fits, if it is no more than twice the need.
+        let best = (0..free.len())
+            .filter(|&i| free[i].len() >= len && free[i].len() <= len.saturating_mul(2))
+            .min_by_key(|&i| free[i].len());
+        match best {
+            Some(i) => free.swap_remove(i),
+            None => {
+                drop(free);
+                // Sizes are rounded to powers of two so buffers are reusable across values.
+                IoBuf::new(len.next_power_of_two().max(BLOCK as usize))
+            }
+        }
+    }
+
+    /// Gives a buffer back (dropped if the pool is full).
+    pub fn put(&self, buf: IoBuf) {
+        let mut free = self.free.lock();
+        if free.len() < self.keep {
+            free.push(buf);
+        } else if let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].len()) {
+            // Keep the larger ones: they serve every size.
+            if free[smallest].len() < buf.len() {
+                free[smallest] = buf;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    Write,
+}
+
+/// One operation: transfer the first `len` bytes of `buf` at `offset` of file `file`.
+pub struct IoOp {
+    pub kind: IoKind,
+    /// Index of the file in the engine's file list.
+    pub file: usize,
+    /// A multiple of [`BLOCK`].
+    pub offset: u64,
+    /// A multiple of [`BLOCK`], at most `buf.len()`.
+    pub len: usize,
+    pub buf: IoBuf,
+}
+
+impl IoOp {
+    pub fn read(file: usize, offset: u64, len: usize, buf: IoBuf) -> IoOp {
+        IoOp {
+            kind: IoKind::Read,
+            file,
+            offset,
+            len,
+            buf,
+        }
+    }
+
+    pub fn write(file: usize, offset: u64, len: usize, buf: IoBuf) -> IoOp {
+        IoOp {
+            kind: IoKind::Write,
+            file,
+            offset,
+            len,
+            buf,
+        }
+    }
+
+    /// Why the engine must refuse this op, if it must.
+    pub(crate) fn check(&self, files: usize) -> io::Result<()> {
+        let aligned = |n: u64| n % BLOCK == 0;
+        if self.file >= files {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("no file {} (the engine has {files})", self.file),
+            ));
+        }
+        if !aligned(self.offset) || !aligned(self.len as u64) || self.len > self.buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at {} into a {}-byte buffer is not block-aligned or overruns it",
+                    self.len,
+                    self.offset,
+                    self.buf.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A finished op: its buffer back, and whether all of its bytes were transferred.
+pub struct IoDone {
+    pub buf: IoBuf,
+    pub result: io::Result<()>,
+}
+
+/// Counters every engine keeps, read by the tier's stats.
+#[derive(Default)]
+pub struct IoStats {
+    pub read_ops: AtomicU64,
+    pub read_bytes: AtomicU64,
+    pub read_ns: AtomicU64,
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+    pub write_ns: AtomicU64,
+    pub errors: AtomicU64,
+    /// Operations submitted and not yet completed, now.
+    pub in_flight: AtomicU64,
+}
+
+impl IoStats {
+    /// Records one completed op of `bytes` that took `took` from submission.
+    pub fn record(&self, kind: IoKind, bytes: usize, took: Duration, ok: bool) {
+        let (ops, total, ns) = match kind {
+            IoKind::Read => (&self.read_ops, &self.read_bytes, &self.read_ns),
+            IoKind::Write => (&self.write_ops, &self.write_bytes, &self.write_ns),
+        };
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        ops.fetch_add(1, Ordering::Relaxed);
+        total.fetch_add(bytes as u64, Ordering::Relaxed);
+        ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Runs batches of block I/O on a fixed set of files.
+pub trait IoEngine: Send + Sync {
+    /// `io_uring` or `psync`, for logs and stats.
+    fn name(&self) -> &'static str;
+    /// Most operations in flight at once.
+    fn queue_depth(&self) -> u32;
+    /// Runs every op and returns them finished, in order. Blocks until all are done. An op
+    /// that cannot be done (bad alignment, unknown file, device error, short transfer) fails
+    /// alone; the others still run.
+    fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone>;
+    /// The engine's counters.
+    fn stats(&self) -> &IoStats;
+}
+
+/// Which engine to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoEngineKind {
+    /// io_uring where the kernel allows it, psync otherwise.
+    #[default]
+    Auto,
+    IoUring,
+    Psync,
+}
+
+impl std::str::FromStr for IoEngineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<IoEngineKind, String> {
+        match s {
+            "auto" => Ok(IoEngineKind::Auto),
+            "io_uring" | "io-uring" | "uring" => Ok(IoEngineKind::IoUring),
+            "psync" => Ok(IoEngineKind::Psync),
+            other => Err(format!(
+                "{other:?} is not an I/O engine: auto, io_uring or psync"
+            )),
+        }
+    }
+}
+
+/// Builds the engine `kind` asks for over `files`. With `Auto`, a kernel that refuses
+/// io_uring (too old, or disabled by seccomp or sysctl) gets psync; the second value says why.
+pub fn open_engine(
+    kind: IoEngineKind,
+    files: Vec<File>,
+    queue_depth: u32,
+) -> io::Result<(Box<dyn IoEngine>, Option<String>)> {
+    use super::psync::PsyncEngine;
+    use super::uring::UringEngine;
+    match kind {
+        IoEngineKind::Psync => Ok((Box::new(PsyncEngine::new(files)), None)),
+        IoEngineKind::IoUring => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
+        IoEngineKind::Auto => match UringEngine::probe(queue_depth) {
+            Ok(()) => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
+            Err(e) => Ok((
+                Box::new(PsyncEngine::new(files)),
+                Some(format!("io_uring unavailable ({e}); using psync")),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    /// Opens `n` files of `size` bytes in `dir`, O_DIRECT.
+    pub(crate) fn direct_files(dir: &std::path::Path, n: usize, size: u64) -> Vec<File> {
+        (0..n)
+            .map(|i| {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+                    .open(dir.join(format!("f{i}")))
+                    .unwrap();
+                f.set_len(size).unwrap();
+                f
+            })
+            .collect()
+    }
+
+    fn filled(len: usize, seed: u8) -> IoBuf {
+        let mut b = IoBuf::new(len);
+        for (i, x) in b.as_mut_slice().iter_mut().enumerate() {
+            *x = seed.wrapping_add((i / 4096) as u8).wrapping_mul(31) ^ (i as u8);
+        }
+        b
+    }
+
+    /// The suite both engines pass.
+    fn engine_suite(make: impl Fn(Vec<File>) -> Box<dyn IoEngine>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = make(direct_files(dir.path(), 2, 8 << 20));
+        // More ops than any queue depth, over both files, of mixed sizes.
+        let ops: Vec<IoOp> = (0..40)
+            .map(|i| {
+                let len = 4096 * (1 + i % 5);
+                IoOp::write(
+                    i % 2,
+                    (i as u64 / 2) * (64 << 10),
+                    len,
+                    filled(len, i as u8),
+                )
+            })
+            .collect();
+        let wrote: Vec<Vec<u8>> = ops
+            .iter()
+            .map(|o| o.buf.as_slice()[..o.len].to_vec())
+            .collect();
+        for d in engine.run(ops) {
+            d.result.unwrap();
+        }
+        let reads: Vec<IoOp> = (0..40)
+            .map(|i| {
+                let len = 4096 * (1 + i % 5);
+                IoOp::read(i % 2, (i as u64 / 2) * (64 << 10), len, IoBuf::new(len))
+            })
+            .collect();
+        for (i, d) in engine.run(reads).into_iter().enumerate() {
+            d.result.unwrap();
+            assert_eq!(&d.buf.as_slice()[..wrote[i].len()], &wrote[i][..], "op {i}");
+        }
+        let s = engine.stats();
+        assert_eq!(s.write_ops.load(Ordering::Relaxed), 40);
+        assert_eq!(s.read_ops.load(Ordering::Relaxed), 40);
+        assert_eq!(s.in_flight.load(Ordering::Relaxed), 0);
+
+        // Bad ops fail alone, with a typed error, and hand their buffers back.
+        let bad = vec![
+            IoOp::read(0, 100, 4096, IoBuf::new(4096)),
+            IoOp::read(7, 0, 4096, IoBuf::new(4096)),
+            IoOp::read(0, 0, 8192, IoBuf::new(4096)),
+            IoOp::read(0, 8 << 20, 4096, IoBuf::new(4096)), // past the end: short read
+            IoOp::read(1, 0, 4096, IoBuf::new(4096)),
+        ];
+        let done = engine.run(bad);
+        assert_eq!(done.len(), 5);
+        for d in &done[..4] {
+            assert!(d.result.is_err());
+        }
+        done[4].result.as_ref().unwrap();
+        assert_eq!(&done[4].buf.as_slice()[..4096], &wrote[1][..4096]);
+        assert!(engine.run(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn psync_engine_passes_the_suite() {
+        engine_suite(|files| Box::new(super::super::psync::PsyncEngine::new(files)));
+    }
+
+    #[test]
+    fn io_uring_engine_passes_the_suite() {
+        if let Err(e) = super::super::uring::UringEngine::probe(8) {
+            eprintln!("skipping: io_uring unavailable here: {e}");
+            return;
+        }
+        engine_suite(|files| Box::new(super::super::uring::UringEngine::new(files, 8).unwrap()));
+    }
+
+    #[test]
+    fn buffers_are_aligned_and_pooled() {
+        let b = IoBuf::new(1);
+        assert_eq!(b.len(), 4096);
+        assert_eq!(b.as_slice().as_ptr() as usize % 4096, 0);
+        let pool = BufPool::new(2);
+        let b = pool.take(5000);
+        assert_eq!(b.len(), 8192);
+        let p = b.as_slice().as_ptr();
+        pool.put(b);
+        assert_eq!(pool.take(6000).as_slice().as_ptr(), p, "reused");
+        assert_eq!(pool.take(100 << 10).len(), 128 << 10);
+    }
+}

@@ -1,0 +1,582 @@
+//! The ssd tier: values in a few large files opened O_DIRECT, one record per object.
+//!
+//! * Space: each file has an offset allocator over everything after its superblock; a
+//!   record (header block + value padded to a block, see [`record`]) takes one extent.
+//! * Writes come only as whole objects ([`Tier::store_objects`]: demotion from dram). All
+//!   values of a batch are written in one engine submission, then all headers in a second:
+//!   a header on disk always describes a value that is entirely there.
+//! * Reads verify: the header must check out and the value must hash to the checksum it
+//!   names, or the read fails with `Corrupt` (the engine then drops the object).
+//! * Frees: a record's space comes back only after its header block is overwritten with
+//!   zeros (a tombstone), so a removed object cannot come back at restart and a stale header
+//!   never sits over space that is being reused. Retired extents wait in a queue for
+//!   [`Tier::reclaim_retired`], which tombstones them in one batch and frees them.
+//! * Recovery ([`recovery`]): on open, the files' records are scanned and offered to the
+//!   engine, which indexes them.
+
+mod io;
+mod psync;
+pub mod record;
+mod recovery;
+mod uring;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_epoch::Guard;
+use parking_lot::Mutex;
+use strata_proto::{Error, ErrorCode, Result};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use io::{open_engine, BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats};
+pub use record::{record_len, RecordHeader, Superblock, BLOCK};
+pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
+
+use super::{Extent, ObjectWrite, RecoveredObject, SegmentAllocators, Tier, TierKind};
+use crate::alloc::AllocStats;
+
+/// Which dram victims are written to ssd when evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Admission {
+    /// Every victim.
+    #[default]
+    AdmitAll,
+    /// Only victims read at least once after they were put (their second use): a block
+    /// written once and never asked for again is dropped rather than cost an ssd write.
+    SecondHit,
+}
+
+impl std::str::FromStr for Admission {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Admission, String> {
+        match s {
+            "admit-all" => Ok(Admission::AdmitAll),
+            "second-hit" => Ok(Admission::SecondHit),
+            other => Err(format!(
+                "{other:?} is not an admission filter: admit-all or second-hit"
+            )),
+        }
+    }
+}
+
+/// Settings of an ssd tier.
+#[derive(Clone, Debug)]
+pub struct SsdOptions {
+    /// Directory of the tier's files (created if missing; one server at a time).
+    pub dir: PathBuf,
+    pub engine: IoEngineKind,
+    /// Operations in flight per batch (io_uring ring size).
+    pub queue_depth: u32,
+    pub recovery: RecoveryMode,
+    pub admission: Admission,
+}
+
+impl SsdOptions {
+    /// The defaults for a tier in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> SsdOptions {
+        SsdOptions {
+            dir: dir.into(),
+            engine: IoEngineKind::Auto,
+            queue_depth: 32,
+            recovery: RecoveryMode::Quick,
+            admission: Admission::AdmitAll,
+        }
+    }
+}
+
+/// The ssd tier's figures for stats and metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IoFigures {
+    /// `io_uring` or `psync`.
+    pub engine: &'static str,
+    /// Whether the files are open O_DIRECT (false only on filesystems that refuse it).
+    pub direct: bool,
+    pub queue_depth: u32,
+    pub read_ops: u64,
+    pub read_bytes: u64,
+    /// Sum of per-op latencies, for a mean.
+    pub read_ns: u64,
+    pub write_ops: u64,
+    pub write_bytes: u64,
+    pub write_ns: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Ops in flight now.
+    pub in_flight: u64,
+    /// Reads whose record failed its checksum.
+    pub corrupt_records: u64,
+    /// Records indexed at open.
+    pub recovered_records: u64,
+    /// Records found at open and left out (torn, failing verification, superseded).
+    pub skipped_records: u64,
+}
+
+/// File name of tier file `i`.
+fn file_name(i: usize) -> String {
+    format!("strata-{i:03}.ssd")
+}
+
+/// The ssd tier.
+pub struct SsdTier {
+    index: u8,
+    dir: PathBuf,
+    file_ids: Vec<u64>,
+    file_sizes: Vec<u64>,
+    engine: Box<dyn IoEngine>,
+    direct: bool,
+    allocators: Arc<SegmentAllocators>,
+    /// Extents whose readers have unpinned, waiting for their tombstone.
+    unpinned: Arc<Mutex<Vec<Extent>>>,
+    sequence: AtomicU64,
+    admission: Admission,
+    buffers: BufPool,
+    recovered: Mutex<Vec<RecoveredObject>>,
+    corrupt: AtomicU64,
+    recovered_count: u64,
+    skipped_count: u64,
+    /// Holds the directory's lock for the tier's lifetime.
+    _lock: File,
+}
+
+fn io_error(what: &str, e: std::io::Error) -> Error {
+    Error::new(ErrorCode::Internal, format!("ssd {what}: {e}"))
+}
+
+fn corrupt(what: String) -> Error {
+    Error::new(ErrorCode::Corrupt, what)
+}
+
+/// Opens (creating if needed) a tier file, O_DIRECT where the filesystem allows it.
+fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    if direct {
+        opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+    }
+    opts.open(path)
+}
+
+impl SsdTier {
+    /// Opens the tier at `opts.dir` with `capacity` bytes in files of at most `file_size`
+    /// bytes, recovering what the files hold as `opts.recovery` says.
+    pub fn open(
+        index: u8,
+        capacity: u64,
+        file_size: u64,
+        opts: &SsdOptions,
+    ) -> std::io::Result<SsdTier> {
+        std::fs::create_dir_all(&opts.dir)?;
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(opts.dir.join("LOCK"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is in use by another strata-server (its LOCK is held)",
+                        opts.dir.display()
+                    ),
+                )
+            },
+        )?;
+        let file_size = (file_size / BLOCK * BLOCK).max(2 * BLOCK);
+        let mut sizes = Vec::new();
+        let mut remaining = capacity / BLOCK * BLOCK;
+        while remaining >= 2 * BLOCK {
+            let size = remaining.min(file_size);
+            sizes.push(size);
+            remaining -= size;
+        }
+        let mut direct = true;
+        let mut files = Vec::new();
+        for (i, _) in sizes.iter().enumerate() {
+            let path = opts.dir.join(file_name(i));
+            let file = match open_file(&path, direct) {
+                Err(e)
+                    if direct
+                        && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
+                {
+                    tracing::warn!(
+                        "{} does not support O_DIRECT; the ssd tier goes through the page cache",
+                        opts.dir.display()
+                    );
+                    direct = false;
+                    open_file(&path, false)?
+                }
+                other => other?,
+            };
+            files.push(file);
+        }
+        // Files beyond the configured count (the capacity shrank) are not ours any more.
+        for i in sizes.len().. {
+            let path = opts.dir.join(file_name(i));
+            if !path.exists() {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+        }
+        let lens: Vec<u64> = files
+            .iter()
+            .map(|f| f.metadata().map(|m| m.len()))
+            .collect::<std::io::Result<_>>()?;
+        let (engine, fallback) = open_engine(opts.engine, files, opts.queue_depth)?;
+        if let Some(why) = fallback {
+            tracing::warn!("ssd tier: {why}");
+        }
+        let buffers = BufPool::new(2 * engine.queue_depth().max(4) as usize);
+        let mut tier = SsdTier {
+            index,
+            dir: opts.dir.clone(),
+            file_ids: vec![0; sizes.len()],
+            file_sizes: sizes.clone(),
+            engine,
+            direct,
+            allocators: Arc::new(SegmentAllocators::new(Vec::new())),
+            unpinned: Arc::new(Mutex::new(Vec::new())),
+            sequence: AtomicU64::new(1),
+            admission: opts.admission,
+            buffers,
+            recovered: Mutex::new(Vec::new()),
+            corrupt: AtomicU64::new(0),
+            recovered_count: 0,
+            skipped_count: 0,
+            _lock: lock,
+        };
+        let allocators = recovery::recover(&mut tier, &lens, opts.recovery)?;
+        tier.allocators = Arc::new(SegmentAllocators::new(allocators));
+        tracing::info!(
+            dir = %tier.dir.display(),
+            capacity,
+            files = sizes.len(),
+            engine = tier.engine.name(),
+            queue_depth = tier.engine.queue_depth(),
+            direct,
+            recovered = tier.recovered_count,
+            skipped = tier.skipped_count,
+            "ssd tier open"
+        );
+        Ok(tier)
+    }
+
+    /// The I/O engine's name (`io_uring` or `psync`).
+    pub fn engine_name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    /// The directory of the tier's files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes whole objects, values first, then headers (see the module doc).
+    fn write_records(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(objects.len());
+        let mut ops = Vec::with_capacity(objects.len());
+        let mut checksums = Vec::with_capacity(objects.len());
+        for o in objects {
+            let len = o.value.len();
+            if len as u64 != o.extent.len || o.extent.tier != self.index {
+                results.push(Err(Error::new(
+                    ErrorCode::Internal,
+                    format!(
+                        "ssd write of {len} bytes into an extent of {} bytes",
+                        o.extent.len
+                    ),
+                )));
+                checksums.push(0);
+                continue;
+            }
+            let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
+            let mut buf = self.buffers.take(padded as usize);
+            let bytes = buf.as_mut_slice();
+            bytes[..len].copy_from_slice(o.value);
+            bytes[len..padded as usize].fill(0);
+            checksums.push(xxh3_64(o.value));
+            ops.push(IoOp::write(
+                o.extent.segment as usize,
+                o.extent.offset + BLOCK,
+                padded as usize,
+                buf,
+            ));
+            results.push(Ok(()));
+        }
+        let mut done = self.engine.run(ops).into_iter();
+        let mut heads = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
+            let d = done.next().expect("one completion per op");
+            self.buffers.put(d.buf);
+            if let Err(e) = d.result {
+                results[i] = Err(io_error("write", e));
+                continue;
+            }
+            let mut block = self.buffers.take(BLOCK as usize);
+            RecordHeader {
+                file_id: self.file_ids[o.extent.segment as usize],
+                sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+                value_len: o.extent.len,
+                value_checksum: checksums[i],
+                key: o.key.to_vec(),
+            }
+            .encode(block.as_mut_slice());
+            heads.push((
+                i,
+                IoOp::write(
+                    o.extent.segment as usize,
+                    o.extent.offset,
+                    BLOCK as usize,
+                    block,
+                ),
+            ));
+        }
+        let (which, ops): (Vec<usize>, Vec<IoOp>) = heads.into_iter().unzip();
+        for (i, d) in which.into_iter().zip(self.engine.run(ops)) {
+            self.buffers.put(d.buf);
+            if let Err(e) = d.result {
+                results[i] = Err(io_error("header write", e));
+            }
+        }
+        results
+    }
+
+    /// Reads and verifies whole records into `dsts` (each exactly its extent's length), all
+    /// in one submission.
+    pub fn read_records(&self, items: &mut [(Extent, &mut [u8])]) -> Vec<Result<()>> {
+        let ops = items
+            .iter()
+            .map(|(extent, _)| {
+                let len = record_len(extent.len) as usize;
+                IoOp::read(
+                    extent.segment as usize,
+                    extent.offset,
+                    len,
+                    self.buffers.take(len),
+                )
+            })
+            .collect();
+        let done = self.engine.run(ops);
+        items
+            .iter_mut()
+            .zip(done)
+            .map(|((extent, dst), d)| {
+                let verdict = d
+                    .result
+                    .map_err(|e| io_error("read", e))
+                    .and_then(|()| self.verify(extent, d.buf.as_slice(), dst));
+                self.buffers.put(d.buf);
+                verdict
+            })
+            .collect()
+    }
+
+    /// Checks a record read from `extent` and copies its value out.
+    fn verify(&self, extent: &Extent, record: &[u8], dst: &mut [u8]) -> Result<()> {
+        let at = || {
+            format!(
+                "record at {} of {}",
+                extent.offset,
+                file_name(extent.segment as usize)
+            )
+        };
+        let fail = |what: String| {
+            self.corrupt.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("ssd: {what}");
+            Err(corrupt(what))
+        };
+        let file_id = self.file_ids[extent.segment as usize];
+        let head = match RecordHeader::decode(record, file_id) {
+            Ok(h) => h,
+            Err(e) => return fail(format!("{}: header is {e:?}", at())),
+        };
+        if head.value_len != extent.len || dst.len() as u64 != extent.len {
+            return fail(format!(
+                "{}: header says {} bytes, the index {}",
+                at(),
+                head.value_len,
+                extent.len
+            ));
+        }
+        let value = &record[BLOCK as usize..BLOCK as usize + extent.len as usize];
+        if xxh3_64(value) != head.value_checksum {
+            return fail(format!("{}: value does not match its checksum", at()));
+        }
+        dst.copy_from_slice(value);
+        Ok(())
+    }
+
+    /// Writes tombstones over the headers of `extents`; returns those it could not.
+    fn tombstone(&self, extents: Vec<Extent>) -> Vec<Extent> {
+        let ops = extents
+            .iter()
+            .map(|e| {
+                IoOp::write(
+                    e.segment as usize,
+                    e.offset,
+                    BLOCK as usize,
+                    IoBuf::new(BLOCK as usize),
+                )
+            })
+            .collect();
+        let mut failed = Vec::new();
+        for (e, d) in extents.into_iter().zip(self.engine.run(ops)) {
+            match d.result {
+                Ok(()) => self
+                    .allocators
+                    .free_retired(e.segment, e.block, record_len(e.len)),
+                Err(err) => {
+                    tracing::warn!("ssd: tombstone at {} failed ({err}); will retry", e.offset);
+                    failed.push(e);
+                }
+            }
+        }
+        failed
+    }
+
+    /// Pushes the files' contents to stable storage (O_DIRECT bypasses the page cache, not
+    /// the device's own cache).
+    pub fn sync(&self) -> std::io::Result<()> {
+        for i in 0..self.file_sizes.len() {
+            let f = File::open(self.dir.join(file_name(i)))?;
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+impl Tier for SsdTier {
+    fn kind(&self) -> TierKind {
+        TierKind::Ssd
+    }
+
+    fn capacity(&self) -> u64 {
+        self.allocators.capacity()
+    }
+
+    fn used(&self) -> u64 {
+        self.allocators.used()
+    }
+
+    fn retiring(&self) -> u64 {
+        self.allocators.retiring()
+    }
+
+    fn max_value_len(&self) -> u64 {
+        // A file holds its superblock, then one record of header + value.
+        self.file_sizes.iter().max().map_or(0, |s| s - 2 * BLOCK)
+    }
+
+    fn allocate(&self, len: u64) -> Option<Extent> {
+        let (segment, a) = self.allocators.allocate(record_len(len))?;
+        Some(Extent {
+            tier: self.index,
+            segment,
+            block: a.block.raw(),
+            offset: a.offset + BLOCK, // The allocator's space starts after the superblock.
+            len,
+        })
+    }
+
+    fn retire(&self, extent: Extent, guard: &Guard) {
+        self.allocators.start_retiring(record_len(extent.len));
+        let unpinned = Arc::clone(&self.unpinned);
+        guard.defer(move || unpinned.lock().push(extent));
+        guard.flush();
+    }
+
+    fn reclaim_retired(&self) {
+        let batch = std::mem::take(&mut *self.unpinned.lock());
+        if batch.is_empty() {
+            return;
+        }
+        let failed = self.tombstone(batch);
+        self.unpinned.lock().extend(failed);
+    }
+
+    fn alloc_stats(&self) -> (usize, AllocStats) {
+        self.allocators.stats()
+    }
+
+    fn bookkeeping_bytes(&self) -> usize {
+        self.allocators.heap_bytes()
+    }
+
+    fn accepts_puts(&self) -> bool {
+        false
+    }
+
+    fn admits(&self, hits: u8) -> bool {
+        match self.admission {
+            Admission::AdmitAll => true,
+            Admission::SecondHit => hits >= 1,
+        }
+    }
+
+    fn io_figures(&self) -> Option<IoFigures> {
+        let s = self.engine.stats();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Some(IoFigures {
+            engine: self.engine.name(),
+            direct: self.direct,
+            queue_depth: self.engine.queue_depth(),
+            read_ops: get(&s.read_ops),
+            read_bytes: get(&s.read_bytes),
+            read_ns: get(&s.read_ns),
+            write_ops: get(&s.write_ops),
+            write_bytes: get(&s.write_bytes),
+            write_ns: get(&s.write_ns),
+            errors: get(&s.errors),
+            in_flight: get(&s.in_flight),
+            corrupt_records: get(&self.corrupt),
+            recovered_records: self.recovered_count,
+            skipped_records: self.skipped_count,
+        })
+    }
+
+    fn take_recovered(&self) -> Vec<RecoveredObject> {
+        std::mem::take(&mut *self.recovered.lock())
+    }
+
+    unsafe fn host_bytes(&self, _extent: &Extent) -> Option<&[u8]> {
+        None
+    }
+
+    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
+        self.read_records(&mut [(*extent, dst)])
+            .pop()
+            .expect("one result per record")
+    }
+
+    unsafe fn write(&self, _extent: &Extent, _offset: u64, _src: &[u8]) -> Result<()> {
+        Err(Error::new(
+            ErrorCode::Internal,
+            "the ssd tier takes whole objects (demotion), not pieces of a put",
+        ))
+    }
+
+    unsafe fn store_objects(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
+        self.write_records(objects)
+    }
+}
+
+impl Drop for SsdTier {
+    fn drop(&mut self) {
+        // Tombstone what has already been unpinned, so removals made before a clean
+        // shutdown stay removed.
+        self.reclaim_retired();
+        if let Err(e) = self.sync() {
+            tracing::warn!("ssd: syncing {} at close: {e}", self.dir.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
