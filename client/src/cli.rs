@@ -221,6 +221,8 @@ fn stats_json(s: &ServerStats) -> serde_json::Value {
             serde_json::json!({
                 "kind": t.kind, "capacity": t.capacity, "used": t.used,
                 "objects": t.objects, "largest_free_extent": t.largest_free_extent,
+                "io_engine": t.io_engine, "read_ops": t.read_ops, "read_bytes": t.read_bytes,
+                "write_ops": t.write_ops, "write_bytes": t.write_bytes,
             })
         })
         .collect();
@@ -232,6 +234,7 @@ fn stats_json(s: &ServerStats) -> serde_json::Value {
         "get_hits": s.get_hits, "get_misses": s.get_misses, "get_bytes": s.get_bytes,
         "removes": s.removes, "evictions": s.evictions, "evicted_bytes": s.evicted_bytes,
         "expired_reservations": s.expired_reservations, "no_space": s.no_space,
+        "demotions": s.demotions, "promotions": s.promotions, "corrupt": s.corrupt,
         "connections": s.connections,
     })
 }
@@ -246,6 +249,12 @@ fn print_stats(s: &ServerStats) {
             100.0 * t.used as f64 / t.capacity.max(1) as f64,
             t.objects
         );
+        if !t.io_engine.is_empty() {
+            println!(
+                "     io {:<8} read {} ops ({} bytes)  wrote {} ops ({} bytes)",
+                t.io_engine, t.read_ops, t.read_bytes, t.write_ops, t.write_bytes
+            );
+        }
     }
     println!("objects {}  pending {}", s.objects, s.pending);
     println!(
@@ -255,6 +264,10 @@ fn print_stats(s: &ServerStats) {
     println!(
         "evictions {} ({} bytes)  expired reservations {}  refused for space {}",
         s.evictions, s.evicted_bytes, s.expired_reservations, s.no_space
+    );
+    println!(
+        "demotions {}  promotions {}  dropped as corrupt {}",
+        s.demotions, s.promotions, s.corrupt
     );
     println!("connections {}", s.connections);
 }

@@ -147,7 +147,14 @@ impl Client {
             .await
             .pop()
             .unwrap_or_else(|| Err(missing_answer()))?;
-        Ok(segments.covers(&lease.location).then_some(lease))
+        if segments.covers(&lease.location) {
+            return Ok(Some(lease));
+        }
+        // Not in shared memory (an ssd object, read through the server by key): the lease
+        // buys nothing, and a cached one would keep this key off shared memory after the
+        // server promotes the object into it.
+        self.inner.cache.invalidate(key);
+        Ok(None)
     }
 
     /// Copies the leased value of `key` into `buf`.
@@ -253,7 +260,11 @@ impl Client {
                     bytes += l.location.len as usize;
                     direct.push((i, l, &mut **buf));
                 }
-                Ok(_) => via_server.push((i, &mut **buf)),
+                Ok(_) => {
+                    // As in `shm_lease`: do not keep a lease on a location served by key.
+                    self.inner.cache.invalidate(keys[i].as_ref());
+                    via_server.push((i, &mut **buf));
+                }
             }
         }
         let threads = self.inner.config.shm_copy_threads;

@@ -165,7 +165,7 @@ mod tests {
             assert_eq!(ErrorCode::from_u16(n), Some(code));
         }
         assert_eq!(ErrorCode::from_u16(0), None);
-        assert_eq!(ErrorCode::from_u16(16), None);
+        assert_eq!(ErrorCode::from_u16(17), None);
     }
 
     #[test]

@@ -436,6 +436,16 @@ pub struct TierStats {
     pub objects: u64,
     /// Largest value that could be placed without evicting.
     pub largest_free_extent: u64,
+    /// The I/O engine of a tier that does I/O (`io_uring` or `psync`); empty otherwise.
+    pub io_engine: String,
+    /// Device reads (ssd).
+    pub read_ops: u64,
+    /// Bytes read from the device.
+    pub read_bytes: u64,
+    /// Device writes (ssd).
+    pub write_ops: u64,
+    /// Bytes written to the device.
+    pub write_bytes: u64,
 }
 
 /// [`Opcode::Stats`](crate::wire::Opcode::Stats) response (the request has no header).
@@ -471,6 +481,12 @@ pub struct StatsResponse {
     pub expired_reservations: u64,
     /// Puts refused for lack of space.
     pub no_space: u64,
+    /// Objects moved down a tier by eviction (dram to ssd).
+    pub demotions: u64,
+    /// Objects moved up a tier on their second read (ssd to dram).
+    pub promotions: u64,
+    /// Objects dropped because their stored bytes failed their checksum.
+    pub corrupt: u64,
     /// Connections the server holds now.
     pub connections: u64,
 }

@@ -245,6 +245,10 @@ impl Inner {
         drop(shard);
         self.tiers[i].retire(src, &guard);
         self.counters.demotions.fetch_add(1, Ordering::Relaxed);
+        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .evicted_bytes
+            .fetch_add(c.len, Ordering::Relaxed);
         true
     }
 }

@@ -38,9 +38,23 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| internal(format!("starting the runtime: {e}")))?;
+    let store = Arc::new(Store::open(settings.store)?);
+    for t in store.stats().tiers {
+        if let Some(io) = t.io {
+            tracing::info!(
+                engine = io.engine,
+                direct = io.direct,
+                queue_depth = io.queue_depth,
+                recovered = io.recovered_records,
+                "{} tier of {} bytes",
+                t.kind.name(),
+                t.capacity
+            );
+        }
+    }
+    let service_store = Arc::clone(&store);
     runtime.block_on(async {
-        let store = Arc::new(Store::open(settings.store)?);
-        let service = Service::bind(store, settings.service)?;
+        let service = Service::bind(service_store, settings.service)?;
         if let Some(addr) = settings.metrics_addr {
             tracing::warn!("--metrics-addr {addr}: the metrics endpoint is not built yet");
         }
@@ -51,9 +65,19 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         let _ = out.flush();
         drop(out);
         let drained = service.run(shutdown_signal()).await;
-        tracing::info!(drained, "stopped");
-        Ok(())
-    })
+        tracing::info!(drained, "stopped serving");
+        Ok::<(), crate::Error>(())
+    })?;
+    // Every connection is closed: nothing else uses the store now.
+    drop(runtime);
+    if settings.persist_on_shutdown {
+        let moved = store.demote_all();
+        tracing::info!(moved, "persisted dram contents to ssd");
+    }
+    // Dropping the store finishes pending ssd frees and syncs its files.
+    drop(store);
+    tracing::info!("stopped");
+    Ok(())
 }
 
 fn internal(msg: String) -> crate::Error {

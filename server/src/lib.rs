@@ -3,7 +3,8 @@
 //!
 //! Start at [`Store`]: it implements the operation contract of the design brief — two-phase
 //! puts with reservations, leased reads, prefix lookup, removal, pinning, per-tier LRU
-//! eviction with watermarks — over a stack of tiers (dram now; device and ssd later).
+//! eviction with watermarks — over a stack of tiers: dram (shared memory) above ssd (O_DIRECT
+//! files that survive restarts), with demotion on eviction and promotion on a second read.
 //!
 //! The QUIC service over it is [`net`]; the `strata-server` binary's flags are [`settings`].
 //!
@@ -27,4 +28,5 @@ pub use config::{StoreConfig, TierConfig};
 pub use engine::{OpCounters, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
 pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 pub use strata_proto::{Error, ErrorCode, Key, Result};
+pub use tier::ssd::{Admission, IoEngineKind, IoFigures, RecoveryMode, SsdOptions};
 pub use tier::{Extent, SharedSegment, TierKind, TierStats};

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::net::{ServiceConfig, TlsSource};
-use crate::{StoreConfig, TierConfig};
+use crate::{SsdOptions, StoreConfig, TierConfig};
 
 /// Default QUIC port (Mooncake's master uses the same number).
 pub const DEFAULT_PORT: u16 = 50088;
@@ -108,6 +108,31 @@ pub struct ServerArgs {
     /// transport), or `off` [default: <data dir>/shm.sock].
     #[arg(long, env = "STRATA_SHM_SOCKET")]
     pub shm_socket: Option<String>,
+    /// Directory of the ssd tier's files, or `off` for no ssd tier [default: <data dir>/ssd].
+    #[arg(long, env = "STRATA_SSD_PATH")]
+    pub ssd_path: Option<String>,
+    /// Bytes of the ssd tier [default: 1GiB]. Its files are sparse: disk is used as filled.
+    #[arg(long, env = "STRATA_SSD_CAPACITY")]
+    pub ssd_capacity: Option<Size>,
+    /// I/O engine of the ssd tier: auto, io_uring or psync [default: auto, which is
+    /// io_uring where the kernel allows it].
+    #[arg(long, env = "STRATA_SSD_IO_ENGINE")]
+    pub ssd_io_engine: Option<String>,
+    /// Operations the ssd tier keeps in flight per batch [default: 32].
+    #[arg(long, env = "STRATA_SSD_QUEUE_DEPTH")]
+    pub ssd_queue_depth: Option<u32>,
+    /// What the ssd tier does with its files at start: none (start empty), quick (index
+    /// every valid record header) or verify (also re-check every value) [default: quick].
+    #[arg(long, env = "STRATA_SSD_RECOVERY")]
+    pub ssd_recovery: Option<String>,
+    /// Which dram victims are written to ssd: admit-all or second-hit (only those read at
+    /// least once after their put) [default: admit-all].
+    #[arg(long, env = "STRATA_SSD_ADMISSION")]
+    pub ssd_admission: Option<String>,
+    /// On SIGINT/SIGTERM, move dram's contents to the ssd tier before exiting, so they are
+    /// there after the restart [default: false].
+    #[arg(long, env = "STRATA_PERSIST_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
+    pub persist_on_shutdown: Option<bool>,
 }
 
 /// Everything the binary needs to start, resolved and checked.
@@ -121,6 +146,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Where metrics will be served.
     pub metrics_addr: Option<SocketAddr>,
+    /// Demote dram to ssd on a graceful shutdown.
+    pub persist_on_shutdown: bool,
 }
 
 fn invalid(msg: String) -> Error {
@@ -156,6 +183,13 @@ impl ServerArgs {
             shards: self.shards.or(file.shards),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             shm_socket: self.shm_socket.or(file.shm_socket),
+            ssd_path: self.ssd_path.or(file.ssd_path),
+            ssd_capacity: self.ssd_capacity.or(file.ssd_capacity),
+            ssd_io_engine: self.ssd_io_engine.or(file.ssd_io_engine),
+            ssd_queue_depth: self.ssd_queue_depth.or(file.ssd_queue_depth),
+            ssd_recovery: self.ssd_recovery.or(file.ssd_recovery),
+            ssd_admission: self.ssd_admission.or(file.ssd_admission),
+            persist_on_shutdown: self.persist_on_shutdown.or(file.persist_on_shutdown),
         }
     }
 
@@ -172,13 +206,17 @@ impl ServerArgs {
     }
 
     fn into_settings(self) -> Result<Settings> {
-        let host = self.host.unwrap_or_else(|| "127.0.0.1".to_owned());
+        let host = self.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
         let port = self.port.unwrap_or(DEFAULT_PORT);
         let listen = resolve_addr(&host, port)?;
-        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let capacity = self.dram_capacity.map_or(512 << 20, |s| s.0);
+        let mut tiers = vec![TierConfig::dram(capacity)];
+        if let Some(ssd) = self.ssd_tier(&data_dir)? {
+            tiers.push(ssd);
+        }
         let store = StoreConfig {
-            tiers: vec![TierConfig::dram(capacity)],
+            tiers,
             eviction_high_watermark_ratio: self.eviction_high_watermark_ratio.unwrap_or(0.9),
             eviction_ratio: self.eviction_ratio.unwrap_or(0.1),
             lease_ttl: Duration::from_millis(self.default_kv_lease_ttl.unwrap_or(10_000)),
@@ -215,7 +253,50 @@ impl ServerArgs {
             },
             data_dir,
             metrics_addr: self.metrics_addr,
+            persist_on_shutdown: self.persist_on_shutdown.unwrap_or(false),
         })
+    }
+
+    /// The ssd tier the flags describe, if any.
+    fn ssd_tier(&self, data_dir: &Path) -> Result<Option<TierConfig>> {
+        let dir = match self.ssd_path.as_deref() {
+            Some("off") => return Ok(None),
+            Some("") => return Err(invalid("--ssd-path takes a directory or `off`".into())),
+            Some(path) => PathBuf::from(path),
+            None => data_dir.join("ssd"),
+        };
+        let capacity = self.ssd_capacity.map_or(1 << 30, |s| s.0);
+        let parse = |flag: &str, given: &Option<String>| -> Result<Option<String>> {
+            match given.as_deref() {
+                Some("") => Err(invalid(format!("--{flag} must not be empty"))),
+                other => Ok(other.map(str::to_owned)),
+            }
+        };
+        let mut opts = SsdOptions::new(dir);
+        if let Some(e) = parse("ssd-io-engine", &self.ssd_io_engine)? {
+            opts.engine = e
+                .parse()
+                .map_err(|m| invalid(format!("--ssd-io-engine: {m}")))?;
+        }
+        if let Some(r) = parse("ssd-recovery", &self.ssd_recovery)? {
+            opts.recovery = r
+                .parse()
+                .map_err(|m| invalid(format!("--ssd-recovery: {m}")))?;
+        }
+        if let Some(a) = parse("ssd-admission", &self.ssd_admission)? {
+            opts.admission = a
+                .parse()
+                .map_err(|m| invalid(format!("--ssd-admission: {m}")))?;
+        }
+        if let Some(depth) = self.ssd_queue_depth {
+            if !(1..=4096).contains(&depth) {
+                return Err(invalid(format!(
+                    "--ssd-queue-depth {depth} is not in 1..=4096"
+                )));
+            }
+            opts.queue_depth = depth;
+        }
+        Ok(Some(TierConfig::ssd(capacity, opts)))
     }
 }
 
@@ -281,6 +362,53 @@ mod tests {
         assert_eq!(s.store.eviction_high_watermark_ratio, 0.9);
         assert!(s.service.auth_token.is_none());
         assert!(matches!(s.service.tls, TlsSource::SelfSigned { .. }));
+        let ssd = &s.store.tiers[1];
+        assert_eq!(ssd.capacity, 1 << 30);
+        let opts = ssd.ssd.as_ref().unwrap();
+        assert_eq!(opts.dir, s.data_dir.join("ssd"));
+        assert_eq!(opts.engine, crate::IoEngineKind::Auto);
+        assert!(!s.persist_on_shutdown);
+    }
+
+    #[test]
+    fn ssd_flags_are_parsed_and_checked() {
+        let s = parse(&[
+            "--ssd-path",
+            "/tmp/x",
+            "--ssd-capacity",
+            "2GiB",
+            "--ssd-io-engine",
+            "psync",
+            "--ssd-recovery",
+            "verify",
+            "--ssd-admission",
+            "second-hit",
+            "--ssd-queue-depth",
+            "8",
+            "--persist-on-shutdown",
+        ])
+        .resolve()
+        .unwrap();
+        let opts = s.store.tiers[1].ssd.as_ref().unwrap();
+        assert_eq!(opts.dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.store.tiers[1].capacity, 2 << 30);
+        assert_eq!(opts.engine, crate::IoEngineKind::Psync);
+        assert_eq!(opts.recovery, crate::RecoveryMode::Verify);
+        assert_eq!(opts.admission, crate::Admission::SecondHit);
+        assert_eq!(opts.queue_depth, 8);
+        assert!(s.persist_on_shutdown);
+        let s = parse(&["--ssd-path", "off"]).resolve().unwrap();
+        assert_eq!(s.store.tiers.len(), 1);
+        for bad in [
+            &["--ssd-io-engine", "aio"][..],
+            &["--ssd-recovery", "maybe"],
+            &["--ssd-admission", "lfu"],
+            &["--ssd-queue-depth", "0"],
+            &["--ssd-capacity", "100"],
+        ] {
+            let e = parse(bad).resolve().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

@@ -143,6 +143,16 @@ impl ServerProcess {
         }
     }
 
+    /// Kills the process with SIGKILL (a crash: no shutdown work at all) and reaps it.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL to the server");
+        let status = self.child.wait().expect("reaping the server");
+        assert!(
+            !status.success(),
+            "a killed server cannot exit cleanly: {status}"
+        );
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();

@@ -347,12 +347,29 @@ impl Store {
     /// Looks `key` up and returns a guard through which its bytes can be read. While the
     /// guard lives the bytes cannot be reclaimed, even if the object is evicted or removed.
     pub fn read(&self, key: &[u8]) -> Result<ReadGuard<'_>> {
+        self.lookup(key, false)
+            .map(|found| found.expect("every tier is readable"))
+    }
+
+    /// [`Store::read`] for an object in host memory only: `Ok(None)` (nothing counted or
+    /// touched) when it lies on a tier read through I/O, so an async caller can move that
+    /// read off its reactor.
+    pub fn read_in_memory(&self, key: &[u8]) -> Result<Option<ReadGuard<'_>>> {
+        self.lookup(key, true)
+    }
+
+    fn lookup(&self, key: &[u8], in_memory_only: bool) -> Result<Option<ReadGuard<'_>>> {
         validate_key(key)?;
         // Pin before the lookup: anything retired after it waits for this guard.
         let guard = epoch::pin();
         let hash = key_hash(key);
         let mut shard = self.inner.shard(hash);
         match self.inner.visible(&mut shard, hash, key) {
+            Ok(slot)
+                if in_memory_only && !self.inner.read_in_place(shard.entry(slot).extent.tier) =>
+            {
+                Ok(None)
+            }
             Ok(slot) => {
                 shard.touch(slot, self.inner.next_access());
                 shard.hit(slot);
@@ -368,14 +385,14 @@ impl Store {
                 shard.counters.get_hits += 1;
                 shard.counters.get_bytes += extent.len;
                 drop(shard);
-                Ok(ReadGuard::new(
+                Ok(Some(ReadGuard::new(
                     guard,
                     &self.inner,
                     at,
                     extent,
                     checksum,
                     promote,
-                ))
+                )))
             }
             Err(e) => {
                 shard.counters.get_misses += 1;

@@ -110,7 +110,7 @@ pub(crate) async fn serve(
         }
         Opcode::BatchPutStart => batch_put_start(store, session, send, &header).await,
         Opcode::BatchPutFinish => batch_put_finish(store, session, send, &header).await,
-        Opcode::Get => get(store, send, &header).await,
+        Opcode::Get => get(&shared.store, send, &header).await,
         Opcode::GetLocations => get_locations(store, send, &header).await,
         Opcode::Exists => {
             let req = access::<KeyRequest>(&header)?;
@@ -353,22 +353,36 @@ async fn batch_put_finish(
     reply(send, &encode_response(&BatchPutFinishResponse { errors })).await
 }
 
-async fn get(store: &Store, send: &mut SendStream, header: &AlignedVec) -> Result<(), Failure> {
+async fn get(
+    store: &Arc<Store>,
+    send: &mut SendStream,
+    header: &AlignedVec,
+) -> Result<(), Failure> {
     let req = access::<KeyRequest>(header)?;
     // Copy out under the read guard (an epoch pin, which cannot be held across an await),
     // then stream the copy: the pin is held for one memcpy, not for a network transfer.
-    let (value, checksum) = {
-        let guard = store.read(req.key.as_slice())?;
-        let value = match guard.bytes() {
-            // Host memory: one copy, into memory that is not zeroed first.
-            Some(bytes) => Bytes::copy_from_slice(bytes),
-            None => {
+    let in_memory = match store.read_in_memory(req.key.as_slice())? {
+        // Host memory: one copy, into memory that is not zeroed first.
+        Some(guard) => guard
+            .bytes()
+            .map(|bytes| (Bytes::copy_from_slice(bytes), guard.checksum())),
+        None => None,
+    };
+    let (value, checksum) = match in_memory {
+        Some(found) => found,
+        // On ssd: the read blocks on the device, so it runs off the reactor.
+        None => {
+            let store = Arc::clone(store);
+            let key = req.key.as_slice().to_vec();
+            tokio::task::spawn_blocking(move || {
+                let guard = store.read(&key)?;
                 let mut value = vec![0u8; guard.len() as usize];
                 guard.copy_to(&mut value)?;
-                Bytes::from(value)
-            }
-        };
-        (value, guard.checksum())
+                Ok::<_, Error>((Bytes::from(value), guard.checksum()))
+            })
+            .await
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("ssd read task: {e}")))??
+        }
     };
     let response = GetResponse {
         len: value.len() as u64,
@@ -462,6 +476,11 @@ fn stats(shared: &Shared) -> StatsResponse {
                 used: t.used,
                 objects: t.objects,
                 largest_free_extent: t.largest_free_extent,
+                io_engine: t.io.as_ref().map_or("", |io| io.engine).to_owned(),
+                read_ops: t.io.as_ref().map_or(0, |io| io.read_ops),
+                read_bytes: t.io.as_ref().map_or(0, |io| io.read_bytes),
+                write_ops: t.io.as_ref().map_or(0, |io| io.write_ops),
+                write_bytes: t.io.as_ref().map_or(0, |io| io.write_bytes),
             })
             .collect(),
         objects: s.objects,
@@ -478,6 +497,9 @@ fn stats(shared: &Shared) -> StatsResponse {
         evicted_bytes: c.evicted_bytes,
         expired_reservations: c.expired_reservations,
         no_space: c.no_space,
+        demotions: c.demotions,
+        promotions: c.promotions,
+        corrupt: c.corrupt,
         connections: shared.connections.load(Ordering::Relaxed),
     }
 }

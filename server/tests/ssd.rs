@@ -1,0 +1,219 @@
+//! The engine over a dram tier and an ssd tier: demotion, promotion, admission, corruption,
+//! restart. Real files in a temporary directory, the engine the platform gives (io_uring
+//! where available).
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use strata_server::{
+    Admission, ErrorCode, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
+};
+
+const KIB: usize = 1024;
+const MIB: u64 = 1 << 20;
+/// Dram holds 32 of these values; the tests write up to three times that.
+const VALUE: usize = 256 * KIB;
+
+fn config(dir: &Path, admission: Admission) -> StoreConfig {
+    let mut ssd = SsdOptions::new(dir);
+    ssd.admission = admission;
+    StoreConfig {
+        tiers: vec![TierConfig::dram(8 * MIB), TierConfig::ssd(64 * MIB, ssd)],
+        maintenance_interval: None,
+        shards: 8,
+        ..StoreConfig::default()
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(config(dir, Admission::AdmitAll)).unwrap()
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("model@tp_rank:0@{i:08x}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let seed = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..VALUE)
+        .map(|j| (seed.rotate_left((j % 61) as u32) >> 7) as u8 ^ (j as u8))
+        .collect()
+}
+
+/// Which tier holds `key` now (0 dram, 1 ssd).
+fn tier_of(s: &Store, key: &[u8]) -> u8 {
+    s.get_locations(&[key]).pop().unwrap().unwrap().extent.tier
+}
+
+fn fill(s: &Store, n: usize) {
+    for i in 0..n {
+        s.put(&key(i), &value(i), PutOptions::default()).unwrap();
+    }
+}
+
+#[test]
+fn three_times_dram_reads_back_byte_identical_some_from_ssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    fill(&s, 96);
+    let st = s.stats();
+    assert!(st.counters.demotions >= 60, "{:?}", st.counters);
+    assert_eq!(
+        st.counters.evictions, st.counters.demotions,
+        "nothing dropped"
+    );
+    assert_eq!(st.objects, 96);
+    assert!(st.tiers[1].objects >= 60);
+    let io = st.tiers[1].io.clone().expect("ssd figures");
+    assert!(io.write_bytes >= 60 * VALUE as u64, "{io:?}");
+    for i in 0..96 {
+        assert_eq!(s.get(&key(i)).unwrap(), value(i), "object {i}");
+    }
+    assert!(s.stats().tiers[1].io.clone().unwrap().read_ops > 0);
+    // A put never lands on ssd directly, so the largest put is dram's.
+    assert_eq!(s.max_value_len(), 8 * MIB);
+}
+
+#[test]
+fn a_second_read_promotes_into_dram_when_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    fill(&s, 40);
+    let cold = key(0);
+    assert_eq!(tier_of(&s, &cold), 1, "the oldest object was demoted");
+    // Make room in dram so promotion is allowed (under the watermark).
+    for i in 30..40 {
+        s.remove(&key(i), true).unwrap();
+    }
+    s.reclaim(Duration::from_secs(5));
+    assert_eq!(s.get(&cold).unwrap(), value(0));
+    assert_eq!(tier_of(&s, &cold), 1, "one read is not enough");
+    assert_eq!(s.get(&cold).unwrap(), value(0));
+    assert_eq!(tier_of(&s, &cold), 0, "promoted after its second read");
+    assert_eq!(s.stats().counters.promotions, 1);
+    assert_eq!(s.get(&cold).unwrap(), value(0), "and served from dram");
+}
+
+#[test]
+fn second_hit_admission_drops_victims_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(config(dir.path(), Admission::SecondHit)).unwrap();
+    fill(&s, 8);
+    for i in 0..4 {
+        s.get(&key(i)).unwrap(); // Read once while in dram.
+    }
+    fill_from(&s, 8, 64); // Push the first eight out of dram.
+    for i in 0..4 {
+        assert_eq!(
+            s.get(&key(i)).unwrap(),
+            value(i),
+            "read victims are demoted"
+        );
+    }
+    for i in 4..8 {
+        assert_eq!(
+            s.get(&key(i)).unwrap_err().code(),
+            ErrorCode::NotFound,
+            "unread victims are dropped"
+        );
+    }
+}
+
+fn fill_from(s: &Store, from: usize, to: usize) {
+    for i in from..to {
+        s.put(&key(i), &value(i), PutOptions::default()).unwrap();
+    }
+}
+
+#[test]
+fn a_damaged_record_is_reported_corrupt_dropped_and_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    fill(&s, 64);
+    let victim = key(1);
+    let lease = s.get_locations(&[&victim]).pop().unwrap().unwrap();
+    assert_eq!(lease.extent.tier, 1);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(
+            dir.path()
+                .join(format!("strata-{:03}.ssd", lease.extent.segment)),
+        )
+        .unwrap();
+    // Past the header block, in the value.
+    file.write_all_at(b"rot", lease.extent.offset + 4096 + 1000)
+        .unwrap();
+    file.sync_data().unwrap();
+    let err = s.get(&victim).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
+    assert_eq!(s.get(&victim).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(s.stats().counters.corrupt, 1);
+    assert_eq!(s.stats().tiers[1].io.clone().unwrap().corrupt_records, 1);
+    for i in (0..64).filter(|&i| i != 1) {
+        assert_eq!(s.get(&key(i)).unwrap(), value(i), "object {i}");
+    }
+}
+
+#[test]
+fn ssd_contents_survive_a_reopen_and_removals_stay_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_ssd: Vec<usize> = {
+        let s = open(dir.path());
+        fill(&s, 64);
+        s.remove(&key(2), false).unwrap();
+        (0..64)
+            .filter(|&i| i != 2 && tier_of(&s, &key(i)) == 1)
+            .collect()
+    };
+    assert!(on_ssd.len() >= 30);
+    let s = open(dir.path());
+    for &i in &on_ssd {
+        assert_eq!(s.get(&key(i)).unwrap(), value(i), "object {i}");
+    }
+    assert_eq!(s.get(&key(2)).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(s.stats().tiers[1].objects, on_ssd.len() as u64);
+    assert_eq!(s.stats().tiers[0].objects, 0, "dram starts empty");
+}
+
+#[test]
+fn demote_all_persists_dram_contents_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        fill(&s, 20);
+        assert!(s.stats().tiers[0].objects > 0);
+        assert_eq!(s.demote_all(), 20);
+        assert_eq!(s.stats().tiers[0].objects, 0);
+    }
+    let s = open(dir.path());
+    for i in 0..20 {
+        assert_eq!(s.get(&key(i)).unwrap(), value(i), "object {i}");
+    }
+}
+
+#[test]
+fn recovery_none_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        fill(&s, 64);
+    }
+    let mut c = config(dir.path(), Admission::AdmitAll);
+    c.tiers[1].ssd.as_mut().unwrap().recovery = RecoveryMode::None;
+    let s = Store::open(c).unwrap();
+    assert_eq!(s.stats().objects, 0);
+    assert_eq!(s.get(&key(0)).unwrap_err().code(), ErrorCode::NotFound);
+}
+
+#[test]
+fn an_ssd_tier_must_sit_below_a_memory_tier() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = StoreConfig {
+        tiers: vec![TierConfig::ssd(64 * MIB, SsdOptions::new(dir.path()))],
+        ..StoreConfig::default()
+    };
+    let err = Store::open(c).err().expect("refused");
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.message().contains("last tier"), "{err}");
+}
