@@ -8,6 +8,7 @@ mod heap;
 mod quic;
 mod report;
 mod shm;
+mod ssd;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,20 @@ enum Workload {
         #[arg(long)]
         seconds: Option<f64>,
     },
+    /// The ssd tier: demotion writes and reads of 1 and 4 MiB values with io_uring and
+    /// psync, next to the raw O_DIRECT throughput of the same file (the ceiling).
+    Ssd {
+        /// Directory for the tier's files (default: the system temp dir). Put it on the
+        /// device to measure.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Operations in flight per batch (default 8).
+        #[arg(long)]
+        queue_depth: Option<u32>,
+        /// Bytes written and read per pass (default 1GiB, or 32MiB with --quick).
+        #[arg(long)]
+        total_mib: Option<u64>,
+    },
 }
 
 fn main() {
@@ -88,6 +103,25 @@ fn main() {
                 params.seconds = s;
             }
             shm::run(&params, &mut report);
+        }
+        Workload::Ssd {
+            dir,
+            queue_depth,
+            total_mib,
+        } => {
+            let mut params = if cli.quick {
+                ssd::SsdParams::quick()
+            } else {
+                ssd::SsdParams::full()
+            };
+            params.dir = dir;
+            if let Some(q) = queue_depth {
+                params.queue_depth = q.clamp(1, 4096);
+            }
+            if let Some(t) = total_mib {
+                params.total = t.max(1) << 20;
+            }
+            ssd::run(&params, &mut report);
         }
     }
     if let Some(path) = cli.json {

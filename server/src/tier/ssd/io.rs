@@ -143,6 +143,9 @@ pub struct IoOp {
     /// A multiple of [`BLOCK`], at most `buf.len()`.
     pub len: usize,
     pub buf: IoBuf,
+    /// Submitted as soon as this op has completed in full, never if it failed: how a
+    /// record's header follows its value without waiting for the rest of the batch.
+    pub then: Option<Box<IoOp>>,
 }
 
 impl IoOp {
@@ -153,6 +156,7 @@ impl IoOp {
             offset,
             len,
             buf,
+            then: None,
         }
     }
 
@@ -163,7 +167,14 @@ impl IoOp {
             offset,
             len,
             buf,
+            then: None,
         }
+    }
+
+    /// This op, followed by `next` once it has succeeded.
+    pub fn followed_by(mut self, next: IoOp) -> IoOp {
+        self.then = Some(Box::new(next));
+        self
     }
 
     /// Why the engine must refuse this op, if it must.
@@ -194,6 +205,28 @@ impl IoOp {
 pub struct IoDone {
     pub buf: IoBuf,
     pub result: io::Result<()>,
+    /// The op's follower, finished or (if this one failed) not run.
+    pub then: Option<Box<IoDone>>,
+}
+
+impl IoDone {
+    /// Whether this op and every follower succeeded.
+    pub fn all_ok(&self) -> io::Result<()> {
+        match (&self.result, &self.then) {
+            (Err(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
+            (Ok(()), Some(t)) => t.all_ok(),
+            (Ok(()), None) => Ok(()),
+        }
+    }
+
+    /// A follower that never ran because the op before it failed.
+    pub(crate) fn not_run(op: IoOp) -> IoDone {
+        IoDone {
+            buf: op.buf,
+            result: Err(io::Error::other("not run: the operation before it failed")),
+            then: op.then.map(|t| Box::new(IoDone::not_run(*t))),
+        }
+    }
 }
 
 /// Counters every engine keeps, read by the tier's stats.
@@ -236,7 +269,13 @@ pub trait IoEngine: Send + Sync {
     /// Runs every op and returns them finished, in order. Blocks until all are done. An op
     /// that cannot be done (bad alignment, unknown file, device error, short transfer) fails
     /// alone; the others still run.
-    fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone>;
+    fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone> {
+        self.run_iter(&mut ops.into_iter())
+    }
+    /// [`IoEngine::run`] over ops made on demand: the engine takes the next op when it has
+    /// room for it and starts each at once, so the work of making the next one (copying a
+    /// value into its buffer, checksumming it) overlaps the device's work on the last.
+    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone>;
     /// The engine's counters.
     fn stats(&self) -> &IoStats;
 }
@@ -372,6 +411,34 @@ pub(crate) mod tests {
         done[4].result.as_ref().unwrap();
         assert_eq!(&done[4].buf.as_slice()[..4096], &wrote[1][..4096]);
         assert!(engine.run(Vec::new()).is_empty());
+
+        // A follower runs after its op succeeded, and not at all after it failed.
+        let chained = vec![
+            IoOp::write(0, 1 << 20, 4096, filled(4096, 1)).followed_by(IoOp::write(
+                0,
+                2 << 20,
+                4096,
+                filled(4096, 2),
+            )),
+            IoOp::write(0, 77, 4096, filled(4096, 3)).followed_by(IoOp::write(
+                0,
+                3 << 20,
+                4096,
+                filled(4096, 4),
+            )),
+        ];
+        let done = engine.run(chained);
+        done[0].all_ok().unwrap();
+        assert!(done[1].result.is_err() && done[1].then.as_ref().unwrap().result.is_err());
+        let back = engine.run(vec![
+            IoOp::read(0, 2 << 20, 4096, IoBuf::new(4096)),
+            IoOp::read(0, 3 << 20, 4096, IoBuf::new(4096)),
+        ]);
+        assert_eq!(back[0].buf.as_slice(), filled(4096, 2).as_slice());
+        assert!(
+            back[1].buf.as_slice().iter().all(|&b| b == 0),
+            "never written"
+        );
     }
 
     #[test]

@@ -275,77 +275,68 @@ impl SsdTier {
         &self.dir
     }
 
-    /// Writes whole objects, values first, then headers (see the module doc).
+    /// Writes whole objects, each value first and its header block once the value is
+    /// down (see the module doc), all objects of the batch in flight together.
     fn write_records(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
-        let mut results: Vec<Result<()>> = Vec::with_capacity(objects.len());
-        let mut ops = Vec::with_capacity(objects.len());
-        let mut checksums = Vec::with_capacity(objects.len());
-        for o in objects {
-            let len = o.value.len();
-            if len as u64 != o.extent.len || o.extent.tier != self.index {
-                results.push(Err(Error::new(
-                    ErrorCode::Internal,
-                    format!(
-                        "ssd write of {len} bytes into an extent of {} bytes",
-                        o.extent.len
-                    ),
-                )));
-                checksums.push(0);
-                continue;
-            }
-            let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
-            let mut buf = self.buffers.take(padded as usize);
-            let bytes = buf.as_mut_slice();
-            bytes[..len].copy_from_slice(o.value);
-            bytes[len..padded as usize].fill(0);
-            checksums.push(xxh3_64(o.value));
-            ops.push(IoOp::write(
-                o.extent.segment as usize,
-                o.extent.offset + BLOCK,
-                padded as usize,
-                buf,
-            ));
-            results.push(Ok(()));
-        }
-        let mut done = self.engine.run(ops).into_iter();
-        let mut heads = Vec::new();
-        for (i, o) in objects.iter().enumerate() {
-            if results[i].is_err() {
-                continue;
-            }
+        let mut results: Vec<Result<()>> = objects
+            .iter()
+            .map(|o| {
+                if o.value.len() as u64 == o.extent.len && o.extent.tier == self.index {
+                    return Ok(());
+                }
+                let msg = format!(
+                    "ssd write of {} bytes into an extent of {} bytes",
+                    o.value.len(),
+                    o.extent.len
+                );
+                Err(Error::new(ErrorCode::Internal, msg))
+            })
+            .collect();
+        // Made one at a time as the engine takes them, so copying and checksumming the
+        // next value overlaps the device writing the last.
+        let mut ops = objects
+            .iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(o, _)| self.record_ops(o));
+        let mut done = self.engine.run_iter(&mut ops).into_iter();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
             let d = done.next().expect("one completion per op");
-            self.buffers.put(d.buf);
-            if let Err(e) = d.result {
-                results[i] = Err(io_error("write", e));
-                continue;
+            if let Err(e) = d.all_ok() {
+                *r = Err(io_error("write", e));
             }
-            let mut block = self.buffers.take(BLOCK as usize);
-            RecordHeader {
-                file_id: self.file_ids[o.extent.segment as usize],
-                sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
-                value_len: o.extent.len,
-                value_checksum: checksums[i],
-                key: o.key.to_vec(),
-            }
-            .encode(block.as_mut_slice());
-            heads.push((
-                i,
-                IoOp::write(
-                    o.extent.segment as usize,
-                    o.extent.offset,
-                    BLOCK as usize,
-                    block,
-                ),
-            ));
-        }
-        let (which, ops): (Vec<usize>, Vec<IoOp>) = heads.into_iter().unzip();
-        for (i, d) in which.into_iter().zip(self.engine.run(ops)) {
             self.buffers.put(d.buf);
-            if let Err(e) = d.result {
-                results[i] = Err(io_error("header write", e));
+            if let Some(head) = d.then {
+                self.buffers.put(head.buf);
             }
         }
         results
+    }
+
+    /// The write of `o`'s value, followed by the write of its header block.
+    fn record_ops(&self, o: &ObjectWrite<'_>) -> IoOp {
+        let file = o.extent.segment as usize;
+        let len = o.value.len();
+        let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
+        let mut value = self.buffers.take(padded as usize);
+        let bytes = value.as_mut_slice();
+        bytes[..len].copy_from_slice(o.value);
+        bytes[len..padded as usize].fill(0);
+        let mut head = self.buffers.take(BLOCK as usize);
+        RecordHeader {
+            file_id: self.file_ids[file],
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            value_len: o.extent.len,
+            value_checksum: xxh3_64(o.value),
+            key: o.key.to_vec(),
+        }
+        .encode(head.as_mut_slice());
+        IoOp::write(file, o.extent.offset + BLOCK, padded as usize, value).followed_by(IoOp::write(
+            file,
+            o.extent.offset,
+            BLOCK as usize,
+            head,
+        ))
     }
 
     /// Reads and verifies whole records into `dsts` (each exactly its extent's length), all

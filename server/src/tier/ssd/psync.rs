@@ -21,6 +21,35 @@ impl PsyncEngine {
     }
 }
 
+impl PsyncEngine {
+    fn run_one(&self, mut op: IoOp) -> IoDone {
+        let started = Instant::now();
+        let then = op.then.take();
+        let result = op.check(self.files.len()).and_then(|()| {
+            let file = &self.files[op.file];
+            match op.kind {
+                // `*_exact_at` / `*_all_at` retry short transfers and EINTR; a read past the
+                // end of the file is an error, never a short success.
+                IoKind::Read => file.read_exact_at(&mut op.buf.as_mut_slice()[..op.len], op.offset),
+                IoKind::Write => file.write_all_at(&op.buf.as_slice()[..op.len], op.offset),
+            }
+        });
+        self.stats
+            .record(op.kind, op.len, started.elapsed(), result.is_ok());
+        let then = then.map(|t| {
+            Box::new(match result {
+                Ok(()) => self.run_one(*t),
+                Err(_) => IoDone::not_run(*t),
+            })
+        });
+        IoDone {
+            buf: op.buf,
+            result,
+            then,
+        }
+    }
+}
+
 impl IoEngine for PsyncEngine {
     fn name(&self) -> &'static str {
         "psync"
@@ -30,29 +59,8 @@ impl IoEngine for PsyncEngine {
         1
     }
 
-    fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone> {
-        ops.into_iter()
-            .map(|mut op| {
-                let started = Instant::now();
-                let result = op.check(self.files.len()).and_then(|()| {
-                    let file = &self.files[op.file];
-                    match op.kind {
-                        // `*_exact_at` / `*_all_at` retry short transfers and EINTR; a read
-                        // past the end of the file is an error, never a short success.
-                        IoKind::Read => {
-                            file.read_exact_at(&mut op.buf.as_mut_slice()[..op.len], op.offset)
-                        }
-                        IoKind::Write => file.write_all_at(&op.buf.as_slice()[..op.len], op.offset),
-                    }
-                });
-                self.stats
-                    .record(op.kind, op.len, started.elapsed(), result.is_ok());
-                IoDone {
-                    buf: op.buf,
-                    result,
-                }
-            })
-            .collect()
+    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone> {
+        ops.map(|op| self.run_one(op)).collect()
     }
 
     fn stats(&self) -> &IoStats {

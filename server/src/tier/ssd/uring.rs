@@ -31,6 +31,10 @@ pub struct UringEngine {
 
 struct Slot {
     op: IoOp,
+    /// The follower, until it is launched as a slot of its own.
+    then: Option<Box<IoOp>>,
+    /// That slot, once launched.
+    child: Option<usize>,
     /// Bytes transferred so far.
     done: usize,
     started: Option<Instant>,
@@ -94,8 +98,9 @@ impl IoEngine for UringEngine {
         self.depth
     }
 
-    fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone> {
-        if ops.is_empty() {
+    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone> {
+        let mut ops = ops.peekable();
+        if ops.peek().is_none() {
             return Vec::new();
         }
         let ring = self.rings.lock().pop();
@@ -104,36 +109,47 @@ impl IoEngine for UringEngine {
             Err(e) => {
                 let why = format!("creating an io_uring: {e}");
                 return ops
-                    .into_iter()
-                    .map(|op| IoDone {
-                        buf: op.buf,
-                        result: Err(io::Error::new(e.kind(), why.clone())),
+                    .map(|op| {
+                        let mut done = IoDone::not_run(op);
+                        done.result = Err(io::Error::new(e.kind(), why.clone()));
+                        done
                     })
                     .collect();
             }
         };
-        let mut slots: Vec<Slot> = ops
-            .into_iter()
-            .map(|op| Slot {
-                op,
-                done: 0,
-                started: None,
-                submitted: false,
-                result: None,
-            })
-            .collect();
+        let mut slots: Vec<Slot> = Vec::new();
+        // The slots of the caller's ops, in order (followers get slots of their own).
+        let mut top: Vec<usize> = Vec::new();
         let mut queue = VecDeque::new();
-        for (i, slot) in slots.iter_mut().enumerate() {
-            match slot.op.check(self.files.len()) {
-                Ok(()) => queue.push_back(i),
-                Err(e) => self.finish(slot, Err(e)),
-            }
-        }
         let mut in_flight = 0usize;
         let mut broken = None;
         loop {
             while in_flight < self.depth as usize {
-                let Some(i) = queue.pop_front() else { break };
+                let (i, fresh) = match queue.pop_front() {
+                    Some(i) => (i, false),
+                    None => match ops.next() {
+                        Some(mut op) => {
+                            let i = slots.len();
+                            top.push(i);
+                            let checked = op.check(self.files.len());
+                            slots.push(Slot {
+                                then: op.then.take(),
+                                child: None,
+                                op,
+                                done: 0,
+                                started: None,
+                                submitted: false,
+                                result: None,
+                            });
+                            if let Err(e) = checked {
+                                self.finish(&mut slots[i], Err(e));
+                                continue;
+                            }
+                            (i, true)
+                        }
+                        None => break,
+                    },
+                };
                 let entry = self.entry(&mut slots[i], i);
                 // SAFETY: the entry points into the buffer of `slots[i]`, which this function
                 // owns and does not drop, move out or touch until the kernel reports the op
@@ -148,6 +164,11 @@ impl IoEngine for UringEngine {
                 slot.submitted = true;
                 in_flight += 1;
                 self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+                if fresh {
+                    // Start it now: the caller prepares the next op (a copy, a checksum)
+                    // while this one is on the device. A failure shows at the wait below.
+                    let _ = ring.submit();
+                }
             }
             if in_flight == 0 {
                 break;
@@ -161,6 +182,7 @@ impl IoEngine for UringEngine {
                 }
             }
             let mut again = Vec::new();
+            let mut launched = Vec::new();
             for cqe in ring.completion() {
                 let i = cqe.user_data() as usize;
                 in_flight -= 1;
@@ -185,10 +207,30 @@ impl IoEngine for UringEngine {
                         again.push(i); // Short transfer: ask for the rest.
                     } else {
                         self.finish(slot, Ok(()));
+                        if let Some(mut next) = slot.then.take() {
+                            // Launch the follower now, ahead of the rest of the batch.
+                            let j = slots.len();
+                            slots[i].child = Some(j);
+                            let checked = next.check(self.files.len());
+                            let grandchild = next.then.take();
+                            slots.push(Slot {
+                                op: *next,
+                                then: grandchild,
+                                child: None,
+                                done: 0,
+                                started: None,
+                                submitted: false,
+                                result: None,
+                            });
+                            match checked {
+                                Ok(()) => launched.push(j),
+                                Err(e) => self.finish(&mut slots[j], Err(e)),
+                            }
+                        }
                     }
                 }
             }
-            for i in again.into_iter().rev() {
+            for i in again.into_iter().chain(launched).rev() {
                 queue.push_front(i);
             }
         }
@@ -212,15 +254,34 @@ impl IoEngine for UringEngine {
                 std::mem::forget(ring);
             }
         }
-        slots
-            .into_iter()
-            .map(|s| IoDone {
+        // Assemble back to front: a follower's slot always comes after its op's.
+        let mut dones: Vec<Option<IoDone>> = Vec::with_capacity(slots.len());
+        dones.resize_with(slots.len(), || None);
+        for (i, s) in slots.into_iter().enumerate().rev() {
+            let then = match (s.child, s.then) {
+                (Some(c), _) => dones[c].take().map(Box::new),
+                (None, Some(op)) => Some(Box::new(IoDone::not_run(*op))),
+                (None, None) => None,
+            };
+            dones[i] = Some(IoDone {
                 buf: s.op.buf,
                 result: s
                     .result
                     .unwrap_or_else(|| Err(io::Error::other("op never ran"))),
-            })
-            .collect()
+                then,
+            });
+        }
+        let mut out: Vec<IoDone> = top
+            .into_iter()
+            .map(|i| dones[i].take().expect("every op assembled"))
+            .collect();
+        // Ops the iterator still held when the ring broke were never started.
+        out.extend(ops.map(|op| {
+            let mut done = IoDone::not_run(op);
+            done.result = Err(io::Error::other("not run: the io_uring failed"));
+            done
+        }));
+        out
     }
 
     fn stats(&self) -> &IoStats {

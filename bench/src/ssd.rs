@@ -1,0 +1,235 @@
+//! `strata-bench ssd`: the ssd tier's demotion writes and reads, with each I/O engine, next
+//! to the raw O_DIRECT throughput of the same file (the ceiling).
+//!
+//! * `strata-ssd` write: whole objects stored through the tier (`Tier::store_objects`, what
+//!   demotion does) in batches of the queue depth: copy into aligned buffers, checksum, the
+//!   batch's values in one submission, then its header blocks in a second.
+//! * `strata-ssd` read: the same objects read back through the tier in batches of the queue
+//!   depth (`SsdTier::read_records`): record in, header and checksum verified, value copied
+//!   out. The figures are per batch for latency, per value for throughput.
+//! * `raw-odirect`: the same file, block size (the value size) and queue depth, as one
+//!   continuous stream of O_DIRECT operations with the queue kept full (io_uring), and no
+//!   headers, checksums or copies: what the device gives.
+//!
+//! Every pass starts on a fresh, sparse file: the raw pass runs first on the io_uring
+//! tier's file, which the tier then resets, so both fill the same holes.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use strata_server::tier::ssd::{
+    open_engine, record_len, IoBuf, IoEngineKind, IoOp, RecoveryMode, SsdOptions, SsdTier, BLOCK,
+};
+use strata_server::tier::{ObjectWrite, Tier};
+
+use crate::report::{histogram, Record, Report};
+
+/// What to run.
+pub struct SsdParams {
+    /// Bytes written (and then read) per pass.
+    pub total: u64,
+    pub sizes: Vec<u64>,
+    pub queue_depth: u32,
+    /// Where the files go (a temporary directory inside it).
+    pub dir: Option<PathBuf>,
+}
+
+impl SsdParams {
+    pub fn full() -> SsdParams {
+        SsdParams {
+            total: 1 << 30,
+            sizes: vec![1 << 20, 4 << 20],
+            queue_depth: 8,
+            dir: None,
+        }
+    }
+
+    pub fn quick() -> SsdParams {
+        SsdParams {
+            total: 32 << 20,
+            sizes: vec![1 << 20],
+            queue_depth: 8,
+            dir: None,
+        }
+    }
+}
+
+pub fn run(p: &SsdParams, report: &mut Report) {
+    let base = match &p.dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir for the ssd files");
+    for &size in &p.sizes {
+        let n = (p.total / size).max(p.queue_depth as u64);
+        for kind in [IoEngineKind::IoUring, IoEngineKind::Psync] {
+            let dir = base.path().join(format!("{kind:?}-{size}"));
+            if kind == IoEngineKind::IoUring {
+                // The ceiling first, on the tier's own file, which the tier then resets
+                // (recovery none): both write into the same fresh, sparse file.
+                drop(open_tier(&dir, kind, size, n, p.queue_depth).expect("ssd tier"));
+                raw_pass(&dir.join("strata-000.ssd"), size, n, p.queue_depth, report);
+            }
+            if let Err(e) = tier_pass(&dir, kind, size, n, p.queue_depth, report) {
+                eprintln!("ssd {kind:?}: {e}");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+fn values(size: u64, count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|v| {
+            (0..size as usize)
+                .map(|i| ((i as u64).wrapping_mul(0x9E37_79B1) >> 7) as u8 ^ v as u8)
+                .collect()
+        })
+        .collect()
+}
+
+fn tier_pass(
+    dir: &Path,
+    kind: IoEngineKind,
+    size: u64,
+    n: u64,
+    qd: u32,
+    report: &mut Report,
+) -> std::io::Result<()> {
+    let tier = open_tier(dir, kind, size, n, qd)?;
+    let engine = tier.engine_name();
+    let sources = values(size, qd as usize);
+    let extents: Vec<_> = (0..n)
+        .map(|_| tier.allocate(size).expect("the file holds every value"))
+        .collect();
+
+    let mut lat = histogram();
+    let started = Instant::now();
+    for batch in extents.chunks(qd as usize) {
+        let objects: Vec<ObjectWrite<'_>> = batch
+            .iter()
+            .zip(&sources)
+            .map(|(e, v)| ObjectWrite {
+                extent: *e,
+                key: b"model@tp_rank:0@0123456789abcdef",
+                value: v,
+            })
+            .collect();
+        let t = Instant::now();
+        // SAFETY: each extent was just allocated for this value and is indexed by nobody.
+        for r in unsafe { tier.store_objects(&objects) } {
+            r.map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        lat.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    let elapsed = started.elapsed();
+    report.add(
+        Record::new("ssd", "strata-ssd", "write", "demote")
+            .size(size)
+            .batch(qd)
+            .timed(n, n * size, elapsed, Some(&lat))
+            .with("engine", engine)
+            .with("queue_depth", qd),
+    );
+
+    let mut lat = histogram();
+    let mut bufs: Vec<Vec<u8>> = (0..qd).map(|_| vec![0u8; size as usize]).collect();
+    let started = Instant::now();
+    for batch in extents.chunks(qd as usize) {
+        let mut items: Vec<_> = batch
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(e, b)| (*e, &mut b[..]))
+            .collect();
+        let t = Instant::now();
+        for r in tier.read_records(&mut items) {
+            r.map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        lat.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    let elapsed = started.elapsed();
+    assert!(bufs[0] == sources[0], "read back other bytes than written");
+    report.add(
+        Record::new("ssd", "strata-ssd", "read", "cold")
+            .size(size)
+            .batch(qd)
+            .timed(n, n * size, elapsed, Some(&lat))
+            .with("engine", engine)
+            .with("queue_depth", qd),
+    );
+    Ok(())
+}
+
+/// A tier in `dir` just large enough for `n` values of `size`, started empty.
+fn open_tier(
+    dir: &Path,
+    kind: IoEngineKind,
+    size: u64,
+    n: u64,
+    qd: u32,
+) -> std::io::Result<SsdTier> {
+    let opts = SsdOptions {
+        engine: kind,
+        queue_depth: qd,
+        recovery: RecoveryMode::None,
+        ..SsdOptions::new(dir)
+    };
+    let capacity = BLOCK + n * record_len(size);
+    SsdTier::open(1, capacity, capacity, &opts)
+}
+
+/// The ceiling: `n` blocks of `size` at the tier's record offsets, as one stream with the
+/// queue kept `qd` deep.
+fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, report: &mut Report) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) => return eprintln!("raw O_DIRECT on {}: {e}", path.display()),
+    };
+    let engine = match open_engine(IoEngineKind::IoUring, vec![file], qd) {
+        Ok((engine, _)) => engine,
+        Err(e) => return eprintln!("raw O_DIRECT needs io_uring: {e}"),
+    };
+    let offset = |i: u64| BLOCK + i * record_len(size) + BLOCK;
+    let mut fill = IoBuf::new(size as usize);
+    fill.as_mut_slice().fill(0xa5);
+    for write in [true, false] {
+        let ops: Vec<IoOp> = (0..n)
+            .map(|i| {
+                let mut buf = IoBuf::new(size as usize);
+                if write {
+                    buf.as_mut_slice().copy_from_slice(fill.as_slice());
+                }
+                if write {
+                    IoOp::write(0, offset(i), size as usize, buf)
+                } else {
+                    IoOp::read(0, offset(i), size as usize, buf)
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let done = engine.run(ops);
+        let elapsed = started.elapsed();
+        if let Some(e) = done.into_iter().find_map(|d| d.result.err()) {
+            return eprintln!("raw O_DIRECT: {e}");
+        }
+        let (op, phase) = if write {
+            ("write", "demote")
+        } else {
+            ("read", "cold")
+        };
+        report.add(
+            Record::new("ssd", "raw-odirect", op, phase)
+                .size(size)
+                .batch(qd)
+                .timed(n, n * size, elapsed, None)
+                .with("engine", "io_uring")
+                .with("queue_depth", qd),
+        );
+    }
+}
