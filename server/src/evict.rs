@@ -171,7 +171,13 @@ impl Inner {
             let Some(hits) = hits else { return false };
             if below.admits(hits) {
                 if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
-                    return self.demote(i, c, dst);
+                    match self.demote(i, c, dst) {
+                        Demotion::Done => return true,
+                        Demotion::Changed => return false,
+                        // The tier below could not take it (a device error): drop it
+                        // rather than let dram fill with objects that cannot leave.
+                        Demotion::Failed => {}
+                    }
                 }
             }
         }
@@ -205,14 +211,14 @@ impl Inner {
 
     /// Copies the victim into `dst` (tier i+1) without holding the shard lock, then swaps
     /// its location if it is still evictable; otherwise gives `dst` back.
-    fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> bool {
+    fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> Demotion {
         let guard = epoch::pin();
         let (src, key) = {
             let shard = self.shards[c.shard].0.lock();
             if !self.still_evictable(&shard, i, c) {
                 drop(shard);
                 self.tiers[dst.tier as usize].retire(dst, &guard);
-                return false;
+                return Demotion::Changed;
             }
             let e = shard.entry(c.slot);
             (e.extent, e.key.clone())
@@ -233,13 +239,15 @@ impl Inner {
                 "demoting an object to the {} tier failed: {e}",
                 self.tiers[dst.tier as usize].kind().name()
             );
+            self.tiers[dst.tier as usize].retire(dst, &guard);
+            return Demotion::Failed;
         }
         let mut shard = self.shards[c.shard].0.lock();
         let unchanged = self.still_evictable(&shard, i, c) && shard.entry(c.slot).extent == src;
-        if copied.is_err() || !unchanged {
+        if !unchanged {
             drop(shard);
             self.tiers[dst.tier as usize].retire(dst, &guard);
-            return false;
+            return Demotion::Changed;
         }
         shard.move_to(c.slot, dst);
         drop(shard);
@@ -249,8 +257,16 @@ impl Inner {
         self.counters
             .evicted_bytes
             .fetch_add(c.len, Ordering::Relaxed);
-        true
+        Demotion::Done
     }
+}
+
+enum Demotion {
+    Done,
+    /// The victim was used, leased or removed meanwhile: leave it.
+    Changed,
+    /// The copy failed.
+    Failed,
 }
 
 /// Copies a whole object from one tier's extent into another's.
