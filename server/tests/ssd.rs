@@ -47,9 +47,7 @@ fn tier_of(s: &Store, key: &[u8]) -> u8 {
 }
 
 fn fill(s: &Store, n: usize) {
-    for i in 0..n {
-        s.put(&key(i), &value(i), PutOptions::default()).unwrap();
-    }
+    fill_from(s, 0, n);
 }
 
 #[test]
