@@ -180,3 +180,49 @@ fn free_gap(records: &BTreeMap<Vec<u8>, (PathBuf, u64, u64)>, file: &Path) -> (P
 fn xxh3(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_on_shutdown_carries_dram_over_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let args: Vec<&str> = ARGS
+        .iter()
+        .copied()
+        .chain(["--persist-on-shutdown"])
+        .collect();
+    let mut server = ServerProcess::start_in(dir.path(), "127.0.0.1:0", &args);
+    let addr = server.addr.to_string();
+    let client = Client::connect(server.client_config()).await.unwrap();
+    for i in 0..8 {
+        client
+            .put_from(&key(i), &block_value(i, MIB))
+            .await
+            .unwrap();
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.tiers[0].objects, 8, "all in dram before the shutdown");
+    drop(client);
+    assert!(server.terminate().success());
+
+    let server = ServerProcess::start_in(dir.path(), &addr, &args);
+    let client = Client::connect(server.client_config()).await.unwrap();
+    for i in 0..8 {
+        let got = client.get(&key(i)).await.unwrap();
+        assert!(got[..] == block_value(i, MIB)[..], "object {i} differs");
+    }
+    // Without the flag, what is only in dram is gone after a restart.
+    drop(client);
+    drop(server);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_in(dir.path(), "127.0.0.1:0", ARGS);
+    let client = Client::connect(server.client_config()).await.unwrap();
+    client
+        .put_from(&key(0), &block_value(0, MIB))
+        .await
+        .unwrap();
+    drop(client);
+    assert!(server.terminate().success());
+    let server = ServerProcess::start_in(dir.path(), "127.0.0.1:0", ARGS);
+    let client = Client::connect(server.client_config()).await.unwrap();
+    let gone = client.get(&key(0)).await.unwrap_err();
+    assert_eq!(gone.code(), ErrorCode::NotFound);
+}
