@@ -135,7 +135,7 @@ struct Buffers {
     by_start: BTreeMap<usize, (usize, BufferId)>,
 }
 
-fn timed_out(what: &str, after: Duration) -> Error {
+pub(crate) fn timed_out(what: &str, after: Duration) -> Error {
     Error::new(
         ErrorCode::Timeout,
         format!("{what} did not finish within {after:?}"),

@@ -125,6 +125,50 @@ impl Drop for Unfinished {
     }
 }
 
+/// Sends a batch put_start from a task of its own and waits for its answer. If the caller
+/// gives up first (its timeout drops this future) after the server reserved space, the
+/// task still reads the answer and revokes what was reserved, rather than leave it held
+/// until its deadline.
+async fn start_batch(
+    link: &Arc<Link>,
+    frame: Vec<u8>,
+    keys: Vec<Vec<u8>>,
+) -> Result<Vec<PutStartResult>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let link = Arc::clone(link);
+    tokio::spawn(async move {
+        // Bounded like any transfer: the connection's idle timeout ends it anyway.
+        let bound = Duration::from_secs(30);
+        let answer = match tokio::time::timeout(bound, exchange_on(&link, &frame, &[])).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Error::new(ErrorCode::Timeout, "put_start got no answer")),
+        };
+        let answer = answer
+            .and_then(|h| decode::<BatchPutStartResponse>(&h))
+            .and_then(|r| {
+                (r.results.len() == keys.len())
+                    .then_some(r.results)
+                    .ok_or_else(missing_answer)
+            });
+        if let Err(Ok(results)) = tx.send(answer) {
+            let mut orphaned = Unfinished {
+                link,
+                keys: Vec::new(),
+                writers: Vec::new(),
+            };
+            for (key, result) in keys.into_iter().zip(results) {
+                if let PutStartResult::Started(s) = result {
+                    orphaned.keys.push(key);
+                    orphaned.writers.push(s.writer);
+                }
+            }
+            drop(orphaned); // Revokes them.
+        }
+    });
+    rx.await
+        .unwrap_or_else(|_| Err(Error::new(ErrorCode::Internal, "the put_start task ended")))
+}
+
 /// One value of a put batch, reserved and waiting for its bytes.
 struct Reserved {
     index: usize,
@@ -303,14 +347,8 @@ impl Client {
         };
         let frame = encode_request(Opcode::BatchPutStart, &request);
         let sent = Instant::now();
-        let answer = exchange_on(link, &frame, &[])
-            .await
-            .and_then(|h| decode::<BatchPutStartResponse>(&h))
-            .and_then(|r| {
-                (r.results.len() == items.len())
-                    .then_some(r.results)
-                    .ok_or_else(missing_answer)
-            });
+        let keys = items.iter().map(|(k, _)| k.to_vec()).collect();
+        let answer = start_batch(link, frame, keys).await;
         let started = match answer {
             Ok(started) => started,
             Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
@@ -364,6 +402,14 @@ impl Client {
             written.push((r, copied.map(|()| 0)));
         }
 
+        // The copy runs off the reactor, where the caller's timeout cannot interrupt it:
+        // enforce the transfer timeout here, before committing (what was reserved is
+        // revoked by `unfinished`).
+        let limit = self.inner.config.transfer_timeout;
+        if sent.elapsed() > limit {
+            let e = crate::client::timed_out("put", limit);
+            return items.iter().map(|_| Err(e.clone())).collect();
+        }
         let mut commit = Vec::new();
         for (r, copied) in written {
             match copied {
