@@ -1,0 +1,313 @@
+/*
+ * host-sim: a strata device module whose "device memory" is shared memory.
+ *
+ * Each allocation is a memfd mapped shared. Its IPC handle names the exporting process,
+ * the descriptor number and the file's identity (st_dev, st_ino); an importer opens the
+ * same file through /proc/<pid>/fd/<fd> and maps it, then checks the identity, so a
+ * handle whose exporter exited (or whose descriptor number was reused) is refused rather
+ * than mapped onto the wrong memory. A mapping stays valid in the importer after the
+ * exporter exits, as the file lives while anyone maps it.
+ *
+ * Copies are memcpy, but checked like a real device's: the device side of every copy
+ * must lie inside one allocation or import of this context, so a host pointer passed as
+ * a device pointer (a wrong copy kind) fails instead of silently working.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "strata_device.h"
+
+#define HOST_SIM_DEVICES 8
+#define HANDLE_MAGIC 0x4d495353u /* "SSIM" */
+#define HANDLE_VERSION 1u
+
+enum { STATUS_OK = 0, STATUS_INVALID = 1, STATUS_NO_MEMORY = 2, STATUS_SYSTEM = 3 };
+
+struct region {
+    uintptr_t base;
+    uint64_t size;
+    int fd;       /* the memfd of an owned allocation, -1 for an import */
+    int imported; /* 1 when mapped by import_handle */
+};
+
+struct strata_device {
+    uint32_t index;
+    pthread_rwlock_t lock;
+    struct region *regions;
+    size_t len;
+    size_t cap;
+};
+
+struct handle_layout {
+    uint32_t magic;
+    uint32_t version;
+    int32_t pid;
+    int32_t fd;
+    uint64_t st_dev;
+    uint64_t st_ino;
+    uint64_t size;
+};
+
+static _Thread_local char last_error_text[512] = "no error";
+
+static int32_t fail(int32_t status, const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(last_error_text, sizeof last_error_text, fmt, args);
+    va_end(args);
+    return status;
+}
+
+static const char *host_sim_last_error(void) { return last_error_text; }
+
+static int32_t host_sim_open(uint32_t index, strata_device **out) {
+    if (out == NULL)
+        return fail(STATUS_INVALID, "open: null output pointer");
+    if (index >= HOST_SIM_DEVICES)
+        return fail(STATUS_INVALID, "open: host-sim has devices 0..%d, not %u",
+                    HOST_SIM_DEVICES - 1, index);
+    strata_device *dev = calloc(1, sizeof *dev);
+    if (dev == NULL)
+        return fail(STATUS_NO_MEMORY, "open: out of host memory");
+    dev->index = index;
+    if (pthread_rwlock_init(&dev->lock, NULL) != 0) {
+        free(dev);
+        return fail(STATUS_SYSTEM, "open: pthread_rwlock_init failed");
+    }
+    *out = dev;
+    return STATUS_OK;
+}
+
+static int32_t host_sim_close(strata_device *dev) {
+    if (dev == NULL)
+        return fail(STATUS_INVALID, "close: null device");
+    /* Whatever the caller left behind is released here rather than leaked. */
+    for (size_t i = 0; i < dev->len; i++) {
+        munmap((void *)dev->regions[i].base, dev->regions[i].size);
+        if (dev->regions[i].fd >= 0)
+            close(dev->regions[i].fd);
+    }
+    free(dev->regions);
+    pthread_rwlock_destroy(&dev->lock);
+    free(dev);
+    return STATUS_OK;
+}
+
+/* Appends a region; the caller holds the write lock. */
+static int add_region(strata_device *dev, struct region r) {
+    if (dev->len == dev->cap) {
+        size_t cap = dev->cap ? dev->cap * 2 : 16;
+        struct region *grown = realloc(dev->regions, cap * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        dev->regions = grown;
+        dev->cap = cap;
+    }
+    dev->regions[dev->len++] = r;
+    return 0;
+}
+
+/* The index of the region starting at `base`, or -1; the caller holds the lock. */
+static long find_base(const strata_device *dev, uintptr_t base) {
+    for (size_t i = 0; i < dev->len; i++)
+        if (dev->regions[i].base == base)
+            return (long)i;
+    return -1;
+}
+
+/* Whether [addr, addr + len) lies inside one region; the caller holds the lock. */
+static int covered(const strata_device *dev, uint64_t addr, uint64_t len) {
+    for (size_t i = 0; i < dev->len; i++) {
+        const struct region *r = &dev->regions[i];
+        if (addr >= r->base && addr - r->base <= r->size && len <= r->size - (addr - r->base))
+            return 1;
+    }
+    return 0;
+}
+
+static int32_t host_sim_alloc(strata_device *dev, uint64_t size, strata_devptr *out) {
+    if (dev == NULL || out == NULL || size == 0)
+        return fail(STATUS_INVALID, "alloc: null argument or zero size");
+    int fd = memfd_create("strata-host-sim", MFD_CLOEXEC);
+    if (fd < 0)
+        return fail(STATUS_SYSTEM, "alloc: memfd_create: %s", strerror(errno));
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        return fail(STATUS_NO_MEMORY, "alloc: cannot size %llu bytes: %s",
+                    (unsigned long long)size, strerror(e));
+    }
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        int e = errno;
+        close(fd);
+        return fail(STATUS_NO_MEMORY, "alloc: mmap of %llu bytes: %s",
+                    (unsigned long long)size, strerror(e));
+    }
+    struct region r = {(uintptr_t)base, size, fd, 0};
+    pthread_rwlock_wrlock(&dev->lock);
+    int added = add_region(dev, r);
+    pthread_rwlock_unlock(&dev->lock);
+    if (added != 0) {
+        munmap(base, size);
+        close(fd);
+        return fail(STATUS_NO_MEMORY, "alloc: out of host memory for bookkeeping");
+    }
+    *out = (strata_devptr)(uintptr_t)base;
+    return STATUS_OK;
+}
+
+/* Removes the region at `ptr` if its kind is `imported`; unmaps it outside the lock. */
+static int32_t release(strata_device *dev, strata_devptr ptr, int imported, const char *op) {
+    if (dev == NULL)
+        return fail(STATUS_INVALID, "%s: null device", op);
+    pthread_rwlock_wrlock(&dev->lock);
+    long i = find_base(dev, (uintptr_t)ptr);
+    if (i < 0 || dev->regions[i].imported != imported) {
+        pthread_rwlock_unlock(&dev->lock);
+        return fail(STATUS_INVALID, "%s: %#llx is not the start of %s", op,
+                    (unsigned long long)ptr, imported ? "an import" : "an allocation");
+    }
+    struct region r = dev->regions[i];
+    dev->regions[i] = dev->regions[--dev->len];
+    pthread_rwlock_unlock(&dev->lock);
+    munmap((void *)r.base, r.size);
+    if (r.fd >= 0)
+        close(r.fd);
+    return STATUS_OK;
+}
+
+static int32_t host_sim_free(strata_device *dev, strata_devptr ptr) {
+    return release(dev, ptr, 0, "free");
+}
+
+static int32_t host_sim_close_imported(strata_device *dev, strata_devptr ptr) {
+    return release(dev, ptr, 1, "close_imported");
+}
+
+static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uint64_t len,
+                             strata_copy_kind kind) {
+    if (dev == NULL)
+        return fail(STATUS_INVALID, "copy: null device");
+    if (len == 0)
+        return STATUS_OK;
+    int dst_device = kind == STRATA_COPY_HOST_TO_DEVICE || kind == STRATA_COPY_DEVICE_TO_DEVICE;
+    int src_device = kind == STRATA_COPY_DEVICE_TO_HOST || kind == STRATA_COPY_DEVICE_TO_DEVICE;
+    if (!dst_device && !src_device)
+        return fail(STATUS_INVALID, "copy: unknown kind %d", (int)kind);
+    pthread_rwlock_rdlock(&dev->lock);
+    int ok = (!dst_device || covered(dev, dst, len)) && (!src_device || covered(dev, src, len));
+    pthread_rwlock_unlock(&dev->lock);
+    if (!ok)
+        return fail(STATUS_INVALID,
+                    "copy: %llu bytes %#llx -> %#llx (kind %d): the device side is not inside "
+                    "an allocation or import of device %u",
+                    (unsigned long long)len, (unsigned long long)src, (unsigned long long)dst,
+                    (int)kind, dev->index);
+    /* The lock is not held across the copy: the caller owns the ranges (see the header). */
+    memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+    return STATUS_OK;
+}
+
+static int32_t host_sim_export(strata_device *dev, strata_devptr ptr, strata_ipc_handle *out) {
+    if (dev == NULL || out == NULL)
+        return fail(STATUS_INVALID, "export_handle: null argument");
+    pthread_rwlock_rdlock(&dev->lock);
+    long i = find_base(dev, (uintptr_t)ptr);
+    struct region r = i >= 0 ? dev->regions[i] : (struct region){0, 0, -1, 1};
+    pthread_rwlock_unlock(&dev->lock);
+    if (i < 0 || r.imported)
+        return fail(STATUS_INVALID, "export_handle: %#llx is not the start of an allocation",
+                    (unsigned long long)ptr);
+    struct stat st;
+    if (fstat(r.fd, &st) != 0)
+        return fail(STATUS_SYSTEM, "export_handle: fstat: %s", strerror(errno));
+    struct handle_layout h = {HANDLE_MAGIC, HANDLE_VERSION, (int32_t)getpid(), r.fd,
+                              (uint64_t)st.st_dev, (uint64_t)st.st_ino, r.size};
+    memset(out, 0, sizeof *out);
+    memcpy(out->bytes, &h, sizeof h);
+    return STATUS_OK;
+}
+
+static int32_t host_sim_import(strata_device *dev, const strata_ipc_handle *handle,
+                               strata_devptr *out, uint64_t *size) {
+    if (dev == NULL || handle == NULL || out == NULL)
+        return fail(STATUS_INVALID, "import_handle: null argument");
+    struct handle_layout h;
+    memcpy(&h, handle->bytes, sizeof h);
+    if (h.magic != HANDLE_MAGIC || h.version != HANDLE_VERSION || h.size == 0)
+        return fail(STATUS_INVALID, "import_handle: not a host-sim handle (version %u)",
+                    HANDLE_VERSION);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)h.pid, (int)h.fd);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return fail(STATUS_INVALID, "import_handle: cannot open %s (exporter gone?): %s", path,
+                    strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_dev != h.st_dev ||
+        (uint64_t)st.st_ino != h.st_ino || (uint64_t)st.st_size < h.size) {
+        close(fd);
+        return fail(STATUS_INVALID,
+                    "import_handle: %s is no longer the exported allocation (stale handle)",
+                    path);
+    }
+    void *base = mmap(NULL, h.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd); /* the mapping keeps the memory */
+    if (base == MAP_FAILED)
+        return fail(STATUS_NO_MEMORY, "import_handle: mmap of %llu bytes: %s",
+                    (unsigned long long)h.size, strerror(errno));
+    struct region r = {(uintptr_t)base, h.size, -1, 1};
+    pthread_rwlock_wrlock(&dev->lock);
+    int added = add_region(dev, r);
+    pthread_rwlock_unlock(&dev->lock);
+    if (added != 0) {
+        munmap(base, h.size);
+        return fail(STATUS_NO_MEMORY, "import_handle: out of host memory for bookkeeping");
+    }
+    *out = (strata_devptr)(uintptr_t)base;
+    if (size != NULL)
+        *size = h.size;
+    return STATUS_OK;
+}
+
+static int32_t host_sim_synchronize(strata_device *dev) {
+    if (dev == NULL)
+        return fail(STATUS_INVALID, "synchronize: null device");
+    /* Copies are synchronous memcpy; a fence orders them against what follows. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return STATUS_OK;
+}
+
+#ifndef HOST_SIM_ABI_VERSION
+#define HOST_SIM_ABI_VERSION STRATA_DEVICE_ABI_VERSION
+#endif
+
+static const strata_device_vtable HOST_SIM = {
+    .abi_version = HOST_SIM_ABI_VERSION,
+    .vtable_size = sizeof(strata_device_vtable),
+    .backend_name = "host-sim",
+    .open = host_sim_open,
+    .close = host_sim_close,
+    .alloc = host_sim_alloc,
+    .free = host_sim_free,
+    .copy = host_sim_copy,
+    .export_handle = host_sim_export,
+    .import_handle = host_sim_import,
+    .close_imported = host_sim_close_imported,
+    .synchronize = host_sim_synchronize,
+    .last_error = host_sim_last_error,
+};
+
+__attribute__((visibility("default"))) const strata_device_vtable *strata_device_entry(void) {
+    return &HOST_SIM;
+}

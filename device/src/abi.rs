@@ -1,0 +1,49 @@
+//! The Rust mirror of `include/strata_device.h`. Field order and types must match the
+//! header exactly; the loader checks `abi_version` and `vtable_size` before any call.
+
+use std::ffi::{c_char, c_void};
+
+/// `STRATA_DEVICE_ABI_VERSION`.
+pub const ABI_VERSION: u32 = 1;
+
+/// `STRATA_IPC_HANDLE_BYTES`.
+pub const IPC_HANDLE_BYTES: usize = 128;
+
+/// `STRATA_DEVICE_ENTRY_SYMBOL`, NUL-terminated for dlsym.
+pub const ENTRY_SYMBOL: &[u8] = b"strata_device_entry\0";
+
+/// `strata_device *` (opaque).
+pub type RawDevice = *mut c_void;
+
+/// `strata_ipc_handle`.
+#[repr(C)]
+pub struct RawIpcHandle {
+    pub bytes: [u8; IPC_HANDLE_BYTES],
+}
+
+/// `strata_device_vtable`.
+#[repr(C)]
+pub struct VTable {
+    pub abi_version: u32,
+    pub vtable_size: u32,
+    pub backend_name: *const c_char,
+    pub open: unsafe extern "C" fn(index: u32, out: *mut RawDevice) -> i32,
+    pub close: unsafe extern "C" fn(dev: RawDevice) -> i32,
+    pub alloc: unsafe extern "C" fn(dev: RawDevice, size: u64, out: *mut u64) -> i32,
+    pub free: unsafe extern "C" fn(dev: RawDevice, ptr: u64) -> i32,
+    pub copy: unsafe extern "C" fn(dev: RawDevice, dst: u64, src: u64, len: u64, kind: i32) -> i32,
+    pub export_handle:
+        unsafe extern "C" fn(dev: RawDevice, ptr: u64, out: *mut RawIpcHandle) -> i32,
+    pub import_handle: unsafe extern "C" fn(
+        dev: RawDevice,
+        handle: *const RawIpcHandle,
+        out: *mut u64,
+        size: *mut u64,
+    ) -> i32,
+    pub close_imported: unsafe extern "C" fn(dev: RawDevice, ptr: u64) -> i32,
+    pub synchronize: unsafe extern "C" fn(dev: RawDevice) -> i32,
+    pub last_error: unsafe extern "C" fn() -> *const c_char,
+}
+
+/// `strata_device_entry`.
+pub type EntryFn = unsafe extern "C" fn() -> *const VTable;
