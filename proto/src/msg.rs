@@ -62,6 +62,91 @@ pub struct HandshakeResponse {
     pub instance: u64,
     /// How a client on this host maps the dram tier, when the server shares it.
     pub shm: Option<ShmOffer>,
+    /// The device tier, when the server has one: a client on this host opens the same
+    /// backend and imports segments by their handles ([`Opcode::DeviceSegments`](crate::wire::Opcode::DeviceSegments)).
+    pub device: Option<DeviceOffer>,
+}
+
+/// The server's device tier, as told in the handshake.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceOffer {
+    /// The tier's index ([`Location::tier`]).
+    pub tier: u8,
+    /// The backend, as `--device-plugin` spells it (`host-sim`, `cuda`, `ascend`, a path).
+    pub backend: String,
+    /// The device's index on the host.
+    pub device_index: u32,
+    /// How often an owner must heart-beat a mounted segment, in milliseconds, before the
+    /// server drops it with its objects.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// One segment of the device tier.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSegmentInfo {
+    /// Its number in locations ([`Location::segment`]); never reused for other memory
+    /// while the server runs.
+    pub segment: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The IPC handle to import it with (the backend's bytes).
+    pub handle: Vec<u8>,
+    /// Contributed by a client (`mount_segment`) rather than allocated by the server.
+    pub mounted: bool,
+}
+
+/// [`Opcode::DeviceSegments`](crate::wire::Opcode::DeviceSegments) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSegmentsResponse {
+    /// Every segment the device tier has now.
+    pub segments: Vec<DeviceSegmentInfo>,
+}
+
+/// [`Opcode::MountSegment`](crate::wire::Opcode::MountSegment) request.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MountSegmentRequest {
+    /// The backend the memory was allocated with; must be the server's.
+    pub backend: String,
+    /// The device it is on; must be the server's.
+    pub device_index: u32,
+    /// The IPC handle of the allocation.
+    pub handle: Vec<u8>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Who contributes it (for logs): process and host.
+    pub owner: String,
+}
+
+/// A mounted segment, named by its number ([`MountSegmentRequest`]'s answer, and the
+/// request of heartbeat and unmount).
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentRef {
+    /// The device tier's index.
+    pub tier: u8,
+    /// The segment's number ([`DeviceSegmentInfo::segment`]).
+    pub segment: u32,
+}
+
+/// [`Opcode::UnmountSegment`](crate::wire::Opcode::UnmountSegment) response.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnmountResponse {
+    /// Objects moved down a tier.
+    pub moved: u64,
+    /// Objects that could not be moved (no space below, or still leased at the end of
+    /// the wait) and were dropped.
+    pub dropped: u64,
+}
+
+/// Where a put asks its value to be placed.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    /// The highest tier under its high watermark.
+    #[default]
+    Auto,
+    /// The device tier.
+    Device,
+    /// The dram tier.
+    Dram,
 }
 
 /// One shared-memory segment of a tier.
@@ -107,6 +192,8 @@ pub struct PutRequest {
     pub len: u64,
     /// Never evict the object.
     pub pin: bool,
+    /// Which tier the value should go to.
+    pub placement: Placement,
 }
 
 /// Where an object's bytes are in the server's tiers.
@@ -174,6 +261,8 @@ pub struct BatchPutStartRequest {
     pub lens: Vec<u64>,
     /// Never evict the objects.
     pub pin: bool,
+    /// Which tier the values should go to.
+    pub placement: Placement,
 }
 
 /// The outcome of one reservation of a batch.
@@ -487,6 +576,8 @@ pub struct StatsResponse {
     pub promotions: u64,
     /// Objects dropped because their stored bytes failed their checksum.
     pub corrupt: u64,
+    /// Objects dropped with a device segment that was unmounted.
+    pub unmounted_objects: u64,
     /// Connections the server holds now.
     pub connections: u64,
 }

@@ -127,11 +127,19 @@ pub enum Opcode {
     BatchPutStart = 16,
     /// Commit or cancel a batch of reservations.
     BatchPutFinish = 17,
+    /// The device tier's segments and their IPC handles (same-host device transport).
+    DeviceSegments = 18,
+    /// A client contributes device memory it allocated as a segment of the device tier.
+    MountSegment = 19,
+    /// The owner of a mounted segment is alive.
+    SegmentHeartbeat = 20,
+    /// The owner takes its segment back: objects move down a tier first.
+    UnmountSegment = 21,
 }
 
 impl Opcode {
     /// Every opcode, in numeric order.
-    pub const ALL: [Opcode; 17] = [
+    pub const ALL: [Opcode; 21] = [
         Opcode::Handshake,
         Opcode::Ping,
         Opcode::Put,
@@ -149,6 +157,10 @@ impl Opcode {
         Opcode::Stats,
         Opcode::BatchPutStart,
         Opcode::BatchPutFinish,
+        Opcode::DeviceSegments,
+        Opcode::MountSegment,
+        Opcode::SegmentHeartbeat,
+        Opcode::UnmountSegment,
     ];
 
     /// The opcode with this number, if there is one.
@@ -176,6 +188,10 @@ impl Opcode {
             Opcode::Stats => "stats",
             Opcode::BatchPutStart => "batch_put_start",
             Opcode::BatchPutFinish => "batch_put_finish",
+            Opcode::DeviceSegments => "device_segments",
+            Opcode::MountSegment => "mount_segment",
+            Opcode::SegmentHeartbeat => "segment_heartbeat",
+            Opcode::UnmountSegment => "unmount_segment",
         }
     }
 }

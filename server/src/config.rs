@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use strata_proto::{Error, ErrorCode};
 
+use crate::tier::device::DeviceOptions;
 use crate::tier::ssd::SsdOptions;
 use crate::tier::{TierKind, MAX_TIERS};
 
@@ -23,6 +24,8 @@ pub struct TierConfig {
     pub populate: bool,
     /// Where and how an ssd tier keeps its files (`Some` exactly for `TierKind::Ssd`).
     pub ssd: Option<SsdOptions>,
+    /// Which device a device tier is on (`Some` exactly for `TierKind::Device`).
+    pub device: Option<DeviceOptions>,
 }
 
 impl TierConfig {
@@ -35,6 +38,21 @@ impl TierConfig {
             alignment: 4096,
             populate: false,
             ssd: None,
+            device: None,
+        }
+    }
+
+    /// A device tier of `capacity` bytes the server allocates itself (0: only segments
+    /// that clients mount), in segments of at most 1 GiB.
+    pub fn device(capacity: u64, opts: DeviceOptions) -> TierConfig {
+        TierConfig {
+            kind: TierKind::Device,
+            capacity,
+            segment_size: capacity.clamp(4096, 1 << 30),
+            alignment: 4096,
+            populate: false,
+            ssd: None,
+            device: Some(opts),
         }
     }
 
@@ -48,6 +66,7 @@ impl TierConfig {
             alignment: 4096,
             populate: false,
             ssd: Some(opts),
+            device: None,
         }
     }
 }
@@ -112,7 +131,7 @@ impl StoreConfig {
                     t.alignment
                 )));
             }
-            if t.capacity < t.alignment {
+            if t.capacity < t.alignment && t.kind != TierKind::Device {
                 return Err(invalid(format!(
                     "tier {i} ({name}): capacity {} is below the alignment {}",
                     t.capacity, t.alignment
@@ -127,6 +146,17 @@ impl StoreConfig {
             if (t.kind == TierKind::Ssd) != t.ssd.is_some() {
                 return Err(invalid(format!(
                     "tier {i} ({name}): ssd options go with, and only with, an ssd tier"
+                )));
+            }
+            if (t.kind == TierKind::Device) != t.device.is_some() {
+                return Err(invalid(format!(
+                    "tier {i} ({name}): device options go with, and only with, a device tier"
+                )));
+            }
+            if t.kind == TierKind::Device && (i != 0 || self.tiers.len() < 2) {
+                return Err(invalid(format!(
+                    "tier {i} (device): the device tier must be the top tier, above dram (its \
+                     objects are demoted there)"
                 )));
             }
             if t.kind == TierKind::Ssd && (i == 0 || i + 1 != self.tiers.len()) {

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_epoch as epoch;
 
@@ -51,6 +51,9 @@ struct Candidate {
     slot: u32,
     generation: u32,
     len: u64,
+    /// Moved out of a device segment being unmounted: pinned objects move too (keeping
+    /// their pin), since the memory is leaving.
+    relocating: bool,
 }
 
 impl Inner {
@@ -58,6 +61,7 @@ impl Inner {
     /// watermark down by `eviction_ratio` of its capacity (at least to the watermark).
     pub(crate) fn maintain(&self) {
         self.reap_expired_reservations();
+        self.reap_silent_mounts();
         for i in 0..self.tiers.len() {
             if self.above_watermark(i) {
                 let t = &self.tiers[i];
@@ -127,6 +131,7 @@ impl Inner {
                             slot,
                             generation,
                             len,
+                            relocating: false,
                         }),
                 );
             }
@@ -203,7 +208,7 @@ impl Inner {
     ) -> bool {
         shard.live(c.slot, c.generation).is_some_and(|e| {
             e.state == State::Complete
-                && !e.pinned
+                && (!e.pinned || c.relocating)
                 && e.extent.tier as usize == i
                 && e.lease_until <= self.clock.now()
         })
@@ -261,6 +266,53 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Moves the complete objects of device segment `segment` (tier `i`) down a tier,
+    /// waiting for leased ones until `deadline`; returns (moved, left behind).
+    pub(crate) fn relocate_segment(&self, i: usize, segment: u16, deadline: Instant) -> (u64, u64) {
+        let mut moved = 0;
+        loop {
+            let mut left = 0;
+            for (s, padded) in self.shards.iter().enumerate() {
+                let victims: Vec<Candidate> = {
+                    let shard = padded.0.lock();
+                    shard
+                        .slots()
+                        .into_iter()
+                        .filter_map(|(slot, generation)| {
+                            let e = shard.entry(slot);
+                            let here = e.state == State::Complete
+                                && e.extent.tier as usize == i
+                                && e.extent.segment == segment;
+                            here.then_some(Candidate {
+                                stamp: e.stamp,
+                                shard: s,
+                                slot,
+                                generation,
+                                len: e.extent.len,
+                                relocating: true,
+                            })
+                        })
+                        .collect()
+                };
+                for c in &victims {
+                    let before = self.counters.demotions.load(Ordering::Relaxed);
+                    let gone = self.evict_one(i, c);
+                    if self.counters.demotions.load(Ordering::Relaxed) > before {
+                        moved += 1;
+                    } else if !gone {
+                        left += 1; // leased (or changed): try again
+                    }
+                }
+            }
+            if left == 0 || Instant::now() >= deadline {
+                return (moved, left);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 enum Demotion {
     Done,
     /// The victim was used, leased or removed meanwhile: leave it.
@@ -286,6 +338,15 @@ unsafe fn copy_object(
     // SAFETY: forwarded from this function's contract.
     let value = match unsafe { src_tier.host_bytes(src) } {
         Some(bytes) => bytes,
+        // SAFETY: `dst` is exclusively the caller's (this function's contract).
+        None if unsafe { dst_tier.host_bytes_mut(dst) }.is_some() => {
+            // A source that is not host memory (device) copies straight into a host
+            // destination (dram): one device-to-host copy, no staging.
+            // SAFETY: as above; the slice is taken again only now that it is needed.
+            let into = unsafe { dst_tier.host_bytes_mut(dst) }.expect("checked above");
+            // SAFETY: forwarded from this function's contract.
+            return unsafe { src_tier.read(src, into) };
+        }
         None => {
             let mut buf = vec![0u8; src.len as usize];
             // SAFETY: forwarded.

@@ -39,6 +39,15 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         .build()
         .map_err(|e| internal(format!("starting the runtime: {e}")))?;
     let store = Arc::new(Store::open(settings.store)?);
+    if let Some((_, device)) = store.device_tier() {
+        let d = device.device();
+        tracing::info!(
+            backend = d.backend(),
+            index = d.index(),
+            "device tier of {} bytes",
+            crate::tier::Tier::capacity(device)
+        );
+    }
     for t in store.stats().tiers {
         if let Some(io) = t.io {
             tracing::info!(

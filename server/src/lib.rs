@@ -3,8 +3,10 @@
 //!
 //! Start at [`Store`]: it implements the operation contract of the design brief — two-phase
 //! puts with reservations, leased reads, prefix lookup, removal, pinning, per-tier LRU
-//! eviction with watermarks — over a stack of tiers: dram (shared memory) above ssd (O_DIRECT
-//! files that survive restarts), with demotion on eviction and promotion on a second read.
+//! eviction with watermarks — over a stack of tiers: device memory (HBM through the FFI
+//! device module, with segments engine processes mount) above dram (shared memory) above ssd
+//! (O_DIRECT files that survive restarts), with demotion on eviction and promotion on a
+//! second read.
 //!
 //! The QUIC service over it is [`net`]; the `strata-server` binary's flags are [`settings`].
 //!
@@ -25,8 +27,12 @@ pub mod tier;
 
 pub use clock::{Clock, ManualClock};
 pub use config::{StoreConfig, TierConfig};
-pub use engine::{OpCounters, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats};
+pub use engine::{
+    OpCounters, Placement, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats, UnmountReport,
+};
 pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
+pub use strata_device as device;
 pub use strata_proto::{Error, ErrorCode, Key, Result};
+pub use tier::device::{DeviceOptions, DeviceTier};
 pub use tier::ssd::{Admission, IoEngineKind, IoFigures, RecoveryMode, SsdOptions};
 pub use tier::{Extent, SharedSegment, TierKind, TierStats};

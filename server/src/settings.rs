@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
+use strata_device::Backend;
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::net::{ServiceConfig, TlsSource};
+use crate::tier::device::DeviceOptions;
 use crate::{SsdOptions, StoreConfig, TierConfig};
 
 /// Default QUIC port (Mooncake's master uses the same number).
@@ -129,6 +131,21 @@ pub struct ServerArgs {
     /// least once after their put) [default: admit-all].
     #[arg(long, env = "STRATA_SSD_ADMISSION")]
     pub ssd_admission: Option<String>,
+    /// Device module of the device tier: host-sim, cuda, ascend, the path of a plugin
+    /// implementing strata_device.h, or `off` for no device tier [default: host-sim].
+    #[arg(long, env = "STRATA_DEVICE_PLUGIN")]
+    pub device_plugin: Option<String>,
+    /// Which device of the module [default: 0].
+    #[arg(long, env = "STRATA_DEVICE_INDEX")]
+    pub device_index: Option<u32>,
+    /// Bytes of device memory the server allocates for the device tier; 0 keeps only the
+    /// segments clients mount [default: 128MiB].
+    #[arg(long, env = "STRATA_DEVICE_CAPACITY")]
+    pub device_capacity: Option<Size>,
+    /// Milliseconds a mounted segment's owner may go without a heartbeat before the
+    /// segment is dropped with its objects [default: 5000].
+    #[arg(long, env = "STRATA_SEGMENT_HEARTBEAT_TIMEOUT")]
+    pub segment_heartbeat_timeout: Option<u64>,
     /// On SIGINT/SIGTERM, move dram's contents to the ssd tier before exiting, so they are
     /// there after the restart [default: false].
     #[arg(long, env = "STRATA_PERSIST_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
@@ -190,6 +207,12 @@ impl ServerArgs {
             ssd_recovery: self.ssd_recovery.or(file.ssd_recovery),
             ssd_admission: self.ssd_admission.or(file.ssd_admission),
             persist_on_shutdown: self.persist_on_shutdown.or(file.persist_on_shutdown),
+            device_plugin: self.device_plugin.or(file.device_plugin),
+            device_index: self.device_index.or(file.device_index),
+            device_capacity: self.device_capacity.or(file.device_capacity),
+            segment_heartbeat_timeout: self
+                .segment_heartbeat_timeout
+                .or(file.segment_heartbeat_timeout),
         }
     }
 
@@ -211,7 +234,8 @@ impl ServerArgs {
         let listen = resolve_addr(&host, port)?;
         let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let capacity = self.dram_capacity.map_or(512 << 20, |s| s.0);
-        let mut tiers = vec![TierConfig::dram(capacity)];
+        let mut tiers: Vec<TierConfig> = self.device_tier()?.into_iter().collect();
+        tiers.push(TierConfig::dram(capacity));
         if let Some(ssd) = self.ssd_tier(&data_dir)? {
             tiers.push(ssd);
         }
@@ -255,6 +279,33 @@ impl ServerArgs {
             metrics_addr: self.metrics_addr,
             persist_on_shutdown: self.persist_on_shutdown.unwrap_or(false),
         })
+    }
+
+    /// The device tier the flags describe, if any.
+    fn device_tier(&self) -> Result<Option<TierConfig>> {
+        let backend = match self.device_plugin.as_deref() {
+            Some("off") => return Ok(None),
+            Some("") => {
+                return Err(invalid(
+                    "--device-plugin takes host-sim, cuda, ascend, a path or `off`".into(),
+                ))
+            }
+            Some(spec) => Backend::parse(spec),
+            None => Backend::HostSim,
+        };
+        let timeout = self.segment_heartbeat_timeout.unwrap_or(5_000);
+        if timeout == 0 {
+            return Err(invalid(
+                "--segment-heartbeat-timeout must be positive".into(),
+            ));
+        }
+        let opts = DeviceOptions {
+            backend,
+            index: self.device_index.unwrap_or(0),
+            heartbeat_timeout: Duration::from_millis(timeout),
+        };
+        let capacity = self.device_capacity.map_or(128 << 20, |s| s.0);
+        Ok(Some(TierConfig::device(capacity, opts)))
     }
 
     /// The ssd tier the flags describe, if any.
@@ -357,12 +408,18 @@ mod tests {
             s.service.listen,
             "127.0.0.1:50088".parse::<SocketAddr>().unwrap()
         );
-        assert_eq!(s.store.tiers[0].capacity, 512 << 20);
+        let device = &s.store.tiers[0];
+        assert_eq!(device.kind, crate::TierKind::Device);
+        assert_eq!(device.capacity, 128 << 20);
+        let opts = device.device.as_ref().unwrap();
+        assert_eq!(opts.backend, Backend::HostSim);
+        assert_eq!(opts.heartbeat_timeout, Duration::from_secs(5));
+        assert_eq!(s.store.tiers[1].capacity, 512 << 20);
         assert_eq!(s.store.lease_ttl, Duration::from_secs(10));
         assert_eq!(s.store.eviction_high_watermark_ratio, 0.9);
         assert!(s.service.auth_token.is_none());
         assert!(matches!(s.service.tls, TlsSource::SelfSigned { .. }));
-        let ssd = &s.store.tiers[1];
+        let ssd = &s.store.tiers[2];
         assert_eq!(ssd.capacity, 1 << 30);
         let opts = ssd.ssd.as_ref().unwrap();
         assert_eq!(opts.dir, s.data_dir.join("ssd"));
@@ -386,6 +443,8 @@ mod tests {
             "--ssd-queue-depth",
             "8",
             "--persist-on-shutdown",
+            "--device-plugin",
+            "off",
         ])
         .resolve()
         .unwrap();
@@ -397,7 +456,9 @@ mod tests {
         assert_eq!(opts.admission, crate::Admission::SecondHit);
         assert_eq!(opts.queue_depth, 8);
         assert!(s.persist_on_shutdown);
-        let s = parse(&["--ssd-path", "off"]).resolve().unwrap();
+        let s = parse(&["--ssd-path", "off", "--device-plugin", "off"])
+            .resolve()
+            .unwrap();
         assert_eq!(s.store.tiers.len(), 1);
         for bad in [
             &["--ssd-io-engine", "aio"][..],
@@ -425,9 +486,40 @@ mod tests {
             .unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(s.service.listen.port(), 7000, "flag beats file");
-        assert_eq!(s.store.tiers[0].capacity, 2 << 30, "file beats default");
+        assert_eq!(s.store.tiers[1].capacity, 2 << 30, "file beats default");
         assert_eq!(s.store.eviction_ratio, 0.2);
         assert_eq!(s.store.lease_ttl, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn device_flags_are_parsed_and_checked() {
+        let s = parse(&[
+            "--device-plugin",
+            "/opt/vendor/libdev.so",
+            "--device-index",
+            "2",
+            "--device-capacity",
+            "0",
+            "--segment-heartbeat-timeout",
+            "750",
+        ])
+        .resolve()
+        .unwrap();
+        let device = &s.store.tiers[0];
+        let opts = device.device.as_ref().unwrap();
+        assert_eq!(
+            opts.backend,
+            Backend::Plugin("/opt/vendor/libdev.so".into())
+        );
+        assert_eq!((opts.index, device.capacity), (2, 0));
+        assert_eq!(opts.heartbeat_timeout, Duration::from_millis(750));
+        for bad in [
+            &["--device-plugin", ""][..],
+            &["--segment-heartbeat-timeout", "0"],
+        ] {
+            let e = parse(bad).resolve().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

@@ -175,7 +175,14 @@ impl Harness {
             Op::Put { key, len, pin } => {
                 self.version += 1;
                 let v = content(key, self.version, len);
-                match self.store.put(&[key], &v, PutOptions { pin }) {
+                match self.store.put(
+                    &[key],
+                    &v,
+                    PutOptions {
+                        pin,
+                        ..Default::default()
+                    },
+                ) {
                     Ok(()) => {
                         prop_assert!(!self.objects.contains_key(&key));
                         // A stale reservation of this key was taken over.

@@ -74,7 +74,14 @@ fn concurrent_operations_never_return_wrong_bytes() {
                     let i = rng.below(KEYS);
                     let v = &mut buf[..value_len(i)];
                     fill(i, v);
-                    match store.put(&key(i), v, PutOptions { pin: i % 97 == 0 }) {
+                    match store.put(
+                        &key(i),
+                        v,
+                        PutOptions {
+                            pin: i % 97 == 0,
+                            ..Default::default()
+                        },
+                    ) {
                         Ok(()) => {}
                         // LeaseExpired: a forced remove cancelled the reservation mid-put.
                         Err(e) => assert!(

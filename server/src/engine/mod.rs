@@ -13,6 +13,9 @@
 //!   each tier under its high watermark.
 
 pub(crate) mod index;
+mod mount;
+
+pub use mount::UnmountReport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,16 +30,21 @@ use strata_proto::{validate_key, Error, ErrorCode, Result};
 use crate::clock::{nanos, Clock};
 use crate::config::StoreConfig;
 use crate::lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
+use crate::tier::device::DeviceTier;
 use crate::tier::dram::DramTier;
 use crate::tier::ssd::SsdTier;
 use crate::tier::{Extent, SharedSegment, Tier, TierKind, TierStats};
 use index::{key_hash, Shard, State, NO_TIER};
+
+pub use strata_proto::msg::Placement;
 
 /// Options of a put.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PutOptions {
     /// Never evict this object (it can still be removed).
     pub pin: bool,
+    /// Which tier the value goes to; `Auto` is the highest under its high watermark.
+    pub placement: Placement,
 }
 
 /// Result of [`Store::prefix_len`].
@@ -82,6 +90,8 @@ pub struct StoreCounters {
     pub promotions: u64,
     /// Objects dropped because their stored bytes failed their checksum.
     pub corrupt: u64,
+    /// Objects dropped because their device segment was unmounted.
+    pub unmounted_objects: u64,
     pub expired_reservations: u64,
     pub no_space: u64,
 }
@@ -111,6 +121,7 @@ pub(crate) struct GlobalCounters {
     pub demotions: AtomicU64,
     pub promotions: AtomicU64,
     pub corrupt: AtomicU64,
+    pub unmounted_objects: AtomicU64,
     pub expired_reservations: AtomicU64,
     pub no_space: AtomicU64,
 }
@@ -184,6 +195,18 @@ impl Store {
                 )
             };
             let tier: Box<dyn Tier> = match (t.kind, &t.ssd) {
+                (TierKind::Device, _) => {
+                    let opts = t
+                        .device
+                        .as_ref()
+                        .expect("validate() requires device options");
+                    let tier =
+                        DeviceTier::open(i as u8, t.capacity, t.segment_size, t.alignment, opts)
+                            .map_err(|e| {
+                                Error::new(e.code(), format!("device tier {i}: {}", e.message()))
+                            })?;
+                    Box::new(tier)
+                }
                 (TierKind::Dram, _) => Box::new(
                     DramTier::new(i as u8, t.capacity, t.segment_size, t.alignment, t.populate)
                         .map_err(failed)?,
@@ -784,13 +807,22 @@ impl Inner {
         };
         // Placement may evict, which locks other shards: this shard's lock is not held. The
         // pending entry keeps other writers of this key out meanwhile (they get Busy).
-        let placed = self.place(len);
+        let placed = self.place(len, opts.placement);
         let guard = epoch::pin();
         let mut shard = self.shard(hash);
         let ours = shard
             .live(slot, generation)
             .is_some_and(|e| e.state == State::Pending && e.tag == writer);
         match (placed, ours) {
+            (Ok(extent), true) if self.segment_gone(&extent) => {
+                // Its device segment was unmounted while space was found (the unmount's
+                // sweep may have passed this shard already): give up the reservation.
+                self.drop_entry(&mut shard, hash, slot, &guard);
+                Err(Error::new(
+                    ErrorCode::Unavailable,
+                    "the device segment chosen for the value was unmounted; retry",
+                ))
+            }
             (Ok(extent), true) => {
                 shard.entry_mut(slot).extent = extent;
                 Ok((WriterId(writer), extent))
@@ -812,13 +844,45 @@ impl Inner {
         }
     }
 
-    /// Finds an extent for `len` bytes: the first tier that can hold it, evicting
-    /// synchronously when it is full.
-    fn place(&self, len: u64) -> Result<Extent> {
-        for (i, tier) in self.tiers.iter().enumerate() {
-            if !tier.accepts_puts() || len > tier.max_value_len() {
-                continue;
+    /// Whether `extent` is in a device segment that has been removed.
+    fn segment_gone(&self, extent: &Extent) -> bool {
+        self.tiers[extent.tier as usize]
+            .as_device()
+            .is_some_and(|d| !d.holds(extent))
+    }
+
+    /// Finds an extent for `len` bytes: the highest tier under its high watermark that has
+    /// room, else the first that can hold it, evicting synchronously when it is full.
+    /// `placement` narrows the choice to one kind of tier.
+    fn place(&self, len: u64, placement: Placement) -> Result<Extent> {
+        let wanted = |kind: TierKind| match placement {
+            Placement::Auto => true,
+            Placement::Device => kind == TierKind::Device,
+            Placement::Dram => kind == TierKind::Dram,
+        };
+        let candidates: Vec<usize> = (0..self.tiers.len())
+            .filter(|&i| {
+                let t = &self.tiers[i];
+                t.accepts_puts() && wanted(t.kind()) && len <= t.max_value_len()
+            })
+            .collect();
+        if candidates.is_empty() && placement != Placement::Auto {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("the put asks for the {placement:?} tier, which this store does not have or which cannot hold {len} bytes"),
+            ));
+        }
+        for &i in &candidates {
+            if !self.above_watermark(i) {
+                if let Some(extent) = self.tiers[i].allocate(len) {
+                    if self.above_watermark(i) {
+                        self.wake_maintenance();
+                    }
+                    return Ok(extent);
+                }
             }
+        }
+        for &i in &candidates {
             if let Some(extent) = self.allocate_evicting(i, len) {
                 return Ok(extent);
             }
@@ -1152,6 +1216,7 @@ impl Inner {
         c.evicted_bytes = g.evicted_bytes.load(Ordering::Relaxed);
         c.demotions = g.demotions.load(Ordering::Relaxed);
         c.promotions = g.promotions.load(Ordering::Relaxed);
+        c.unmounted_objects = g.unmounted_objects.load(Ordering::Relaxed);
         c.corrupt = g.corrupt.load(Ordering::Relaxed);
         c.expired_reservations = g.expired_reservations.load(Ordering::Relaxed);
         c.no_space = g.no_space.load(Ordering::Relaxed);

@@ -13,7 +13,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use quinn::{RecvStream, SendStream};
 use rkyv::util::AlignedVec;
+use strata_device::IpcHandle;
 use strata_proto::limits::{check_paired, MAX_VALUE_LEN};
+use strata_proto::msg::{
+    ArchivedMountSegmentRequest, ArchivedPlacement, DeviceSegmentInfo, DeviceSegmentsResponse,
+    MountSegmentRequest, Placement, SegmentRef, UnmountResponse,
+};
 use strata_proto::msg::{
     BatchExistsResponse, BatchKeysRequest, BatchPutFinishRequest, BatchPutFinishResponse,
     BatchPutStartRequest, BatchPutStartResponse, ErrorFrame, ExistsResponse, GetLocationsResponse,
@@ -134,7 +139,84 @@ pub(crate) async fn serve(
             let stats = stats(shared);
             reply(send, &encode_response(&stats)).await
         }
+        Opcode::DeviceSegments => {
+            expect_no_header(&header)?;
+            let segments = device_segments(store)?;
+            reply(send, &encode_response(&segments)).await
+        }
+        Opcode::MountSegment => {
+            let req = access::<MountSegmentRequest>(&header)?;
+            let segment = mount_segment(store, req)?;
+            reply(send, &encode_response(&segment)).await
+        }
+        Opcode::SegmentHeartbeat => {
+            let req = access::<SegmentRef>(&header)?;
+            store.heartbeat_segment(req.segment.to_native())?;
+            reply(send, &encode_bare_response()).await
+        }
+        Opcode::UnmountSegment => {
+            let segment = access::<SegmentRef>(&header)?.segment.to_native();
+            // Waits for leases on the segment's objects: off the reactor.
+            let store = Arc::clone(&shared.store);
+            let report = tokio::task::spawn_blocking(move || store.unmount_segment(segment))
+                .await
+                .map_err(|e| Error::new(ErrorCode::Internal, format!("unmount task: {e}")))??;
+            let answer = UnmountResponse {
+                moved: report.moved,
+                dropped: report.dropped,
+            };
+            reply(send, &encode_response(&answer)).await
+        }
     }
+}
+
+/// The device tier's segments with their IPC handles.
+fn device_segments(store: &Store) -> Result<DeviceSegmentsResponse, Error> {
+    let Some((_, device)) = store.device_tier() else {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "this server has no device tier",
+        ));
+    };
+    let segments = device
+        .describe()
+        .into_iter()
+        .map(|d| DeviceSegmentInfo {
+            segment: d.segment,
+            size: d.size,
+            handle: d.handle.0.to_vec(),
+            mounted: d.mounted,
+        })
+        .collect();
+    Ok(DeviceSegmentsResponse { segments })
+}
+
+fn mount_segment(store: &Store, req: &ArchivedMountSegmentRequest) -> Result<SegmentRef, Error> {
+    let Some((tier, device)) = store.device_tier() else {
+        return Err(Error::new(
+            ErrorCode::InvalidArgument,
+            "this server has no device tier to mount a segment into",
+        ));
+    };
+    let theirs = (req.backend.as_str(), req.device_index.to_native());
+    let ours = device.options();
+    if theirs != (ours.backend.spec().as_str(), ours.index) {
+        let msg = format!(
+            "the segment is on {} device {}, the server's device tier on {} device {}",
+            theirs.0, theirs.1, ours.backend, ours.index
+        );
+        return Err(Error::new(ErrorCode::InvalidArgument, msg));
+    }
+    let handle = IpcHandle::from_bytes(req.handle.as_slice()).ok_or_else(|| {
+        let msg = format!(
+            "an IPC handle is {} bytes, got {}",
+            strata_device::IPC_HANDLE_BYTES,
+            req.handle.len()
+        );
+        Error::new(ErrorCode::InvalidArgument, msg)
+    })?;
+    let segment = store.mount_segment(&handle, req.size.to_native(), req.owner.as_str())?;
+    Ok(SegmentRef { tier, segment })
 }
 
 async fn handshake(
@@ -164,6 +246,14 @@ async fn handshake(
     reply(send, &encode_response(&hello)).await
 }
 
+fn placement(p: &ArchivedPlacement) -> Placement {
+    match p {
+        ArchivedPlacement::Auto => Placement::Auto,
+        ArchivedPlacement::Device => Placement::Device,
+        ArchivedPlacement::Dram => Placement::Dram,
+    }
+}
+
 fn location(e: Extent) -> Location {
     Location {
         tier: e.tier,
@@ -186,7 +276,11 @@ fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error
     let req = access::<PutRequest>(header)?;
     let len = req.len.to_native();
     check_value_len(len)?;
-    store.put_start(req.key.as_slice(), len, PutOptions { pin: req.pin })
+    let options = PutOptions {
+        pin: req.pin,
+        placement: placement(&req.placement),
+    };
+    store.put_start(req.key.as_slice(), len, options)
 }
 
 async fn put(
@@ -293,7 +387,10 @@ async fn batch_put_start(
     let req = access::<BatchPutStartRequest>(header)?;
     let keys = req.keys.keys()?;
     check_paired(keys.len(), req.lens.len())?;
-    let options = PutOptions { pin: req.pin };
+    let options = PutOptions {
+        pin: req.pin,
+        placement: placement(&req.placement),
+    };
     let deadline_ms = store.config().put_timeout.as_millis() as u64;
     let results = keys
         .iter()
@@ -500,6 +597,7 @@ fn stats(shared: &Shared) -> StatsResponse {
         demotions: c.demotions,
         promotions: c.promotions,
         corrupt: c.corrupt,
+        unmounted_objects: c.unmounted_objects,
         connections: shared.connections.load(Ordering::Relaxed),
     }
 }

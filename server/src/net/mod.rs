@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint};
 use strata_proto::limits;
-use strata_proto::msg::{HandshakeResponse, Limits};
+use strata_proto::msg::{DeviceOffer, HandshakeResponse, Limits};
 use strata_proto::wire::{self, PROTOCOL_VERSION};
 use strata_proto::{Error, ErrorCode, Result};
 use tokio::sync::watch;
@@ -98,6 +98,12 @@ impl Service {
             },
             instance: u64::from_le_bytes(instance),
             shm: None,
+            device: store.device_tier().map(|(tier, d)| DeviceOffer {
+                tier,
+                backend: d.options().backend.spec(),
+                device_index: d.options().index,
+                heartbeat_timeout_ms: d.options().heartbeat_timeout.as_millis() as u64,
+            }),
         };
         let shared = Arc::new(Shared {
             store,

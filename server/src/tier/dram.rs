@@ -153,6 +153,13 @@ impl Tier for DramTier {
         Some(unsafe { std::slice::from_raw_parts(self.base(extent), extent.len as usize) })
     }
 
+    #[allow(clippy::mut_from_ref)] // the extent is the caller's alone (the trait's contract)
+    unsafe fn host_bytes_mut(&self, extent: &Extent) -> Option<&mut [u8]> {
+        // SAFETY: the extent lies inside a live mapping and, per the contract, nobody else
+        // reads or writes it while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base(extent), extent.len as usize) })
+    }
+
     unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
         debug_assert_eq!(dst.len() as u64, extent.len);
         // SAFETY: source range is the extent inside a live mapping; nobody writes it

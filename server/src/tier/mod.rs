@@ -5,10 +5,12 @@
 //! free runs through crossbeam-epoch once every in-process reader that might still be copying
 //! from the extent has unpinned, so a reader never sees memory reused under it.
 //!
-//! Two tiers are here: [`dram`] (shared-memory segments that same-host clients map) and
-//! [`ssd`] (records in O_DIRECT files, reached only through the server). A tier that is not
-//! host memory takes whole objects only (demotion and promotion), never a put's pieces.
+//! Three tiers are here: [`device`] (HBM segments through the device module, reached by
+//! device copies), [`dram`] (shared-memory segments that same-host clients map) and [`ssd`]
+//! (records in O_DIRECT files, reached only through the server). A tier that does I/O takes
+//! whole objects only (demotion and promotion), never a put's pieces.
 
+pub mod device;
 pub mod dram;
 pub mod ssd;
 
@@ -26,6 +28,8 @@ pub const MAX_TIERS: usize = 4;
 /// What kind of memory a tier is made of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TierKind {
+    /// Device memory (HBM) through the device module.
+    Device,
     /// Host memory in shared-memory segments (memfd), mappable by same-host clients.
     Dram,
     /// Records in files opened O_DIRECT; survives restarts.
@@ -36,6 +40,7 @@ impl TierKind {
     /// Lower-case name for stats, logs and metric labels.
     pub fn name(self) -> &'static str {
         match self {
+            TierKind::Device => "device",
             TierKind::Dram => "dram",
             TierKind::Ssd => "ssd",
         }
@@ -149,6 +154,10 @@ pub trait Tier: Send + Sync {
     fn io_figures(&self) -> Option<ssd::IoFigures> {
         None
     }
+    /// The device tier's own operations (segments, mounts), when this is it.
+    fn as_device(&self) -> Option<&device::DeviceTier> {
+        None
+    }
     /// The objects found on opening (a persistent tier); empty after the first call.
     fn take_recovered(&self) -> Vec<RecoveredObject> {
         Vec::new()
@@ -162,6 +171,18 @@ pub trait Tier: Send + Sync {
     /// nobody writes the extent meanwhile (it is complete, or the caller is its writer and
     /// has finished writing).
     unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]>;
+
+    /// The extent's bytes for writing, if this tier is host-addressable: a demotion copies
+    /// straight into them (one device-to-host copy, no staging).
+    ///
+    /// # Safety
+    /// As [`Tier::write`] for the whole extent: the caller is its only user for the
+    /// slice's life.
+    #[allow(clippy::mut_from_ref)] // the extent is the caller's alone (contract above)
+    unsafe fn host_bytes_mut(&self, extent: &Extent) -> Option<&mut [u8]> {
+        let _ = extent;
+        None
+    }
 
     /// Copies the whole value into `dst` (exactly `extent.len` bytes). A tier that checks
     /// what it reads fails with `Corrupt` rather than hand out bytes that do not match.
