@@ -83,6 +83,39 @@ enum Command {
     },
     /// Round trip to the server; print its version and host.
     Ping,
+    /// Allocate SIZE bytes of device memory here (through the device module) and mount
+    /// them as a segment of the server's device tier; heart-beat it until SIGINT/SIGTERM,
+    /// then unmount gracefully (objects move to dram). SIZE takes KiB/MiB/GiB.
+    MountSegment {
+        size: String,
+        /// Device module: host-sim, cuda, ascend or a plugin path (the server's).
+        #[arg(long, default_value = "host-sim")]
+        device_plugin: String,
+        /// Device index (the server's).
+        #[arg(long, default_value_t = 0)]
+        device_index: u32,
+    },
+}
+
+/// Bytes from `1048576`, `64KiB`, `16MiB`, `1GiB`.
+fn parse_size(text: &str) -> Result<u64, Error> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match &text[digits.len()..] {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        other => {
+            let msg = format!("size unit {other:?} is not one of B, KiB, MiB, GiB");
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, format!("bad size {text:?}")))
 }
 
 /// Runs `strata` with the process's arguments and returns its exit code.
@@ -196,6 +229,32 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                 print_stats(&stats);
             }
         }
+        Command::MountSegment {
+            size,
+            device_plugin,
+            device_index,
+        } => {
+            let size = parse_size(&size)?;
+            let device = crate::device::Backend::parse(&device_plugin)
+                .open(device_index)
+                .map_err(|e| Error::new(ErrorCode::Unavailable, e.to_string()))?;
+            let segment = client.mount_segment(&device, size).await?;
+            println!("mounted segment {} ({size} bytes)", segment.segment());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| io_error("SIGTERM handler".into(), e))?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let report = segment.unmount().await?;
+            println!(
+                "unmounted: {} objects moved to dram, {} dropped",
+                report.moved, report.dropped
+            );
+        }
         Command::Ping => {
             let rtt = client.ping().await?;
             let info = client.server_info().await?;
@@ -235,6 +294,7 @@ fn stats_json(s: &ServerStats) -> serde_json::Value {
         "removes": s.removes, "evictions": s.evictions, "evicted_bytes": s.evicted_bytes,
         "expired_reservations": s.expired_reservations, "no_space": s.no_space,
         "demotions": s.demotions, "promotions": s.promotions, "corrupt": s.corrupt,
+        "unmounted_objects": s.unmounted_objects,
         "connections": s.connections,
     })
 }
@@ -266,8 +326,8 @@ fn print_stats(s: &ServerStats) {
         s.evictions, s.evicted_bytes, s.expired_reservations, s.no_space
     );
     println!(
-        "demotions {}  promotions {}  dropped as corrupt {}",
-        s.demotions, s.promotions, s.corrupt
+        "demotions {}  promotions {}  dropped as corrupt {}  dropped with unmounted segments {}",
+        s.demotions, s.promotions, s.corrupt, s.unmounted_objects
     );
     println!("connections {}", s.connections);
 }

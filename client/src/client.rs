@@ -14,9 +14,9 @@ use rkyv::util::AlignedVec;
 use strata_proto::limits::MAX_BATCH_KEYS;
 use strata_proto::msg::{
     BatchExistsResponse, BatchKeysRequest, ExistsResponse, GetLocationsResponse, GetResponse,
-    KeyList, KeyRequest, LeaseResult, Location, Ping, PrefixLenRequest, PrefixLenResponse,
-    PutRequest, PutStartResponse, PutWriteRequest, RemoveAllRequest, RemoveAllResponse,
-    RemoveRequest, StatsResponse, WriterRequest,
+    KeyList, KeyRequest, LeaseResult, Location, Ping, Placement, PrefixLenRequest,
+    PrefixLenResponse, PutRequest, PutStartResponse, PutWriteRequest, RemoveAllRequest,
+    RemoveAllResponse, RemoveRequest, StatsResponse, WriterRequest,
 };
 use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
@@ -24,6 +24,8 @@ use strata_proto::{Error, ErrorCode, Result};
 use crate::cache::{LeasedLocation, LocationCache};
 use crate::config::{ClientConfig, Transport};
 use crate::connection::{read_error, read_response, Connector, Link, Payload, ServerInfo};
+use crate::transport::Path;
+use strata_device::MemoryKind;
 
 /// The store's figures, as `strata stats` prints them.
 pub type ServerStats = StatsResponse;
@@ -89,7 +91,15 @@ pub struct TransportStats {
     pub quic_puts: u64,
     /// Bytes of those.
     pub quic_put_bytes: u64,
-    /// Shared-memory reads refused because the lease ended before the copy did.
+    /// Values read by device copies (from the device tier's imported segments).
+    pub device_gets: u64,
+    /// Bytes of those.
+    pub device_get_bytes: u64,
+    /// Values written by device copies.
+    pub device_puts: u64,
+    /// Bytes of those.
+    pub device_put_bytes: u64,
+    /// Direct reads refused because the lease ended before the copy did.
     pub lease_expired: u64,
 }
 
@@ -103,6 +113,10 @@ pub(crate) struct Counters {
     pub quic_get_bytes: AtomicU64,
     pub quic_puts: AtomicU64,
     pub quic_put_bytes: AtomicU64,
+    pub device_gets: AtomicU64,
+    pub device_get_bytes: AtomicU64,
+    pub device_puts: AtomicU64,
+    pub device_put_bytes: AtomicU64,
     pub lease_expired: AtomicU64,
 }
 
@@ -110,6 +124,23 @@ impl Counters {
     pub fn count(pair: (&AtomicU64, &AtomicU64), bytes: usize) {
         pair.0.fetch_add(1, Ordering::Relaxed);
         pair.1.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The counters of reads by `path` (none: QUIC).
+    pub fn gets_by(&self, path: Option<Path>) -> (&AtomicU64, &AtomicU64) {
+        match path {
+            Some(Path::Shm) => (&self.shm_gets, &self.shm_get_bytes),
+            Some(Path::Device) => (&self.device_gets, &self.device_get_bytes),
+            None => (&self.quic_gets, &self.quic_get_bytes),
+        }
+    }
+
+    /// The counters of writes by `path`.
+    pub fn puts_by(&self, path: Path) -> (&AtomicU64, &AtomicU64) {
+        match path {
+            Path::Shm => (&self.shm_puts, &self.shm_put_bytes),
+            Path::Device => (&self.device_puts, &self.device_put_bytes),
+        }
     }
 
     fn snapshot(&self) -> TransportStats {
@@ -123,6 +154,10 @@ impl Counters {
             quic_get_bytes: get(&self.quic_get_bytes),
             quic_puts: get(&self.quic_puts),
             quic_put_bytes: get(&self.quic_put_bytes),
+            device_gets: get(&self.device_gets),
+            device_get_bytes: get(&self.device_get_bytes),
+            device_puts: get(&self.device_puts),
+            device_put_bytes: get(&self.device_put_bytes),
             lease_expired: get(&self.lease_expired),
         }
     }
@@ -131,8 +166,31 @@ impl Counters {
 #[derive(Default)]
 struct Buffers {
     next: u64,
-    /// start address -> (end address, id)
-    by_start: BTreeMap<usize, (usize, BufferId)>,
+    by_start: BTreeMap<usize, Registered>,
+}
+
+/// A region registered with [`Client::register_buffer`], by its start address.
+struct Registered {
+    end: usize,
+    id: BufferId,
+    kind: MemoryKind,
+}
+
+fn fits(len: u64, room: usize) -> Result<()> {
+    if len > room as u64 {
+        let msg =
+            format!("a value of {len} bytes does not fit the {room} bytes left in the buffer");
+        return Err(Error::new(ErrorCode::InvalidArgument, msg));
+    }
+    Ok(())
+}
+
+fn no_device_transport() -> Error {
+    Error::new(
+        ErrorCode::InvalidArgument,
+        "copies into or out of device buffers need the device transport (a server with a \
+         device tier on this host, and a backend that opens here)",
+    )
 }
 
 pub(crate) fn timed_out(what: &str, after: Duration) -> Error {
@@ -284,32 +342,49 @@ impl Client {
     /// immutable.
     pub async fn put(&self, key: &[u8], value: Bytes) -> Result<()> {
         let len = value.len() as u64;
-        self.put_with(key, len, Payload::Owned(value), false).await
+        self.put_with(key, len, Payload::Owned(value), false, Placement::Auto)
+            .await
     }
 
     /// Stores a copy of `value` under `key` (see [`Client::put`]).
     pub async fn put_from(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let len = value.len() as u64;
-        self.put_with(key, len, Payload::Borrowed(value), false)
+        self.put_with(key, len, Payload::Borrowed(value), false, Placement::Auto)
             .await
     }
 
     /// Stores `value` under `key` pinned: it is never evicted (it can still be removed).
     pub async fn put_pinned(&self, key: &[u8], value: &[u8]) -> Result<()> {
         let len = value.len() as u64;
-        self.put_with(key, len, Payload::Borrowed(value), true)
+        self.put_with(key, len, Payload::Borrowed(value), true, Placement::Auto)
             .await
     }
 
-    async fn put_with(&self, key: &[u8], len: u64, value: Payload<'_>, pin: bool) -> Result<()> {
+    /// Stores `value` under `key` in the tier `placement` names (`Device`: the device
+    /// tier, `Dram`: host memory) instead of the highest tier under its watermark.
+    /// `InvalidArgument` if the server has no such tier.
+    pub async fn put_placed(&self, key: &[u8], value: &[u8], placement: Placement) -> Result<()> {
+        let len = value.len() as u64;
+        self.put_with(key, len, Payload::Borrowed(value), false, placement)
+            .await
+    }
+
+    async fn put_with(
+        &self,
+        key: &[u8],
+        len: u64,
+        value: Payload<'_>,
+        pin: bool,
+        placement: Placement,
+    ) -> Result<()> {
         let link = self.inner.connector.link().await?;
-        if let Some(segments) = &link.shm {
+        if let Some(segments) = &link.direct {
             let bytes = match &value {
                 Payload::Borrowed(b) => *b,
                 Payload::Owned(b) => &b[..],
             };
             let item = [(key, bytes)];
-            let op = self.shm_put(&link, segments, &item, pin);
+            let op = self.shm_put(&link, segments, &item, pin, placement);
             let mut results = self.bounded_batch("put", 1, op).await;
             return results.pop().unwrap_or_else(|| Err(missing_answer()));
         }
@@ -317,6 +392,7 @@ impl Client {
             key: key.to_vec(),
             len,
             pin,
+            placement,
         };
         let frame = encode_request(Opcode::Put, &header);
         let result = self.bounded("put", self.request_with(&frame, value)).await;
@@ -346,14 +422,14 @@ impl Client {
         items: &[(K, V)],
     ) -> Vec<Result<()>> {
         if let Ok(link) = self.inner.connector.link().await {
-            if let Some(segments) = &link.shm {
+            if let Some(segments) = &link.direct {
                 let mut out = Vec::with_capacity(items.len());
                 for chunk in items.chunks(MAX_BATCH_KEYS) {
                     let pairs: Vec<(&[u8], &[u8])> = chunk
                         .iter()
                         .map(|(k, v)| (k.as_ref(), v.as_ref()))
                         .collect();
-                    let op = self.shm_put(&link, segments, &pairs, false);
+                    let op = self.shm_put(&link, segments, &pairs, false, Placement::Auto);
                     out.extend(self.bounded_batch("batch_put", pairs.len(), op).await);
                 }
                 return out;
@@ -379,6 +455,7 @@ impl Client {
             key: key.to_vec(),
             len,
             pin: false,
+            placement: Placement::Auto,
         };
         let frame = encode_request(Opcode::PutStart, &header);
         let sent = Instant::now();
@@ -430,7 +507,7 @@ impl Client {
     pub async fn get(&self, key: &[u8]) -> Result<Bytes> {
         self.bounded("get", async {
             let link = self.inner.connector.link().await?;
-            if let Some(segments) = &link.shm {
+            if let Some(segments) = &link.direct {
                 if let Some(lease) = self.shm_lease(&link, segments, key).await? {
                     let mut value = vec![0u8; lease.location.len as usize];
                     self.shm_read(segments, key, &lease, &mut value).await?;
@@ -461,7 +538,7 @@ impl Client {
     pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
         self.bounded("get", async {
             let link = self.inner.connector.link().await?;
-            if let Some(segments) = &link.shm {
+            if let Some(segments) = &link.direct {
                 if let Some(lease) = self.shm_lease(&link, segments, key).await? {
                     return self.shm_read(segments, key, &lease, buf).await;
                 }
@@ -527,7 +604,7 @@ impl Client {
             return vec![Err(e); keys.len()];
         }
         if let Ok(link) = self.inner.connector.link().await {
-            if let Some(segments) = &link.shm {
+            if let Some(segments) = &link.direct {
                 let op = self.shm_batch_get_into(&link, segments, keys, bufs);
                 return self.bounded_batch("batch_get", keys.len(), op).await;
             }
@@ -753,9 +830,21 @@ impl Client {
     }
 
     /// Registers the memory region `[addr, addr + len)` (for example an engine's KV-cache
-    /// pool) for direct transports. Bookkeeping only for now: the shared-memory and device
-    /// transports use it to copy without staging. Overlapping regions are refused.
-    pub fn register_buffer(&self, addr: usize, len: usize) -> Result<BufferId> {
+    /// pool) for direct copies, saying whether it is host memory or device memory of the
+    /// device the server's device tier is on. [`Client::get_into_buffer`] and
+    /// [`Client::put_from_buffer`] then pick the copy kind: device-to-device into a device
+    /// buffer, device-to-host into a host buffer. Overlapping regions are refused.
+    ///
+    /// # Safety
+    /// The region must be valid memory of `kind` (device memory: of the server's device
+    /// tier's backend and device) for as long as it stays registered, and must not be
+    /// accessed by anything else while a copy into or out of it runs.
+    pub unsafe fn register_buffer(
+        &self,
+        addr: usize,
+        len: usize,
+        kind: MemoryKind,
+    ) -> Result<BufferId> {
         let end = addr.checked_add(len).filter(|_| len > 0).ok_or_else(|| {
             Error::new(
                 ErrorCode::InvalidArgument,
@@ -764,14 +853,173 @@ impl Client {
         })?;
         let mut buffers = self.inner.buffers.lock();
         let before = buffers.by_start.range(..end).next_back();
-        if before.is_some_and(|(_, &(before_end, _))| before_end > addr) {
+        if before.is_some_and(|(_, r)| r.end > addr) {
             let msg = format!("region {addr:#x}..{end:#x} overlaps a registered buffer");
             return Err(Error::new(ErrorCode::InvalidArgument, msg));
         }
         buffers.next += 1;
         let id = BufferId(buffers.next);
-        buffers.by_start.insert(addr, (end, id));
+        buffers.by_start.insert(addr, Registered { end, id, kind });
         Ok(id)
+    }
+
+    /// The registered region `id` as (address, length, kind).
+    fn buffer(&self, id: BufferId) -> Result<(usize, usize, MemoryKind)> {
+        let buffers = self.inner.buffers.lock();
+        buffers
+            .by_start
+            .iter()
+            .find(|(_, r)| r.id == id)
+            .map(|(&start, r)| (start, r.end - start, r.kind))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::NotFound,
+                    format!("buffer {id:?} is not registered"),
+                )
+            })
+    }
+
+    /// Copies the value of `key` into registered buffer `id` at `offset`; returns its
+    /// length. A device-tier value is copied by the device module (device-to-device or
+    /// device-to-host as the buffer's kind says); any other value arrives by shared memory
+    /// or QUIC and, for a device buffer, is copied host-to-device.
+    pub async fn get_into_buffer(&self, key: &[u8], id: BufferId, offset: usize) -> Result<usize> {
+        let (addr, len, kind) = self.buffer(id)?;
+        let room = len.saturating_sub(offset);
+        let dst = addr + offset.min(len);
+        self.bounded("get", async {
+            let link = self.inner.connector.link().await?;
+            if let Some(device) = &link.device {
+                let lease = self
+                    .leases_on(&link, &[key])
+                    .await
+                    .pop()
+                    .unwrap_or_else(|| Err(missing_answer()))?;
+                self.import_device_segments(&link, [&lease.location]).await;
+                if device.covers(&lease.location) {
+                    fits(lease.location.len, room)?;
+                    // SAFETY: the registered region is valid memory of `kind` (the
+                    // registration's contract) and the value fits at `offset` (checked).
+                    let copied = unsafe {
+                        device.read_raw(&lease.location, dst as u64, kind, lease.valid_until)
+                    };
+                    let c = &self.inner.counters;
+                    if let Ok(n) = copied {
+                        Counters::count((&c.device_gets, &c.device_get_bytes), n);
+                    } else {
+                        self.inner.cache.invalidate(key);
+                    }
+                    return copied;
+                }
+            }
+            match kind {
+                MemoryKind::Host => {
+                    // SAFETY: registered host memory, valid and unshared during the copy
+                    // (the registration's contract), `room` bytes from `dst`.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, room) };
+                    self.get_into(key, buf).await
+                }
+                MemoryKind::Device => {
+                    let Some(device) = &link.device else {
+                        return Err(no_device_transport());
+                    };
+                    let value = self.get(key).await?;
+                    fits(value.len() as u64, room)?;
+                    // SAFETY: `dst` is registered device memory with room for the value
+                    // (checked); the source is a live host buffer of that length.
+                    unsafe {
+                        device.device().copy_raw(
+                            dst as u64,
+                            value.as_ptr() as u64,
+                            value.len() as u64,
+                            strata_device::CopyKind::HostToDevice,
+                        )
+                    }
+                    .map_err(crate::transport::device::device_error)?;
+                    Ok(value.len())
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stores `len` bytes at `offset` of registered buffer `id` under `key`. Into the
+    /// device tier the module copies them (device-to-device from a device buffer);
+    /// elsewhere a device buffer is first copied to the host.
+    pub async fn put_from_buffer(
+        &self,
+        key: &[u8],
+        id: BufferId,
+        offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let (addr, size, kind) = self.buffer(id)?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::new(
+                ErrorCode::InvalidArgument,
+                format!("{len} bytes at {offset} run past the {size}-byte buffer"),
+            ));
+        }
+        let src = addr + offset;
+        let link = self.inner.connector.link().await?;
+        match (kind, &link.device) {
+            (MemoryKind::Host, _) => {
+                // SAFETY: registered host memory, valid and not written during the put.
+                let value = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
+                self.put_from(key, value).await
+            }
+            (MemoryKind::Device, None) => Err(no_device_transport()),
+            (MemoryKind::Device, Some(device)) => {
+                let reservation = match self.put_start(key, len as u64).await {
+                    Err(e) if e.code() == ErrorCode::AlreadyExists => return Ok(()),
+                    other => other?,
+                };
+                self.import_device_segments(&link, [&reservation.location])
+                    .await;
+                if !device.covers(&reservation.location) {
+                    // Not in the device tier: the bytes go by the host.
+                    self.put_revoke(key, reservation.writer).await?;
+                    let mut staged = vec![0u8; len];
+                    // SAFETY: `src` is registered device memory of `len` bytes; `staged` is
+                    // a live host buffer of that length.
+                    unsafe {
+                        device.device().copy_raw(
+                            staged.as_mut_ptr() as u64,
+                            src as u64,
+                            len as u64,
+                            strata_device::CopyKind::DeviceToHost,
+                        )
+                    }
+                    .map_err(crate::transport::device::device_error)?;
+                    return self.put_from(key, &staged).await;
+                }
+                let margin = self.inner.config.lease_margin;
+                // SAFETY: registered device memory holding `len` bytes at `src`.
+                let written = unsafe {
+                    device.write_raw(
+                        &reservation.location,
+                        src as u64,
+                        kind,
+                        reservation.deadline,
+                        margin,
+                    )
+                };
+                let result = match written {
+                    Ok(()) => self.put_end(key, reservation.writer).await,
+                    Err(e) => Err(e),
+                };
+                match &result {
+                    Ok(()) => {
+                        let c = &self.inner.counters;
+                        Counters::count((&c.device_puts, &c.device_put_bytes), len);
+                    }
+                    Err(_) => {
+                        let _ = self.put_revoke(key, reservation.writer).await;
+                    }
+                }
+                result
+            }
+        }
     }
 
     /// Forgets a region registered with [`Client::register_buffer`].
@@ -780,7 +1028,7 @@ impl Client {
         let start = buffers
             .by_start
             .iter()
-            .find(|(_, &(_, b))| b == id)
+            .find(|(_, r)| r.id == id)
             .map(|(&s, _)| s);
         match start {
             Some(s) => {
@@ -800,7 +1048,7 @@ impl Client {
         buffers
             .by_start
             .iter()
-            .map(|(&s, &(e, _))| (s, e - s))
+            .map(|(&s, r)| (s, r.end - s))
             .collect()
     }
 }

@@ -16,7 +16,9 @@ use strata_proto::wire::{self, decode, Opcode, ResponseHead, Status, RESPONSE_HE
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::config::{default_cert_path, ClientConfig, Transport};
+use crate::transport::device::DeviceSegments;
 use crate::transport::shm::SharedSegments;
+use crate::transport::Direct;
 
 /// What the server said about itself in the handshake.
 pub type ServerInfo = HandshakeResponse;
@@ -27,6 +29,10 @@ pub(crate) struct Link {
     pub info: ServerInfo,
     /// The server's segments, mapped, when this link moves bytes through shared memory.
     pub shm: Option<Arc<SharedSegments>>,
+    /// The server's device tier opened in this process, when on the same host.
+    pub device: Option<Arc<DeviceSegments>>,
+    /// shm and device together, when either is on.
+    pub direct: Option<Direct>,
 }
 
 /// The client's endpoint and its current link; reconnects when the link is gone.
@@ -41,6 +47,7 @@ pub(crate) struct Connector {
     /// The last mapped segments: a reconnect to the same server instance reuses them
     /// (and the page tables already built for them) instead of mapping anew.
     mapped: parking_lot::Mutex<Option<Arc<SharedSegments>>>,
+    opened_device: parking_lot::Mutex<Option<Arc<DeviceSegments>>>,
     /// Serialises reconnects, so a burst of requests after a loss makes one connection.
     reconnecting: tokio::sync::Mutex<()>,
 }
@@ -155,6 +162,7 @@ impl Connector {
             transport: config.transport,
             current: RwLock::new(None),
             mapped: parking_lot::Mutex::new(None),
+            opened_device: parking_lot::Mutex::new(None),
             reconnecting: tokio::sync::Mutex::new(()),
         })
     }
@@ -209,7 +217,18 @@ impl Connector {
             let (_, header) = exchange(&conn, &frame, &[]).await?;
             let info = decode::<HandshakeResponse>(&header)?;
             let shm = self.map_segments(&info).await?;
-            Ok(Link { conn, info, shm })
+            let device = self.open_device(&info);
+            let direct = (shm.is_some() || device.is_some()).then(|| Direct {
+                shm: shm.clone(),
+                device: device.clone(),
+            });
+            Ok(Link {
+                conn,
+                info,
+                shm,
+                device,
+                direct,
+            })
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(result) => result,
@@ -269,10 +288,36 @@ impl Connector {
         }
     }
 
+    /// The server's device tier opened in this process, when the server has one, is on
+    /// this host, and this client may use direct transports. A failure (the backend does
+    /// not open here) leaves device-tier objects to the server.
+    fn open_device(&self, info: &ServerInfo) -> Option<Arc<DeviceSegments>> {
+        if self.transport == Transport::Quic || info.host_id != strata_proto::host_id() {
+            return None;
+        }
+        let offer = info.device.as_ref()?;
+        let reuse = self.opened_device.lock().clone();
+        if let Some(device) = reuse.filter(|d| d.instance() == info.instance) {
+            return Some(device);
+        }
+        match DeviceSegments::open(offer, info.instance) {
+            Ok(device) => {
+                let device = Arc::new(device);
+                *self.opened_device.lock() = Some(Arc::clone(&device));
+                Some(device)
+            }
+            Err(e) => {
+                tracing::debug!("device transport not used: {e}");
+                None
+            }
+        }
+    }
+
     /// Closes the connection and waits (briefly) for the server to hear it. The shared
     /// segments are unmapped once no copy in flight uses them.
     pub async fn close(&self) {
         self.mapped.lock().take();
+        self.opened_device.lock().take();
         if let Some(link) = self.current.write().take() {
             link.conn.close(0u8.into(), b"client closed");
         }

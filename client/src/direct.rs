@@ -21,7 +21,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use crate::cache::LeasedLocation;
 use crate::client::{exchange_on, missing_answer, Client, Counters};
 use crate::connection::Link;
-use crate::transport::shm::SharedSegments;
+use crate::transport::{Direct, Path};
 
 /// A copy at least this large runs off the async reactor ([`off_reactor`]).
 const BLOCKING_COPY: usize = 1 << 20;
@@ -183,7 +183,7 @@ impl Client {
     pub(crate) async fn shm_lease(
         &self,
         link: &Link,
-        segments: &SharedSegments,
+        segments: &Direct,
         key: &[u8],
     ) -> Result<Option<LeasedLocation>> {
         let lease = self
@@ -191,6 +191,7 @@ impl Client {
             .await
             .pop()
             .unwrap_or_else(|| Err(missing_answer()))?;
+        self.import_device_segments(link, [&lease.location]).await;
         if segments.covers(&lease.location) {
             return Ok(Some(lease));
         }
@@ -204,23 +205,18 @@ impl Client {
     /// Copies the leased value of `key` into `buf`.
     pub(crate) async fn shm_read(
         &self,
-        segments: &SharedSegments,
+        segments: &Direct,
         key: &[u8],
         lease: &LeasedLocation,
         buf: &mut [u8],
     ) -> Result<usize> {
         let len = lease.location.len as usize;
         let result = off_reactor(len, || self.copy_out(segments, lease, buf));
-        self.after_read(key, &result);
+        self.after_read(key, segments.path(&lease.location), &result);
         result
     }
 
-    fn copy_out(
-        &self,
-        segments: &SharedSegments,
-        lease: &LeasedLocation,
-        buf: &mut [u8],
-    ) -> Result<usize> {
+    fn copy_out(&self, segments: &Direct, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
         let checksum = self
             .inner
             .config
@@ -229,10 +225,10 @@ impl Client {
         segments.read(&lease.location, buf, lease.valid_until, checksum)
     }
 
-    fn after_read(&self, key: &[u8], result: &Result<usize>) {
+    fn after_read(&self, key: &[u8], path: Option<Path>, result: &Result<usize>) {
         let c = &self.inner.counters;
         match result {
-            Ok(n) => Counters::count((&c.shm_gets, &c.shm_get_bytes), *n),
+            Ok(n) => Counters::count(c.gets_by(path), *n),
             Err(e) if e.code() == ErrorCode::LeaseExpired => {
                 c.lease_expired
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -251,7 +247,7 @@ impl Client {
     /// is gone. `InvalidArgument` when this client does not use shared memory.
     pub async fn read_leased(&self, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
         let link = self.inner.connector.link().await?;
-        let Some(segments) = &link.shm else {
+        let Some(segments) = &link.direct else {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 "reading at a leased location needs the shared-memory transport; use get_into",
@@ -277,8 +273,8 @@ impl Client {
                 .lease_expired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if let Ok(n) = result {
-            let c = &self.inner.counters;
-            Counters::count((&c.shm_gets, &c.shm_get_bytes), n);
+            let path = segments.path(&lease.location);
+            Counters::count(self.inner.counters.gets_by(path), n);
         }
         result
     }
@@ -288,11 +284,16 @@ impl Client {
     pub(crate) async fn shm_batch_get_into<K: AsRef<[u8]>>(
         &self,
         link: &Link,
-        segments: &SharedSegments,
+        segments: &Direct,
         keys: &[K],
         bufs: &mut [&mut [u8]],
     ) -> Vec<Result<usize>> {
         let leases = self.leases_on(link, keys).await;
+        let located = leases
+            .iter()
+            .filter_map(|l| l.as_ref().ok())
+            .map(|l| &l.location);
+        self.import_device_segments(link, located).await;
         let mut results: Vec<Option<Result<usize>>> = (0..keys.len()).map(|_| None).collect();
         let mut direct = Vec::new();
         let mut via_server = Vec::new();
@@ -313,10 +314,11 @@ impl Client {
         }
         let threads = self.inner.config.shm_copy_threads;
         let copied = copy_all(direct, bytes, threads, |(i, lease, buf)| {
-            (i, self.copy_out(segments, &lease, buf))
+            let path = segments.path(&lease.location);
+            (i, path, self.copy_out(segments, &lease, buf))
         });
-        for (i, result) in copied {
-            self.after_read(keys[i].as_ref(), &result);
+        for (i, path, result) in copied {
+            self.after_read(keys[i].as_ref(), path, &result);
             results[i] = Some(result);
         }
         for (i, buf) in via_server {
@@ -335,15 +337,17 @@ impl Client {
     pub(crate) async fn shm_put(
         &self,
         link: &Arc<Link>,
-        segments: &SharedSegments,
+        segments: &Direct,
         items: &[(&[u8], &[u8])],
         pin: bool,
+        placement: strata_proto::msg::Placement,
     ) -> Vec<Result<()>> {
         let mut results: Vec<Option<Result<()>>> = (0..items.len()).map(|_| None).collect();
         let request = BatchPutStartRequest {
             keys: KeyList::new(items.iter().map(|(k, _)| k)),
             lens: items.iter().map(|(_, v)| v.len() as u64).collect(),
             pin,
+            placement,
         };
         let frame = encode_request(Opcode::BatchPutStart, &request);
         let sent = Instant::now();
@@ -383,6 +387,8 @@ impl Client {
             }
         }
 
+        self.import_device_segments(link, reserved.iter().map(|r| &r.location))
+            .await;
         let (mapped, elsewhere): (Vec<Reserved>, Vec<Reserved>) = reserved
             .into_iter()
             .partition(|r| segments.covers(&r.location));
@@ -434,7 +440,9 @@ impl Client {
                     for (r, _) in &commit {
                         unfinished.take(r.writer);
                         let len = items[r.index].1.len();
-                        Counters::count((&c.shm_puts, &c.shm_put_bytes), len);
+                        if let Some(path) = segments.path(&r.location) {
+                            Counters::count(c.puts_by(path), len);
+                        }
                         results[r.index] = Some(Ok(()));
                     }
                     for failed in finished.errors {
@@ -458,6 +466,33 @@ impl Client {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(missing_answer())))
             .collect()
+    }
+
+    /// Imports the device segments `locations` name that this process has not imported
+    /// yet (one round trip for the server's list; nothing when all are known or the link
+    /// has no device transport). A failure leaves those locations to the server.
+    pub(crate) async fn import_device_segments<'l>(
+        &self,
+        link: &Link,
+        locations: impl IntoIterator<Item = &'l strata_proto::msg::Location>,
+    ) {
+        let Some(device) = &link.device else { return };
+        if !locations.into_iter().any(|l| device.missing(l)) {
+            return;
+        }
+        let frame = strata_proto::wire::encode_bare_request(Opcode::DeviceSegments);
+        let listed = exchange_on(link, &frame, &[])
+            .await
+            .and_then(|h| decode::<strata_proto::msg::DeviceSegmentsResponse>(&h));
+        match listed {
+            Ok(listed) => {
+                let device = Arc::clone(device);
+                let import = move || device.refresh(&listed.segments);
+                // Importing maps memory: off the reactor.
+                let _ = tokio::task::spawn_blocking(import).await;
+            }
+            Err(e) => tracing::debug!("device segments not listed: {e}"),
+        }
     }
 
     async fn put_write_on(

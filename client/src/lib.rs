@@ -35,6 +35,7 @@ mod config;
 mod connection;
 mod direct;
 mod hash;
+mod segment;
 mod transport;
 
 pub use cache::LeasedLocation;
@@ -42,5 +43,8 @@ pub use client::{BufferId, Client, PrefixMatch, Reservation, ServerStats, Transp
 pub use config::{default_cert_path, ClientConfig, Transport, DEFAULT_SERVER};
 pub use connection::ServerInfo;
 pub use hash::{BlockHash, BlockHasher, KeyFormatter};
-pub use strata_proto::msg::{Location, TierStats};
+pub use segment::MountedSegment;
+pub use strata_device as device;
+pub use strata_device::MemoryKind;
+pub use strata_proto::msg::{Location, Placement, TierStats, UnmountResponse};
 pub use strata_proto::{Error, ErrorCode, Result};

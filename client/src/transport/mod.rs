@@ -1,5 +1,93 @@
 //! The ways value bytes travel besides QUIC streams (which `connection` and `client` own).
 //!
 //! * [`shm`]: same host; the server's dram segments mapped into this process.
+//! * [`device`]: same host; the server's device segments imported through the device
+//!   module, copied with its copy kinds.
+//!
+//! [`Direct`] puts the two behind one face: the client asks it whether a location can be
+//! copied in this process and has it do the copy.
 
+pub(crate) mod device;
 pub(crate) mod shm;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strata_proto::msg::Location;
+use strata_proto::Result;
+
+use device::DeviceSegments;
+use shm::SharedSegments;
+
+/// Which direct path moved a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    Shm,
+    Device,
+}
+
+/// The direct transports of one connection.
+#[derive(Clone)]
+pub(crate) struct Direct {
+    pub shm: Option<Arc<SharedSegments>>,
+    pub device: Option<Arc<DeviceSegments>>,
+}
+
+impl Direct {
+    /// The server instance the transports belong to.
+    pub fn instance(&self) -> u64 {
+        match (&self.shm, &self.device) {
+            (Some(s), _) => s.instance(),
+            (None, Some(d)) => d.instance(),
+            (None, None) => 0,
+        }
+    }
+
+    /// The path that can copy `location` in this process, if any.
+    pub fn path(&self, location: &Location) -> Option<Path> {
+        if self.shm.as_ref().is_some_and(|s| s.covers(location)) {
+            return Some(Path::Shm);
+        }
+        if self.device.as_ref().is_some_and(|d| d.covers(location)) {
+            return Some(Path::Device);
+        }
+        None
+    }
+
+    pub fn covers(&self, location: &Location) -> bool {
+        self.path(location).is_some()
+    }
+
+    /// Copies the value at `location` into `dst` under its lease (see
+    /// [`SharedSegments::read`]).
+    pub fn read(
+        &self,
+        location: &Location,
+        dst: &mut [u8],
+        valid_until: Instant,
+        checksum: Option<u64>,
+    ) -> Result<usize> {
+        match (&self.shm, &self.device) {
+            (Some(s), _) if s.covers(location) => s.read(location, dst, valid_until, checksum),
+            (_, Some(d)) => d.read(location, dst, valid_until, checksum),
+            (Some(s), None) => s.read(location, dst, valid_until, checksum),
+            (None, None) => unreachable!("a Direct has at least one transport"),
+        }
+    }
+
+    /// Copies `src` into the reserved `location`; returns its xxh3-64.
+    pub fn write(
+        &self,
+        location: &Location,
+        src: &[u8],
+        deadline: Instant,
+        margin: Duration,
+    ) -> Result<u64> {
+        match (&self.shm, &self.device) {
+            (Some(s), _) if s.covers(location) => s.write(location, src, deadline, margin),
+            (_, Some(d)) => d.write(location, src, deadline, margin),
+            (Some(s), None) => s.write(location, src, deadline, margin),
+            (None, None) => unreachable!("a Direct has at least one transport"),
+        }
+    }
+}
