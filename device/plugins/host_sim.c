@@ -9,8 +9,9 @@
  * exporter exits, as the file lives while anyone maps it.
  *
  * Copies are memcpy, but checked like a real device's: the device side of every copy
- * must lie inside one allocation or import of this context, so a host pointer passed as
- * a device pointer (a wrong copy kind) fails instead of silently working.
+ * must lie inside one allocation or import made on the same device by this process (any
+ * context, as with CUDA's primary context), so a host pointer passed as a device pointer
+ * (a wrong copy kind) fails instead of silently working.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,19 +33,30 @@
 
 enum { STATUS_OK = 0, STATUS_INVALID = 1, STATUS_NO_MEMORY = 2, STATUS_SYSTEM = 3 };
 
+struct strata_device;
+
 struct region {
     uintptr_t base;
     uint64_t size;
     int fd;       /* the memfd of an owned allocation, -1 for an import */
     int imported; /* 1 when mapped by import_handle */
+    const struct strata_device *context; /* the context that made it */
 };
 
-struct strata_device {
-    uint32_t index;
+/* What one simulated device knows in this process, shared by every context opened on it. */
+struct device_state {
     pthread_rwlock_t lock;
     struct region *regions;
     size_t len;
     size_t cap;
+};
+
+static struct device_state DEVICES[HOST_SIM_DEVICES] = {
+    [0 ... HOST_SIM_DEVICES - 1] = {PTHREAD_RWLOCK_INITIALIZER, NULL, 0, 0}};
+
+struct strata_device {
+    uint32_t index;
+    struct device_state *state;
 };
 
 struct handle_layout {
@@ -79,10 +91,7 @@ static int32_t host_sim_open(uint32_t index, strata_device **out) {
     if (dev == NULL)
         return fail(STATUS_NO_MEMORY, "open: out of host memory");
     dev->index = index;
-    if (pthread_rwlock_init(&dev->lock, NULL) != 0) {
-        free(dev);
-        return fail(STATUS_SYSTEM, "open: pthread_rwlock_init failed");
-    }
+    dev->state = &DEVICES[index];
     *out = dev;
     return STATUS_OK;
 }
@@ -90,44 +99,59 @@ static int32_t host_sim_open(uint32_t index, strata_device **out) {
 static int32_t host_sim_close(strata_device *dev) {
     if (dev == NULL)
         return fail(STATUS_INVALID, "close: null device");
-    /* Whatever the caller left behind is released here rather than leaked. */
-    for (size_t i = 0; i < dev->len; i++) {
-        munmap((void *)dev->regions[i].base, dev->regions[i].size);
-        if (dev->regions[i].fd >= 0)
-            close(dev->regions[i].fd);
+    /* Whatever the caller left behind on this context is released rather than leaked. */
+    struct device_state *st = dev->state;
+    pthread_rwlock_wrlock(&st->lock);
+    for (size_t i = 0; i < st->len;) {
+        struct region r = st->regions[i];
+        if (r.context != dev) {
+            i++;
+            continue;
+        }
+        munmap((void *)r.base, r.size);
+        if (r.fd >= 0)
+            close(r.fd);
+        st->regions[i] = st->regions[--st->len];
     }
-    free(dev->regions);
-    pthread_rwlock_destroy(&dev->lock);
+    pthread_rwlock_unlock(&st->lock);
     free(dev);
     return STATUS_OK;
 }
 
-/* Appends a region; the caller holds the write lock. */
+/* Appends a region made by `dev`; takes the device's write lock. */
 static int add_region(strata_device *dev, struct region r) {
-    if (dev->len == dev->cap) {
-        size_t cap = dev->cap ? dev->cap * 2 : 16;
-        struct region *grown = realloc(dev->regions, cap * sizeof *grown);
-        if (grown == NULL)
-            return -1;
-        dev->regions = grown;
-        dev->cap = cap;
+    struct device_state *st = dev->state;
+    int result = 0;
+    r.context = dev;
+    pthread_rwlock_wrlock(&st->lock);
+    if (st->len == st->cap) {
+        size_t cap = st->cap ? st->cap * 2 : 16;
+        struct region *grown = realloc(st->regions, cap * sizeof *grown);
+        if (grown == NULL) {
+            result = -1;
+        } else {
+            st->regions = grown;
+            st->cap = cap;
+        }
     }
-    dev->regions[dev->len++] = r;
-    return 0;
+    if (result == 0)
+        st->regions[st->len++] = r;
+    pthread_rwlock_unlock(&st->lock);
+    return result;
 }
 
 /* The index of the region starting at `base`, or -1; the caller holds the lock. */
-static long find_base(const strata_device *dev, uintptr_t base) {
-    for (size_t i = 0; i < dev->len; i++)
-        if (dev->regions[i].base == base)
+static long find_base(const struct device_state *st, uintptr_t base) {
+    for (size_t i = 0; i < st->len; i++)
+        if (st->regions[i].base == base)
             return (long)i;
     return -1;
 }
 
 /* Whether [addr, addr + len) lies inside one region; the caller holds the lock. */
-static int covered(const strata_device *dev, uint64_t addr, uint64_t len) {
-    for (size_t i = 0; i < dev->len; i++) {
-        const struct region *r = &dev->regions[i];
+static int covered(const struct device_state *st, uint64_t addr, uint64_t len) {
+    for (size_t i = 0; i < st->len; i++) {
+        const struct region *r = &st->regions[i];
         if (addr >= r->base && addr - r->base <= r->size && len <= r->size - (addr - r->base))
             return 1;
     }
@@ -153,11 +177,8 @@ static int32_t host_sim_alloc(strata_device *dev, uint64_t size, strata_devptr *
         return fail(STATUS_NO_MEMORY, "alloc: mmap of %llu bytes: %s",
                     (unsigned long long)size, strerror(e));
     }
-    struct region r = {(uintptr_t)base, size, fd, 0};
-    pthread_rwlock_wrlock(&dev->lock);
-    int added = add_region(dev, r);
-    pthread_rwlock_unlock(&dev->lock);
-    if (added != 0) {
+    struct region r = {(uintptr_t)base, size, fd, 0, dev};
+    if (add_region(dev, r) != 0) {
         munmap(base, size);
         close(fd);
         return fail(STATUS_NO_MEMORY, "alloc: out of host memory for bookkeeping");
@@ -170,16 +191,17 @@ static int32_t host_sim_alloc(strata_device *dev, uint64_t size, strata_devptr *
 static int32_t release(strata_device *dev, strata_devptr ptr, int imported, const char *op) {
     if (dev == NULL)
         return fail(STATUS_INVALID, "%s: null device", op);
-    pthread_rwlock_wrlock(&dev->lock);
-    long i = find_base(dev, (uintptr_t)ptr);
-    if (i < 0 || dev->regions[i].imported != imported) {
-        pthread_rwlock_unlock(&dev->lock);
-        return fail(STATUS_INVALID, "%s: %#llx is not the start of %s", op,
+    struct device_state *st = dev->state;
+    pthread_rwlock_wrlock(&st->lock);
+    long i = find_base(st, (uintptr_t)ptr);
+    if (i < 0 || st->regions[i].imported != imported || st->regions[i].context != dev) {
+        pthread_rwlock_unlock(&st->lock);
+        return fail(STATUS_INVALID, "%s: %#llx is not the start of %s of this context", op,
                     (unsigned long long)ptr, imported ? "an import" : "an allocation");
     }
-    struct region r = dev->regions[i];
-    dev->regions[i] = dev->regions[--dev->len];
-    pthread_rwlock_unlock(&dev->lock);
+    struct region r = st->regions[i];
+    st->regions[i] = st->regions[--st->len];
+    pthread_rwlock_unlock(&st->lock);
     munmap((void *)r.base, r.size);
     if (r.fd >= 0)
         close(r.fd);
@@ -204,9 +226,10 @@ static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uin
     int src_device = kind == STRATA_COPY_DEVICE_TO_HOST || kind == STRATA_COPY_DEVICE_TO_DEVICE;
     if (!dst_device && !src_device)
         return fail(STATUS_INVALID, "copy: unknown kind %d", (int)kind);
-    pthread_rwlock_rdlock(&dev->lock);
-    int ok = (!dst_device || covered(dev, dst, len)) && (!src_device || covered(dev, src, len));
-    pthread_rwlock_unlock(&dev->lock);
+    pthread_rwlock_rdlock(&dev->state->lock);
+    int ok = (!dst_device || covered(dev->state, dst, len)) &&
+             (!src_device || covered(dev->state, src, len));
+    pthread_rwlock_unlock(&dev->state->lock);
     if (!ok)
         return fail(STATUS_INVALID,
                     "copy: %llu bytes %#llx -> %#llx (kind %d): the device side is not inside "
@@ -221,10 +244,10 @@ static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uin
 static int32_t host_sim_export(strata_device *dev, strata_devptr ptr, strata_ipc_handle *out) {
     if (dev == NULL || out == NULL)
         return fail(STATUS_INVALID, "export_handle: null argument");
-    pthread_rwlock_rdlock(&dev->lock);
-    long i = find_base(dev, (uintptr_t)ptr);
-    struct region r = i >= 0 ? dev->regions[i] : (struct region){0, 0, -1, 1};
-    pthread_rwlock_unlock(&dev->lock);
+    pthread_rwlock_rdlock(&dev->state->lock);
+    long i = find_base(dev->state, (uintptr_t)ptr);
+    struct region r = i >= 0 ? dev->state->regions[i] : (struct region){0, 0, -1, 1, NULL};
+    pthread_rwlock_unlock(&dev->state->lock);
     if (i < 0 || r.imported)
         return fail(STATUS_INVALID, "export_handle: %#llx is not the start of an allocation",
                     (unsigned long long)ptr);
@@ -266,11 +289,8 @@ static int32_t host_sim_import(strata_device *dev, const strata_ipc_handle *hand
     if (base == MAP_FAILED)
         return fail(STATUS_NO_MEMORY, "import_handle: mmap of %llu bytes: %s",
                     (unsigned long long)h.size, strerror(errno));
-    struct region r = {(uintptr_t)base, h.size, -1, 1};
-    pthread_rwlock_wrlock(&dev->lock);
-    int added = add_region(dev, r);
-    pthread_rwlock_unlock(&dev->lock);
-    if (added != 0) {
+    struct region r = {(uintptr_t)base, h.size, -1, 1, dev};
+    if (add_region(dev, r) != 0) {
         munmap(base, h.size);
         return fail(STATUS_NO_MEMORY, "import_handle: out of host memory for bookkeeping");
     }

@@ -484,6 +484,7 @@ mod tests {
             key: b"model@tp_rank:0@abc".to_vec(),
             len: 4096,
             pin: true,
+            placement: crate::msg::Placement::Device,
         };
         let frame = encode_request(Opcode::Put, &req);
         let head = RequestHead::decode(frame[..8].try_into().unwrap());

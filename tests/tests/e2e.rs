@@ -351,6 +351,7 @@ fn put_frame(key: &[u8], len: u64) -> Vec<u8> {
         key: key.to_vec(),
         len,
         pin: false,
+        placement: Default::default(),
     };
     wire::encode_request(Opcode::Put, &header)
 }

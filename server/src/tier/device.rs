@@ -239,15 +239,17 @@ impl DeviceTier {
         Ok(())
     }
 
-    /// Mounted segments whose owners stopped heart-beating.
+    /// Mounted segments whose owners stopped heart-beating. A draining segment is being
+    /// unmounted by its owner, which stops heart-beating once it asked: not one of them.
     pub fn silent_mounts(&self) -> Vec<u32> {
         let timeout = self.options.heartbeat_timeout;
         self.live_segments()
             .into_iter()
             .filter(|(_, s)| {
-                s.mount
-                    .as_ref()
-                    .is_some_and(|m| m.last_beat.lock().elapsed() > timeout)
+                !s.draining.load(Ordering::Relaxed)
+                    && s.mount
+                        .as_ref()
+                        .is_some_and(|m| m.last_beat.lock().elapsed() > timeout)
             })
             .map(|(n, _)| u32::from(n))
             .collect()
