@@ -3,6 +3,7 @@
 //! Each workload prints a table and, with `--json FILE` (or `--json -`), writes JSON Lines in
 //! the report format of the design brief.
 
+mod device;
 mod engine;
 mod heap;
 mod quic;
@@ -47,6 +48,13 @@ enum Workload {
     /// The shared-memory transport on this host: get_into and put_from of 1, 4 and 16 MiB
     /// at batch 1 and 32, next to memcpy (the ceiling) and to the QUIC transport.
     Shm {
+        /// Seconds per timed loop (default 2, or 0.1 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// The device tier and transport (host-sim): get/put of 4 and 16 MiB by device copy,
+    /// by shared memory and by memcpy in one run; demotion throughput device to dram.
+    Device {
         /// Seconds per timed loop (default 2, or 0.1 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
@@ -103,6 +111,17 @@ fn main() {
                 params.seconds = s;
             }
             shm::run(&params, &mut report);
+        }
+        Workload::Device { seconds } => {
+            let mut params = if cli.quick {
+                device::DeviceParams::quick()
+            } else {
+                device::DeviceParams::full()
+            };
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            device::run(&params, &mut report);
         }
         Workload::Ssd {
             dir,

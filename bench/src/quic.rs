@@ -111,11 +111,27 @@ pub(crate) fn serve(
     tls: TlsSource,
     shm_socket: Option<std::path::PathBuf>,
 ) -> Served {
+    serve_tiers(rt, 0, capacity, tls, shm_socket)
+}
+
+/// [`serve`] with a host-sim device tier of `device_capacity` bytes on top (none if 0).
+pub(crate) fn serve_tiers(
+    rt: &tokio::runtime::Runtime,
+    device_capacity: u64,
+    capacity: u64,
+    tls: TlsSource,
+    shm_socket: Option<std::path::PathBuf>,
+) -> Served {
+    let mut tiers = Vec::new();
+    if device_capacity > 0 {
+        tiers.push(crate::device::device_tier(device_capacity));
+    }
+    tiers.push(TierConfig {
+        populate: true,
+        ..TierConfig::dram(capacity)
+    });
     let store = StoreConfig {
-        tiers: vec![TierConfig {
-            populate: true,
-            ..TierConfig::dram(capacity)
-        }],
+        tiers,
         ..StoreConfig::default()
     };
     let store = Arc::new(Store::open(store).expect("store"));

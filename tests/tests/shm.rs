@@ -11,6 +11,10 @@ use strata_tests::{block_value, eventually, shm_client_binary, ServerProcess};
 
 const MIB: usize = 1 << 20;
 
+/// These tests are about the dram tier's transport: no device tier above it (the device
+/// transport has its own tests in device.rs).
+const SHM_ONLY: &[&str] = &["--device-plugin", "off"];
+
 fn with_transport(server: &ServerProcess, transport: Transport) -> ClientConfig {
     ClientConfig {
         transport,
@@ -20,7 +24,7 @@ fn with_transport(server: &ServerProcess, transport: Transport) -> ClientConfig 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_host_clients_move_bytes_through_shared_memory_and_see_quic_writes() {
-    let server = ServerProcess::start(&[]);
+    let server = ServerProcess::start(SHM_ONLY);
     let shm = Client::connect(server.client_config()).await.unwrap();
     assert_eq!(
         shm.transport().await.unwrap(),
@@ -102,8 +106,14 @@ async fn same_host_clients_move_bytes_through_shared_memory_and_see_quic_writes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_whose_lease_ended_never_returns_bytes() {
     // Short leases and a small tier, so leases lapse and eviction reuses space quickly.
-    let server =
-        ServerProcess::start(&["--default-kv-lease-ttl", "400", "--dram-capacity", "16MiB"]);
+    let server = ServerProcess::start(&[
+        "--default-kv-lease-ttl",
+        "400",
+        "--dram-capacity",
+        "16MiB",
+        "--device-plugin",
+        "off",
+    ]);
     let config = ClientConfig {
         lease_margin: Duration::from_millis(100),
         ..with_transport(&server, Transport::Shm)
@@ -191,7 +201,7 @@ async fn a_read_whose_lease_ended_never_returns_bytes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_writers_reservation_is_reclaimed() {
-    let server = ServerProcess::start(&["--put-timeout", "1500"]);
+    let server = ServerProcess::start(&["--put-timeout", "1500", "--device-plugin", "off"]);
     let mut child = Command::new(shm_client_binary())
         .args([
             &server.addr.to_string(),
@@ -255,7 +265,7 @@ async fn a_crashed_writers_reservation_is_reclaimed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_client_unmaps_the_segments() {
-    let server = ServerProcess::start(&[]);
+    let server = ServerProcess::start(SHM_ONLY);
     let out = Command::new(shm_client_binary())
         .args([
             &server.addr.to_string(),
@@ -278,7 +288,7 @@ async fn closing_a_client_unmaps_the_segments() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_shared_memory_auto_uses_quic_and_shm_refuses() {
-    let server = ServerProcess::start(&["--shm-socket", "off"]);
+    let server = ServerProcess::start(&["--shm-socket", "off", "--device-plugin", "off"]);
     let auto = Client::connect(server.client_config()).await.unwrap();
     assert_eq!(auto.transport().await.unwrap(), Transport::Quic);
     auto.put_from(b"k", b"v").await.unwrap();
@@ -293,7 +303,7 @@ async fn without_shared_memory_auto_uses_quic_and_shm_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_memory_follows_the_auth_token_and_refuses_bad_tickets() {
-    let server = ServerProcess::start(&["--auth-token", "s3cret"]);
+    let server = ServerProcess::start(&["--auth-token", "s3cret", "--device-plugin", "off"]);
     let config = ClientConfig {
         auth_token: Some("s3cret".into()),
         ..with_transport(&server, Transport::Shm)

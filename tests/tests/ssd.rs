@@ -15,7 +15,14 @@ const DRAM: &str = "32MiB";
 /// Three times the dram tier, in 1 MiB values.
 const OBJECTS: u64 = 96;
 
-const ARGS: &[&str] = &["--dram-capacity", DRAM, "--ssd-capacity", "256MiB"];
+const ARGS: &[&str] = &[
+    "--dram-capacity",
+    DRAM,
+    "--ssd-capacity",
+    "256MiB",
+    "--device-plugin",
+    "off",
+];
 
 fn key(i: u64) -> Vec<u8> {
     format!("qwen@tp_rank:0@{i:016x}").into_bytes()

@@ -582,13 +582,24 @@ impl Store {
         self.inner.stats()
     }
 
-    /// Moves every evictable object of each tier that has a tier below it down into that
-    /// tier (dram to ssd), as far as space allows: what a graceful shutdown does so that the
-    /// contents survive the restart. Returns the objects moved.
+    /// Moves every evictable object of tier `i` one tier down (dropping what does not fit),
+    /// as eviction would; returns the objects moved.
+    pub fn demote_tier(&self, i: usize) -> u64 {
+        let before = self.inner.counters.demotions.load(Ordering::Relaxed);
+        if let Some(tier) = self.inner.tiers.get(i) {
+            self.inner.evict(i, tier.used());
+        }
+        self.inner.counters.demotions.load(Ordering::Relaxed) - before
+    }
+
+    /// Moves every evictable object of each tier with a persistent tier somewhere below it
+    /// one tier down, top first (device to dram, dram to ssd), as far as space allows:
+    /// what a graceful shutdown does so that the contents survive the restart. Returns the
+    /// objects moved.
     pub fn demote_all(&self) -> u64 {
         let before = self.inner.counters.demotions.load(Ordering::Relaxed);
         for i in 0..self.inner.tiers.len().saturating_sub(1) {
-            if self.inner.tiers[i + 1].accepts_puts() {
+            if self.inner.tiers[i + 1..].iter().all(|t| t.accepts_puts()) {
                 continue; // Only a persistent tier below is worth the move.
             }
             self.inner.evict(i, self.inner.tiers[i].used());
