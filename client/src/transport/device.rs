@@ -122,13 +122,7 @@ impl DeviceSegments {
         let memory = self
             .segment(location)
             .ok_or_else(|| Self::outside(location))?;
-        let Some(dst) = dst.get_mut(..len) else {
-            let msg = format!(
-                "buffer of {} bytes is too small for a value of {len} bytes",
-                dst.len()
-            );
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        };
+        let dst = super::destination(dst, len)?;
         if Instant::now() >= valid_until {
             return Err(lease_expired());
         }
@@ -141,10 +135,7 @@ impl DeviceSegments {
             dst.chunks(CHECK_CHUNK).for_each(|c| h.update(c));
             let got = h.digest();
             if got != expected {
-                let msg = format!(
-                    "value read from device memory does not match its checksum ({got:#x}, stored {expected:#x})"
-                );
-                return Err(Error::new(ErrorCode::Internal, msg));
+                return Err(super::checksum_mismatch("device memory", got, expected));
             }
         }
         Ok(len)
@@ -159,14 +150,7 @@ impl DeviceSegments {
         deadline: Instant,
         margin: Duration,
     ) -> Result<u64> {
-        if location.len != src.len() as u64 {
-            let msg = format!(
-                "reservation of {} bytes for a value of {}",
-                location.len,
-                src.len()
-            );
-            return Err(Error::new(ErrorCode::Protocol, msg));
-        }
+        super::check_value_fits(location, src)?;
         let memory = self
             .segment(location)
             .ok_or_else(|| Self::outside(location))?;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_proto::msg::Location;
-use strata_proto::Result;
+use strata_proto::{Error, ErrorCode, Result};
 
 use device::DeviceSegments;
 use shm::SharedSegments;
@@ -90,4 +90,35 @@ impl Direct {
             (None, None) => unreachable!("a Direct has at least one transport"),
         }
     }
+}
+
+/// Refuses a write whose value is not the reservation's length.
+pub(crate) fn check_value_fits(location: &Location, src: &[u8]) -> Result<()> {
+    if location.len != src.len() as u64 {
+        let msg = format!(
+            "reservation of {} bytes for a value of {}",
+            location.len,
+            src.len()
+        );
+        return Err(Error::new(ErrorCode::Protocol, msg));
+    }
+    Ok(())
+}
+
+/// The front of `dst` a value of `len` bytes is copied into, or why it does not fit.
+pub(crate) fn destination(dst: &mut [u8], len: usize) -> Result<&mut [u8]> {
+    let room = dst.len();
+    dst.get_mut(..len).ok_or_else(|| {
+        let msg = format!("buffer of {room} bytes is too small for a value of {len} bytes");
+        Error::new(ErrorCode::InvalidArgument, msg)
+    })
+}
+
+/// The error of a direct read whose bytes do not hash to the recorded checksum.
+pub(crate) fn checksum_mismatch(memory: &str, got: u64, expected: u64) -> Error {
+    let msg = format!(
+        "value read from {memory} does not match its checksum ({got:#x}, stored \
+         {expected:#x}): was it removed with force?"
+    );
+    Error::new(ErrorCode::Internal, msg)
 }

@@ -208,13 +208,7 @@ impl SharedSegments {
     ) -> Result<usize> {
         let len = location.len as usize;
         let src = self.span(location).ok_or_else(|| Self::outside(location))?;
-        let Some(dst) = dst.get_mut(..len) else {
-            let msg = format!(
-                "buffer of {} bytes is too small for a value of {len} bytes",
-                dst.len()
-            );
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        };
+        let dst = super::destination(dst, len)?;
         if Instant::now() >= valid_until {
             return Err(lease_expired());
         }
@@ -240,11 +234,7 @@ impl SharedSegments {
         if let (Some(h), Some(expected)) = (hasher, checksum) {
             let got = h.digest();
             if got != expected {
-                let msg = format!(
-                    "value read from shared memory does not match its checksum \
-                     ({got:#x}, stored {expected:#x}): was it removed with force?"
-                );
-                return Err(Error::new(ErrorCode::Internal, msg));
+                return Err(super::checksum_mismatch("shared memory", got, expected));
             }
         }
         Ok(len)
@@ -260,14 +250,7 @@ impl SharedSegments {
         deadline: Instant,
         margin: Duration,
     ) -> Result<u64> {
-        if location.len != src.len() as u64 {
-            let msg = format!(
-                "reservation of {} bytes for a value of {}",
-                location.len,
-                src.len()
-            );
-            return Err(Error::new(ErrorCode::Protocol, msg));
-        }
+        super::check_value_fits(location, src)?;
         let dst = self.span(location).ok_or_else(|| Self::outside(location))?;
         let mut hasher = Xxh3::new();
         for (i, part) in src.chunks(CHUNK).enumerate() {
