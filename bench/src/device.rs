@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use strata_client::{Client, ClientConfig, Placement};
 use strata_server::device::Backend;
-use strata_server::net::TlsSource;
 use strata_server::{DeviceOptions, PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::engine::pattern;
@@ -75,10 +74,7 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls = TlsSource::SelfSigned {
-        dir: dir.path().to_path_buf(),
-        names: vec!["localhost".into(), "127.0.0.1".into()],
-    };
+    let tls = crate::quic::loopback_tls(dir.path());
     let served = serve_tiers(
         &server_rt,
         p.device_capacity,

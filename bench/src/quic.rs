@@ -62,10 +62,7 @@ pub fn run(p: &QuicParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir for the certificate");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls_source = TlsSource::SelfSigned {
-        dir: dir.path().to_path_buf(),
-        names: vec!["localhost".into(), "127.0.0.1".into()],
-    };
+    let tls_source = loopback_tls(dir.path());
 
     // strata's service.
     let served = serve(&server_rt, 2 << 30, tls_source.clone(), None);
@@ -103,6 +100,14 @@ pub(crate) struct Served {
     pub cert: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<bool>,
+}
+
+/// A self-signed certificate in `dir` for a server on loopback.
+pub(crate) fn loopback_tls(dir: &std::path::Path) -> TlsSource {
+    TlsSource::SelfSigned {
+        dir: dir.to_path_buf(),
+        names: vec!["localhost".into(), "127.0.0.1".into()],
+    }
 }
 
 pub(crate) fn serve(

@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 use strata_client::{Client, ClientConfig, Transport};
-use strata_server::net::TlsSource;
 
 use crate::engine::{pattern, round3};
 use crate::quic::{runtime, serve, timed};
@@ -77,10 +76,7 @@ pub fn run(p: &ShmParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls = TlsSource::SelfSigned {
-        dir: dir.path().to_path_buf(),
-        names: vec!["localhost".into(), "127.0.0.1".into()],
-    };
+    let tls = crate::quic::loopback_tls(dir.path());
     let served = serve(&server_rt, 3 << 30, tls, Some(dir.path().join("shm.sock")));
     let base = ClientConfig {
         server: served.addr.to_string(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use strata_server::device::{Backend, Device, DeviceMemory};
 use strata_server::{
-    DeviceOptions, ErrorCode, Placement, PutOptions, Store, StoreConfig, TierConfig, TierKind,
+    Clock, DeviceOptions, ErrorCode, ManualClock, Placement, PutOptions, Store, StoreConfig,
+    TierConfig, TierKind,
 };
 
 const KIB: u64 = 1024;
@@ -20,17 +21,28 @@ fn options(heartbeat: Duration) -> DeviceOptions {
     }
 }
 
-fn store(device_capacity: u64, heartbeat: Duration) -> Store {
+fn config(device_capacity: u64, heartbeat: Duration) -> StoreConfig {
     let mut device = TierConfig::device(device_capacity, options(heartbeat));
     device.segment_size = device_capacity.max(4096);
-    Store::open(StoreConfig {
+    StoreConfig {
         tiers: vec![device, TierConfig::dram(8 << 20)],
         maintenance_interval: None,
         lease_ttl: Duration::from_millis(300),
         shards: 8,
         ..StoreConfig::default()
-    })
-    .unwrap()
+    }
+}
+
+/// A store on the real clock (a graceful unmount waits for leases in real time).
+fn store(device_capacity: u64, heartbeat: Duration) -> Store {
+    Store::open(config(device_capacity, heartbeat)).unwrap()
+}
+
+/// A store on a manual clock: leases and heartbeats age only when the test says so.
+fn manual_store(device_capacity: u64, heartbeat: Duration) -> (Store, ManualClock) {
+    let (clock, manual) = Clock::manual();
+    let s = Store::open_with_clock(config(device_capacity, heartbeat), clock).unwrap();
+    (s, manual)
 }
 
 fn value(i: u32, len: usize) -> Vec<u8> {
@@ -87,7 +99,7 @@ fn puts_land_in_the_device_tier_and_read_back() {
 
 #[test]
 fn eviction_demotes_device_objects_to_dram_keeping_contents_checksums_and_pins() {
-    let s = store(256 * KIB, Duration::from_secs(5));
+    let (s, clock) = manual_store(256 * KIB, Duration::from_secs(5));
     let values: Vec<Vec<u8>> = (0..4).map(|i| value(i, 60 * KIB as usize)).collect();
     for (i, v) in values.iter().enumerate() {
         device_put(&s, &[i as u8], v, false);
@@ -96,7 +108,7 @@ fn eviction_demotes_device_objects_to_dram_keeping_contents_checksums_and_pins()
         .map(|i| s.get_locations(&[[i]])[0].clone().unwrap().checksum)
         .collect();
     // 4 x 60 KiB of 256 KiB is over the 90% mark: maintenance demotes the oldest.
-    std::thread::sleep(Duration::from_millis(350)); // let the leases just taken end
+    clock.advance(Duration::from_millis(350)); // the leases just taken end
     s.run_maintenance();
     let st = s.stats();
     assert!(st.counters.demotions >= 1, "{:?}", st.counters);
@@ -171,7 +183,7 @@ fn a_mounted_segment_takes_objects_and_gives_them_back_on_unmount() {
 
 #[test]
 fn a_silent_owner_loses_its_segment_and_only_its_objects() {
-    let s = store(256 * KIB, Duration::from_millis(200));
+    let (s, clock) = manual_store(256 * KIB, Duration::from_millis(200));
     let memory = client_memory(1 << 20);
     let segment = s
         .mount_segment(&memory.export().unwrap(), 1 << 20, "test")
@@ -199,12 +211,18 @@ fn a_silent_owner_loses_its_segment_and_only_its_objects() {
     .unwrap();
     // Heart-beating keeps it; silence past the timeout drops it.
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(100));
+        clock.advance(Duration::from_millis(100));
         s.heartbeat_segment(segment).unwrap();
         s.run_maintenance();
     }
     assert!(s.exists(&[0]).unwrap());
-    std::thread::sleep(Duration::from_millis(300));
+    clock.advance(Duration::from_millis(150));
+    s.run_maintenance();
+    assert!(
+        s.exists(&[0]).unwrap(),
+        "within the timeout of the last beat"
+    );
+    clock.advance(Duration::from_millis(100));
     s.run_maintenance();
     for i in 0..3u8 {
         assert_eq!(s.get(&[i]).unwrap_err().code(), ErrorCode::NotFound);

@@ -871,19 +871,20 @@ impl Inner {
             Placement::Device => kind == TierKind::Device,
             Placement::Dram => kind == TierKind::Dram,
         };
-        let candidates: Vec<usize> = (0..self.tiers.len())
-            .filter(|&i| {
+        // No collected list: this runs on every put.
+        let candidates = || {
+            (0..self.tiers.len()).filter(|&i| {
                 let t = &self.tiers[i];
                 t.accepts_puts() && wanted(t.kind()) && len <= t.max_value_len()
             })
-            .collect();
-        if candidates.is_empty() && placement != Placement::Auto {
+        };
+        if placement != Placement::Auto && candidates().next().is_none() {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 format!("the put asks for the {placement:?} tier, which this store does not have or which cannot hold {len} bytes"),
             ));
         }
-        for &i in &candidates {
+        for i in candidates() {
             if !self.above_watermark(i) {
                 if let Some(extent) = self.tiers[i].allocate(len) {
                     if self.above_watermark(i) {
@@ -893,7 +894,7 @@ impl Inner {
                 }
             }
         }
-        for &i in &candidates {
+        for i in candidates() {
             if let Some(extent) = self.allocate_evicting(i, len) {
                 return Ok(extent);
             }

@@ -29,19 +29,27 @@ pub struct UnmountReport {
 impl Store {
     /// The device tier and its index, if the store has one.
     pub fn device_tier(&self) -> Option<(u8, &DeviceTier)> {
-        self.inner.device().ok().map(|(i, d)| (i as u8, d))
+        self.device().ok()
+    }
+
+    /// The device tier and its index, or `InvalidArgument` naming the flag that adds one.
+    pub fn device(&self) -> Result<(u8, &DeviceTier)> {
+        self.inner.device().map(|(i, d)| (i as u8, d))
     }
 
     /// Imports memory a client allocated through the device module as a new segment of
     /// the device tier; returns the segment's number. The owner must heart-beat it.
     pub fn mount_segment(&self, handle: &IpcHandle, size: u64, owner: &str) -> Result<u32> {
         let (_, device) = self.inner.device()?;
-        device.mount(handle, size, owner)
+        device.mount(handle, size, owner, self.inner.clock.now())
     }
 
     /// Keeps a mounted segment alive.
     pub fn heartbeat_segment(&self, segment: u32) -> Result<()> {
-        self.inner.device()?.1.heartbeat(segment)
+        self.inner
+            .device()?
+            .1
+            .heartbeat(segment, self.inner.clock.now())
     }
 
     /// Gives a mounted segment back to its owner: no new objects go there, its objects
@@ -101,7 +109,7 @@ impl Inner {
         let Ok((i, device)) = self.device() else {
             return;
         };
-        for segment in device.silent_mounts() {
+        for segment in device.silent_mounts(self.clock.now()) {
             match self.drop_segment(i, segment) {
                 Ok(n) => tracing::warn!(
                     "device segment {segment}: owner stopped heart-beating; unmounted with {n} objects"

@@ -172,12 +172,7 @@ pub(crate) async fn serve(
 
 /// The device tier's segments with their IPC handles.
 fn device_segments(store: &Store) -> Result<DeviceSegmentsResponse, Error> {
-    let Some((_, device)) = store.device_tier() else {
-        return Err(Error::new(
-            ErrorCode::InvalidArgument,
-            "this server has no device tier",
-        ));
-    };
+    let (_, device) = store.device()?;
     let segments = device
         .describe()
         .into_iter()
@@ -192,12 +187,7 @@ fn device_segments(store: &Store) -> Result<DeviceSegmentsResponse, Error> {
 }
 
 fn mount_segment(store: &Store, req: &ArchivedMountSegmentRequest) -> Result<SegmentRef, Error> {
-    let Some((tier, device)) = store.device_tier() else {
-        return Err(Error::new(
-            ErrorCode::InvalidArgument,
-            "this server has no device tier to mount a segment into",
-        ));
-    };
+    let (tier, device) = store.device()?;
     let theirs = (req.backend.as_str(), req.device_index.to_native());
     let ours = device.options();
     if theirs != (ours.backend.spec().as_str(), ours.index) {

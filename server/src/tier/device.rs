@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_epoch::Guard;
 use parking_lot::{Mutex, RwLock};
@@ -61,7 +61,8 @@ fn unmounted(segment: u16) -> Error {
 /// Who contributed a mounted segment, and when it last said it was alive.
 struct Mount {
     owner: String,
-    last_beat: Mutex<Instant>,
+    /// The store clock (ns) at the last heartbeat.
+    last_beat: AtomicU64,
 }
 
 struct Segment {
@@ -175,7 +176,8 @@ impl DeviceTier {
     }
 
     /// Imports memory a client allocated and exported, as a new segment; returns its number.
-    pub fn mount(&self, handle: &IpcHandle, size: u64, owner: &str) -> Result<u32> {
+    /// `now` is the store clock (ns): heartbeats are judged on it.
+    pub fn mount(&self, handle: &IpcHandle, size: u64, owner: &str, now: u64) -> Result<u32> {
         if size < self.alignment {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
@@ -194,7 +196,7 @@ impl DeviceTier {
         })?;
         let mount = Mount {
             owner: owner.to_string(),
-            last_beat: Mutex::new(Instant::now()),
+            last_beat: AtomicU64::new(now),
         };
         let number = self.attach(memory, *handle, Some(mount))?;
         tracing::info!("device segment {number} mounted: {size} bytes from {owner}");
@@ -202,9 +204,10 @@ impl DeviceTier {
     }
 
     /// Records that a mounted segment's owner is alive.
-    pub fn heartbeat(&self, number: u32) -> Result<()> {
+    pub fn heartbeat(&self, number: u32, now: u64) -> Result<()> {
         let segment = self.mounted(number)?;
-        *segment.mount.as_ref().expect("mounted").last_beat.lock() = Instant::now();
+        let mount = segment.mount.as_ref().expect("mounted");
+        mount.last_beat.fetch_max(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -241,15 +244,15 @@ impl DeviceTier {
 
     /// Mounted segments whose owners stopped heart-beating. A draining segment is being
     /// unmounted by its owner, which stops heart-beating once it asked: not one of them.
-    pub fn silent_mounts(&self) -> Vec<u32> {
-        let timeout = self.options.heartbeat_timeout;
+    pub fn silent_mounts(&self, now: u64) -> Vec<u32> {
+        let timeout = self.options.heartbeat_timeout.as_nanos() as u64;
         self.live_segments()
             .into_iter()
             .filter(|(_, s)| {
                 !s.draining.load(Ordering::Relaxed)
-                    && s.mount
-                        .as_ref()
-                        .is_some_and(|m| m.last_beat.lock().elapsed() > timeout)
+                    && s.mount.as_ref().is_some_and(|m| {
+                        now.saturating_sub(m.last_beat.load(Ordering::Relaxed)) > timeout
+                    })
             })
             .map(|(n, _)| u32::from(n))
             .collect()
