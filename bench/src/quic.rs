@@ -146,6 +146,7 @@ pub(crate) fn serve_tiers(
         auth_token: None,
         shutdown_grace: Duration::from_secs(1),
         shm_socket,
+        data_plane: None,
     };
     let service = rt.block_on(async { Service::bind(store, config).expect("bind the service") });
     let (addr, cert) = (service.local_addr(), service.cert_path().to_path_buf());
@@ -400,7 +401,8 @@ fn key_lookups(p: &QuicParams, rt: &tokio::runtime::Runtime, client: &Client, re
 /// with it set, the client sends that many bytes, which the server reads and drops.
 fn spawn_raw_server(source: &TlsSource) -> std::net::SocketAddr {
     let identity = tls::load_identity(source).expect("identity");
-    let config = tls::server_config(identity).expect("server config");
+    let rustls = tls::rustls_config(identity).expect("tls config");
+    let config = tls::server_config(rustls).expect("server config");
     let endpoint =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).expect("raw endpoint");
     let addr = endpoint.local_addr().expect("raw address");

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use moka::sync::Cache;
 use moka::Expiry;
-use strata_proto::msg::Location;
+use strata_proto::msg::{LeaseGrant, Location};
 
 /// A location under a read lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeasedLocation {
     /// Where the bytes are in the server's tiers.
     pub location: Location,
@@ -24,6 +24,10 @@ pub struct LeasedLocation {
     /// The server instance that granted it: a location means nothing to another one.
     /// Private, so every `LeasedLocation` comes from a server.
     pub(crate) instance: u64,
+    /// The lease as the TCP data plane checks it (signed for this client's session).
+    pub(crate) grant: Option<LeaseGrant>,
+    /// The key leased, which the data plane names with the grant (set with a grant only).
+    pub(crate) key: Option<bytes::Bytes>,
 }
 
 struct UntilLeaseEnds {
@@ -101,6 +105,8 @@ mod tests {
             checksum: 9,
             valid_until: Instant::now() + Duration::from_millis(for_ms),
             instance: 1,
+            grant: None,
+            key: None,
         }
     }
 

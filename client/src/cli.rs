@@ -35,8 +35,9 @@ struct Cli {
     /// Seconds to wait for the connection and for each operation.
     #[arg(long, env = "STRATA_TIMEOUT", default_value_t = 10.0, global = true)]
     timeout: f64,
-    /// How value bytes travel: quic, shm (same host, shared memory) or auto. One command
-    /// moves one value, so mapping the server's segments rarely pays: quic by default.
+    /// How value bytes travel: quic, shm (same host, shared memory), tcp (the server's
+    /// data plane) or auto. One command moves one value, so mapping the server's segments
+    /// or opening data connections rarely pays: quic by default.
     #[arg(long, env = "STRATA_TRANSPORT", default_value = "quic", global = true)]
     transport: Transport,
     #[command(subcommand)]

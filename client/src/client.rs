@@ -99,6 +99,14 @@ pub struct TransportStats {
     pub device_puts: u64,
     /// Bytes of those.
     pub device_put_bytes: u64,
+    /// Values read over the TCP data plane.
+    pub tcp_gets: u64,
+    /// Bytes of those.
+    pub tcp_get_bytes: u64,
+    /// Values written over the TCP data plane.
+    pub tcp_puts: u64,
+    /// Bytes of those.
+    pub tcp_put_bytes: u64,
     /// Direct reads refused because the lease ended before the copy did.
     pub lease_expired: u64,
 }
@@ -117,6 +125,10 @@ pub(crate) struct Counters {
     pub device_get_bytes: AtomicU64,
     pub device_puts: AtomicU64,
     pub device_put_bytes: AtomicU64,
+    pub tcp_gets: AtomicU64,
+    pub tcp_get_bytes: AtomicU64,
+    pub tcp_puts: AtomicU64,
+    pub tcp_put_bytes: AtomicU64,
     pub lease_expired: AtomicU64,
 }
 
@@ -131,6 +143,7 @@ impl Counters {
         match path {
             Some(Path::Shm) => (&self.shm_gets, &self.shm_get_bytes),
             Some(Path::Device) => (&self.device_gets, &self.device_get_bytes),
+            Some(Path::Tcp) => (&self.tcp_gets, &self.tcp_get_bytes),
             None => (&self.quic_gets, &self.quic_get_bytes),
         }
     }
@@ -140,6 +153,7 @@ impl Counters {
         match path {
             Path::Shm => (&self.shm_puts, &self.shm_put_bytes),
             Path::Device => (&self.device_puts, &self.device_put_bytes),
+            Path::Tcp => (&self.tcp_puts, &self.tcp_put_bytes),
         }
     }
 
@@ -158,6 +172,10 @@ impl Counters {
             device_get_bytes: get(&self.device_get_bytes),
             device_puts: get(&self.device_puts),
             device_put_bytes: get(&self.device_put_bytes),
+            tcp_gets: get(&self.tcp_gets),
+            tcp_get_bytes: get(&self.tcp_get_bytes),
+            tcp_puts: get(&self.tcp_puts),
+            tcp_put_bytes: get(&self.tcp_put_bytes),
             lease_expired: get(&self.lease_expired),
         }
     }
@@ -224,11 +242,14 @@ impl Client {
     }
 
     /// How value bytes travel now: [`Transport::Shm`] when the server's segments are
-    /// mapped into this process, else [`Transport::Quic`].
+    /// mapped into this process, [`Transport::Tcp`] over the server's data plane, else
+    /// [`Transport::Quic`].
     pub async fn transport(&self) -> Result<Transport> {
         let link = self.inner.connector.link().await?;
         Ok(if link.shm.is_some() {
             Transport::Shm
+        } else if link.data.is_some() {
+            Transport::Tcp
         } else {
             Transport::Quic
         })
@@ -378,13 +399,13 @@ impl Client {
         placement: Placement,
     ) -> Result<()> {
         let link = self.inner.connector.link().await?;
-        if let Some(segments) = &link.direct {
+        if let Some(mover) = link.mover() {
             let bytes = match &value {
                 Payload::Borrowed(b) => *b,
                 Payload::Owned(b) => &b[..],
             };
             let item = [(key, bytes)];
-            let op = self.shm_put(&link, segments, &item, pin, placement);
+            let op = self.direct_put(&link, mover, &item, pin, placement);
             let mut results = self.bounded_batch("put", 1, op).await;
             return results.pop().unwrap_or_else(|| Err(missing_answer()));
         }
@@ -422,14 +443,14 @@ impl Client {
         items: &[(K, V)],
     ) -> Vec<Result<()>> {
         if let Ok(link) = self.inner.connector.link().await {
-            if let Some(segments) = &link.direct {
+            if let Some(mover) = link.mover() {
                 let mut out = Vec::with_capacity(items.len());
                 for chunk in items.chunks(MAX_BATCH_KEYS) {
                     let pairs: Vec<(&[u8], &[u8])> = chunk
                         .iter()
                         .map(|(k, v)| (k.as_ref(), v.as_ref()))
                         .collect();
-                    let op = self.shm_put(&link, segments, &pairs, false, Placement::Auto);
+                    let op = self.direct_put(&link, mover, &pairs, false, Placement::Auto);
                     out.extend(self.bounded_batch("batch_put", pairs.len(), op).await);
                 }
                 return out;
@@ -514,6 +535,9 @@ impl Client {
                     return Ok(Bytes::from(value));
                 }
             }
+            if let Some(data) = &link.data {
+                return self.tcp_get(&link, data, key).await;
+            }
             let (mut recv, response) = self.get_request(key).await?;
             let mut value = vec![0u8; response.len as usize];
             recv.read_exact(&mut value).await.map_err(read_error)?;
@@ -542,6 +566,13 @@ impl Client {
                 if let Some(lease) = self.shm_lease(&link, segments, key).await? {
                     return self.shm_read(segments, key, &lease, buf).await;
                 }
+            }
+            if let Some(data) = &link.data {
+                let mut bufs = [buf];
+                let mut results = self
+                    .tcp_batch_get_into(&link, data, &[key], &mut bufs)
+                    .await;
+                return results.pop().unwrap_or_else(|| Err(missing_answer()));
             }
             self.quic_get_into(key, buf).await
         })
@@ -574,7 +605,7 @@ impl Client {
         Ok((recv, decode::<GetResponse>(&header)?))
     }
 
-    fn verify(&self, key: &[u8], value: &[u8], checksum: u64) -> Result<()> {
+    pub(crate) fn verify(&self, key: &[u8], value: &[u8], checksum: u64) -> Result<()> {
         if !self.inner.config.verify_checksums || checksum == 0 {
             return Ok(());
         }
@@ -606,6 +637,10 @@ impl Client {
         if let Ok(link) = self.inner.connector.link().await {
             if let Some(segments) = &link.direct {
                 let op = self.shm_batch_get_into(&link, segments, keys, bufs);
+                return self.bounded_batch("batch_get", keys.len(), op).await;
+            }
+            if let Some(data) = &link.data {
+                let op = self.tcp_batch_get_into(&link, data, keys, bufs);
                 return self.bounded_batch("batch_get", keys.len(), op).await;
             }
         }
@@ -673,8 +708,12 @@ impl Client {
                             checksum: lease.checksum,
                             valid_until: sent + Duration::from_nanos(lease.remaining_ns),
                             instance,
+                            grant: lease.grant,
+                            key: lease
+                                .grant
+                                .map(|_| bytes::Bytes::copy_from_slice(keys[i].as_ref())),
                         };
-                        self.inner.cache.insert(keys[i].as_ref(), leased);
+                        self.inner.cache.insert(keys[i].as_ref(), leased.clone());
                         Ok(leased)
                     }
                     LeaseResult::Failed(f) => Err(Error::new(

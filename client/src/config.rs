@@ -10,8 +10,9 @@ pub const DEFAULT_SERVER: &str = "127.0.0.1:50088";
 /// How value bytes travel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Transport {
-    /// The most direct transport that works: shared memory when the server is on this
-    /// host and shares its segments with this user, else QUIC.
+    /// The most direct transport that works: shared memory (and device copies) when the
+    /// server is on this host and shares its segments with this user, else the TCP data
+    /// plane, else QUIC.
     #[default]
     Auto,
     /// Value bytes on QUIC streams, also on the same host.
@@ -19,6 +20,9 @@ pub enum Transport {
     /// Shared memory only: connecting fails (`Unavailable`) when the segments cannot be
     /// mapped. Objects on tiers that cannot be mapped still come through the server.
     Shm,
+    /// The TCP data plane, also on the same host: connecting fails (`Unavailable`) when
+    /// the server runs none or its data port cannot be reached.
+    Tcp,
 }
 
 impl FromStr for Transport {
@@ -28,8 +32,9 @@ impl FromStr for Transport {
             "auto" => Ok(Transport::Auto),
             "quic" => Ok(Transport::Quic),
             "shm" => Ok(Transport::Shm),
+            "tcp" => Ok(Transport::Tcp),
             other => Err(format!(
-                "unknown transport {other:?} (expected auto, quic or shm)"
+                "unknown transport {other:?} (expected auto, quic, shm or tcp)"
             )),
         }
     }
@@ -72,6 +77,11 @@ pub struct ClientConfig {
     pub batch_concurrency: usize,
     /// Threads that copy one batch's values through shared memory in parallel.
     pub shm_copy_threads: usize,
+    /// Connections to the server's TCP data plane.
+    pub data_connections: usize,
+    /// A value larger than this moves over the data plane in as many slices as there are
+    /// data connections (up to), side by side.
+    pub stripe_size: u64,
 }
 
 impl Default for ClientConfig {
@@ -92,6 +102,8 @@ impl Default for ClientConfig {
             shm_copy_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(4),
+            data_connections: 4,
+            stripe_size: 1 << 20,
         }
     }
 }

@@ -10,14 +10,16 @@ use parking_lot::RwLock;
 use quinn::{Connection, ConnectionError, Endpoint, ReadExactError, RecvStream, SendStream};
 use rkyv::util::AlignedVec;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use strata_proto::msg::{HandshakeRequest, HandshakeResponse};
 use strata_proto::wire::{self, decode, Opcode, ResponseHead, Status, RESPONSE_HEAD_LEN};
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::config::{default_cert_path, ClientConfig, Transport};
+use crate::direct::Mover;
 use crate::transport::device::DeviceSegments;
 use crate::transport::shm::SharedSegments;
+use crate::transport::tcp::{DataPlane, DataPlaneSettings};
 use crate::transport::Direct;
 
 /// What the server said about itself in the handshake.
@@ -33,6 +35,20 @@ pub(crate) struct Link {
     pub device: Option<Arc<DeviceSegments>>,
     /// shm and device together, when either is on.
     pub direct: Option<Direct>,
+    /// The TCP data plane, when this link moves bytes over it (no direct transport, and
+    /// the server runs one that answers).
+    pub data: Option<Arc<DataPlane>>,
+}
+
+impl Link {
+    /// How a put on this link moves its bytes itself, if it does.
+    pub fn mover(&self) -> Option<Mover<'_>> {
+        match (&self.direct, &self.data) {
+            (Some(direct), _) => Some(Mover::Direct(direct)),
+            (None, Some(data)) => Some(Mover::Tcp(data)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The client's endpoint and its current link; reconnects when the link is gone.
@@ -43,6 +59,10 @@ pub(crate) struct Connector {
     auth_token: Option<String>,
     connect_timeout: Duration,
     transport: Transport,
+    /// The TLS configuration, for data connections that speak TLS.
+    tls: Arc<rustls::ClientConfig>,
+    data_connections: usize,
+    stripe_size: u64,
     current: RwLock<Option<Arc<Link>>>,
     /// The last mapped segments: a reconnect to the same server instance reuses them
     /// (and the page tables already built for them) instead of mapping anew.
@@ -136,6 +156,7 @@ impl Connector {
             .map_err(|e| Error::new(ErrorCode::Internal, format!("TLS setup: {e}")))?
             .with_root_certificates(trust(config)?)
             .with_no_client_auth();
+        let data_tls = Arc::new(tls.clone());
         tls.alpn_protocols = vec![wire::ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::new(ErrorCode::Internal, format!("TLS setup: {e}")))?;
@@ -160,6 +181,9 @@ impl Connector {
             auth_token: config.auth_token.clone(),
             connect_timeout: config.connect_timeout,
             transport: config.transport,
+            tls: data_tls,
+            data_connections: config.data_connections,
+            stripe_size: config.stripe_size,
             current: RwLock::new(None),
             mapped: parking_lot::Mutex::new(None),
             opened_device: parking_lot::Mutex::new(None),
@@ -212,6 +236,7 @@ impl Connector {
             let hello = HandshakeRequest {
                 client_version: env!("CARGO_PKG_VERSION").to_owned(),
                 auth_token: self.auth_token.clone(),
+                data_plane: matches!(self.transport, Transport::Auto | Transport::Tcp),
             };
             let frame = wire::encode_request(Opcode::Handshake, &hello);
             let (_, header) = exchange(&conn, &frame, &[]).await?;
@@ -222,12 +247,17 @@ impl Connector {
                 shm: shm.clone(),
                 device: device.clone(),
             });
+            let data = match direct {
+                Some(_) => None,
+                None => self.open_data_plane(&info).await?,
+            };
             Ok(Link {
                 conn,
                 info,
                 shm,
                 device,
                 direct,
+                data,
             })
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
@@ -246,7 +276,7 @@ impl Connector {
     /// only when the config insists on shared memory; `auto` falls back to QUIC.
     async fn map_segments(&self, info: &ServerInfo) -> Result<Option<Arc<SharedSegments>>> {
         let insist = match self.transport {
-            Transport::Quic => return Ok(None),
+            Transport::Quic | Transport::Tcp => return Ok(None),
             Transport::Auto => false,
             Transport::Shm => true,
         };
@@ -292,7 +322,8 @@ impl Connector {
     /// this host, and this client may use direct transports. A failure (the backend does
     /// not open here) leaves device-tier objects to the server.
     fn open_device(&self, info: &ServerInfo) -> Option<Arc<DeviceSegments>> {
-        if self.transport == Transport::Quic || info.host_id != strata_proto::host_id() {
+        let direct = matches!(self.transport, Transport::Auto | Transport::Shm);
+        if !direct || info.host_id != strata_proto::host_id() {
             return None;
         }
         let offer = info.device.as_ref()?;
@@ -310,6 +341,42 @@ impl Connector {
                 tracing::debug!("device transport not used: {e}");
                 None
             }
+        }
+    }
+
+    /// The server's TCP data plane with one connection open, when this client may use it
+    /// and the server offers it. A failure is an error only when the config insists on
+    /// tcp; `auto` falls back to QUIC streams.
+    async fn open_data_plane(&self, info: &ServerInfo) -> Result<Option<Arc<DataPlane>>> {
+        let insist = match self.transport {
+            Transport::Tcp => true,
+            Transport::Auto => false,
+            Transport::Quic | Transport::Shm => return Ok(None),
+        };
+        let refuse = |why: String| {
+            if insist {
+                Err(unavailable(format!("transport tcp: {why}")))
+            } else {
+                tracing::debug!("data plane not used: {why}");
+                Ok(None)
+            }
+        };
+        let Some(offer) = &info.data_plane else {
+            return refuse("the server runs no data plane".into());
+        };
+        let name = ServerName::try_from(self.server_name.clone()).map_err(|e| {
+            let msg = format!("{:?} is not a server name: {e}", self.server_name);
+            Error::new(ErrorCode::InvalidArgument, msg)
+        })?;
+        let settings = DataPlaneSettings {
+            connections: self.data_connections,
+            stripe: self.stripe_size,
+            connect_timeout: self.connect_timeout,
+            tls: (Arc::clone(&self.tls), name),
+        };
+        match DataPlane::open(offer, self.addr.ip(), settings).await {
+            Ok(plane) => Ok(Some(Arc::new(plane))),
+            Err(e) => refuse(e.message().to_owned()),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The client's operations when value bytes move through shared memory: the control round
 //! trips on QUIC (leases, reservations, commits), the copies in this process
-//! ([`SharedSegments`] does each copy and its checks).
+//! ([`SharedSegments`] does each copy and its checks). The put machinery (reserve, move,
+//! commit) serves the TCP data plane too (`crate::tcp`).
 //!
 //! Batches pay one control round trip per phase, not one per key: one get_locations for a
 //! batch of gets; one batch_put_start and one batch_put_finish for a batch of puts. Large
@@ -21,6 +22,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use crate::cache::LeasedLocation;
 use crate::client::{exchange_on, missing_answer, Client, Counters};
 use crate::connection::Link;
+use crate::transport::tcp::DataPlane;
 use crate::transport::{Direct, Path};
 
 /// A copy at least this large runs off the async reactor ([`off_reactor`]).
@@ -170,11 +172,24 @@ async fn start_batch(
 }
 
 /// One value of a put batch, reserved and waiting for its bytes.
-struct Reserved {
-    index: usize,
-    writer: u64,
-    location: strata_proto::msg::Location,
-    deadline: Instant,
+pub(crate) struct Reserved {
+    pub index: usize,
+    pub writer: u64,
+    pub location: strata_proto::msg::Location,
+    pub deadline: Instant,
+}
+
+/// A reserved value after its bytes moved: its checksum (0: let the server compute it),
+/// and the path to count it under (none: already counted).
+pub(crate) type Moved = (Reserved, Result<u64>, Option<Path>);
+
+/// How a [`Client::direct_put`] moves value bytes.
+#[derive(Clone, Copy)]
+pub(crate) enum Mover<'a> {
+    /// Copies in this process (shared memory, device).
+    Direct(&'a Direct),
+    /// The TCP data plane.
+    Tcp(&'a DataPlane),
 }
 
 impl Client {
@@ -244,13 +259,26 @@ impl Client {
     ///
     /// `LeaseExpired` if the lease ended before the copy did (the bytes may have been
     /// overwritten; they are never returned), or if it came from a server instance that
-    /// is gone. `InvalidArgument` when this client does not use shared memory.
+    /// is gone. Over the TCP data plane the server checks the lease: `LeaseExpired` once it
+    /// ended, `Unauthorized` for a lease not granted to this client's session.
+    /// `InvalidArgument` when this client uses neither shared memory nor the data plane.
     pub async fn read_leased(&self, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
         let link = self.inner.connector.link().await?;
+        if lease.instance != link.info.instance {
+            return Err(Error::new(
+                ErrorCode::LeaseExpired,
+                "the lease came from a server instance that is gone",
+            ));
+        }
+        if let (None, Some(data)) = (&link.direct, &link.data) {
+            let op = self.tcp_read_leased(data, lease, buf);
+            return self.bounded("read_leased", op).await;
+        }
         let Some(segments) = &link.direct else {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
-                "reading at a leased location needs the shared-memory transport; use get_into",
+                "reading at a leased location needs the shared-memory transport or the \
+                 data plane; use get_into",
             ));
         };
         if lease.instance != segments.instance() {
@@ -330,14 +358,15 @@ impl Client {
             .collect()
     }
 
-    /// Puts through shared memory: reserve every item in one round trip, copy each value
-    /// into its reserved extent, commit the copied ones in one round trip (with the
-    /// checksums computed while copying, so the server reads no bytes). An item that
-    /// already exists counts as stored. Failed or abandoned reservations are revoked.
-    pub(crate) async fn shm_put(
+    /// Puts that move their bytes themselves (shared memory, device copies, the TCP data
+    /// plane): reserve every item in one round trip, move each value into its reserved
+    /// extent, commit the moved ones in one round trip (with the checksums the client
+    /// computed, so the server reads no bytes). An item that already exists counts as
+    /// stored. Failed or abandoned reservations are revoked.
+    pub(crate) async fn direct_put(
         &self,
         link: &Arc<Link>,
-        segments: &Direct,
+        mover: Mover<'_>,
         items: &[(&[u8], &[u8])],
         pin: bool,
         placement: strata_proto::msg::Placement,
@@ -387,6 +416,81 @@ impl Client {
             }
         }
 
+        let written = match mover {
+            Mover::Direct(segments) => self.copy_in(link, segments, items, reserved).await,
+            Mover::Tcp(data) => self.send_in(data, items, reserved).await,
+        };
+
+        // The copy runs off the reactor, where the caller's timeout cannot interrupt it:
+        // enforce the transfer timeout here, before committing (what was reserved is
+        // revoked by `unfinished`).
+        let limit = self.inner.config.transfer_timeout;
+        if sent.elapsed() > limit {
+            let e = crate::client::timed_out("put", limit);
+            return items.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut commit = Vec::new();
+        for (r, copied, path) in written {
+            match copied {
+                Ok(checksum) => commit.push((r, checksum, path)),
+                Err(e) => results[r.index] = Some(Err(e)),
+            }
+        }
+        if !commit.is_empty() {
+            let request = BatchPutFinishRequest {
+                keys: KeyList::new(commit.iter().map(|(r, _, _)| items[r.index].0)),
+                writers: commit.iter().map(|(r, _, _)| r.writer).collect(),
+                checksums: commit.iter().map(|(_, c, _)| *c).collect(),
+                commit: true,
+            };
+            let frame = encode_request(Opcode::BatchPutFinish, &request);
+            let answer = exchange_on(link, &frame, &[])
+                .await
+                .and_then(|h| decode::<BatchPutFinishResponse>(&h));
+            match answer {
+                Ok(finished) => {
+                    let c = &self.inner.counters;
+                    for (r, _, path) in &commit {
+                        unfinished.take(r.writer);
+                        let len = items[r.index].1.len();
+                        if let Some(path) = path {
+                            Counters::count(c.puts_by(*path), len);
+                        }
+                        results[r.index] = Some(Ok(()));
+                    }
+                    for failed in finished.errors {
+                        let Some((r, _, _)) = commit.get(failed.index as usize) else {
+                            continue;
+                        };
+                        let code =
+                            ErrorCode::from_u16(failed.error.code).unwrap_or(ErrorCode::Internal);
+                        results[r.index] = Some(Err(Error::new(code, failed.error.message)));
+                    }
+                }
+                Err(e) => {
+                    for (r, _, _) in &commit {
+                        results[r.index] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        drop(unfinished); // revokes what was not committed
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(missing_answer())))
+            .collect()
+    }
+
+    /// Copies reserved values in this process (shared memory, device copies); values in a
+    /// tier this process cannot map go through the server. Each with the path that moved
+    /// it, when that path still has to be counted.
+    async fn copy_in(
+        &self,
+        link: &Link,
+        segments: &Direct,
+        items: &[(&[u8], &[u8])],
+        reserved: Vec<Reserved>,
+    ) -> Vec<Moved> {
         self.import_device_segments(link, reserved.iter().map(|r| &r.location))
             .await;
         let (mapped, elsewhere): (Vec<Reserved>, Vec<Reserved>) = reserved
@@ -398,74 +502,18 @@ impl Client {
         let mut written = copy_all(mapped, bytes, threads, |r| {
             let value = items[r.index].1;
             let copied = segments.write(&r.location, value, r.deadline, margin);
-            (r, copied)
+            let path = segments.path(&r.location);
+            (r, copied, path)
         });
         for r in elsewhere {
-            // A tier this process cannot map: the bytes go through the server.
+            // A tier this process cannot map: the bytes go through the server (counted
+            // there).
             let copied = self
                 .put_write_on(link, items[r.index].0, &r, items[r.index].1)
                 .await;
-            written.push((r, copied.map(|()| 0)));
+            written.push((r, copied.map(|()| 0), None));
         }
-
-        // The copy runs off the reactor, where the caller's timeout cannot interrupt it:
-        // enforce the transfer timeout here, before committing (what was reserved is
-        // revoked by `unfinished`).
-        let limit = self.inner.config.transfer_timeout;
-        if sent.elapsed() > limit {
-            let e = crate::client::timed_out("put", limit);
-            return items.iter().map(|_| Err(e.clone())).collect();
-        }
-        let mut commit = Vec::new();
-        for (r, copied) in written {
-            match copied {
-                Ok(checksum) => commit.push((r, checksum)),
-                Err(e) => results[r.index] = Some(Err(e)),
-            }
-        }
-        if !commit.is_empty() {
-            let request = BatchPutFinishRequest {
-                keys: KeyList::new(commit.iter().map(|(r, _)| items[r.index].0)),
-                writers: commit.iter().map(|(r, _)| r.writer).collect(),
-                checksums: commit.iter().map(|(_, c)| *c).collect(),
-                commit: true,
-            };
-            let frame = encode_request(Opcode::BatchPutFinish, &request);
-            let answer = exchange_on(link, &frame, &[])
-                .await
-                .and_then(|h| decode::<BatchPutFinishResponse>(&h));
-            match answer {
-                Ok(finished) => {
-                    let c = &self.inner.counters;
-                    for (r, _) in &commit {
-                        unfinished.take(r.writer);
-                        let len = items[r.index].1.len();
-                        if let Some(path) = segments.path(&r.location) {
-                            Counters::count(c.puts_by(path), len);
-                        }
-                        results[r.index] = Some(Ok(()));
-                    }
-                    for failed in finished.errors {
-                        let Some((r, _)) = commit.get(failed.index as usize) else {
-                            continue;
-                        };
-                        let code =
-                            ErrorCode::from_u16(failed.error.code).unwrap_or(ErrorCode::Internal);
-                        results[r.index] = Some(Err(Error::new(code, failed.error.message)));
-                    }
-                }
-                Err(e) => {
-                    for (r, _) in &commit {
-                        results[r.index] = Some(Err(e.clone()));
-                    }
-                }
-            }
-        }
-        drop(unfinished); // revokes what was not committed
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(missing_answer())))
-            .collect()
+        written
     }
 
     /// Imports the device segments `locations` name that this process has not imported

@@ -36,6 +36,7 @@ mod connection;
 mod direct;
 mod hash;
 mod segment;
+mod tcp;
 mod transport;
 
 pub use cache::LeasedLocation;

@@ -7,6 +7,7 @@
 //! types so an embedded caller and a remote one get identical errors.
 #![deny(missing_docs)]
 
+pub mod data;
 mod error;
 mod host;
 mod key;

@@ -22,6 +22,9 @@ pub struct HandshakeRequest {
     pub client_version: String,
     /// The shared auth token, when the server requires one.
     pub auth_token: Option<String>,
+    /// The client means to move bytes over the TCP data plane: the server then offers it
+    /// ([`DataPlaneOffer`]) and signs every lease it grants this session.
+    pub data_plane: bool,
 }
 
 /// The hard limits of [`crate::limits`] as the server applies them.
@@ -65,6 +68,25 @@ pub struct HandshakeResponse {
     /// The device tier, when the server has one: a client on this host opens the same
     /// backend and imports segments by their handles ([`Opcode::DeviceSegments`](crate::wire::Opcode::DeviceSegments)).
     pub device: Option<DeviceOffer>,
+    /// The TCP data plane, when the server runs one and the client asked for it.
+    pub data_plane: Option<DataPlaneOffer>,
+}
+
+/// The TCP data plane, as told in the handshake ([`crate::data`] has the exchange).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DataPlaneOffer {
+    /// The port, on the host the client reached QUIC at.
+    pub port: u16,
+    /// This session's number, which a data connection names in its proof.
+    pub session: u64,
+    /// This session's secret: the key of the proof ([`crate::data::session_proof`]).
+    /// It never travels on the data plane itself.
+    pub secret: Vec<u8>,
+    /// Data connections speak TLS (with the QUIC certificate) before anything else.
+    pub tls: bool,
+    /// Tiers whose values the server sends from memory in place, so a range of a value
+    /// costs only its bytes: values there are worth striping over several connections.
+    pub in_place_tiers: Vec<u8>,
 }
 
 /// The server's device tier, as told in the handshake.
@@ -394,6 +416,33 @@ pub struct Lease {
     pub checksum: u64,
     /// Nanoseconds the lease still had when the server answered.
     pub remaining_ns: u64,
+    /// The lease signed for the data plane, when this session asked for it.
+    pub grant: Option<LeaseGrant>,
+}
+
+/// A read lease as the data plane checks it: the server signed it for one session.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// When the lease ends, on the server's clock (opaque to the client).
+    pub expires_at: u64,
+    /// The server's MAC over the session, key, location and `expires_at`.
+    pub token: [u8; 16],
+}
+
+/// [`Opcode::DataGet`](crate::wire::Opcode::DataGet) request: bytes `offset..offset + len`
+/// of the value leased at `location`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DataGetRequest {
+    /// The key the lease was granted on.
+    pub key: Vec<u8>,
+    /// Where the lease said the value is.
+    pub location: Location,
+    /// The lease, as granted.
+    pub grant: LeaseGrant,
+    /// First byte wanted.
+    pub offset: u64,
+    /// Bytes wanted.
+    pub len: u64,
 }
 
 /// The outcome for one key of a batch.

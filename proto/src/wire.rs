@@ -135,11 +135,15 @@ pub enum Opcode {
     SegmentHeartbeat = 20,
     /// The owner takes its segment back: objects move down a tier first.
     UnmountSegment = 21,
+    /// Data plane only: send a leased value's bytes (or a range of them).
+    DataGet = 22,
+    /// Data plane only: receive bytes into a reserved value; payload is the bytes.
+    DataPut = 23,
 }
 
 impl Opcode {
     /// Every opcode, in numeric order.
-    pub const ALL: [Opcode; 21] = [
+    pub const ALL: [Opcode; 23] = [
         Opcode::Handshake,
         Opcode::Ping,
         Opcode::Put,
@@ -161,6 +165,8 @@ impl Opcode {
         Opcode::MountSegment,
         Opcode::SegmentHeartbeat,
         Opcode::UnmountSegment,
+        Opcode::DataGet,
+        Opcode::DataPut,
     ];
 
     /// The opcode with this number, if there is one.
@@ -192,6 +198,8 @@ impl Opcode {
             Opcode::MountSegment => "mount_segment",
             Opcode::SegmentHeartbeat => "segment_heartbeat",
             Opcode::UnmountSegment => "unmount_segment",
+            Opcode::DataGet => "data_get",
+            Opcode::DataPut => "data_put",
         }
     }
 }

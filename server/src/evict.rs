@@ -339,11 +339,11 @@ unsafe fn copy_object(
     let value = match unsafe { src_tier.host_bytes(src) } {
         Some(bytes) => bytes,
         // SAFETY: `dst` is exclusively the caller's (this function's contract).
-        None if unsafe { dst_tier.host_bytes_mut(dst) }.is_some() => {
+        None if unsafe { dst_tier.host_bytes_mut(dst, 0..dst.len) }.is_some() => {
             // A source that is not host memory (device) copies straight into a host
             // destination (dram): one device-to-host copy, no staging.
             // SAFETY: as above; the slice is taken again only now that it is needed.
-            let into = unsafe { dst_tier.host_bytes_mut(dst) }.expect("checked above");
+            let into = unsafe { dst_tier.host_bytes_mut(dst, 0..dst.len) }.expect("checked above");
             // SAFETY: forwarded from this function's contract.
             return unsafe { src_tier.read(src, into) };
         }

@@ -73,6 +73,9 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         let _ = writeln!(out, "certificate: {}", service.cert_path().display());
         let _ = out.flush();
         drop(out);
+        if let Some(addr) = service.data_addr() {
+            tracing::info!("data plane (tcp) listening on {addr}");
+        }
         let drained = service.run(shutdown_signal()).await;
         tracing::info!(drained, "stopped serving");
         Ok::<(), crate::Error>(())

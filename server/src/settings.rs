@@ -15,7 +15,7 @@ use serde::Deserialize;
 use strata_device::Backend;
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::net::{ServiceConfig, TlsSource};
+use crate::net::{DataPlaneConfig, ServiceConfig, TlsSource};
 use crate::tier::device::DeviceOptions;
 use crate::{SsdOptions, StoreConfig, TierConfig};
 
@@ -150,6 +150,21 @@ pub struct ServerArgs {
     /// there after the restart [default: false].
     #[arg(long, env = "STRATA_PERSIST_ON_SHUTDOWN", num_args = 0..=1, default_missing_value = "true")]
     pub persist_on_shutdown: Option<bool>,
+    /// Data plane for value bytes between hosts: tcp (a TCP port beside QUIC's, each
+    /// connection proven by its QUIC session) or off [default: tcp].
+    #[arg(long, env = "STRATA_DATA_PLANE")]
+    pub data_plane: Option<String>,
+    /// TCP port of the data plane [default: the QUIC port + 1; 0 picks a free one].
+    #[arg(long, env = "STRATA_DATA_PORT")]
+    pub data_port: Option<u16>,
+    /// Data connections speak TLS (the QUIC certificate), for untrusted networks
+    /// [default: false].
+    #[arg(long, env = "STRATA_DATA_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub data_tls: Option<bool>,
+    /// Milliseconds one data-plane transfer may take before the server gives up on its
+    /// connection (a put then is revoked) [default: 30000].
+    #[arg(long, env = "STRATA_TRANSFER_TIMEOUT")]
+    pub transfer_timeout: Option<u64>,
 }
 
 /// Everything the binary needs to start, resolved and checked.
@@ -213,6 +228,10 @@ impl ServerArgs {
             segment_heartbeat_timeout: self
                 .segment_heartbeat_timeout
                 .or(file.segment_heartbeat_timeout),
+            data_plane: self.data_plane.or(file.data_plane),
+            data_port: self.data_port.or(file.data_port),
+            data_tls: self.data_tls.or(file.data_tls),
+            transfer_timeout: self.transfer_timeout.or(file.transfer_timeout),
         }
     }
 
@@ -249,6 +268,7 @@ impl ServerArgs {
             ..StoreConfig::default()
         };
         store.validate()?;
+        let data_plane = self.data_plane(listen)?;
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
             (None, None) => TlsSource::SelfSigned {
@@ -274,11 +294,42 @@ impl ServerArgs {
                 auth_token: self.auth_token,
                 shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
                 shm_socket,
+                data_plane,
             },
             data_dir,
             metrics_addr: self.metrics_addr,
             persist_on_shutdown: self.persist_on_shutdown.unwrap_or(false),
         })
+    }
+
+    /// The data plane the flags describe, if any.
+    fn data_plane(&self, listen: SocketAddr) -> Result<Option<DataPlaneConfig>> {
+        match self.data_plane.as_deref() {
+            None | Some("tcp") => {}
+            Some("off") => return Ok(None),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "--data-plane takes tcp or off, not {other:?}"
+                )))
+            }
+        }
+        let port = match self.data_port {
+            Some(p) => p,
+            // Port 0 asks for a free port: let the data plane pick its own too.
+            None if listen.port() == 0 => 0,
+            None => listen.port().checked_add(1).ok_or_else(|| {
+                invalid("--port 65535 leaves no default --data-port: give one".into())
+            })?,
+        };
+        let timeout = self.transfer_timeout.unwrap_or(30_000);
+        if timeout == 0 {
+            return Err(invalid("--transfer-timeout must be positive".into()));
+        }
+        Ok(Some(DataPlaneConfig {
+            listen: SocketAddr::new(listen.ip(), port),
+            tls: self.data_tls.unwrap_or(false),
+            transfer_timeout: Duration::from_millis(timeout),
+        }))
     }
 
     /// The device tier the flags describe, if any.

@@ -329,6 +329,7 @@ impl RawConnection {
         let hello = HandshakeRequest {
             client_version: "raw".into(),
             auth_token: None,
+            data_plane: false,
         };
         let frame = wire::encode_request(Opcode::Handshake, &hello);
         assert!(matches!(

@@ -3,12 +3,14 @@
 //! * [`shm`]: same host; the server's dram segments mapped into this process.
 //! * [`device`]: same host; the server's device segments imported through the device
 //!   module, copied with its copy kinds.
+//! * [`tcp`]: another host; the server's TCP data plane, proven by this QUIC session.
 //!
 //! [`Direct`] puts the two behind one face: the client asks it whether a location can be
 //! copied in this process and has it do the copy.
 
 pub(crate) mod device;
 pub(crate) mod shm;
+pub(crate) mod tcp;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use shm::SharedSegments;
 pub(crate) enum Path {
     Shm,
     Device,
+    Tcp,
 }
 
 /// The direct transports of one connection.

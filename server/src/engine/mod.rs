@@ -12,6 +12,7 @@
 //! * placement may evict synchronously (no shard lock held), and a background thread keeps
 //!   each tier under its high watermark.
 
+mod in_place;
 pub(crate) mod index;
 mod mount;
 

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -29,7 +29,9 @@ use strata_proto::msg::{
 };
 use strata_proto::wire::{access, encode_bare_response, encode_response, Opcode};
 use strata_proto::{Error, ErrorCode};
+use tokio_util::sync::CancellationToken;
 
+use super::data::{DataCredentials, DataPlane};
 use super::shm::ShmExport;
 use super::stream::{
     expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
@@ -48,6 +50,8 @@ pub(crate) struct Shared {
     pub connections: AtomicU64,
     /// The shared-memory transport, when on: each handshake gets an offer with a ticket.
     pub shm: Option<Arc<ShmExport>>,
+    /// The TCP data plane, when on: sessions that ask get an offer and signed leases.
+    pub data: Option<Arc<DataPlane>>,
 }
 
 /// Per-connection state.
@@ -58,12 +62,42 @@ pub(crate) struct Session {
     /// connection ends they are dropped, which revokes the uncommitted ones at once rather
     /// than at their deadline.
     reservations: Mutex<HashMap<u64, WriteReservation>>,
+    /// The session's data-plane number and secret, once its handshake asked for them.
+    pub data: OnceLock<DataCredentials>,
+    /// Cancelled when the QUIC connection ends: its data connections close too.
+    pub closed: CancellationToken,
+}
+
+impl Session {
+    /// Whether this session holds `writer`'s reservation on `key`.
+    pub fn holds(&self, key: &[u8], writer: u64) -> bool {
+        self.reservations
+            .lock()
+            .get(&writer)
+            .is_some_and(|r| r.key() == key)
+    }
+
+    /// Revokes `writer`'s reservation now, if this session holds it.
+    pub fn revoke(&self, writer: u64) {
+        let taken = self.reservations.lock().remove(&writer);
+        drop(taken); // revokes it
+    }
+
+    /// Ends the session: its data connections close and its reservations are revoked.
+    pub fn close(&self, shared: &Shared) {
+        self.closed.cancel();
+        let reservations = std::mem::take(&mut *self.reservations.lock());
+        drop(reservations);
+        if let (Some(data), Some(c)) = (&shared.data, self.data.get()) {
+            data.forget(c.session);
+        }
+    }
 }
 
 /// Serves one request stream from head to answer.
 pub(crate) async fn serve(
     shared: &Shared,
-    session: &Session,
+    session: &Arc<Session>,
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), Failure> {
@@ -116,7 +150,7 @@ pub(crate) async fn serve(
         Opcode::BatchPutStart => batch_put_start(store, session, send, &header).await,
         Opcode::BatchPutFinish => batch_put_finish(store, session, send, &header).await,
         Opcode::Get => get(&shared.store, send, &header).await,
-        Opcode::GetLocations => get_locations(store, send, &header).await,
+        Opcode::GetLocations => get_locations(shared, session, send, &header).await,
         Opcode::Exists => {
             let req = access::<KeyRequest>(&header)?;
             let present = store.exists(req.key.as_slice())?;
@@ -167,6 +201,10 @@ pub(crate) async fn serve(
             };
             reply(send, &encode_response(&answer)).await
         }
+        Opcode::DataGet | Opcode::DataPut => {
+            let msg = format!("{} is served on the data plane only", opcode.name());
+            Err(Error::new(ErrorCode::Protocol, msg).into())
+        }
     }
 }
 
@@ -211,7 +249,7 @@ fn mount_segment(store: &Store, req: &ArchivedMountSegmentRequest) -> Result<Seg
 
 async fn handshake(
     shared: &Shared,
-    session: &Session,
+    session: &Arc<Session>,
     send: &mut SendStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
@@ -233,6 +271,11 @@ async fn handshake(
     }
     let mut hello = shared.hello.clone();
     hello.shm = shared.shm.as_ref().and_then(|s| s.offer());
+    if req.data_plane {
+        if let Some(data) = &shared.data {
+            hello.data_plane = Some(data.offer(session)?);
+        }
+    }
     reply(send, &encode_response(&hello)).await
 }
 
@@ -479,22 +522,37 @@ async fn get(
 }
 
 async fn get_locations(
-    store: &Store,
+    shared: &Shared,
+    session: &Session,
     send: &mut SendStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
+    let store = &*shared.store;
     let req = access::<BatchKeysRequest>(header)?;
     let keys = req.keys.keys()?;
     let now = store.clock().now();
+    // Sessions that move bytes over the data plane get each lease signed for them.
+    let signer = shared
+        .data
+        .as_deref()
+        .zip(session.data.get())
+        .filter(|(_, c)| c.admitted.load(Ordering::Acquire));
     let results = store
         .get_locations(&keys)
         .into_iter()
-        .map(|r| match r {
-            Ok(lease) => LeaseResult::Leased(Lease {
-                location: location(lease.extent),
-                checksum: lease.checksum,
-                remaining_ns: lease.expires_at.saturating_sub(now),
-            }),
+        .zip(&keys)
+        .map(|(r, key)| match r {
+            Ok(lease) => {
+                let location = location(lease.extent);
+                let grant =
+                    signer.map(|(data, c)| data.grant(c.session, key, &location, lease.expires_at));
+                LeaseResult::Leased(Lease {
+                    location,
+                    checksum: lease.checksum,
+                    remaining_ns: lease.expires_at.saturating_sub(now),
+                    grant,
+                })
+            }
             Err(e) => LeaseResult::Failed(error_frame(&e)),
         })
         .collect();

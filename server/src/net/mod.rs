@@ -8,6 +8,7 @@
 //! Shutdown: stop accepting connections and streams, let in-flight requests finish within
 //! a grace period, then close every connection with [`wire::CLOSE_SHUTDOWN`].
 
+pub mod data;
 mod handlers;
 pub mod shm;
 mod stream;
@@ -29,6 +30,8 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::Store;
+use data::DataPlane;
+pub use data::DataPlaneConfig;
 use handlers::{Session, Shared};
 use shm::ShmExport;
 use stream::{reply_error, Failure};
@@ -49,6 +52,9 @@ pub struct ServiceConfig {
     /// socket path; [`shm::SOCKET_FILE`] in the data dir by default). `None`: the
     /// transport is off and every client uses QUIC.
     pub shm_socket: Option<PathBuf>,
+    /// The TCP data plane for value bytes between hosts; `None`: off (remote clients move
+    /// bytes on QUIC streams).
+    pub data_plane: Option<DataPlaneConfig>,
 }
 
 /// A bound, not yet running, QUIC service. Create it inside a tokio runtime.
@@ -64,7 +70,15 @@ impl Service {
     pub fn bind(store: Arc<Store>, config: ServiceConfig) -> Result<Service> {
         let identity = tls::load_identity(&config.tls)?;
         let cert_path = identity.cert_path.clone();
-        let server_config = tls::server_config(identity)?;
+        let rustls_config = tls::rustls_config(identity)?;
+        let data = match &config.data_plane {
+            Some(dp) => {
+                let tls = dp.tls.then(|| rustls_config.clone());
+                Some(Arc::new(DataPlane::bind(dp, Arc::clone(&store), tls)?))
+            }
+            None => None,
+        };
+        let server_config = tls::server_config(rustls_config)?;
         let endpoint = Endpoint::server(server_config, config.listen).map_err(|e| {
             let msg = format!("cannot listen on {}: {e}", config.listen);
             Error::new(ErrorCode::Unavailable, msg)
@@ -104,6 +118,7 @@ impl Service {
                 device_index: d.options().index,
                 heartbeat_timeout_ms: d.options().heartbeat_timeout.as_millis() as u64,
             }),
+            data_plane: None,
         };
         let shared = Arc::new(Shared {
             store,
@@ -111,6 +126,7 @@ impl Service {
             hello,
             connections: AtomicU64::new(0),
             shm,
+            data,
         });
         Ok(Service {
             endpoint,
@@ -132,6 +148,11 @@ impl Service {
         self.shared.shm.as_deref().map(ShmExport::path)
     }
 
+    /// The data plane's TCP address, when it is on.
+    pub fn data_addr(&self) -> Option<SocketAddr> {
+        self.shared.data.as_deref().map(DataPlane::local_addr)
+    }
+
     /// The certificate file clients should trust.
     pub fn cert_path(&self) -> &Path {
         &self.cert_path
@@ -144,6 +165,9 @@ impl Service {
         let (stop_tx, stop_rx) = watch::channel(false);
         if let Some(shm) = &self.shared.shm {
             tracker.spawn(Arc::clone(shm).serve(stop_rx.clone()));
+        }
+        if let Some(data) = &self.shared.data {
+            tracker.spawn(Arc::clone(data).serve(stop_rx.clone(), tracker.clone()));
         }
         tokio::pin!(shutdown);
         loop {
@@ -220,5 +244,6 @@ async fn serve_connection(
             }
         });
     }
+    session.close(&shared);
     shared.connections.fetch_sub(1, Ordering::Relaxed);
 }

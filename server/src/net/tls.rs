@@ -110,23 +110,28 @@ fn private_file(path: &Path) -> std::io::Result<fs::File> {
     options.open(path)
 }
 
-/// The quinn server configuration for `identity`: TLS 1.3 over ring, strata's ALPN,
+/// The quinn server configuration over `tls` ([`rustls_config`]): strata's ALPN,
 /// tuned transport.
-pub fn server_config(identity: Identity) -> Result<quinn::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let bad = |e: rustls::Error| setup_error(format!("TLS setup: {e}"));
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(bad)?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain, identity.key)
-        .map_err(bad)?;
+pub fn server_config(tls: rustls::ServerConfig) -> Result<quinn::ServerConfig> {
+    let mut tls = tls;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| setup_error(format!("TLS setup for QUIC: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(tuning::transport_config()));
     Ok(config)
+}
+
+/// TLS 1.3 with `identity`, the base of both the QUIC and the data-plane configuration.
+pub fn rustls_config(identity: Identity) -> Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let bad = |e: rustls::Error| setup_error(format!("TLS setup: {e}"));
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(bad)
 }
 
 #[cfg(test)]
@@ -157,7 +162,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o077, 0, "private key readable by others: {mode:o}");
         }
-        server_config(first).unwrap();
+        server_config(rustls_config(first).unwrap()).unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,6 +7,7 @@
 //! the same time.
 
 use std::io;
+use std::ops::Range;
 use std::sync::Arc;
 
 use crossbeam_epoch::Guard;
@@ -153,11 +154,15 @@ impl Tier for DramTier {
         Some(unsafe { std::slice::from_raw_parts(self.base(extent), extent.len as usize) })
     }
 
-    #[allow(clippy::mut_from_ref)] // the extent is the caller's alone (the trait's contract)
-    unsafe fn host_bytes_mut(&self, extent: &Extent) -> Option<&mut [u8]> {
-        // SAFETY: the extent lies inside a live mapping and, per the contract, nobody else
-        // reads or writes it while the slice lives.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base(extent), extent.len as usize) })
+    #[allow(clippy::mut_from_ref)] // the range is the caller's alone (the trait's contract)
+    unsafe fn host_bytes_mut(&self, extent: &Extent, range: Range<u64>) -> Option<&mut [u8]> {
+        if range.start > range.end || range.end > extent.len {
+            return None;
+        }
+        let start = self.base(extent).wrapping_add(range.start as usize);
+        // SAFETY: the range lies inside the extent (checked above), which lies inside a live
+        // mapping; per the contract nobody else reads or writes it while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(start, (range.end - range.start) as usize) })
     }
 
     unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {

@@ -14,6 +14,7 @@ pub mod device;
 pub mod dram;
 pub mod ssd;
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_epoch::Guard;
@@ -172,15 +173,17 @@ pub trait Tier: Send + Sync {
     /// has finished writing).
     unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]>;
 
-    /// The extent's bytes for writing, if this tier is host-addressable: a demotion copies
-    /// straight into them (one device-to-host copy, no staging).
+    /// Bytes `range` of the extent for writing, if this tier is host-addressable: a
+    /// demotion copies straight into them (one device-to-host copy, no staging), and the
+    /// data plane receives from a socket into them. `None` also when `range` does not lie
+    /// within the extent.
     ///
     /// # Safety
-    /// As [`Tier::write`] for the whole extent: the caller is its only user for the
-    /// slice's life.
-    #[allow(clippy::mut_from_ref)] // the extent is the caller's alone (contract above)
-    unsafe fn host_bytes_mut(&self, extent: &Extent) -> Option<&mut [u8]> {
-        let _ = extent;
+    /// As [`Tier::write`] for `range`: the caller is its only user for the slice's life
+    /// (writers of disjoint ranges of one reservation may hold theirs at once).
+    #[allow(clippy::mut_from_ref)] // the range is the caller's alone (contract above)
+    unsafe fn host_bytes_mut(&self, extent: &Extent, range: Range<u64>) -> Option<&mut [u8]> {
+        let _ = (extent, range);
         None
     }
 

@@ -1,0 +1,144 @@
+//! Values reached in place by a transfer that outlives any one epoch pin: the data plane
+//! sends a value from its tier's memory and receives a put into its reservation, a socket
+//! buffer at a time.
+//!
+//! A socket transfer cannot hold an epoch pin throughout (a slow peer would hold back every
+//! reclamation in the process). Instead each step pins, checks that the object still lives
+//! where the transfer found it, and works on the bytes while pinned, so a step never
+//! touches memory that was retired and reused; between steps nothing is held. A step is
+//! one non-blocking socket call, so a pin lasts one kernel copy of what the socket buffer
+//! holds.
+
+use std::ops::Range;
+
+use crossbeam_epoch as epoch;
+use strata_proto::msg::Location;
+use strata_proto::{validate_key, Error, ErrorCode, Result};
+
+use super::index::{key_hash, State};
+use super::Store;
+use crate::lease::WriterId;
+use crate::tier::Extent;
+
+fn out_of_extent(range: &Range<u64>, len: u64) -> Error {
+    let msg = format!(
+        "bytes {}..{} are not within a {len}-byte value",
+        range.start, range.end
+    );
+    Error::new(ErrorCode::InvalidArgument, msg)
+}
+
+fn moved() -> Error {
+    Error::new(
+        ErrorCode::LeaseExpired,
+        "the value is no longer where the lease found it (removed with force, or the lease \
+         ended and it was evicted)",
+    )
+}
+
+impl Store {
+    /// Runs `f` on bytes `range` of the value `key` holds at `at` (a leased location), in
+    /// place and under an epoch pin. `Ok(None)` when the tier is not host memory (read it
+    /// with [`Store::read_value_at`]); `LeaseExpired` when `key` no longer has a complete
+    /// value at `at`. Counts no hit: the lease that named `extent` did.
+    pub fn with_value_bytes<R>(
+        &self,
+        key: &[u8],
+        at: &Location,
+        range: Range<u64>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>> {
+        if range.start > range.end || range.end > at.len {
+            return Err(out_of_extent(&range, at.len));
+        }
+        // Pin first: if the check below finds the object in place, its extent cannot be
+        // reclaimed before the pin drops.
+        let _pin = epoch::pin();
+        let extent = self.find_in_place(key, at)?;
+        let tier = &self.inner.tiers[extent.tier as usize];
+        // SAFETY: `extent` is a complete value's (checked under `_pin`), so it is not
+        // reclaimed while pinned, and complete values are never written.
+        let Some(bytes) = (unsafe { tier.host_bytes(&extent) }) else {
+            return Ok(None);
+        };
+        Ok(Some(f(&bytes[range.start as usize..range.end as usize])))
+    }
+
+    /// Copies the whole value `key` holds at `at` into `buf` (exactly its length),
+    /// from any tier: the data plane's path for tiers read through I/O or device copies.
+    /// Blocks on the device; `LeaseExpired` as in [`Store::with_value_bytes`].
+    pub fn read_value_at(&self, key: &[u8], at: &Location, buf: &mut [u8]) -> Result<()> {
+        if buf.len() as u64 != at.len {
+            return Err(out_of_extent(&(0..buf.len() as u64), at.len));
+        }
+        let _pin = epoch::pin();
+        let extent = self.find_in_place(key, at)?;
+        let tier = &self.inner.tiers[extent.tier as usize];
+        // SAFETY: as in `with_value_bytes`; `buf` is exactly the extent's length.
+        let read = unsafe { tier.read(&extent, buf) };
+        if let Err(e) = &read {
+            if e.code() == ErrorCode::Corrupt {
+                let hash = key_hash(key);
+                let shard = self.inner.shard(hash);
+                if let Some(slot) = shard.find(hash, key) {
+                    let found = super::ObjectAt {
+                        hash,
+                        slot,
+                        generation: shard.entry(slot).generation,
+                    };
+                    drop(shard);
+                    self.inner.drop_corrupt(found, extent);
+                }
+            }
+        }
+        read
+    }
+
+    /// Runs `f` on bytes `range` of the value `writer` reserved for `key`, for writing, in
+    /// place and under an epoch pin. `Ok(None)` when the reservation's tier is not host
+    /// memory (write through [`Store::put_write`]); `LeaseExpired` when the reservation
+    /// ended. Writers of disjoint ranges may run at once.
+    pub fn with_reserved_bytes<R>(
+        &self,
+        key: &[u8],
+        writer: WriterId,
+        range: Range<u64>,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> Result<Option<R>> {
+        validate_key(key)?;
+        let pin = epoch::pin();
+        let extent = self
+            .inner
+            .writable_extent(key, writer, &pin)
+            .map_err(crate::lease::reservation_gone)?;
+        if range.start > range.end || range.end > extent.len {
+            return Err(out_of_extent(&range, extent.len));
+        }
+        let tier = &self.inner.tiers[extent.tier as usize];
+        // SAFETY: the reservation is `writer`'s and live under `pin`, so its extent is not
+        // reclaimed while pinned; a pending value has no readers, and its writer's
+        // transfers write disjoint ranges (the data plane hands each range to one
+        // connection).
+        let Some(bytes) = (unsafe { tier.host_bytes_mut(&extent, range) }) else {
+            return Ok(None);
+        };
+        Ok(Some(f(bytes)))
+    }
+
+    /// The extent of `key`'s complete value, if it lies exactly at `at`.
+    fn find_in_place(&self, key: &[u8], at: &Location) -> Result<Extent> {
+        validate_key(key)?;
+        let hash = key_hash(key);
+        let shard = self.inner.shard(hash);
+        let e = shard.find(hash, key).map(|slot| shard.entry(slot));
+        match e.map(|e| (e.state, e.extent)) {
+            Some((State::Complete, x))
+                if (x.tier, u32::from(x.segment), x.offset, x.len)
+                    == (at.tier, at.segment, at.offset, at.len) =>
+            {
+                Ok(x)
+            }
+            _ => Err(moved()),
+        }
+    }
+}
