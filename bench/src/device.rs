@@ -81,6 +81,7 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
         1 << 30,
         tls,
         Some(dir.path().join("shm.sock")),
+        None,
     );
     let client = client_rt.block_on(async {
         let config = ClientConfig {

@@ -10,6 +10,7 @@ mod quic;
 mod report;
 mod shm;
 mod ssd;
+mod tcp;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,14 @@ enum Workload {
     },
     /// The ssd tier: demotion writes and reads of 1 and 4 MiB values with io_uring and
     /// psync, next to the raw O_DIRECT throughput of the same file (the ceiling).
+    /// The TCP data plane across processes, with a raw TCP stream and Redis beside it.
+    Tcp {
+        #[arg(long)]
+        seconds: Option<f64>,
+    },
+    /// (internal) The server process of `tcp`.
+    #[command(hide = true)]
+    ServeTcp,
     Ssd {
         /// Directory for the tier's files (default: the system temp dir). Put it on the
         /// device to measure.
@@ -77,6 +86,11 @@ enum Workload {
 
 fn main() {
     let cli = Cli::parse();
+    if let Workload::ServeTcp = cli.workload {
+        // The server process of `tcp`: its stdout carries addresses, not a report.
+        tcp::serve_child();
+        return;
+    }
     let mut report = report::Report::new();
     match cli.workload {
         Workload::Engine { seconds } => {
@@ -123,6 +137,18 @@ fn main() {
             }
             device::run(&params, &mut report);
         }
+        Workload::Tcp { seconds } => {
+            let mut params = if cli.quick {
+                tcp::TcpParams::quick()
+            } else {
+                tcp::TcpParams::full()
+            };
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            tcp::run(&params, &mut report);
+        }
+        Workload::ServeTcp => unreachable!("handled before the report"),
         Workload::Ssd {
             dir,
             queue_depth,

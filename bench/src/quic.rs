@@ -116,7 +116,7 @@ pub(crate) fn serve(
     tls: TlsSource,
     shm_socket: Option<std::path::PathBuf>,
 ) -> Served {
-    serve_tiers(rt, 0, capacity, tls, shm_socket)
+    serve_tiers(rt, 0, capacity, tls, shm_socket, None)
 }
 
 /// [`serve`] with a host-sim device tier of `device_capacity` bytes on top (none if 0).
@@ -126,6 +126,7 @@ pub(crate) fn serve_tiers(
     capacity: u64,
     tls: TlsSource,
     shm_socket: Option<std::path::PathBuf>,
+    data_plane: Option<strata_server::net::DataPlaneConfig>,
 ) -> Served {
     let mut tiers = Vec::new();
     if device_capacity > 0 {
@@ -146,7 +147,7 @@ pub(crate) fn serve_tiers(
         auth_token: None,
         shutdown_grace: Duration::from_secs(1),
         shm_socket,
-        data_plane: None,
+        data_plane,
     };
     let service = rt.block_on(async { Service::bind(store, config).expect("bind the service") });
     let (addr, cert) = (service.local_addr(), service.cert_path().to_path_buf());

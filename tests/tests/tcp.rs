@@ -306,3 +306,38 @@ async fn auto_falls_back_to_quic_without_a_data_plane_and_tcp_refuses() {
     auto.put_from(b"k", b"v").await.unwrap();
     assert_eq!(&auto.get(b"k").await.unwrap()[..], b"v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_plane_speaks_tls_when_asked() {
+    let server = dram_server(&["--data-tls", "--dram-capacity", "64MiB"]);
+    let client = tcp_client(&server).await;
+    let info = client.server_info().await.unwrap();
+    assert!(info.data_plane.as_ref().unwrap().tls);
+    let values: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
+        .map(|i| (format!("tls-{i}").into_bytes(), block_value(900 + i, 3 << 20)))
+        .collect();
+    for r in client.batch_put_from(&values).await {
+        r.unwrap();
+    }
+    for (k, v) in &values {
+        assert!(client.get(k).await.unwrap()[..] == v[..]);
+    }
+    // Many puts in a row, the store evicting as it goes: an answer TLS held back unflushed
+    // once stalled this loop.
+    let value = block_value(901, 4 << 20);
+    for i in 0..100 {
+        let key = format!("tls-loop-{i}");
+        client.put_from(key.as_bytes(), &value).await.unwrap();
+    }
+    assert!(client.get(b"tls-loop-99").await.unwrap()[..] == value[..]);
+    // A peer that skips TLS gets no hello, only a failed handshake.
+    let port = info.data_plane.unwrap().port;
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    plain.write_all(&[0u8; data::CLAIM_LEN]).await.unwrap();
+    let mut hello = [0u8; data::HELLO_LEN];
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read_exact(&mut hello)).await;
+    assert!(
+        !matches!(read, Ok(Ok(_))),
+        "a plain-TCP peer got a hello from a TLS data plane"
+    );
+}

@@ -554,13 +554,16 @@ async fn receive_in_place(
     Ok(at)
 }
 
+/// Writes `bytes` and flushes them: TLS may hold encrypted bytes back until flushed, and
+/// an answer held back is a client waiting forever.
 async fn write_all<S: AsyncWrite + Unpin>(
     conn: &mut S,
     bytes: &[u8],
 ) -> std::result::Result<(), String> {
     conn.write_all(bytes)
         .await
-        .map_err(|e| format!("writing: {e}"))
+        .map_err(|e| format!("writing: {e}"))?;
+    conn.flush().await.map_err(|e| format!("writing: {e}"))
 }
 
 fn grant_input(session: u64, key: &[u8], l: &Location, expires_at: u64) -> Vec<u8> {
