@@ -132,7 +132,9 @@ pub fn serve_child() {
         writeln!(out, "{tag} {} {}", served.addr, served.cert.display()).unwrap();
         std::mem::forget(served); // serves until the process exits
     }
-    let raw = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("raw listener");
+    let raw = rt
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("raw listener");
     writeln!(out, "raw {}", raw.local_addr().unwrap()).unwrap();
     out.flush().unwrap();
     drop(out);
@@ -204,7 +206,8 @@ pub fn run(p: &TcpParams, report: &mut Report) {
             transfer_timeout: Duration::from_secs(60),
             ..ClientConfig::default()
         };
-        rt.block_on(Client::connect(config)).expect("connect over tcp")
+        rt.block_on(Client::connect(config))
+            .expect("connect over tcp")
     };
     let plain = connect(&servers.strata);
     let tls = connect(&servers.strata_tls);
@@ -267,10 +270,15 @@ fn strata_round(
             .timed(n, n * size, t, Some(&h)),
     );
 
-    let keys: Vec<String> = (0..WORKING_SET).map(|i| format!("get-{round}-{i}")).collect();
+    let keys: Vec<String> = (0..WORKING_SET)
+        .map(|i| format!("get-{round}-{i}"))
+        .collect();
     rt.block_on(async {
         for k in &keys {
-            client.put_from(k.as_bytes(), &value).await.expect("warm put");
+            client
+                .put_from(k.as_bytes(), &value)
+                .await
+                .expect("warm put");
         }
     });
     let (keys, bufs, cl) = (Arc::new(keys), buffers(c, size), client.clone());
@@ -319,7 +327,9 @@ fn raw_round(
             async move {
                 let mut conn = conns[task].lock().await;
                 if write {
-                    conn.write_all(&(size | WRITE_BIT).to_le_bytes()).await.unwrap();
+                    conn.write_all(&(size | WRITE_BIT).to_le_bytes())
+                        .await
+                        .unwrap();
                     conn.write_all(&value).await.unwrap();
                     let mut ack = [0u8; 1];
                     conn.read_exact(&mut ack).await.unwrap();
@@ -447,7 +457,9 @@ mod tests {
             let mut got = vec![0u8; 100_000];
             conn.read_exact(&mut got).await.unwrap();
             assert!(got[..] == pattern(RAW_SOURCE as u64)[..100_000]);
-            conn.write_all(&(5000 | WRITE_BIT).to_le_bytes()).await.unwrap();
+            conn.write_all(&(5000 | WRITE_BIT).to_le_bytes())
+                .await
+                .unwrap();
             conn.write_all(&[7u8; 5000]).await.unwrap();
             let mut ack = [0u8; 1];
             conn.read_exact(&mut ack).await.unwrap();

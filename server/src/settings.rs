@@ -453,6 +453,43 @@ mod tests {
     }
 
     #[test]
+    fn the_data_plane_sits_beside_quic_unless_told_otherwise() {
+        let s = parse(&[]).resolve().unwrap();
+        let dp = s.service.data_plane.unwrap();
+        assert_eq!(dp.listen, "127.0.0.1:50089".parse::<SocketAddr>().unwrap());
+        assert!(!dp.tls);
+        assert_eq!(dp.transfer_timeout, Duration::from_secs(30));
+        let s = parse(&["--port", "0"]).resolve().unwrap();
+        assert_eq!(s.service.data_plane.unwrap().listen.port(), 0);
+        let s = parse(&[
+            "--data-port",
+            "7000",
+            "--data-tls",
+            "--transfer-timeout",
+            "500",
+        ])
+        .resolve()
+        .unwrap();
+        let dp = s.service.data_plane.unwrap();
+        assert_eq!((dp.listen.port(), dp.tls), (7000, true));
+        assert_eq!(dp.transfer_timeout, Duration::from_millis(500));
+        assert!(parse(&["--data-plane", "off"])
+            .resolve()
+            .unwrap()
+            .service
+            .data_plane
+            .is_none());
+        for bad in [
+            &["--data-plane", "rdma"][..],
+            &["--transfer-timeout", "0"],
+            &["--port", "65535"],
+        ] {
+            let e = parse(bad).resolve().unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgument, "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn no_flags_gives_safe_local_defaults() {
         let s = parse(&[]).resolve().unwrap();
         assert_eq!(

@@ -287,10 +287,10 @@ async fn closing_a_client_unmaps_the_segments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_shared_memory_auto_uses_quic_and_shm_refuses() {
+async fn without_shared_memory_auto_uses_the_data_plane_and_shm_refuses() {
     let server = ServerProcess::start(&["--shm-socket", "off", "--device-plugin", "off"]);
     let auto = Client::connect(server.client_config()).await.unwrap();
-    assert_eq!(auto.transport().await.unwrap(), Transport::Quic);
+    assert_eq!(auto.transport().await.unwrap(), Transport::Tcp);
     auto.put_from(b"k", b"v").await.unwrap();
     assert_eq!(&auto.get(b"k").await.unwrap()[..], b"v");
     let forced = Client::connect(with_transport(&server, Transport::Shm)).await;

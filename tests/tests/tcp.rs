@@ -314,7 +314,12 @@ async fn the_data_plane_speaks_tls_when_asked() {
     let info = client.server_info().await.unwrap();
     assert!(info.data_plane.as_ref().unwrap().tls);
     let values: Vec<(Vec<u8>, Vec<u8>)> = (0..6)
-        .map(|i| (format!("tls-{i}").into_bytes(), block_value(900 + i, 3 << 20)))
+        .map(|i| {
+            (
+                format!("tls-{i}").into_bytes(),
+                block_value(900 + i, 3 << 20),
+            )
+        })
         .collect();
     for r in client.batch_put_from(&values).await {
         r.unwrap();
