@@ -127,6 +127,14 @@ async fn values_on_device_and_ssd_tiers_come_through_staging() {
     }
 }
 
+/// The data-plane secret of `client`'s session (as its handshake received it).
+async fn session_secret(client: &Client) -> Vec<u8> {
+    let info = client.server_info().await.unwrap();
+    info.data_plane
+        .expect("the server offers a data plane")
+        .secret
+}
+
 /// Opens a raw data connection for `client`'s session, proving it with `secret`.
 async fn raw_data_connection(client: &Client, secret: &[u8]) -> (TcpStream, Result<(), String>) {
     let info = client.server_info().await.unwrap();
@@ -161,13 +169,7 @@ async fn read_answer(conn: &mut TcpStream) -> Result<(), String> {
 async fn a_forged_proof_or_lease_is_refused() {
     let server = dram_server(&[]);
     let client = tcp_client(&server).await;
-    let secret = client
-        .server_info()
-        .await
-        .unwrap()
-        .data_plane
-        .unwrap()
-        .secret;
+    let secret = session_secret(&client).await;
 
     let (_, genuine) = raw_data_connection(&client, &secret).await;
     assert_eq!(genuine, Ok(()));
@@ -243,13 +245,7 @@ async fn a_data_connection_killed_mid_put_leaves_nothing_behind() {
     let reservation = client.put_start(b"torn", len).await.unwrap();
     assert!(used(&client.stats().await.unwrap()) >= before + len);
 
-    let secret = client
-        .server_info()
-        .await
-        .unwrap()
-        .data_plane
-        .unwrap()
-        .secret;
+    let secret = session_secret(&client).await;
     let (mut conn, admitted) = raw_data_connection(&client, &secret).await;
     admitted.unwrap();
     let header = PutWriteRequest {
