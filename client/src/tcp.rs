@@ -176,14 +176,17 @@ impl Client {
         items: &[(&[u8], &[u8])],
         reserved: Vec<Reserved>,
     ) -> Vec<Moved> {
+        let mut outcome: Vec<Result<()>> = reserved
+            .iter()
+            .map(|r| crate::transport::check_value_fits(&r.location, items[r.index].1))
+            .collect();
         let mut jobs = Vec::new();
         let mut owner = Vec::new();
         for (n, r) in reserved.iter().enumerate() {
-            let (key, value) = items[r.index];
-            if let Err(e) = crate::transport::check_value_fits(&r.location, value) {
-                tracing::debug!("not sent: {e}");
+            if outcome[n].is_err() {
                 continue;
             }
+            let (key, value) = items[r.index];
             for stripe in data.stripes(&r.location, true) {
                 jobs.push(Job::Put {
                     key,
@@ -194,10 +197,6 @@ impl Client {
                 owner.push(n);
             }
         }
-        let mut outcome: Vec<Result<()>> = reserved
-            .iter()
-            .map(|r| crate::transport::check_value_fits(&r.location, items[r.index].1))
-            .collect();
         for (n, done) in owner.into_iter().zip(data.run(jobs).await) {
             if let (Err(e), Ok(())) = (done, &outcome[n]) {
                 outcome[n] = Err(e);
