@@ -148,6 +148,7 @@ pub(crate) fn serve_tiers(
         shutdown_grace: Duration::from_secs(1),
         shm_socket,
         data_plane,
+        metrics_addr: None,
     };
     let service = rt.block_on(async { Service::bind(store, config).expect("bind the service") });
     let (addr, cert) = (service.local_addr(), service.cert_path().to_path_buf());

@@ -193,10 +193,8 @@ impl Inner {
         }
         let hash = key_hash(&shard.entry(c.slot).key);
         self.drop_entry(&mut shard, hash, c.slot, &guard);
-        self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .evicted_bytes
-            .fetch_add(c.len, Ordering::Relaxed);
+        drop(shard);
+        self.count_eviction(i, c.len);
         true
     }
 
@@ -258,11 +256,22 @@ impl Inner {
         drop(shard);
         self.tiers[i].retire(src, &guard);
         self.counters.demotions.fetch_add(1, Ordering::Relaxed);
+        self.tier_counters[i]
+            .demotions
+            .fetch_add(1, Ordering::Relaxed);
+        self.count_eviction(i, c.len);
+        Demotion::Done
+    }
+
+    /// Counts an object of `len` bytes leaving tier `i` to make room.
+    fn count_eviction(&self, i: usize, len: u64) {
         self.counters.evictions.fetch_add(1, Ordering::Relaxed);
         self.counters
             .evicted_bytes
-            .fetch_add(c.len, Ordering::Relaxed);
-        Demotion::Done
+            .fetch_add(len, Ordering::Relaxed);
+        let tier = &self.tier_counters[i];
+        tier.evictions.fetch_add(1, Ordering::Relaxed);
+        tier.evicted_bytes.fetch_add(len, Ordering::Relaxed);
     }
 }
 

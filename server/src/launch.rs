@@ -7,6 +7,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use crate::net::Service;
 use crate::settings::ServerArgs;
 use crate::Store;
@@ -38,7 +39,9 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         .enable_all()
         .build()
         .map_err(|e| internal(format!("starting the runtime: {e}")))?;
-    let store = Arc::new(Store::open(settings.store)?);
+    let metrics = Arc::new(Metrics::new());
+    // In the registry's scope, so the engine's own handles (ssd latencies) count there.
+    let store = Arc::new(metrics.scope(|| Store::open(settings.store))?);
     if let Some((_, device)) = store.device_tier() {
         let d = device.device();
         tracing::info!(
@@ -63,12 +66,13 @@ fn run(args: ServerArgs) -> crate::Result<()> {
     }
     let service_store = Arc::clone(&store);
     runtime.block_on(async {
-        let service = Service::bind(service_store, settings.service)?;
-        if let Some(addr) = settings.metrics_addr {
-            tracing::warn!("--metrics-addr {addr}: the metrics endpoint is not built yet");
-        }
-        // Scripts and tests read these two lines: keep their shape.
+        let service = Service::bind_with_metrics(service_store, settings.service, metrics)?;
+        // Scripts and tests read these lines: keep their shape. The metrics line (when
+        // served) comes first, the certificate line last.
         let mut out = std::io::stdout().lock();
+        if let Some(addr) = service.metrics_addr() {
+            let _ = writeln!(out, "metrics: http://{addr}/metrics");
+        }
         let _ = writeln!(out, "strata-server listening on {}", service.local_addr());
         let _ = writeln!(out, "certificate: {}", service.cert_path().display());
         let _ = out.flush();

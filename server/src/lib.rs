@@ -21,6 +21,7 @@ pub mod engine;
 mod evict;
 pub mod launch;
 pub mod lease;
+pub mod metrics;
 pub mod net;
 pub mod settings;
 pub mod tier;
@@ -28,7 +29,8 @@ pub mod tier;
 pub use clock::{Clock, ManualClock};
 pub use config::{StoreConfig, TierConfig};
 pub use engine::{
-    OpCounters, Placement, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats, UnmountReport,
+    LeaseCounts, OpCounters, Placement, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats,
+    UnmountReport,
 };
 pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 pub use strata_device as device;

@@ -22,6 +22,11 @@ use crate::{SsdOptions, StoreConfig, TierConfig};
 /// Default QUIC port (Mooncake's master uses the same number).
 pub const DEFAULT_PORT: u16 = 50088;
 
+/// Where `/metrics` and `/health` are served unless told otherwise: loopback only, since
+/// the figures describe the host's cache.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9003);
+
 /// A byte size: plain bytes (`1073741824`) or with a unit (`1GB`, `512MiB`, `64 KiB`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Size(pub u64);
@@ -97,9 +102,10 @@ pub struct ServerArgs {
     /// Shared token clients must present (none: any client that trusts the certificate).
     #[arg(long, env = "STRATA_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
-    /// HTTP address for Prometheus metrics (served once the metrics work lands).
+    /// HTTP address serving Prometheus metrics (`/metrics`) and `/health`, or `off`
+    /// [default: 127.0.0.1:9003; with --port 0, a free port on the listen address].
     #[arg(long, env = "STRATA_METRICS_ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<String>,
     /// Index shards, a power of two [default: 64].
     #[arg(long, env = "STRATA_SHARDS")]
     pub shards: Option<usize>,
@@ -176,8 +182,6 @@ pub struct Settings {
     pub service: ServiceConfig,
     /// The data dir (certificate, later the ssd tier).
     pub data_dir: PathBuf,
-    /// Where metrics will be served.
-    pub metrics_addr: Option<SocketAddr>,
     /// Demote dram to ssd on a graceful shutdown.
     pub persist_on_shutdown: bool,
 }
@@ -269,6 +273,7 @@ impl ServerArgs {
         };
         store.validate()?;
         let data_plane = self.data_plane(listen)?;
+        let metrics_addr = self.metrics_addr(listen)?;
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
             (None, None) => TlsSource::SelfSigned {
@@ -295,11 +300,26 @@ impl ServerArgs {
                 shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
                 shm_socket,
                 data_plane,
+                metrics_addr,
             },
             data_dir,
-            metrics_addr: self.metrics_addr,
             persist_on_shutdown: self.persist_on_shutdown.unwrap_or(false),
         })
+    }
+
+    /// Where the metrics port listens, if anywhere.
+    fn metrics_addr(&self, listen: SocketAddr) -> Result<Option<SocketAddr>> {
+        match self.metrics_addr.as_deref() {
+            Some("off") => Ok(None),
+            Some(addr) => addr.parse().map(Some).map_err(|_| {
+                invalid(format!(
+                    "--metrics-addr takes an address such as 127.0.0.1:9003, or off; not {addr:?}"
+                ))
+            }),
+            // Port 0 asks for a free port: the metrics port picks its own too.
+            None if listen.port() == 0 => Ok(Some(SocketAddr::new(listen.ip(), 0))),
+            None => Ok(Some(DEFAULT_METRICS_ADDR)),
+        }
     }
 
     /// The data plane the flags describe, if any.
@@ -450,6 +470,27 @@ mod tests {
         assert_eq!("64 KiB".parse::<Size>(), Ok(Size(64 << 10)));
         assert!("lots".parse::<Size>().is_err());
         assert!("-1".parse::<Size>().is_err());
+    }
+
+    #[test]
+    fn metrics_are_served_on_loopback_9003_unless_told_otherwise() {
+        let s = parse(&[]).resolve().unwrap();
+        assert_eq!(s.service.metrics_addr, Some(DEFAULT_METRICS_ADDR));
+        assert_eq!(DEFAULT_METRICS_ADDR.to_string(), "127.0.0.1:9003");
+        let s = parse(&["--host", "::1", "--port", "0"]).resolve().unwrap();
+        assert_eq!(s.service.metrics_addr, Some("[::1]:0".parse().unwrap()));
+        let s = parse(&["--metrics-addr", "0.0.0.0:9100"])
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            s.service.metrics_addr,
+            Some("0.0.0.0:9100".parse().unwrap())
+        );
+        let s = parse(&["--metrics-addr", "off"]).resolve().unwrap();
+        assert_eq!(s.service.metrics_addr, None);
+        let e = parse(&["--metrics-addr", "9003"]).resolve().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.message().contains("--metrics-addr"), "{e}");
     }
 
     #[test]

@@ -489,6 +489,14 @@ fn eviction_demotes_to_the_next_tier() {
         "a demotion is an eviction from its tier"
     );
     assert_eq!((st.tiers[0].objects, st.tiers[1].objects), (3, 3));
+    let per_tier = |t: &strata_server::TierStats| (t.evictions, t.demotions, t.promotions);
+    assert_eq!(
+        per_tier(&st.tiers[0]),
+        (1, 1, 0),
+        "counted on the tier it left"
+    );
+    assert_eq!(per_tier(&st.tiers[1]), (0, 0, 0));
+    assert_eq!(st.tiers[0].evicted_bytes, 64 * KIB);
     for i in 0..6u8 {
         assert_eq!(
             s.get(&[i]).unwrap(),

@@ -14,8 +14,10 @@
 
 mod in_place;
 pub(crate) mod index;
+mod lease_ledger;
 mod mount;
 
+pub use lease_ledger::LeaseCounts;
 pub use mount::UnmountReport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -91,6 +93,8 @@ pub struct StoreCounters {
     pub promotions: u64,
     /// Objects dropped because their stored bytes failed their checksum.
     pub corrupt: u64,
+    /// Reservations cancelled by their writer (or by the end of its connection).
+    pub revoked_reservations: u64,
     /// Objects dropped because their device segment was unmounted.
     pub unmounted_objects: u64,
     pub expired_reservations: u64,
@@ -124,7 +128,20 @@ pub(crate) struct GlobalCounters {
     pub corrupt: AtomicU64,
     pub unmounted_objects: AtomicU64,
     pub expired_reservations: AtomicU64,
+    pub revoked_reservations: AtomicU64,
     pub no_space: AtomicU64,
+}
+
+/// Counters of one tier, indexed like the tiers.
+#[derive(Default)]
+pub(crate) struct TierCounters {
+    /// Objects that left this tier to make room (demoted or dropped).
+    pub evictions: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    /// Objects moved from this tier to the one below.
+    pub demotions: AtomicU64,
+    /// Objects moved into this tier from the one below because they were read again.
+    pub promotions: AtomicU64,
 }
 
 /// Keeps shards on separate cache lines so two cores working different shards don't
@@ -143,6 +160,10 @@ pub(crate) struct Inner {
     /// recently used" is an exact order across shards, never a tie of coarse timestamps.
     access_seq: AtomicU64,
     pub counters: GlobalCounters,
+    /// Per tier, like `tiers`.
+    pub tier_counters: Box<[TierCounters]>,
+    /// Read leases by their end.
+    pub(crate) leases: lease_ledger::LeaseLedger,
     /// The maintenance thread, set once at open; puts that cross a watermark unpark it.
     maintenance: OnceLock<std::thread::Thread>,
 }
@@ -222,6 +243,7 @@ impl Store {
         let shards = (0..config.shards)
             .map(|_| PaddedShard(Mutex::new(Shard::new())))
             .collect();
+        let started = clock.now();
         let inner = Arc::new(Inner {
             shard_mask: config.shards as u64 - 1,
             shards,
@@ -230,6 +252,10 @@ impl Store {
             next_writer: AtomicU64::new(1),
             access_seq: AtomicU64::new(1),
             counters: GlobalCounters::default(),
+            tier_counters: (0..config.tiers.len())
+                .map(|_| TierCounters::default())
+                .collect(),
+            leases: lease_ledger::LeaseLedger::new(config.lease_ttl, started),
             maintenance: OnceLock::new(),
             config,
         });
@@ -353,7 +379,9 @@ impl Store {
                     shard.hit(slot); // The lease holder copies the bytes itself.
                 }
                 let e = shard.entry_mut(slot);
-                e.lease_until = e.lease_until.max(until);
+                let before = e.lease_until;
+                e.lease_until = before.max(until);
+                self.inner.leases.grant(before, e.lease_until, now);
                 Ok(ReadLease {
                     extent: e.extent,
                     checksum: e.tag,
@@ -583,6 +611,16 @@ impl Store {
         self.inner.stats()
     }
 
+    /// The kind of tier `t`, if there is such a tier.
+    pub fn tier_kind(&self, t: u8) -> Option<TierKind> {
+        self.inner.tiers.get(t as usize).map(|tier| tier.kind())
+    }
+
+    /// Read leases granted, active now, and expired.
+    pub fn lease_counts(&self) -> LeaseCounts {
+        self.inner.leases.counts(self.inner.clock.now())
+    }
+
     /// Moves every evictable object of tier `i` one tier down (dropping what does not fit),
     /// as eviction would; returns the objects moved.
     pub fn demote_tier(&self, i: usize) -> u64 {
@@ -730,6 +768,9 @@ impl Inner {
         drop(shard);
         self.tiers[src.tier as usize].retire(src, &guard);
         self.counters.promotions.fetch_add(1, Ordering::Relaxed);
+        self.tier_counters[up]
+            .promotions
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Drops an object whose stored bytes failed their checksum, if it is still the one
@@ -991,6 +1032,9 @@ impl Inner {
         let slot = self.writer_slot(&mut shard, hash, key, writer, &guard)?;
         self.drop_entry(&mut shard, hash, slot, &guard);
         drop(shard);
+        self.counters
+            .revoked_reservations
+            .fetch_add(1, Ordering::Relaxed);
         guard.flush();
         Ok(())
     }
@@ -1160,7 +1204,9 @@ impl Inner {
                     shard.touch(slot, base + (n - 1 - k) as u64);
                     if lease {
                         let e = shard.entry_mut(slot);
-                        e.lease_until = e.lease_until.max(until);
+                        let before = e.lease_until;
+                        e.lease_until = before.max(until);
+                        self.leases.grant(before, e.lease_until, now);
                     }
                 } else {
                     vanished = vanished.min(pos_of[k] as usize);
@@ -1232,6 +1278,7 @@ impl Inner {
         c.unmounted_objects = g.unmounted_objects.load(Ordering::Relaxed);
         c.corrupt = g.corrupt.load(Ordering::Relaxed);
         c.expired_reservations = g.expired_reservations.load(Ordering::Relaxed);
+        c.revoked_reservations = g.revoked_reservations.load(Ordering::Relaxed);
         c.no_space = g.no_space.load(Ordering::Relaxed);
         let tiers = self
             .tiers
@@ -1240,6 +1287,7 @@ impl Inner {
             .map(|(i, t)| {
                 index_bytes += t.bookkeeping_bytes() as u64;
                 let (segments, a) = t.alloc_stats();
+                let n = &self.tier_counters[i];
                 TierStats {
                     kind: t.kind(),
                     capacity: t.capacity(),
@@ -1249,6 +1297,13 @@ impl Inner {
                     free_extents: a.free_extents,
                     largest_free_extent: a.largest_free,
                     fragmentation: a.fragmentation(),
+                    high_watermark: (t.capacity() as f64
+                        * self.config.eviction_high_watermark_ratio)
+                        as u64,
+                    evictions: n.evictions.load(Ordering::Relaxed),
+                    evicted_bytes: n.evicted_bytes.load(Ordering::Relaxed),
+                    demotions: n.demotions.load(Ordering::Relaxed),
+                    promotions: n.promotions.load(Ordering::Relaxed),
                     io: t.io_figures(),
                 }
             })

@@ -26,7 +26,7 @@ use std::io::{ErrorKind, IoSlice};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use ring::hmac;
@@ -45,6 +45,7 @@ use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
 use super::handlers::Session;
+use crate::metrics::{Metrics, LOST};
 use crate::{Store, WriterId};
 
 /// How long a new connection has for the TLS handshake and its claim.
@@ -87,6 +88,7 @@ pub(crate) struct DataPlane {
     store: Arc<Store>,
     in_place_tiers: Vec<u8>,
     transfer_timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -119,6 +121,7 @@ impl DataPlane {
         config: &DataPlaneConfig,
         store: Arc<Store>,
         tls: Option<rustls::ServerConfig>,
+        metrics: Arc<Metrics>,
     ) -> Result<DataPlane> {
         let std_listener = std::net::TcpListener::bind(config.listen).map_err(|e| {
             let msg = format!("data plane cannot listen on {}: {e}", config.listen);
@@ -145,6 +148,7 @@ impl DataPlane {
                     store,
                     in_place_tiers: tiers,
                     transfer_timeout: config.transfer_timeout,
+                    metrics,
                 })
             })
     }
@@ -279,6 +283,7 @@ impl DataPlane {
             .get()
             .expect("admitted sessions have credentials");
         let id = credentials.session;
+        let _open = self.metrics.tcp_connections.open();
         loop {
             let mut head = [0u8; REQUEST_HEAD_LEN];
             tokio::select! {
@@ -290,12 +295,20 @@ impl DataPlane {
                 () = session.closed.cancelled() => return Ok(()),
                 _ = stop.changed() => return Ok(()),
             }
+            let started = Instant::now();
+            let head = RequestHead::decode(head);
             let served = tokio::time::timeout(
                 self.transfer_timeout,
-                self.serve_request(&mut conn, &session, id, RequestHead::decode(head)),
+                self.serve_request(&mut conn, &session, id, head),
             )
             .await
             .unwrap_or(Err(Broken::Lost));
+            let error = match &served {
+                Ok(()) => None,
+                Err(Broken::Reply(e) | Broken::ReplyAndClose(e)) => Some(e.code().name()),
+                Err(Broken::Lost) => Some(LOST),
+            };
+            self.metrics.request(head.check().ok(), started, error);
             match served {
                 Ok(()) => {}
                 Err(Broken::Reply(e)) => {
@@ -363,7 +376,9 @@ impl DataPlane {
             Opcode::DataGet => {
                 let req = decode::<DataGetRequest>(&header).map_err(Broken::ReplyAndClose)?;
                 self.check_grant(id, &req)?;
-                self.send_value(conn, &req).await
+                self.send_value(conn, &req).await?;
+                self.metrics.bytes.tcp_out.increment(req.len);
+                Ok(())
             }
             Opcode::DataPut => {
                 let req = decode::<PutWriteRequest>(&header).map_err(Broken::ReplyAndClose)?;
@@ -375,9 +390,11 @@ impl DataPlane {
                     )));
                 }
                 let received = self.receive_value(conn, &req).await;
-                if matches!(received, Err(Broken::Lost)) {
+                match received {
+                    Ok(()) => self.metrics.bytes.tcp_in.increment(req.len),
                     // Half-written: revoke now rather than at the deadline.
-                    session.revoke(writer.get());
+                    Err(Broken::Lost) => session.revoke(writer.get()),
+                    Err(_) => {}
                 }
                 received
             }

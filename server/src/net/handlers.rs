@@ -36,7 +36,8 @@ use super::shm::ShmExport;
 use super::stream::{
     expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
 };
-use crate::{Extent, PutOptions, Store, WriteReservation, WriterId};
+use crate::metrics::Metrics;
+use crate::{Extent, PutOptions, Store, TierKind, WriteReservation, WriterId};
 
 /// Largest handshake header an unauthenticated connection may send (a version string and
 /// a token).
@@ -52,6 +53,7 @@ pub(crate) struct Shared {
     pub shm: Option<Arc<ShmExport>>,
     /// The TCP data plane, when on: sessions that ask get an offer and signed leases.
     pub data: Option<Arc<DataPlane>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Per-connection state.
@@ -66,6 +68,12 @@ pub(crate) struct Session {
     pub data: OnceLock<DataCredentials>,
     /// Cancelled when the QUIC connection ends: its data connections close too.
     pub closed: CancellationToken,
+    /// This session's client mapped the dram tier through the shared-memory transport
+    /// (it redeemed its ticket): it copies dram values itself.
+    pub shm_mapped: Arc<AtomicBool>,
+    /// This session's client asked for the device segments' IPC handles: it copies device
+    /// values itself.
+    device_mapped: AtomicBool,
 }
 
 impl Session {
@@ -83,6 +91,26 @@ impl Session {
         drop(taken); // revokes it
     }
 
+    /// Whether this session's client copies the values of a tier of `kind` itself.
+    fn copies_itself(&self, kind: Option<TierKind>) -> bool {
+        match kind {
+            Some(TierKind::Dram) => self.shm_mapped.load(Ordering::Relaxed),
+            Some(TierKind::Device) => self.device_mapped.load(Ordering::Relaxed),
+            _ => false,
+        }
+    }
+
+    /// Counts `len` bytes this session's client copies itself into (`inbound`) or out of
+    /// tier `tier`, if it does.
+    fn count_direct(&self, shared: &Shared, tier: u8, len: u64, inbound: bool) {
+        let kind = shared.store.tier_kind(tier);
+        if self.copies_itself(kind) {
+            if let Some(counter) = kind.and_then(|k| shared.metrics.bytes.direct(k, inbound)) {
+                counter.increment(len);
+            }
+        }
+    }
+
     /// Ends the session: its data connections close and its reservations are revoked.
     pub fn close(&self, shared: &Shared) {
         self.closed.cancel();
@@ -94,15 +122,17 @@ impl Session {
     }
 }
 
-/// Serves one request stream from head to answer.
+/// Serves one request stream from head to answer; `op` is set once the opcode is known.
 pub(crate) async fn serve(
     shared: &Shared,
     session: &Arc<Session>,
     send: &mut SendStream,
     recv: &mut RecvStream,
+    op: &mut Option<Opcode>,
 ) -> Result<(), Failure> {
     let head = read_head(recv).await?;
     let opcode = head.check()?;
+    *op = Some(opcode);
     // Judge the connection before reading the header: an unauthenticated peer must not
     // make the server buffer up to MAX_HEADER_LEN per stream.
     if shared.auth_token.is_some() && !session.authenticated.load(Ordering::Acquire) {
@@ -129,9 +159,9 @@ pub(crate) async fn serve(
             };
             reply(send, &encode_response(&echo)).await
         }
-        Opcode::Put => put(store, send, recv, &header).await,
+        Opcode::Put => put(shared, send, recv, &header).await,
         Opcode::PutStart => put_start(store, session, send, &header).await,
-        Opcode::PutWrite => put_write(store, send, recv, &header).await,
+        Opcode::PutWrite => put_write(shared, send, recv, &header).await,
         Opcode::PutEnd | Opcode::PutRevoke => {
             let req = access::<WriterRequest>(&header)?;
             let finish = Finish {
@@ -139,7 +169,7 @@ pub(crate) async fn serve(
                 checksum: None,
             };
             finish_one(
-                store,
+                shared,
                 session,
                 req.key.as_slice(),
                 req.writer.to_native(),
@@ -148,8 +178,8 @@ pub(crate) async fn serve(
             reply(send, &encode_bare_response()).await
         }
         Opcode::BatchPutStart => batch_put_start(store, session, send, &header).await,
-        Opcode::BatchPutFinish => batch_put_finish(store, session, send, &header).await,
-        Opcode::Get => get(&shared.store, send, &header).await,
+        Opcode::BatchPutFinish => batch_put_finish(shared, session, send, &header).await,
+        Opcode::Get => get(shared, send, &header).await,
         Opcode::GetLocations => get_locations(shared, session, send, &header).await,
         Opcode::Exists => {
             let req = access::<KeyRequest>(&header)?;
@@ -157,7 +187,7 @@ pub(crate) async fn serve(
             reply(send, &encode_response(&ExistsResponse { present })).await
         }
         Opcode::BatchExists => batch_exists(store, send, &header).await,
-        Opcode::PrefixLen => prefix_len(store, send, &header).await,
+        Opcode::PrefixLen => prefix_len(shared, send, &header).await,
         Opcode::Remove => {
             let req = access::<RemoveRequest>(&header)?;
             store.remove(req.key.as_slice(), req.force)?;
@@ -176,6 +206,7 @@ pub(crate) async fn serve(
         Opcode::DeviceSegments => {
             expect_no_header(&header)?;
             let segments = device_segments(store)?;
+            session.device_mapped.store(true, Ordering::Relaxed);
             reply(send, &encode_response(&segments)).await
         }
         Opcode::MountSegment => {
@@ -270,7 +301,10 @@ async fn handshake(
         session.authenticated.store(true, Ordering::Release);
     }
     let mut hello = shared.hello.clone();
-    hello.shm = shared.shm.as_ref().and_then(|s| s.offer());
+    hello.shm = shared
+        .shm
+        .as_ref()
+        .and_then(|s| s.offer(Arc::clone(&session.shm_mapped)));
     if req.data_plane {
         if let Some(data) = &shared.data {
             hello.data_plane = Some(data.offer(session)?);
@@ -317,12 +351,12 @@ fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error
 }
 
 async fn put(
-    store: &Store,
+    shared: &Shared,
     send: &mut SendStream,
     recv: &mut RecvStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
-    let mut reservation = reserve(store, header)?;
+    let mut reservation = reserve(&shared.store, header)?;
     let len = reservation.len();
     // Dropped on any early return below, which revokes it: a torn put is never visible.
     receive_payload(recv, len, |offset, bytes| {
@@ -330,6 +364,7 @@ async fn put(
     })
     .await?;
     reservation.commit()?;
+    shared.metrics.bytes.quic_in.increment(len);
     reply(send, &encode_bare_response()).await
 }
 
@@ -353,11 +388,12 @@ async fn put_start(
 }
 
 async fn put_write(
-    store: &Store,
+    shared: &Shared,
     send: &mut SendStream,
     recv: &mut RecvStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
+    let store = &*shared.store;
     let req = access::<PutWriteRequest>(header)?;
     let key = req.key.as_slice();
     let writer = WriterId::from_raw(req.writer.to_native());
@@ -369,6 +405,7 @@ async fn put_write(
         store.put_write(key, writer, at, bytes)
     })
     .await?;
+    shared.metrics.bytes.quic_in.increment(req.len.to_native());
     reply(send, &encode_bare_response()).await
 }
 
@@ -382,19 +419,25 @@ struct Finish {
 
 /// Commits or revokes `writer`'s reservation on `key`.
 fn finish_one(
-    store: &Store,
+    shared: &Shared,
     session: &Session,
     key: &[u8],
     writer: u64,
     finish: Finish,
 ) -> Result<(), Error> {
+    let store = &*shared.store;
     let own = session.reservations.lock().remove(&writer);
     match own {
-        Some(r) if r.key() == key => match (finish.commit, finish.checksum) {
-            (true, Some(c)) => r.commit_with_checksum(c),
-            (true, None) => r.commit(),
-            (false, _) => r.revoke(),
-        },
+        Some(r) if r.key() == key => {
+            let extent = r.extent();
+            match (finish.commit, finish.checksum) {
+                (true, Some(c)) => r.commit_with_checksum(c),
+                (true, None) => r.commit(),
+                (false, _) => return r.revoke(),
+            }?;
+            session.count_direct(shared, extent.tier, extent.len, true);
+            Ok(())
+        }
         other => {
             // Not this connection's reservation (or another key): put it back and ask
             // the engine, which checks the writer itself.
@@ -452,7 +495,7 @@ async fn batch_put_start(
 }
 
 async fn batch_put_finish(
-    store: &Store,
+    shared: &Shared,
     session: &Session,
     send: &mut SendStream,
     header: &AlignedVec,
@@ -473,7 +516,7 @@ async fn batch_put_finish(
                 .map(|c| c.to_native())
                 .filter(|&c| c != 0),
         };
-        if let Err(e) = finish_one(store, session, key, writer.to_native(), finish) {
+        if let Err(e) = finish_one(shared, session, key, writer.to_native(), finish) {
             errors.push(KeyError {
                 index: i as u32,
                 error: error_frame(&e),
@@ -483,11 +526,8 @@ async fn batch_put_finish(
     reply(send, &encode_response(&BatchPutFinishResponse { errors })).await
 }
 
-async fn get(
-    store: &Arc<Store>,
-    send: &mut SendStream,
-    header: &AlignedVec,
-) -> Result<(), Failure> {
+async fn get(shared: &Shared, send: &mut SendStream, header: &AlignedVec) -> Result<(), Failure> {
+    let store = &shared.store;
     let req = access::<KeyRequest>(header)?;
     // Copy out under the read guard (an epoch pin, which cannot be held across an await),
     // then stream the copy: the pin is held for one memcpy, not for a network transfer.
@@ -518,6 +558,7 @@ async fn get(
         len: value.len() as u64,
         checksum,
     };
+    shared.metrics.bytes.quic_out.increment(value.len() as u64);
     reply_with_payload(send, encode_response(&response), value).await
 }
 
@@ -546,6 +587,9 @@ async fn get_locations(
                 let location = location(lease.extent);
                 let grant =
                     signer.map(|(data, c)| data.grant(c.session, key, &location, lease.expires_at));
+                if grant.is_none() {
+                    session.count_direct(shared, location.tier, location.len, false);
+                }
                 LeaseResult::Leased(Lease {
                     location,
                     checksum: lease.checksum,
@@ -593,13 +637,20 @@ async fn batch_exists(
 }
 
 async fn prefix_len(
-    store: &Store,
+    shared: &Shared,
     send: &mut SendStream,
     header: &AlignedVec,
 ) -> Result<(), Failure> {
+    let store = &*shared.store;
     let req = access::<PrefixLenRequest>(header)?;
     let groups = req.groups()?;
     let matched = store.prefix_len(&groups, req.lease)?;
+    let m = &shared.metrics.prefix;
+    m.lookups.increment(1);
+    m.blocks.increment(groups.len() as u64);
+    m.keys
+        .increment(groups.iter().map(|g| g.len() as u64).sum::<u64>());
+    m.hits.increment(matched.len as u64);
     let now = store.clock().now();
     let response = PrefixLenResponse {
         len: matched.len as u64,

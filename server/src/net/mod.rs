@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use quinn::{Connection, Endpoint};
 use strata_proto::limits;
@@ -29,6 +29,7 @@ use strata_proto::{Error, ErrorCode, Result};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::{Health, Metrics, MetricsEndpoint, UPKEEP_INTERVAL};
 use crate::Store;
 use data::DataPlane;
 pub use data::DataPlaneConfig;
@@ -55,6 +56,9 @@ pub struct ServiceConfig {
     /// The TCP data plane for value bytes between hosts; `None`: off (remote clients move
     /// bytes on QUIC streams).
     pub data_plane: Option<DataPlaneConfig>,
+    /// TCP address of the HTTP port serving `/metrics` and `/health`; `None`: not served
+    /// (the service still counts, for an embedder that renders [`Service::metrics`]).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A bound, not yet running, QUIC service. Create it inside a tokio runtime.
@@ -63,18 +67,33 @@ pub struct Service {
     shared: Arc<Shared>,
     cert_path: PathBuf,
     shutdown_grace: Duration,
+    metrics_endpoint: Option<MetricsEndpoint>,
+    health: Arc<Health>,
 }
 
 impl Service {
-    /// Loads (or generates) the certificate and binds the UDP socket.
+    /// Loads (or generates) the certificate and binds the UDP socket, with a registry of
+    /// its own for metrics.
     pub fn bind(store: Arc<Store>, config: ServiceConfig) -> Result<Service> {
+        Service::bind_with_metrics(store, config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Service::bind`] counting into `metrics` (whose scope the store was opened in, for
+    /// the engine's own handles).
+    pub fn bind_with_metrics(
+        store: Arc<Store>,
+        config: ServiceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Service> {
+        let metrics_endpoint = config.metrics_addr.map(MetricsEndpoint::bind).transpose()?;
         let identity = tls::load_identity(&config.tls)?;
         let cert_path = identity.cert_path.clone();
         let rustls_config = tls::rustls_config(identity)?;
         let data = match &config.data_plane {
             Some(dp) => {
                 let tls = dp.tls.then(|| rustls_config.clone());
-                Some(Arc::new(DataPlane::bind(dp, Arc::clone(&store), tls)?))
+                let plane = DataPlane::bind(dp, Arc::clone(&store), tls, Arc::clone(&metrics))?;
+                Some(Arc::new(plane))
             }
             None => None,
         };
@@ -127,12 +146,15 @@ impl Service {
             connections: AtomicU64::new(0),
             shm,
             data,
+            metrics,
         });
         Ok(Service {
             endpoint,
             shared,
             cert_path,
             shutdown_grace: config.shutdown_grace,
+            metrics_endpoint,
+            health: Arc::new(Health::default()),
         })
     }
 
@@ -153,6 +175,18 @@ impl Service {
         self.shared.data.as_deref().map(DataPlane::local_addr)
     }
 
+    /// The HTTP address of `/metrics` and `/health`, when served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_endpoint
+            .as_ref()
+            .map(MetricsEndpoint::local_addr)
+    }
+
+    /// The service's metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
     /// The certificate file clients should trust.
     pub fn cert_path(&self) -> &Path {
         &self.cert_path
@@ -160,9 +194,20 @@ impl Service {
 
     /// Serves until `shutdown` completes, then shuts down gracefully. Returns whether every
     /// in-flight request finished within the grace period.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> bool {
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> bool {
         let tracker = TaskTracker::new();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The metrics port outlives the drain, answering /health with 503 meanwhile.
+        let (http_stop_tx, http_stop_rx) = watch::channel(false);
+        let http = self.metrics_endpoint.take().map(|endpoint| {
+            tokio::spawn(endpoint.serve(
+                Arc::clone(&self.shared.metrics),
+                Arc::clone(&self.shared.store),
+                Arc::clone(&self.health),
+                http_stop_rx,
+            ))
+        });
+        tracker.spawn(upkeep(Arc::clone(&self.shared.metrics), stop_rx.clone()));
         if let Some(shm) = &self.shared.shm {
             tracker.spawn(Arc::clone(shm).serve(stop_rx.clone()));
         }
@@ -189,6 +234,7 @@ impl Service {
             }
         }
         tracing::info!("shutting down: no new connections or requests");
+        self.health.stop();
         self.endpoint.set_server_config(None);
         let _ = stop_tx.send(true);
         tracker.close();
@@ -204,7 +250,21 @@ impl Service {
         self.endpoint
             .close(wire::CLOSE_SHUTDOWN.into(), b"server shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = http_stop_tx.send(true);
+        if let Some(http) = http {
+            let _ = tokio::time::timeout(Duration::from_secs(1), http).await;
+        }
         drained
+    }
+}
+
+/// Folds histogram samples into buckets now and then, so they never pile up unscraped.
+async fn upkeep(metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(UPKEEP_INTERVAL) => metrics.upkeep(),
+        }
     }
 }
 
@@ -215,6 +275,7 @@ async fn serve_connection(
     streams: TaskTracker,
 ) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    let open = shared.metrics.quic_connections.open();
     tracing::debug!("connection from {}", conn.remote_address());
     let session = Arc::new(Session::default());
     loop {
@@ -229,7 +290,15 @@ async fn serve_connection(
         let session = Arc::clone(&session);
         let conn = conn.clone();
         streams.spawn(async move {
-            match handlers::serve(&shared, &session, &mut send, &mut recv).await {
+            let started = Instant::now();
+            let mut op = None;
+            let served = handlers::serve(&shared, &session, &mut send, &mut recv, &mut op).await;
+            let error = match &served {
+                Ok(()) => None,
+                Err(Failure::Reply(e) | Failure::Refuse(e)) => Some(e.code().name()),
+                Err(Failure::Broken) => Some(crate::metrics::LOST),
+            };
+            match served {
                 Ok(()) => {}
                 Err(Failure::Reply(e)) => reply_error(&mut send, &mut recv, &e).await,
                 Err(Failure::Refuse(e)) => {
@@ -242,8 +311,10 @@ async fn serve_connection(
                     let _ = send.reset(0u8.into());
                 }
             }
+            shared.metrics.request(op, started, error);
         });
     }
     session.close(&shared);
+    drop(open);
     shared.connections.fetch_sub(1, Ordering::Relaxed);
 }

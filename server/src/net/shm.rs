@@ -21,6 +21,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,11 +51,14 @@ const MAX_LIVE_TICKETS: usize = 4096;
 /// Bound on each read and write of one peer's exchange.
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A live ticket: when it expires, and the flag its session raises once it is redeemed.
+type Ticket = (Instant, Arc<AtomicBool>);
+
 /// The descriptor socket and the tickets it honours.
 pub(crate) struct ShmExport {
     path: PathBuf,
     listener: AsyncFd<OwnedFd>,
-    tickets: Mutex<HashMap<[u8; TICKET_LEN], Instant>>,
+    tickets: Mutex<HashMap<[u8; TICKET_LEN], Ticket>>,
     segments: Vec<SegmentInfo>,
     store: Arc<Store>,
 }
@@ -128,17 +132,17 @@ impl ShmExport {
     }
 
     /// A fresh offer for one session, with its own ticket; `None` when too many tickets
-    /// are outstanding.
-    pub fn offer(&self) -> Option<ShmOffer> {
+    /// are outstanding. `mapped` turns true once the ticket is redeemed.
+    pub fn offer(&self, mapped: Arc<AtomicBool>) -> Option<ShmOffer> {
         let mut ticket = [0u8; TICKET_LEN];
         getrandom::fill(&mut ticket).ok()?;
         let now = Instant::now();
         let mut live = self.tickets.lock();
-        live.retain(|_, expires| *expires > now);
+        live.retain(|_, (expires, _)| *expires > now);
         if live.len() >= MAX_LIVE_TICKETS {
             return None;
         }
-        live.insert(ticket, now + TICKET_TTL);
+        live.insert(ticket, (now + TICKET_TTL, mapped));
         Some(ShmOffer {
             socket: self.path.to_string_lossy().into_owned(),
             ticket: ticket.to_vec(),
@@ -151,10 +155,15 @@ impl ShmExport {
         let Ok(ticket) = <[u8; TICKET_LEN]>::try_from(ticket) else {
             return false;
         };
-        self.tickets
-            .lock()
-            .remove(&ticket)
-            .is_some_and(|expires| expires > Instant::now())
+        let taken = self.tickets.lock().remove(&ticket);
+        let Some((expires, mapped)) = taken else {
+            return false;
+        };
+        let live = expires > Instant::now();
+        if live {
+            mapped.store(true, Ordering::Relaxed);
+        }
+        live
     }
 
     /// Accepts peers until `stop` turns true.

@@ -77,6 +77,15 @@ pub struct TierStats {
     pub largest_free_extent: u64,
     /// `1 - largest_free_extent / free bytes`, 0 when free space is one extent.
     pub fragmentation: f64,
+    /// Used bytes past which the tier is evicted.
+    pub high_watermark: u64,
+    /// Objects that left this tier to make room (demoted or dropped), and their bytes.
+    pub evictions: u64,
+    pub evicted_bytes: u64,
+    /// Objects moved down to the next tier.
+    pub demotions: u64,
+    /// Objects moved up into this tier because they were read again.
+    pub promotions: u64,
     /// I/O figures of a tier that does I/O (ssd).
     pub io: Option<ssd::IoFigures>,
 }

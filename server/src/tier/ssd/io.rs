@@ -230,7 +230,6 @@ impl IoDone {
 }
 
 /// Counters every engine keeps, read by the tier's stats.
-#[derive(Default)]
 pub struct IoStats {
     pub read_ops: AtomicU64,
     pub read_bytes: AtomicU64,
@@ -241,14 +240,47 @@ pub struct IoStats {
     pub errors: AtomicU64,
     /// Operations submitted and not yet completed, now.
     pub in_flight: AtomicU64,
+    /// Per-op latencies, for the metrics' histograms (no-ops unless the store was opened
+    /// inside `Metrics::scope`).
+    read_latency: metrics::Histogram,
+    write_latency: metrics::Histogram,
+}
+
+impl Default for IoStats {
+    /// Zeroed counters; latency handles from the metrics recorder in scope.
+    fn default() -> IoStats {
+        use crate::metrics::catalog::SSD_DURATION;
+        IoStats {
+            read_ops: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            read_ns: AtomicU64::new(0),
+            write_ops: AtomicU64::new(0),
+            write_bytes: AtomicU64::new(0),
+            write_ns: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            read_latency: metrics::histogram!(SSD_DURATION, "op" => "read"),
+            write_latency: metrics::histogram!(SSD_DURATION, "op" => "write"),
+        }
+    }
 }
 
 impl IoStats {
     /// Records one completed op of `bytes` that took `took` from submission.
     pub fn record(&self, kind: IoKind, bytes: usize, took: Duration, ok: bool) {
-        let (ops, total, ns) = match kind {
-            IoKind::Read => (&self.read_ops, &self.read_bytes, &self.read_ns),
-            IoKind::Write => (&self.write_ops, &self.write_bytes, &self.write_ns),
+        let (ops, total, ns, latency) = match kind {
+            IoKind::Read => (
+                &self.read_ops,
+                &self.read_bytes,
+                &self.read_ns,
+                &self.read_latency,
+            ),
+            IoKind::Write => (
+                &self.write_ops,
+                &self.write_bytes,
+                &self.write_ns,
+                &self.write_latency,
+            ),
         };
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -257,6 +289,7 @@ impl IoStats {
         ops.fetch_add(1, Ordering::Relaxed);
         total.fetch_add(bytes as u64, Ordering::Relaxed);
         ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        latency.record(took.as_secs_f64());
     }
 }
 
