@@ -60,6 +60,8 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
     /// The certificate clients must trust.
     pub cert: PathBuf,
+    /// Where it serves `/metrics` and `/health`, unless told `--metrics-addr off`.
+    pub metrics: Option<SocketAddr>,
     /// Its data dir.
     pub data_dir: PathBuf,
     _owned_dir: Option<tempfile::TempDir>,
@@ -111,6 +113,7 @@ impl ServerProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut addr = None;
         let mut cert = None;
+        let mut metrics = None;
         while addr.is_none() || cert.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
@@ -119,7 +122,10 @@ impl ServerProcess {
                     "strata-server exited or did not report its address within {START_TIMEOUT:?}"
                 );
             };
-            if let Some(a) = line.strip_prefix("strata-server listening on ") {
+            if let Some(url) = line.strip_prefix("metrics: http://") {
+                let a = url.trim().trim_end_matches("/metrics");
+                metrics = Some(a.parse().expect("metrics address"));
+            } else if let Some(a) = line.strip_prefix("strata-server listening on ") {
                 addr = Some(a.trim().parse().expect("listen address"));
             } else if let Some(c) = line.strip_prefix("certificate: ") {
                 cert = Some(PathBuf::from(c.trim()));
@@ -129,6 +135,7 @@ impl ServerProcess {
             child,
             addr: addr.expect("checked above"),
             cert: cert.expect("checked above"),
+            metrics,
             data_dir: data_dir.to_path_buf(),
             _owned_dir: None,
         }
@@ -141,6 +148,14 @@ impl ServerProcess {
             ca_cert: Some(self.cert.clone()),
             ..ClientConfig::default()
         }
+    }
+
+    /// The body of `GET /metrics` (panics unless it answers 200).
+    pub fn scrape(&self) -> String {
+        let addr = self.metrics.expect("this server serves metrics");
+        let (status, body) = http_get(&format!("http://{addr}/metrics"));
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 
     /// Kills the process with SIGKILL (a crash: no shutdown work at all) and reaps it.
@@ -210,4 +225,49 @@ pub fn block_value(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// `GET url` on loopback: the status and the body as text. Panics only when nothing
+/// answers; an error status is returned like any other.
+pub fn http_get(url: &str) -> (u16, String) {
+    try_http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// [`http_get`], with `Err` when nothing answers (a server still starting).
+pub fn try_http_get(url: &str) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut answer = agent.get(url).call().map_err(|e| e.to_string())?;
+    let status = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok((status, body))
+}
+
+pub use strata_server::metrics::series_value as metric;
+
+/// The path of external program `name` (of Debian package `package`), found on PATH. Where it is missing the test
+/// should skip: this prints why and returns `None` — unless `STRATA_REQUIRE_EXTERNAL=1`
+/// (CI, which installs it), where a missing program fails the test.
+pub fn external_program(name: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "{name} is not installed and STRATA_REQUIRE_EXTERNAL=1: install it \
+             (Debian: apt-get install {package}) or unset the variable to skip"
+        );
+        eprintln!("skipped: {name} is not installed (Debian: apt-get install {package})");
+    }
+    found
 }

@@ -302,6 +302,16 @@ impl Metrics {
     }
 }
 
+/// The value of the series rendered exactly as `series` (`name`, or `name{labels}` with
+/// the labels in the order the exporter renders them) in a Prometheus text scrape: for
+/// tests and tools that read a scrape.
+pub fn series_value(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Whether a server is serving, for `/health`.
 #[derive(Default)]
 pub(crate) struct Health {

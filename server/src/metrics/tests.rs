@@ -4,17 +4,10 @@
 use std::time::Duration;
 
 use super::catalog::{Kind, ALL};
-use super::Metrics;
+use super::{series_value as value, Metrics};
 use crate::{Clock, PutOptions, SsdOptions, Store, StoreConfig, TierConfig};
 
 const KIB: u64 = 1024;
-
-/// The value of the series rendered exactly as `series` (`name` or `name{labels}`).
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 /// Whether any series of metric `name` is rendered.
 fn rendered(text: &str, name: &str, kind: Kind) -> bool {
