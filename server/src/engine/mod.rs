@@ -367,6 +367,7 @@ impl Store {
         }
         let now = self.inner.clock.now();
         let until = now.saturating_add(nanos(self.inner.config.lease_ttl));
+        let mut grants = self.inner.leases.grants(now, until);
         keys.iter()
             .map(|k| {
                 let key = k.as_ref();
@@ -379,9 +380,8 @@ impl Store {
                     shard.hit(slot); // The lease holder copies the bytes itself.
                 }
                 let e = shard.entry_mut(slot);
-                let before = e.lease_until;
-                e.lease_until = before.max(until);
-                self.inner.leases.grant(before, e.lease_until, now);
+                grants.grant(e.lease_until);
+                e.lease_until = e.lease_until.max(until);
                 Ok(ReadLease {
                     extent: e.extent,
                     checksum: e.tag,
@@ -1193,6 +1193,7 @@ impl Inner {
         let base = self.access_seq.fetch_add(n as u64, Ordering::Relaxed);
         let touched: Vec<u32> = (0..n as u32).collect();
         let mut vanished = matched;
+        let mut grants = self.leases.grants(now, until);
         self.for_each_by_shard(&hashes, &touched, |shard, run| {
             for &k in run.iter().rev() {
                 let k = k as usize;
@@ -1204,9 +1205,8 @@ impl Inner {
                     shard.touch(slot, base + (n - 1 - k) as u64);
                     if lease {
                         let e = shard.entry_mut(slot);
-                        let before = e.lease_until;
-                        e.lease_until = before.max(until);
-                        self.leases.grant(before, e.lease_until, now);
+                        grants.grant(e.lease_until);
+                        e.lease_until = e.lease_until.max(until);
                     }
                 } else {
                     vanished = vanished.min(pos_of[k] as usize);
