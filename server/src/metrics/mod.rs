@@ -24,7 +24,6 @@ use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::Mutex;
 use strata_proto::wire::Opcode;
-use strata_proto::ErrorCode;
 
 use crate::{Store, TierKind};
 use catalog::*;
@@ -217,11 +216,6 @@ impl Metrics {
             self.counter(REQUEST_ERRORS, &[("op", m.name), ("code", code)])
                 .increment(1);
         }
-    }
-
-    /// [`Metrics::request`] with an engine error.
-    pub fn request_failed(&self, op: Option<Opcode>, started: Instant, code: ErrorCode) {
-        self.request(op, started, Some(code.name()));
     }
 
     fn counter(&self, name: &'static str, labels: &[(&'static str, &'static str)]) -> Counter {

@@ -130,7 +130,11 @@ fn requests_count_by_operation_and_errors_by_code() {
     let store = Store::open(StoreConfig::default()).unwrap();
     let started = std::time::Instant::now();
     metrics.request(Some(Opcode::Get), started, None);
-    metrics.request_failed(Some(Opcode::Get), started, crate::ErrorCode::NotFound);
+    metrics.request(
+        Some(Opcode::Get),
+        started,
+        Some(crate::ErrorCode::NotFound.name()),
+    );
     metrics.request(None, started, Some(super::LOST));
     let text = metrics.render(&store);
     assert_eq!(value(&text, "strata_requests_total{op=\"get\"}"), Some(2.0));
