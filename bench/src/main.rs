@@ -6,6 +6,7 @@
 mod device;
 mod engine;
 mod heap;
+mod kvcache;
 mod quic;
 mod report;
 mod shm;
@@ -66,6 +67,32 @@ enum Workload {
     Tcp {
         #[arg(long)]
         seconds: Option<f64>,
+    },
+    /// The deployment guides' scenario: N requests of T tokens in blocks of B, a model's
+    /// block size, stored cold by one engine instance and loaded warm by it and by a
+    /// second one, on each same-host transport, with memcpy as the ceiling.
+    Kvcache {
+        /// Tokens per request (default 1024, or 512 with --quick).
+        #[arg(long)]
+        tokens: Option<usize>,
+        /// Tokens per block (default 128).
+        #[arg(long)]
+        block_tokens: Option<usize>,
+        /// Model preset: qwen2.5-7b, qwen2.5-72b-tp4, llama3-70b-tp8, deepseek-v3-mla.
+        #[arg(long)]
+        model: Option<String>,
+        /// Bytes of one block on one rank, instead of the model's.
+        #[arg(long)]
+        block_bytes: Option<u64>,
+        /// Requests per phase (default 100, or 8 with --quick).
+        #[arg(long)]
+        requests: Option<usize>,
+        /// Requests in flight (default 25, or 4 with --quick).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// How the prompts share prefixes.
+        #[arg(long, value_enum, default_value = "distinct")]
+        sharing: kvcache::Sharing,
     },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
@@ -149,6 +176,39 @@ fn main() {
             tcp::run(&params, &mut report);
         }
         Workload::ServeTcp => unreachable!("handled before the report"),
+        Workload::Kvcache {
+            tokens,
+            block_tokens,
+            model,
+            block_bytes,
+            requests,
+            concurrency,
+            sharing,
+        } => {
+            let mut p = if cli.quick {
+                kvcache::KvParams::quick()
+            } else {
+                kvcache::KvParams::full()
+            };
+            if let Some(name) = model {
+                let Some(m) = kvcache::MODELS.iter().find(|m| m.name == name) else {
+                    let names: Vec<&str> = kvcache::MODELS.iter().map(|m| m.name).collect();
+                    eprintln!(
+                        "strata-bench: no model preset {name:?}; presets: {}",
+                        names.join(", ")
+                    );
+                    std::process::exit(2);
+                };
+                p.model = *m;
+            }
+            p.tokens = tokens.unwrap_or(p.tokens).max(1);
+            p.block_tokens = block_tokens.unwrap_or(p.block_tokens).max(1);
+            p.block_bytes = block_bytes.filter(|&b| b > 0);
+            p.requests = requests.unwrap_or(p.requests).max(1);
+            p.concurrency = concurrency.unwrap_or(p.concurrency).max(1);
+            p.sharing = sharing;
+            kvcache::run(&p, &mut report);
+        }
         Workload::Ssd {
             dir,
             queue_depth,

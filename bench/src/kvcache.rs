@@ -1,0 +1,380 @@
+//! `strata-bench kvcache`: the deployment guides' scenario, an inference engine's use of
+//! the store.
+//!
+//! Requests of T tokens are cut into blocks of B tokens; each block's KV cache is one
+//! value per tensor-parallel rank, its size given by the model. Three phases, each over
+//! the same R requests at concurrency C:
+//! * `cold` — instance 1 looks up each request's prefix (prefix_len) and stores the
+//!   blocks it lacks;
+//! * `warm` — instance 1 looks up again and loads every block;
+//! * `warm-cross` — instance 2, another client connection, does the same.
+//!
+//! Per phase and system: the prefix hit ratio, lookup latency, store or load time per
+//! request, GB/s, and the time per request beyond a memcpy of the same bytes (what the
+//! store adds). memcpy of the same block sizes is measured in the same run as the ceiling.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use strata_client::{BlockHasher, Client, ClientConfig, KeyFormatter, Transport};
+
+use crate::quic::{runtime, serve};
+use crate::report::{Record, Report};
+
+/// A model's KV-cache geometry: bytes of one token's KV cache on one rank.
+#[derive(Clone, Copy, Debug)]
+pub struct Model {
+    pub name: &'static str,
+    pub bytes_per_token_per_rank: u64,
+    pub ranks: u32,
+}
+
+/// The presets: K and V (or MLA's latent) of every layer, bf16, split over the ranks.
+pub const MODELS: &[Model] = &[
+    // 28 layers x 4 KV heads x 128 dims x (K, V) x 2 bytes.
+    Model {
+        name: "qwen2.5-7b",
+        bytes_per_token_per_rank: 28 * 4 * 128 * 2 * 2,
+        ranks: 1,
+    },
+    // 80 layers x 8 KV heads x 128 x 2 x 2, over 4 ranks.
+    Model {
+        name: "qwen2.5-72b-tp4",
+        bytes_per_token_per_rank: 80 * 8 * 128 * 2 * 2 / 4,
+        ranks: 4,
+    },
+    // 80 layers x 8 KV heads x 128 x 2 x 2, over 8 ranks.
+    Model {
+        name: "llama3-70b-tp8",
+        bytes_per_token_per_rank: 80 * 8 * 128 * 2 * 2 / 8,
+        ranks: 8,
+    },
+    // 61 layers x (512 latent + 64 rope) x 2 bytes, one copy (MLA: no K/V split).
+    Model {
+        name: "deepseek-v3-mla",
+        bytes_per_token_per_rank: 61 * (512 + 64) * 2,
+        ranks: 1,
+    },
+];
+
+/// How the requests' prompts share prefixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sharing {
+    /// Every prompt is different.
+    Distinct,
+    /// One system prompt (half the tokens) shared by all, then a distinct suffix.
+    SystemPrompt,
+    /// Conversations of 4 turns, each turn's prompt the previous one plus more tokens.
+    MultiTurn,
+}
+
+#[derive(Clone, Debug)]
+pub struct KvParams {
+    pub tokens: usize,
+    pub block_tokens: usize,
+    pub model: Model,
+    /// Overrides the model's block size (bytes per block per rank).
+    pub block_bytes: Option<u64>,
+    pub requests: usize,
+    pub concurrency: usize,
+    pub sharing: Sharing,
+}
+
+impl KvParams {
+    pub fn full() -> KvParams {
+        KvParams {
+            tokens: 1024,
+            block_tokens: 128,
+            model: MODELS[0],
+            block_bytes: None,
+            requests: 100,
+            concurrency: 25,
+            sharing: Sharing::Distinct,
+        }
+    }
+
+    pub fn quick() -> KvParams {
+        KvParams {
+            tokens: 512,
+            requests: 8,
+            concurrency: 4,
+            ..KvParams::full()
+        }
+    }
+
+    fn block_bytes(&self) -> u64 {
+        self.block_bytes
+            .unwrap_or(self.model.bytes_per_token_per_rank * self.block_tokens as u64)
+    }
+}
+
+/// One request: its blocks, each a group of one key per rank.
+struct Request {
+    groups: Vec<Vec<String>>,
+}
+
+fn requests(p: &KvParams) -> Vec<Request> {
+    let hasher = BlockHasher::new(0x5eed, p.block_tokens);
+    let keys = KeyFormatter::new(p.model.name);
+    let t = p.tokens as u32;
+    (0..p.requests as u32)
+        .map(|i| {
+            let tokens: Vec<u32> = match p.sharing {
+                Sharing::Distinct => (0..t).map(|k| i * t + k).collect(),
+                Sharing::SystemPrompt => (0..t)
+                    .map(|k| if k < t / 2 { k } else { (i + 1) * t + k })
+                    .collect(),
+                Sharing::MultiTurn => {
+                    let (conversation, turn) = (i / 4, i % 4 + 1);
+                    (0..t * turn / 4).map(|k| conversation * t + k).collect()
+                }
+            };
+            let groups = hasher
+                .block_hashes(&tokens)
+                .into_iter()
+                .map(|h| keys.group(p.model.ranks, h))
+                .collect();
+            Request { groups }
+        })
+        .collect()
+}
+
+/// What one phase measured.
+#[derive(Default)]
+struct Phase {
+    asked: u64,
+    hits: u64,
+    bytes: u64,
+    lookup_ns: Option<Histogram<u64>>,
+    move_ns: Option<Histogram<u64>>,
+    elapsed: Duration,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram bounds")
+}
+
+/// Runs one phase: each task takes the next request, looks up its prefix, then stores
+/// the missing blocks (`store`) or loads them all.
+fn phase(
+    rt: &tokio::runtime::Runtime,
+    client: &Arc<Client>,
+    requests: &Arc<Vec<Request>>,
+    p: &KvParams,
+    store: bool,
+) -> Phase {
+    let next = Arc::new(AtomicUsize::new(0));
+    let block = p.block_bytes() as usize;
+    let value = Arc::new(vec![0x5au8; block]);
+    rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..p.concurrency)
+            .map(|_| {
+                let (client, requests, next, value) = (
+                    Arc::clone(client),
+                    Arc::clone(requests),
+                    Arc::clone(&next),
+                    Arc::clone(&value),
+                );
+                tokio::spawn(async move {
+                    let mut out = Phase {
+                        lookup_ns: Some(histogram()),
+                        move_ns: Some(histogram()),
+                        ..Phase::default()
+                    };
+                    let mut bufs: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(r) = requests.get(i) else { break };
+                        let t = Instant::now();
+                        let hit = client.prefix_len(&r.groups).await.expect("prefix_len");
+                        let looked = t.elapsed();
+                        out.asked += r.groups.len() as u64;
+                        out.hits += hit as u64;
+                        let t = Instant::now();
+                        let moved = if store {
+                            let items: Vec<(&str, &[u8])> = r.groups[hit..]
+                                .iter()
+                                .flatten()
+                                .map(|k| (k.as_str(), &value[..]))
+                                .collect();
+                            for result in client.batch_put_from(&items).await {
+                                match result {
+                                    Ok(()) => {}
+                                    // Another task stored the shared block first.
+                                    Err(e)
+                                        if e.code() == strata_client::ErrorCode::AlreadyExists => {}
+                                    Err(e) => panic!("store: {e}"),
+                                }
+                            }
+                            items.len() * block
+                        } else {
+                            let keys: Vec<&str> = r.groups[..hit]
+                                .iter()
+                                .flatten()
+                                .map(String::as_str)
+                                .collect();
+                            bufs.resize_with(keys.len(), || vec![0u8; block]);
+                            let mut slices: Vec<&mut [u8]> = bufs
+                                .iter_mut()
+                                .take(keys.len())
+                                .map(|b| &mut b[..])
+                                .collect();
+                            for result in client.batch_get_into(&keys, &mut slices).await {
+                                assert_eq!(result.expect("load"), block);
+                            }
+                            keys.len() * block
+                        };
+                        out.bytes += moved as u64;
+                        record(&mut out.lookup_ns, looked);
+                        record(&mut out.move_ns, t.elapsed());
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut total = Phase {
+            lookup_ns: Some(histogram()),
+            move_ns: Some(histogram()),
+            ..Phase::default()
+        };
+        for task in tasks {
+            let part = task.await.expect("phase task");
+            total.asked += part.asked;
+            total.hits += part.hits;
+            total.bytes += part.bytes;
+            merge(&mut total.lookup_ns, &part.lookup_ns);
+            merge(&mut total.move_ns, &part.move_ns);
+        }
+        total.elapsed = started.elapsed();
+        total
+    })
+}
+
+fn record(h: &mut Option<Histogram<u64>>, d: Duration) {
+    if let Some(h) = h {
+        let _ = h.record((d.as_nanos() as u64).max(1));
+    }
+}
+
+fn merge(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>>) {
+    if let (Some(a), Some(b)) = (into, from) {
+        let _ = a.add(b);
+    }
+}
+
+/// memcpy of `bytes` in blocks of `block`, from and to buffers as large as the data of
+/// one request: the GB/s a load can never beat.
+fn memcpy_gbps(block: usize, blocks: usize) -> f64 {
+    let src: Vec<Vec<u8>> = (0..blocks).map(|i| vec![i as u8; block]).collect();
+    let mut dst: Vec<Vec<u8>> = (0..blocks).map(|_| vec![0u8; block]).collect();
+    let started = Instant::now();
+    let mut copied = 0usize;
+    while started.elapsed() < Duration::from_millis(500) {
+        for (d, s) in dst.iter_mut().zip(&src) {
+            d.copy_from_slice(s);
+            copied += block;
+        }
+        std::hint::black_box(&dst);
+    }
+    copied as f64 / started.elapsed().as_secs_f64() / 1e9
+}
+
+pub fn run(p: &KvParams, report: &mut Report) {
+    let requests = Arc::new(requests(p));
+    let block = p.block_bytes();
+    let blocks: usize = requests.iter().map(|r| r.groups.len()).sum();
+    let data = blocks as u64 * block * u64::from(p.model.ranks);
+    println!(
+        "kvcache: {} x {} tokens (blocks of {}), {} ({} ranks, {} KiB per block per rank), \
+         {:?} prompts, concurrency {}: {:.2} GB of blocks at most",
+        p.requests,
+        p.tokens,
+        p.block_tokens,
+        p.model.name,
+        p.model.ranks,
+        block >> 10,
+        p.sharing,
+        p.concurrency,
+        data as f64 / 1e9
+    );
+    let per_request = (p.tokens / p.block_tokens).max(1) * p.model.ranks as usize;
+    let memcpy = memcpy_gbps(block as usize, per_request);
+    report.add(
+        Record::new("kvcache", "memcpy", "copy", "ceiling")
+            .size(block)
+            .timed(1, (memcpy * 1e9) as u64, Duration::from_secs(1), None),
+    );
+    println!(
+        "memcpy of {}-byte blocks: {memcpy:.2} GB/s (the ceiling)",
+        block
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server_rt = runtime(2);
+    let client_rt = runtime(2);
+    let tls = crate::quic::loopback_tls(dir.path());
+    // Room for every block with the watermark's headroom: this scenario measures a warm
+    // cache, not eviction.
+    let capacity = (data + data / 4).max(256 << 20);
+    let served = serve(&server_rt, capacity, tls, Some(dir.path().join("shm.sock")));
+    for (system, transport) in [
+        ("strata-shm", Transport::Shm),
+        ("strata-quic", Transport::Quic),
+    ] {
+        let connect = || {
+            let config = ClientConfig {
+                server: served.addr.to_string(),
+                ca_cert: Some(served.cert.clone()),
+                transport,
+                transfer_timeout: Duration::from_secs(120),
+                ..ClientConfig::default()
+            };
+            client_rt.block_on(async { Arc::new(Client::connect(config).await.expect("connect")) })
+        };
+        let (first, second) = (connect(), connect());
+        client_rt.block_on(async { first.remove_all(true).await.expect("remove_all") });
+        for (name, client, store) in [
+            ("cold", &first, true),
+            ("warm", &first, false),
+            ("warm-cross", &second, false),
+        ] {
+            let m = phase(&client_rt, client, &requests, p, store);
+            let gbps = m.bytes as f64 / m.elapsed.as_secs_f64() / 1e9;
+            let hit_ratio = m.hits as f64 / m.asked.max(1) as f64;
+            let (lookup, moved) = (m.lookup_ns.unwrap(), m.move_ns.unwrap());
+            let bytes_per_request = m.bytes as f64 / p.requests as f64;
+            // What the store adds per request beyond copying its bytes once.
+            let added_us = (lookup.value_at_quantile(0.5) + moved.value_at_quantile(0.5)) as f64
+                / 1000.0
+                - bytes_per_request / (memcpy * 1e9) * 1e6;
+            let op = if store { "store" } else { "load" };
+            let mut lookup_rec = Record::new("kvcache", system, "lookup", name)
+                .concurrency(p.concurrency as u32)
+                .timed(p.requests as u64, 0, m.elapsed, Some(&lookup));
+            lookup_rec
+                .extra
+                .insert("hit_ratio".into(), hit_ratio.into());
+            report.add(lookup_rec);
+            let mut move_rec = Record::new("kvcache", system, op, name)
+                .size(block)
+                .concurrency(p.concurrency as u32)
+                .timed(p.requests as u64, m.bytes, m.elapsed, Some(&moved));
+            move_rec
+                .extra
+                .insert("vs_memcpy".into(), (gbps / memcpy).into());
+            move_rec
+                .extra
+                .insert("added_us_p50".into(), added_us.into());
+            move_rec.extra.insert("model".into(), p.model.name.into());
+            report.add(move_rec);
+        }
+        client_rt.block_on(async {
+            first.close().await;
+            second.close().await;
+        });
+    }
+    served.stop(&server_rt);
+}
