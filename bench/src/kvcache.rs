@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use strata_client::{BlockHasher, Client, ClientConfig, KeyFormatter, Transport};
 
+use crate::peers::RedisServer;
 use crate::quic::{runtime, serve};
 use crate::report::{Record, Report};
 
@@ -141,6 +142,95 @@ fn requests(p: &KvParams) -> Vec<Request> {
         .collect()
 }
 
+/// A system under test, as an engine instance sees it.
+#[derive(Clone)]
+enum Backend {
+    Strata(Arc<Client>),
+    /// Values as strings; lookups as pipelined EXISTS, loads as pipelined GET.
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+impl Backend {
+    /// Leading blocks all of whose rank keys are stored.
+    async fn lookup(&self, groups: &[Vec<String>]) -> usize {
+        match self {
+            Backend::Strata(c) => c.prefix_len(groups).await.expect("prefix_len"),
+            Backend::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for key in groups.iter().flatten() {
+                    pipe.exists(key);
+                }
+                let found: Vec<bool> = pipe
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("redis EXISTS");
+                let ranks = groups.first().map_or(1, Vec::len).max(1);
+                found
+                    .chunks(ranks)
+                    .take_while(|g| g.iter().all(|&f| f))
+                    .count()
+            }
+        }
+    }
+
+    async fn store(&self, keys: &[&str], value: &[u8]) {
+        match self {
+            Backend::Strata(c) => {
+                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, value)).collect();
+                for result in c.batch_put_from(&items).await {
+                    match result {
+                        // Another request stored the shared block first.
+                        Err(e) if e.code() != strata_client::ErrorCode::AlreadyExists => {
+                            panic!("store: {e}")
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Backend::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.set(key, value).ignore();
+                }
+                let () = pipe
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("redis SET");
+            }
+        }
+    }
+
+    /// Loads `keys` into `bufs` (the engine's own buffers), checking each is whole.
+    async fn load(&self, keys: &[&str], bufs: &mut [Vec<u8>]) {
+        match self {
+            Backend::Strata(c) => {
+                let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                for (result, len) in c
+                    .batch_get_into(keys, &mut slices)
+                    .await
+                    .into_iter()
+                    .zip(bufs.iter().map(Vec::len))
+                {
+                    assert_eq!(result.expect("load"), len);
+                }
+            }
+            Backend::Redis(conn) => {
+                let mut pipe = redis::pipe();
+                for key in keys {
+                    pipe.get(key);
+                }
+                let values: Vec<Vec<u8>> = pipe
+                    .query_async(&mut conn.clone())
+                    .await
+                    .expect("redis GET");
+                for (buf, value) in bufs.iter_mut().zip(&values) {
+                    buf.copy_from_slice(value);
+                }
+            }
+        }
+    }
+}
+
 /// What one phase measured.
 #[derive(Default)]
 struct Phase {
@@ -160,7 +250,7 @@ fn histogram() -> Histogram<u64> {
 /// the missing blocks (`store`) or loads them all.
 fn phase(
     rt: &tokio::runtime::Runtime,
-    client: &Arc<Client>,
+    client: &Backend,
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
     store: bool,
@@ -173,7 +263,7 @@ fn phase(
         let tasks: Vec<_> = (0..p.concurrency)
             .map(|_| {
                 let (client, requests, next, value) = (
-                    Arc::clone(client),
+                    client.clone(),
                     Arc::clone(requests),
                     Arc::clone(&next),
                     Arc::clone(&value),
@@ -189,42 +279,27 @@ fn phase(
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(r) = requests.get(i) else { break };
                         let t = Instant::now();
-                        let hit = client.prefix_len(&r.groups).await.expect("prefix_len");
+                        let hit = client.lookup(&r.groups).await;
                         let looked = t.elapsed();
                         out.asked += r.groups.len() as u64;
                         out.hits += hit as u64;
                         let t = Instant::now();
                         let moved = if store {
-                            let items: Vec<(&str, &[u8])> = r.groups[hit..]
+                            let keys: Vec<&str> = r.groups[hit..]
                                 .iter()
                                 .flatten()
-                                .map(|k| (k.as_str(), &value[..]))
+                                .map(String::as_str)
                                 .collect();
-                            for result in client.batch_put_from(&items).await {
-                                match result {
-                                    Ok(()) => {}
-                                    // Another task stored the shared block first.
-                                    Err(e)
-                                        if e.code() == strata_client::ErrorCode::AlreadyExists => {}
-                                    Err(e) => panic!("store: {e}"),
-                                }
-                            }
-                            items.len() * block
+                            client.store(&keys, &value).await;
+                            keys.len() * block
                         } else {
                             let keys: Vec<&str> = r.groups[..hit]
                                 .iter()
                                 .flatten()
                                 .map(String::as_str)
                                 .collect();
-                            bufs.resize_with(keys.len(), || vec![0u8; block]);
-                            let mut slices: Vec<&mut [u8]> = bufs
-                                .iter_mut()
-                                .take(keys.len())
-                                .map(|b| &mut b[..])
-                                .collect();
-                            for result in client.batch_get_into(&keys, &mut slices).await {
-                                assert_eq!(result.expect("load"), block);
-                            }
+                            bufs.resize_with(keys.len().max(bufs.len()), || vec![0u8; block]);
+                            client.load(&keys, &mut bufs[..keys.len()]).await;
                             keys.len() * block
                         };
                         out.bytes += moved as u64;
@@ -307,10 +382,6 @@ pub fn run(p: &KvParams, report: &mut Report) {
             .size(block)
             .timed(1, (memcpy * 1e9) as u64, Duration::from_secs(1), None),
     );
-    println!(
-        "memcpy of {}-byte blocks: {memcpy:.2} GB/s (the ceiling)",
-        block
-    );
 
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
@@ -336,45 +407,80 @@ pub fn run(p: &KvParams, report: &mut Report) {
         };
         let (first, second) = (connect(), connect());
         client_rt.block_on(async { first.remove_all(true).await.expect("remove_all") });
-        for (name, client, store) in [
-            ("cold", &first, true),
-            ("warm", &first, false),
-            ("warm-cross", &second, false),
-        ] {
-            let m = phase(&client_rt, client, &requests, p, store);
-            let gbps = m.bytes as f64 / m.elapsed.as_secs_f64() / 1e9;
-            let hit_ratio = m.hits as f64 / m.asked.max(1) as f64;
-            let (lookup, moved) = (m.lookup_ns.unwrap(), m.move_ns.unwrap());
-            let bytes_per_request = m.bytes as f64 / p.requests as f64;
-            // What the store adds per request beyond copying its bytes once.
-            let added_us = (lookup.value_at_quantile(0.5) + moved.value_at_quantile(0.5)) as f64
-                / 1000.0
-                - bytes_per_request / (memcpy * 1e9) * 1e6;
-            let op = if store { "store" } else { "load" };
-            let mut lookup_rec = Record::new("kvcache", system, "lookup", name)
-                .concurrency(p.concurrency as u32)
-                .timed(p.requests as u64, 0, m.elapsed, Some(&lookup));
-            lookup_rec
-                .extra
-                .insert("hit_ratio".into(), hit_ratio.into());
-            report.add(lookup_rec);
-            let mut move_rec = Record::new("kvcache", system, op, name)
-                .size(block)
-                .concurrency(p.concurrency as u32)
-                .timed(p.requests as u64, m.bytes, m.elapsed, Some(&moved));
-            move_rec
-                .extra
-                .insert("vs_memcpy".into(), (gbps / memcpy).into());
-            move_rec
-                .extra
-                .insert("added_us_p50".into(), added_us.into());
-            move_rec.extra.insert("model".into(), p.model.name.into());
-            report.add(move_rec);
-        }
+        let instances = [
+            Backend::Strata(Arc::clone(&first)),
+            Backend::Strata(Arc::clone(&second)),
+        ];
+        phases(&client_rt, system, &instances, &requests, p, memcpy, report);
         client_rt.block_on(async {
             first.close().await;
             second.close().await;
         });
     }
     served.stop(&server_rt);
+    // Redis holds the same blocks on the same machine, as strings.
+    if let Some(redis) = RedisServer::start() {
+        let connect = || {
+            client_rt.block_on(async {
+                let client = redis::Client::open(redis.url()).expect("redis url");
+                let conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("connect to redis");
+                Backend::Redis(conn)
+            })
+        };
+        let instances = [connect(), connect()];
+        phases(
+            &client_rt, "redis", &instances, &requests, p, memcpy, report,
+        );
+    }
+}
+
+/// The three phases on `instances` (instance 1, instance 2) of one system.
+fn phases(
+    rt: &tokio::runtime::Runtime,
+    system: &'static str,
+    instances: &[Backend; 2],
+    requests: &Arc<Vec<Request>>,
+    p: &KvParams,
+    memcpy: f64,
+    report: &mut Report,
+) {
+    let block = p.block_bytes();
+    for (name, client, store) in [
+        ("cold", &instances[0], true),
+        ("warm", &instances[0], false),
+        ("warm-cross", &instances[1], false),
+    ] {
+        let m = phase(rt, client, requests, p, store);
+        let gbps = m.bytes as f64 / m.elapsed.as_secs_f64() / 1e9;
+        let hit_ratio = m.hits as f64 / m.asked.max(1) as f64;
+        let (lookup, moved) = (m.lookup_ns.unwrap(), m.move_ns.unwrap());
+        let bytes_per_request = m.bytes as f64 / p.requests as f64;
+        // What the store adds per request beyond copying its bytes once.
+        let added_us = (lookup.value_at_quantile(0.5) + moved.value_at_quantile(0.5)) as f64
+            / 1000.0
+            - bytes_per_request / (memcpy * 1e9) * 1e6;
+        let op = if store { "store" } else { "load" };
+        let mut lookup_rec = Record::new("kvcache", system, "lookup", name)
+            .concurrency(p.concurrency as u32)
+            .timed(p.requests as u64, 0, m.elapsed, Some(&lookup));
+        lookup_rec
+            .extra
+            .insert("hit_ratio".into(), hit_ratio.into());
+        report.add(lookup_rec);
+        let mut move_rec = Record::new("kvcache", system, op, name)
+            .size(block)
+            .concurrency(p.concurrency as u32)
+            .timed(p.requests as u64, m.bytes, m.elapsed, Some(&moved));
+        move_rec
+            .extra
+            .insert("vs_memcpy".into(), (gbps / memcpy).into());
+        move_rec
+            .extra
+            .insert("added_us_p50".into(), added_us.into());
+        move_rec.extra.insert("model".into(), p.model.name.into());
+        report.add(move_rec);
+    }
 }

@@ -7,6 +7,7 @@ mod device;
 mod engine;
 mod heap;
 mod kvcache;
+mod peers;
 mod quic;
 mod report;
 mod shm;

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::engine::{pattern, round3};
+use crate::peers::RedisServer;
 use crate::quic::{runtime, serve_tiers, timed};
 use crate::report::{Record, Report};
 
@@ -352,51 +353,16 @@ fn raw_round(
     rate
 }
 
-/// A `redis-server` started for the run, measured with `redis-benchmark`.
-struct Redis {
-    server: Child,
-    port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-    }
-}
+/// `redis-benchmark` against the run's Redis.
+struct Redis(RedisServer);
 
 impl Redis {
+    /// A `redis-server` for the run, if it and `redis-benchmark` are installed.
     fn start() -> Option<Redis> {
-        let found = |tool: &str| {
-            Command::new(tool)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !found("redis-server") || !found("redis-benchmark") {
+        if !crate::peers::installed("redis-benchmark") {
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let server = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .ok()?;
-        let redis = Redis { server, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                eprintln!("redis: redis-server did not listen within 10 s; skipped");
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(redis)
+        RedisServer::start().map(Redis)
     }
 
     /// SET and GET of `size` from `c` clients; the GET rate in bytes/s.
@@ -404,7 +370,7 @@ impl Redis {
         // About `seconds` per test at ~2 GB/s, and a few requests per client at least.
         let requests = ((p.seconds * 2e9 / size as f64) as usize).max(4 * c);
         let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-h", "127.0.0.1", "-p", &self.0.port.to_string()])
             .args(["-t", "set,get", "--csv"])
             .args(["-d", &size.to_string(), "-c", &c.to_string()])
             .args(["-n", &requests.to_string()])
