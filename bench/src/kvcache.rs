@@ -21,7 +21,7 @@ use hdrhistogram::Histogram;
 use strata_client::{BlockHasher, Client, ClientConfig, KeyFormatter, Transport};
 
 use crate::peers::RedisServer;
-use crate::quic::{runtime, serve};
+use crate::quic::{runtime, serve_tiers};
 use crate::report::{Record, Report};
 
 /// A model's KV-cache geometry: bytes of one token's KV cache on one rank.
@@ -390,9 +390,23 @@ pub fn run(p: &KvParams, report: &mut Report) {
     // Room for every block with the watermark's headroom: this scenario measures a warm
     // cache, not eviction.
     let capacity = (data + data / 4).max(256 << 20);
-    let served = serve(&server_rt, capacity, tls, Some(dir.path().join("shm.sock")));
+    // The TCP data plane too, for the transport a client on another host would use.
+    let data_plane = strata_server::net::DataPlaneConfig {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        tls: false,
+        transfer_timeout: Duration::from_secs(120),
+    };
+    let served = serve_tiers(
+        &server_rt,
+        0,
+        capacity,
+        tls,
+        Some(dir.path().join("shm.sock")),
+        Some(data_plane),
+    );
     for (system, transport) in [
         ("strata-shm", Transport::Shm),
+        ("strata-tcp", Transport::Tcp),
         ("strata-quic", Transport::Quic),
     ] {
         let connect = || {
