@@ -298,6 +298,9 @@ async fn serve_connection(
                 Err(Failure::Reply(e) | Failure::Refuse(e)) => Some(e.code().name()),
                 Err(Failure::Broken) => Some(crate::metrics::LOST),
             };
+            // Counted before an error frame goes out: a refusal waits up to a second for
+            // its frame to arrive, which is not the request's time.
+            shared.metrics.request(op, started, error);
             match served {
                 Ok(()) => {}
                 Err(Failure::Reply(e)) => reply_error(&mut send, &mut recv, &e).await,
@@ -311,7 +314,6 @@ async fn serve_connection(
                     let _ = send.reset(0u8.into());
                 }
             }
-            shared.metrics.request(op, started, error);
         });
     }
     session.close(&shared);
