@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use strata_client::{BlockHasher, Client, ClientConfig, KeyFormatter, Transport};
+use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::peers::RedisServer;
 use crate::quic::{runtime, serve_tiers};
@@ -145,6 +146,8 @@ fn requests(p: &KvParams) -> Vec<Request> {
 /// A system under test, as an engine instance sees it.
 #[derive(Clone)]
 enum Backend {
+    /// The engine in this process: no transport at all.
+    Embedded(Arc<Store>),
     Strata(Arc<Client>),
     /// Values as strings; lookups as pipelined EXISTS, loads as pipelined GET.
     Redis(redis::aio::MultiplexedConnection),
@@ -154,6 +157,7 @@ impl Backend {
     /// Leading blocks all of whose rank keys are stored.
     async fn lookup(&self, groups: &[Vec<String>]) -> usize {
         match self {
+            Backend::Embedded(s) => s.prefix_len(groups, false).expect("prefix_len").len,
             Backend::Strata(c) => c.prefix_len(groups).await.expect("prefix_len"),
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
@@ -174,18 +178,21 @@ impl Backend {
     }
 
     async fn store(&self, keys: &[&str], value: &[u8]) {
+        let stored = |result: strata_client::Result<()>| match result {
+            // Another request stored the shared block first.
+            Err(e) if e.code() != strata_client::ErrorCode::AlreadyExists => panic!("store: {e}"),
+            _ => {}
+        };
         match self {
+            Backend::Embedded(s) => {
+                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, value)).collect();
+                s.batch_put(&items, PutOptions::default())
+                    .into_iter()
+                    .for_each(stored);
+            }
             Backend::Strata(c) => {
                 let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, value)).collect();
-                for result in c.batch_put_from(&items).await {
-                    match result {
-                        // Another request stored the shared block first.
-                        Err(e) if e.code() != strata_client::ErrorCode::AlreadyExists => {
-                            panic!("store: {e}")
-                        }
-                        _ => {}
-                    }
-                }
+                c.batch_put_from(&items).await.into_iter().for_each(stored);
             }
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
@@ -202,18 +209,11 @@ impl Backend {
 
     /// Loads `keys` into `bufs` (the engine's own buffers), checking each is whole.
     async fn load(&self, keys: &[&str], bufs: &mut [Vec<u8>]) {
-        match self {
-            Backend::Strata(c) => {
-                let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-                for (result, len) in c
-                    .batch_get_into(keys, &mut slices)
-                    .await
-                    .into_iter()
-                    .zip(bufs.iter().map(Vec::len))
-                {
-                    assert_eq!(result.expect("load"), len);
-                }
-            }
+        let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        let results = match self {
+            Backend::Embedded(s) => s.batch_get_into(keys, &mut slices),
+            Backend::Strata(c) => c.batch_get_into(keys, &mut slices).await,
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
                 for key in keys {
@@ -223,10 +223,14 @@ impl Backend {
                     .query_async(&mut conn.clone())
                     .await
                     .expect("redis GET");
-                for (buf, value) in bufs.iter_mut().zip(&values) {
+                for (buf, value) in slices.iter_mut().zip(&values) {
                     buf.copy_from_slice(value);
                 }
+                return;
             }
+        };
+        for (result, len) in results.into_iter().zip(lens) {
+            assert_eq!(result.expect("load"), len);
         }
     }
 }
@@ -390,12 +394,35 @@ pub fn run(p: &KvParams, report: &mut Report) {
     // Room for every block with the watermark's headroom: this scenario measures a warm
     // cache, not eviction.
     let capacity = (data + data / 4).max(256 << 20);
+    // The engine in-process: what the store costs with no transport at all.
+    let embedded = Arc::new(
+        Store::open(StoreConfig {
+            tiers: vec![TierConfig {
+                populate: true,
+                ..TierConfig::dram(capacity)
+            }],
+            ..StoreConfig::default()
+        })
+        .expect("embedded store"),
+    );
+    let instances = [
+        Backend::Embedded(Arc::clone(&embedded)),
+        Backend::Embedded(Arc::clone(&embedded)),
+    ];
+    phases(
+        &client_rt,
+        "strata-embedded",
+        &instances,
+        &requests,
+        p,
+        memcpy,
+        report,
+    );
+    drop(instances);
+    drop(embedded);
+
     // The TCP data plane too, for the transport a client on another host would use.
-    let data_plane = strata_server::net::DataPlaneConfig {
-        listen: "127.0.0.1:0".parse().expect("loopback"),
-        tls: false,
-        transfer_timeout: Duration::from_secs(120),
-    };
+    let data_plane = crate::quic::loopback_data_plane();
     let served = serve_tiers(
         &server_rt,
         0,
@@ -432,6 +459,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
         });
     }
     served.stop(&server_rt);
+    raw_quic_ceiling(&server_rt, &client_rt, dir.path(), p, report);
     // Redis holds the same blocks on the same machine, as strings.
     if let Some(redis) = RedisServer::start() {
         let connect = || {
@@ -449,6 +477,67 @@ pub fn run(p: &KvParams, report: &mut Report) {
             &client_rt, "redis", &instances, &requests, p, memcpy, report,
         );
     }
+}
+
+/// The QUIC ceiling: the warm phase's bytes (every block of every request) read over raw
+/// quinn streams with strata's TLS and transport settings, requests at the same
+/// concurrency, a request's blocks one after another on its connection.
+fn raw_quic_ceiling(
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    p: &KvParams,
+    report: &mut Report,
+) {
+    let block = p.block_bytes();
+    if block > crate::quic::RAW_MAX {
+        return println!(
+            "raw-quic: skipped (blocks above {} bytes)",
+            crate::quic::RAW_MAX
+        );
+    }
+    let tls = crate::quic::loopback_tls(&dir.join("raw-quic"));
+    let addr = server_rt.block_on(async { crate::quic::spawn_raw_server(&tls) });
+    let cert = match &tls {
+        strata_server::net::TlsSource::SelfSigned { dir, .. } => {
+            dir.join(strata_server::net::tls::CERT_FILE)
+        }
+        _ => unreachable!("loopback_tls is self-signed"),
+    };
+    let raw = client_rt.block_on(crate::quic::raw_client(addr, &cert));
+    let per_request = (p.tokens / p.block_tokens).max(1) * p.model.ranks as usize;
+    let next = Arc::new(AtomicUsize::new(0));
+    let (elapsed, lat) = client_rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..p.concurrency)
+            .map(|_| {
+                let (raw, next, requests) = (raw.clone(), Arc::clone(&next), p.requests);
+                tokio::spawn(async move {
+                    let mut lat = histogram();
+                    while next.fetch_add(1, Ordering::Relaxed) < requests {
+                        let t = Instant::now();
+                        for _ in 0..per_request {
+                            raw.read(block).await;
+                        }
+                        let _ = lat.record(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = histogram();
+        for t in tasks {
+            let _ = all.add(t.await.expect("raw task"));
+        }
+        (started.elapsed(), all)
+    });
+    let bytes = (p.requests * per_request) as u64 * block;
+    report.add(
+        Record::new("kvcache", "raw-quic", "read", "ceiling")
+            .size(block)
+            .concurrency(p.concurrency as u32)
+            .timed(p.requests as u64, bytes, elapsed, Some(&lat)),
+    );
 }
 
 /// The three phases on `instances` (instance 1, instance 2) of one system.

@@ -7,6 +7,7 @@ mod device;
 mod engine;
 mod heap;
 mod kvcache;
+mod mixed;
 mod peers;
 mod quic;
 mod report;
@@ -62,8 +63,6 @@ enum Workload {
         #[arg(long)]
         seconds: Option<f64>,
     },
-    /// The ssd tier: demotion writes and reads of 1 and 4 MiB values with io_uring and
-    /// psync, next to the raw O_DIRECT throughput of the same file (the ceiling).
     /// The TCP data plane across processes, with a raw TCP stream and Redis beside it.
     Tcp {
         #[arg(long)]
@@ -95,9 +94,54 @@ enum Workload {
         #[arg(long, value_enum, default_value = "distinct")]
         sharing: kvcache::Sharing,
     },
+    /// Gets and puts over a working set larger than memory (so the disk serves part):
+    /// strata embedded and over shm and tcp, memcached with extstore and foyer, all with
+    /// the same memory and disk budgets, next to the disk's raw O_DIRECT throughput.
+    Mixed {
+        /// Memory budget of every system, MiB (default 256, or 16 with --quick).
+        #[arg(long)]
+        dram_mib: Option<u64>,
+        /// Disk budget of every system, MiB (default 2048, or 128 with --quick).
+        #[arg(long)]
+        disk_mib: Option<u64>,
+        /// Value size, KiB (default 256).
+        #[arg(long)]
+        value_kib: Option<u64>,
+        /// Working set as a multiple of the memory budget (default 4).
+        #[arg(long)]
+        ratio: Option<f64>,
+        /// Fraction of operations that are reads (default 0.9); the rest put new keys.
+        #[arg(long)]
+        read_ratio: Option<f64>,
+        /// How reads choose their keys.
+        #[arg(long, value_enum, default_value = "zipf")]
+        keys: mixed::KeyChoice,
+        /// Zipf exponent (default 0.99).
+        #[arg(long)]
+        zipf: Option<f64>,
+        /// Tasks (connections) running the mix (default 16, or 4 with --quick).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Operations of the mix per system, at most (default 20000, or 1000 with --quick).
+        #[arg(long)]
+        ops: Option<u64>,
+        /// Seconds of the mix per system, at most (default 30, or 5 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Directory for the disk files (default: the system temp dir). Put it on the
+        /// device to measure.
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Only these systems, comma-separated: raw-odirect, memcached-extstore, foyer,
+        /// strata-embedded, strata-shm, strata-tcp (default: all).
+        #[arg(long, value_delimiter = ',')]
+        systems: Option<Vec<String>>,
+    },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
     ServeTcp,
+    /// The ssd tier: demotion writes and reads of 1 and 4 MiB values with io_uring and
+    /// psync, next to the raw O_DIRECT throughput of the same file (the ceiling).
     Ssd {
         /// Directory for the tier's files (default: the system temp dir). Put it on the
         /// device to measure.
@@ -209,6 +253,39 @@ fn main() {
             p.concurrency = concurrency.unwrap_or(p.concurrency).max(1);
             p.sharing = sharing;
             kvcache::run(&p, &mut report);
+        }
+        Workload::Mixed {
+            dram_mib,
+            disk_mib,
+            value_kib,
+            ratio,
+            read_ratio,
+            keys,
+            zipf,
+            concurrency,
+            ops,
+            seconds,
+            dir,
+            systems,
+        } => {
+            let mut p = if cli.quick {
+                mixed::MixedParams::quick()
+            } else {
+                mixed::MixedParams::full()
+            };
+            p.dram = dram_mib.map_or(p.dram, |m| m.max(1) << 20);
+            p.disk = disk_mib.map_or(p.disk, |m| m.max(1) << 20);
+            p.value_size = value_kib.map_or(p.value_size, |k| k.max(1) << 10);
+            p.ratio = ratio.unwrap_or(p.ratio).max(0.01);
+            p.read_ratio = read_ratio.unwrap_or(p.read_ratio).clamp(0.0, 1.0);
+            p.keys = keys;
+            p.zipf = zipf.unwrap_or(p.zipf).max(0.0);
+            p.concurrency = concurrency.unwrap_or(p.concurrency).clamp(1, 1024);
+            p.ops = ops.unwrap_or(p.ops).max(1);
+            p.seconds = seconds.unwrap_or(p.seconds).max(0.1);
+            p.dir = dir;
+            p.systems = systems;
+            mixed::run(&p, &mut report);
         }
         Workload::Ssd {
             dir,

@@ -110,6 +110,15 @@ pub(crate) fn loopback_tls(dir: &std::path::Path) -> TlsSource {
     }
 }
 
+/// A plain TCP data plane on a free loopback port.
+pub(crate) fn loopback_data_plane() -> strata_server::net::DataPlaneConfig {
+    strata_server::net::DataPlaneConfig {
+        listen: "127.0.0.1:0".parse().expect("loopback"),
+        tls: false,
+        transfer_timeout: Duration::from_secs(120),
+    }
+}
+
 pub(crate) fn serve(
     rt: &tokio::runtime::Runtime,
     capacity: u64,
@@ -140,6 +149,17 @@ pub(crate) fn serve_tiers(
         tiers,
         ..StoreConfig::default()
     };
+    serve_store(rt, store, tls, shm_socket, data_plane)
+}
+
+/// A service on loopback over a store opened from `store`.
+pub(crate) fn serve_store(
+    rt: &tokio::runtime::Runtime,
+    store: StoreConfig,
+    tls: TlsSource,
+    shm_socket: Option<std::path::PathBuf>,
+    data_plane: Option<strata_server::net::DataPlaneConfig>,
+) -> Served {
     let store = Arc::new(Store::open(store).expect("store"));
     let config = ServiceConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -398,17 +418,20 @@ fn key_lookups(p: &QuicParams, rt: &tokio::runtime::Runtime, client: &Client, re
     );
 }
 
+/// The largest read the raw server answers.
+pub(crate) const RAW_MAX: u64 = 16 << 20;
+
 /// Listens with strata's identity and transport settings; each request stream carries an
 /// 8-byte little-endian size. A size with the top bit clear asks for that many bytes;
 /// with it set, the client sends that many bytes, which the server reads and drops.
-fn spawn_raw_server(source: &TlsSource) -> std::net::SocketAddr {
+pub(crate) fn spawn_raw_server(source: &TlsSource) -> std::net::SocketAddr {
     let identity = tls::load_identity(source).expect("identity");
     let rustls = tls::rustls_config(identity).expect("tls config");
     let config = tls::server_config(rustls).expect("server config");
     let endpoint =
         quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).expect("raw endpoint");
     let addr = endpoint.local_addr().expect("raw address");
-    let payload = Bytes::from(vec![0x5Au8; 16 << 20]);
+    let payload = Bytes::from(vec![0x5Au8; RAW_MAX as usize]);
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {
             let payload = payload.clone();
@@ -444,14 +467,14 @@ fn spawn_raw_server(source: &TlsSource) -> std::net::SocketAddr {
 }
 
 #[derive(Clone)]
-struct RawClient {
+pub(crate) struct RawClient {
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
 }
 
 impl RawClient {
     /// Asks for `size` bytes and reads them into a fresh buffer, as a get does.
-    async fn read(&self, size: u64) {
+    pub(crate) async fn read(&self, size: u64) {
         let (mut send, mut recv) = self.conn.open_bi().await.expect("raw stream");
         send.write_all(&size.to_le_bytes())
             .await
@@ -473,7 +496,7 @@ impl RawClient {
     }
 }
 
-async fn raw_client(addr: std::net::SocketAddr, cert: &std::path::Path) -> RawClient {
+pub(crate) async fn raw_client(addr: std::net::SocketAddr, cert: &std::path::Path) -> RawClient {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(cert).expect("cert") {

@@ -16,7 +16,7 @@
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use strata_server::tier::ssd::{
     open_engine, record_len, IoBuf, IoEngineKind, IoOp, RecoveryMode, SsdOptions, SsdTier, BLOCK,
@@ -182,47 +182,14 @@ fn open_tier(
 /// The ceiling: `n` blocks of `size` at the tier's record offsets, as one stream with the
 /// queue kept `qd` deep.
 fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, report: &mut Report) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-        .open(path);
-    let file = match file {
-        Ok(f) => f,
-        Err(e) => return eprintln!("raw O_DIRECT on {}: {e}", path.display()),
+    let elapsed = match raw_odirect(path, size, n, qd) {
+        Ok(e) => e,
+        Err(e) => return eprintln!("{e}"),
     };
-    let engine = match open_engine(IoEngineKind::IoUring, vec![file], qd) {
-        Ok((engine, _)) => engine,
-        Err(e) => return eprintln!("raw O_DIRECT needs io_uring: {e}"),
-    };
-    let offset = |i: u64| BLOCK + i * record_len(size) + BLOCK;
-    let mut fill = IoBuf::new(size as usize);
-    fill.as_mut_slice().fill(0xa5);
-    for write in [true, false] {
-        let ops: Vec<IoOp> = (0..n)
-            .map(|i| {
-                let mut buf = IoBuf::new(size as usize);
-                if write {
-                    buf.as_mut_slice().copy_from_slice(fill.as_slice());
-                }
-                if write {
-                    IoOp::write(0, offset(i), size as usize, buf)
-                } else {
-                    IoOp::read(0, offset(i), size as usize, buf)
-                }
-            })
-            .collect();
-        let started = Instant::now();
-        let done = engine.run(ops);
-        let elapsed = started.elapsed();
-        if let Some(e) = done.into_iter().find_map(|d| d.result.err()) {
-            return eprintln!("raw O_DIRECT: {e}");
-        }
-        let (op, phase) = if write {
-            ("write", "demote")
-        } else {
-            ("read", "cold")
-        };
+    for (op, phase, elapsed) in [
+        ("write", "demote", elapsed[0]),
+        ("read", "cold", elapsed[1]),
+    ] {
         report.add(
             Record::new("ssd", "raw-odirect", op, phase)
                 .size(size)
@@ -232,4 +199,49 @@ fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, report: &mut Report) {
                 .with("queue_depth", qd),
         );
     }
+}
+
+/// What the disk under `path` gives: `n` blocks of `size` written, then read, O_DIRECT
+/// through io_uring with the queue kept `qd` deep, no headers, checksums or copies.
+/// Returns the write and the read time.
+pub(crate) fn raw_odirect(
+    path: &Path,
+    size: u64,
+    n: u64,
+    qd: u32,
+) -> Result<[Duration; 2], String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("raw O_DIRECT on {}: {e}", path.display()))?;
+    let (engine, _) = open_engine(IoEngineKind::IoUring, vec![file], qd)
+        .map_err(|e| format!("raw O_DIRECT needs io_uring: {e}"))?;
+    let offset = |i: u64| BLOCK + i * record_len(size) + BLOCK;
+    let mut fill = IoBuf::new(size as usize);
+    fill.as_mut_slice().fill(0xa5);
+    let mut elapsed = [Duration::ZERO; 2];
+    for (pass, write) in [true, false].into_iter().enumerate() {
+        let ops: Vec<IoOp> = (0..n)
+            .map(|i| {
+                let mut buf = IoBuf::new(size as usize);
+                if write {
+                    buf.as_mut_slice().copy_from_slice(fill.as_slice());
+                    IoOp::write(0, offset(i), size as usize, buf)
+                } else {
+                    IoOp::read(0, offset(i), size as usize, buf)
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let done = engine.run(ops);
+        elapsed[pass] = started.elapsed();
+        if let Some(e) = done.into_iter().find_map(|d| d.result.err()) {
+            return Err(format!("raw O_DIRECT: {e}"));
+        }
+    }
+    Ok(elapsed)
 }

@@ -74,6 +74,49 @@ fn three_times_dram_reads_back_byte_identical_some_from_ssd() {
 }
 
 #[test]
+fn a_hot_object_is_promoted_past_the_watermark_and_maintenance_demotes_colder_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    fill(&s, 40);
+    s.run_maintenance();
+    s.reclaim(Duration::from_secs(5));
+    // Fill dram past its watermark (90% of 32 values) while leaving room for one more.
+    let mut next = 40;
+    while (s.stats().tiers[0].used as f64) <= 0.9 * (8 * MIB) as f64 {
+        s.put(&key(next), &value(next), PutOptions::default())
+            .unwrap();
+        next += 1;
+    }
+    let dram = s.stats().tiers[0].clone();
+    assert!(dram.used + VALUE as u64 <= dram.capacity, "{dram:?}");
+    let hot = key(0);
+    assert_eq!(tier_of(&s, &hot), 1, "the oldest object was demoted");
+    assert_eq!(s.get(&hot).unwrap(), value(0));
+    assert_eq!(s.get(&hot).unwrap(), value(0));
+    assert_eq!(
+        tier_of(&s, &hot),
+        0,
+        "promoted although dram is past its watermark"
+    );
+    assert_eq!(s.stats().counters.promotions, 1);
+    s.run_maintenance();
+    s.reclaim(Duration::from_secs(5));
+    let dram = s.stats().tiers[0].clone();
+    assert!(
+        dram.used as f64 <= 0.9 * dram.capacity as f64,
+        "maintenance brought dram back under its watermark: {dram:?}"
+    );
+    assert_eq!(
+        tier_of(&s, &hot),
+        0,
+        "the hot object stays; colder ones went down"
+    );
+    for i in 0..next {
+        assert_eq!(s.get(&key(i)).unwrap(), value(i), "object {i}");
+    }
+}
+
+#[test]
 fn a_second_read_promotes_into_dram_when_there_is_room() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());

@@ -737,20 +737,28 @@ impl Inner {
     }
 
     /// Copies a value just read from a lower tier into the tier above and points the
-    /// object there, if that tier is under its watermark and the object is unchanged.
+    /// object there, if that tier has free space and the object is unchanged.
     /// A lease does not hold a lower-tier object in place: its holder reads it through the
     /// server by key, and in-process readers keep the old extent through the epoch.
+    ///
+    /// The tier above may be past its watermark: a working set larger than memory keeps
+    /// it there, and refusing promotion then would leave hot objects on disk for good.
+    /// The promotion takes headroom and wakes maintenance, which demotes the least
+    /// recently used objects back under the watermark off the reader's path.
     pub(crate) fn promote(&self, at: ObjectAt, src: Extent, value: &[u8]) {
         let Some(up) = (src.tier as usize).checked_sub(1) else {
             return;
         };
         let tier = &self.tiers[up];
-        if !tier.accepts_puts() || self.above_watermark(up) {
+        if !tier.accepts_puts() {
             return;
         }
         let Some(dst) = tier.allocate(src.len) else {
             return;
         };
+        if self.above_watermark(up) {
+            self.wake_maintenance();
+        }
         let guard = epoch::pin();
         // SAFETY: `dst` is freshly allocated and indexed by nobody, so this is its only
         // writer and it has no reader; `value` is exactly `dst.len` bytes.

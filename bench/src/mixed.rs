@@ -1,0 +1,628 @@
+//! `strata-bench mixed`: gets and puts over a working set larger than the memory tier, so
+//! the disk tier serves part of the reads.
+//!
+//! Every system gets the same budgets: `dram` bytes of memory and `disk` bytes of disk.
+//! The working set (`ratio` x dram by default 4) is stored first (`preload`), then
+//! `concurrency` tasks run the mix: a read (probability `read_ratio`) gets a key of the
+//! working set, chosen uniformly or Zipf-distributed; a write puts a new key. Writes are
+//! new keys because KV-cache blocks are immutable (a block hash names its bytes): an
+//! engine writes blocks it computed, it never rewrites one. Every value read is checked
+//! against the bytes written under its key.
+//!
+//! Systems: strata embedded (the engine in-process), strata over shared memory and over
+//! the TCP data plane (a server in-process, its own tiers), memcached with extstore and
+//! foyer's hybrid cache, with the raw O_DIRECT throughput of the same directory as the
+//! ceiling. Throughput is bytes served (hits) plus bytes stored, per second: a miss moves
+//! nothing and is not counted as work.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use strata_client::{Client, ClientConfig, ErrorCode, Transport};
+use strata_server::{PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig};
+
+use crate::peers::{Memcached, MemcachedServer};
+use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
+use crate::report::{histogram, Record, Report};
+
+/// How reads choose keys of the working set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyChoice {
+    /// Every key equally likely.
+    Uniform,
+    /// Zipf-distributed (exponent `--zipf`): a few hot keys, a long cold tail.
+    Zipf,
+}
+
+#[derive(Clone, Debug)]
+pub struct MixedParams {
+    /// Memory budget of every system (strata's dram tier).
+    pub dram: u64,
+    /// Disk budget of every system (strata's ssd tier).
+    pub disk: u64,
+    pub value_size: u64,
+    /// Working set as a multiple of `dram`.
+    pub ratio: f64,
+    pub read_ratio: f64,
+    pub keys: KeyChoice,
+    pub zipf: f64,
+    pub concurrency: usize,
+    /// Operations of the mix, at most (also bounded by `seconds`).
+    pub ops: u64,
+    pub seconds: f64,
+    /// Where the disk tiers' files go (a temporary directory inside it).
+    pub dir: Option<PathBuf>,
+    /// Only these systems (all when `None`).
+    pub systems: Option<Vec<String>>,
+}
+
+impl MixedParams {
+    pub fn full() -> MixedParams {
+        MixedParams {
+            dram: 256 << 20,
+            disk: 2 << 30,
+            value_size: 256 << 10,
+            ratio: 4.0,
+            read_ratio: 0.9,
+            keys: KeyChoice::Zipf,
+            zipf: 0.99,
+            concurrency: 16,
+            ops: 20_000,
+            seconds: 30.0,
+            dir: None,
+            systems: None,
+        }
+    }
+
+    pub fn quick() -> MixedParams {
+        MixedParams {
+            dram: 16 << 20,
+            disk: 128 << 20,
+            ops: 1_000,
+            seconds: 5.0,
+            concurrency: 4,
+            ..MixedParams::full()
+        }
+    }
+
+    fn working_set_keys(&self) -> u64 {
+        ((self.dram as f64 * self.ratio) as u64 / self.value_size).max(1)
+    }
+}
+
+/// The working set's key `i`.
+fn key(i: u64) -> String {
+    format!("mixed/{i:08}")
+}
+
+/// A key the mix writes: task `task`'s `n`th.
+fn new_key(task: usize, n: u64) -> String {
+    format!("mixed/new/{task:03}/{n:08}")
+}
+
+/// Values: a few distinct byte patterns, the key choosing which; a read checks the head
+/// and tail of what it got against its key's pattern.
+struct Values(Vec<Vec<u8>>);
+
+impl Values {
+    fn new(size: u64) -> Values {
+        Values(
+            (0..16u8)
+                .map(|seed| {
+                    (0..size)
+                        .map(|i| (i.wrapping_mul(0x9E37_79B1) >> 7) as u8 ^ seed)
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    fn of(&self, key: &str) -> &[u8] {
+        let h = key
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        &self.0[(h % self.0.len() as u64) as usize]
+    }
+
+    /// Whether `got` holds `key`'s value (checked at both ends and the middle).
+    fn check(&self, key: &str, got: &[u8]) -> bool {
+        let want = self.of(key);
+        let n = want.len().min(64);
+        let mid = want.len() / 2;
+        got.len() == want.len()
+            && got[..n] == want[..n]
+            && got[got.len() - n..] == want[want.len() - n..]
+            && got[mid..mid + n.min(want.len() - mid)] == want[mid..mid + n.min(want.len() - mid)]
+    }
+}
+
+/// A system under test.
+enum System {
+    Embedded(Arc<Store>),
+    Strata(Arc<Client>),
+    /// One connection per task.
+    Memcached(Vec<tokio::sync::Mutex<Memcached>>),
+    Foyer(foyer::HybridCache<String, Vec<u8>>),
+}
+
+impl System {
+    /// Gets `key` into `buf`; false on a miss.
+    async fn get(&self, task: usize, key: &str, buf: &mut [u8]) -> bool {
+        match self {
+            System::Embedded(store) => match store.get_into(key.as_bytes(), buf) {
+                Ok(_) => true,
+                Err(e) if e.code() == ErrorCode::NotFound => false,
+                Err(e) => panic!("embedded get: {e}"),
+            },
+            System::Strata(client) => match client.get_into(key.as_bytes(), buf).await {
+                Ok(_) => true,
+                Err(e) if e.code() == ErrorCode::NotFound => false,
+                Err(e) => panic!("strata get: {e}"),
+            },
+            System::Memcached(conns) => conns[task]
+                .lock()
+                .await
+                .get_into(key, buf)
+                .await
+                .expect("memcached get"),
+            System::Foyer(cache) => match cache.get(key).await.expect("foyer get") {
+                Some(entry) => {
+                    buf.copy_from_slice(entry.value());
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Puts `key`; false where the system refused it for want of space.
+    async fn put(&self, task: usize, key: &str, value: &[u8]) -> bool {
+        let refused = |e: strata_client::Error, what: &str| match e.code() {
+            ErrorCode::NoSpace => false,
+            ErrorCode::AlreadyExists => true,
+            _ => panic!("{what} put: {e}"),
+        };
+        match self {
+            System::Embedded(store) => {
+                match store.put(key.as_bytes(), value, PutOptions::default()) {
+                    Ok(()) => true,
+                    Err(e) => refused(e, "embedded"),
+                }
+            }
+            System::Strata(client) => match client.put_from(key.as_bytes(), value).await {
+                Ok(()) => true,
+                Err(e) => refused(e, "strata"),
+            },
+            System::Memcached(conns) => conns[task]
+                .lock()
+                .await
+                .set(key, value)
+                .await
+                .expect("memcached set"),
+            System::Foyer(cache) => {
+                cache.insert(key.to_string(), value.to_vec());
+                true
+            }
+        }
+    }
+}
+
+/// What one pass of one system measured.
+struct Pass {
+    gets: u64,
+    hits: u64,
+    puts: u64,
+    refused: u64,
+    bytes: u64,
+    get_ns: Histogram<u64>,
+    put_ns: Histogram<u64>,
+    elapsed: Duration,
+}
+
+impl Pass {
+    fn new() -> Pass {
+        Pass {
+            gets: 0,
+            hits: 0,
+            puts: 0,
+            refused: 0,
+            bytes: 0,
+            get_ns: histogram(),
+            put_ns: histogram(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn add(&mut self, other: &Pass) {
+        self.gets += other.gets;
+        self.hits += other.hits;
+        self.puts += other.puts;
+        self.refused += other.refused;
+        self.bytes += other.bytes;
+        self.get_ns.add(&other.get_ns).expect("same bounds");
+        self.put_ns.add(&other.put_ns).expect("same bounds");
+    }
+
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+}
+
+/// Stores the working set from `concurrency` tasks.
+fn preload(
+    rt: &tokio::runtime::Runtime,
+    system: &Arc<System>,
+    p: &MixedParams,
+    values: &Arc<Values>,
+) -> Pass {
+    let n = p.working_set_keys();
+    let c = p.concurrency as u64;
+    rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..c)
+            .map(|task| {
+                let (system, values) = (Arc::clone(system), Arc::clone(values));
+                tokio::spawn(async move {
+                    let mut pass = Pass::new();
+                    for i in (task..n).step_by(c as usize) {
+                        let k = key(i);
+                        let t = Instant::now();
+                        let stored = system.put(task as usize, &k, values.of(&k)).await;
+                        pass.put_ns.record(t.elapsed().as_nanos() as u64).ok();
+                        pass.puts += 1;
+                        if stored {
+                            pass.bytes += values.of(&k).len() as u64;
+                        } else {
+                            pass.refused += 1;
+                        }
+                    }
+                    pass
+                })
+            })
+            .collect();
+        let mut total = Pass::new();
+        for t in tasks {
+            total.add(&t.await.expect("preload task"));
+        }
+        total.elapsed = started.elapsed();
+        total
+    })
+}
+
+/// The mix, bounded by `p.ops` and `p.seconds`.
+fn mix(
+    rt: &tokio::runtime::Runtime,
+    system: &Arc<System>,
+    p: &MixedParams,
+    values: &Arc<Values>,
+) -> Pass {
+    let n = p.working_set_keys();
+    let per_task = p.ops.div_ceil(p.concurrency as u64);
+    let bound = Duration::from_secs_f64(p.seconds);
+    let (keys, zipf, read_ratio) = (p.keys, p.zipf, p.read_ratio);
+    let size = p.value_size as usize;
+    rt.block_on(async {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..p.concurrency)
+            .map(|task| {
+                let (system, values) = (Arc::clone(system), Arc::clone(values));
+                tokio::spawn(async move {
+                    let mut rng = SmallRng::seed_from_u64(0x6d69_7865_6400 + task as u64);
+                    let zipf = rand_distr::Zipf::new(n as f64, zipf).expect("zipf parameters");
+                    let mut buf = vec![0u8; size];
+                    let mut pass = Pass::new();
+                    let mut written = 0u64;
+                    for _ in 0..per_task {
+                        if started.elapsed() > bound {
+                            break;
+                        }
+                        if rng.random_bool(read_ratio) {
+                            let i = match keys {
+                                KeyChoice::Uniform => rng.random_range(0..n),
+                                // Zipf's ranks are 1..=n; rank 1 the hottest.
+                                KeyChoice::Zipf => (rng.sample(zipf) as u64).clamp(1, n) - 1,
+                            };
+                            let k = key(i);
+                            let t = Instant::now();
+                            let hit = system.get(task, &k, &mut buf).await;
+                            pass.get_ns.record(t.elapsed().as_nanos() as u64).ok();
+                            pass.gets += 1;
+                            if hit {
+                                assert!(
+                                    values.check(&k, &buf),
+                                    "{k}: read other bytes than written"
+                                );
+                                pass.hits += 1;
+                                pass.bytes += size as u64;
+                            }
+                        } else {
+                            let k = new_key(task, written);
+                            written += 1;
+                            let t = Instant::now();
+                            let stored = system.put(task, &k, values.of(&k)).await;
+                            pass.put_ns.record(t.elapsed().as_nanos() as u64).ok();
+                            pass.puts += 1;
+                            if stored {
+                                pass.bytes += size as u64;
+                            } else {
+                                pass.refused += 1;
+                            }
+                        }
+                    }
+                    pass
+                })
+            })
+            .collect();
+        let mut total = Pass::new();
+        for t in tasks {
+            total.add(&t.await.expect("mix task"));
+        }
+        total.elapsed = started.elapsed();
+        total
+    })
+}
+
+pub fn run(p: &MixedParams, report: &mut Report) {
+    let n = p.working_set_keys();
+    println!(
+        "mixed: {} keys of {} KiB ({:.0} MiB, {}x the {} MiB memory budget), disk budget {} MiB, \
+         {:.0}% reads ({:?}), concurrency {}, at most {} ops or {} s per system",
+        n,
+        p.value_size >> 10,
+        (n * p.value_size) as f64 / (1 << 20) as f64,
+        p.ratio,
+        p.dram >> 20,
+        p.disk >> 20,
+        p.read_ratio * 100.0,
+        p.keys,
+        p.concurrency,
+        p.ops,
+        p.seconds
+    );
+    let base = match &p.dir {
+        Some(d) => tempfile::tempdir_in(d),
+        None => tempfile::tempdir(),
+    }
+    .expect("temp dir for the disk tiers");
+    let values = Arc::new(Values::new(p.value_size));
+    // One worker thread per task: the embedded engine's calls block their thread.
+    let rt = runtime(p.concurrency.max(2));
+    let mut results: Vec<(&'static str, f64)> = Vec::new();
+
+    let wanted = |name: &str| {
+        p.systems
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|w| w == name))
+    };
+    if wanted("raw-odirect") {
+        ceiling(base.path(), p, report);
+    }
+
+    let memcached = wanted("memcached-extstore")
+        .then(|| MemcachedServer::start(p.dram, p.disk, &dir(base.path(), "memcached")))
+        .flatten();
+    if let Some(server) = memcached {
+        println!("memcached-extstore: {}", server.args);
+        let conns = rt.block_on(async {
+            let mut conns = Vec::new();
+            for _ in 0..p.concurrency {
+                let conn = Memcached::connect(server.port)
+                    .await
+                    .expect("connect to memcached");
+                conns.push(tokio::sync::Mutex::new(conn));
+            }
+            conns
+        });
+        let system = Arc::new(System::Memcached(conns));
+        results.push(measure(
+            "memcached-extstore",
+            &rt,
+            &system,
+            p,
+            &values,
+            &results,
+            report,
+        ));
+    }
+
+    let foyer_dir = dir(base.path(), "foyer");
+    let foyer = wanted("foyer").then(|| {
+        rt.block_on(async {
+            use foyer::DeviceBuilder;
+            let device = foyer::FsDeviceBuilder::new(&foyer_dir)
+                .with_capacity(p.disk as usize)
+                // O_DIRECT like strata's ssd tier: the page cache is memory outside the budget.
+                .with_direct(true)
+                .build()
+                .expect("foyer device");
+            foyer::HybridCacheBuilder::new()
+                .memory(p.dram as usize)
+                .with_weighter(|_key: &String, value: &Vec<u8>| value.len())
+                .storage()
+                .with_io_engine_config(
+                    Box::new(foyer::UringIoEngineConfig::new()) as Box<dyn foyer::IoEngineConfig>
+                )
+                .with_engine_config(foyer::BlockEngineConfig::new(device))
+                .build()
+                .await
+        })
+    });
+    match foyer {
+        Some(Ok(cache)) => {
+            let system = Arc::new(System::Foyer(cache));
+            results.push(measure("foyer", &rt, &system, p, &values, &results, report));
+            if let System::Foyer(cache) = &*system {
+                let _ = rt.block_on(cache.close());
+            }
+        }
+        Some(Err(e)) => println!("foyer: skipped ({e})"),
+        None => {}
+    }
+
+    let store_config = |name: &str| StoreConfig {
+        tiers: vec![
+            TierConfig::dram(p.dram),
+            TierConfig::ssd(
+                p.disk,
+                SsdOptions {
+                    recovery: RecoveryMode::None,
+                    ..SsdOptions::new(dir(base.path(), name))
+                },
+            ),
+        ],
+        ..StoreConfig::default()
+    };
+    if wanted("strata-embedded") {
+        let store = Store::open(store_config("strata-embedded")).expect("embedded store");
+        let system = Arc::new(System::Embedded(Arc::new(store)));
+        results.push(measure(
+            "strata-embedded",
+            &rt,
+            &system,
+            p,
+            &values,
+            &results,
+            report,
+        ));
+    }
+
+    for (name, transport) in [
+        ("strata-shm", Transport::Shm),
+        ("strata-tcp", Transport::Tcp),
+    ] {
+        if !wanted(name) {
+            continue;
+        }
+        let server_rt = runtime(2);
+        let tls_dir = dir(base.path(), &format!("{name}-tls"));
+        let served = serve_store(
+            &server_rt,
+            store_config(name),
+            loopback_tls(&tls_dir),
+            Some(tls_dir.join("shm.sock")),
+            Some(loopback_data_plane()),
+        );
+        let config = ClientConfig {
+            server: served.addr.to_string(),
+            ca_cert: Some(served.cert.clone()),
+            transport,
+            transfer_timeout: Duration::from_secs(120),
+            ..ClientConfig::default()
+        };
+        let client =
+            rt.block_on(async { Arc::new(Client::connect(config).await.expect("connect")) });
+        let system = Arc::new(System::Strata(Arc::clone(&client)));
+        results.push(measure(name, &rt, &system, p, &values, &results, report));
+        rt.block_on(client.close());
+        served.stop(&server_rt);
+    }
+}
+
+fn dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).expect("a directory for the system's files");
+    d
+}
+
+/// The disk's raw throughput for the working set's bytes, in blocks of the value size.
+fn ceiling(base: &Path, p: &MixedParams, report: &mut Report) {
+    let n = p.working_set_keys();
+    let qd = p.concurrency as u32;
+    match crate::ssd::raw_odirect(&base.join("raw-odirect"), p.value_size, n, qd) {
+        Ok([write, read]) => {
+            for (op, elapsed) in [("write", write), ("read", read)] {
+                report.add(
+                    Record::new("mixed", "raw-odirect", op, "ceiling")
+                        .size(p.value_size)
+                        .concurrency(p.concurrency as u32)
+                        .timed(n, n * p.value_size, elapsed, None)
+                        .with("queue_depth", qd),
+                );
+            }
+        }
+        Err(e) => println!("raw-odirect: skipped ({e})"),
+    }
+    let _ = std::fs::remove_file(base.join("raw-odirect"));
+}
+
+/// Preloads then mixes on `system`; reports both; returns its mix GB/s. The strata
+/// systems' mix records carry their ratio to each peer measured before them.
+fn measure(
+    name: &'static str,
+    rt: &tokio::runtime::Runtime,
+    system: &Arc<System>,
+    p: &MixedParams,
+    values: &Arc<Values>,
+    peers: &[(&'static str, f64)],
+    report: &mut Report,
+) -> (&'static str, f64) {
+    let c = p.concurrency as u32;
+    let load = preload(rt, system, p, values);
+    report.add(
+        Record::new("mixed", name, "put", "preload")
+            .size(p.value_size)
+            .concurrency(c)
+            .timed(load.puts, load.bytes, load.elapsed, Some(&load.put_ns))
+            .with("refused", load.refused),
+    );
+    let m = mix(rt, system, p, values);
+    let hit_ratio = m.hits as f64 / m.gets.max(1) as f64;
+    report.add(
+        Record::new("mixed", name, "get", "mixed")
+            .size(p.value_size)
+            .concurrency(c)
+            .timed(m.gets, m.hits * p.value_size, m.elapsed, Some(&m.get_ns))
+            .with("hit_ratio", crate::engine::round3(hit_ratio)),
+    );
+    report.add(
+        Record::new("mixed", name, "put", "mixed")
+            .size(p.value_size)
+            .concurrency(c)
+            .timed(
+                m.puts,
+                (m.puts - m.refused) * p.value_size,
+                m.elapsed,
+                Some(&m.put_ns),
+            )
+            .with("refused", m.refused),
+    );
+    let mut all = m.get_ns.clone();
+    all.add(&m.put_ns).expect("same bounds");
+    let mut total = Record::new("mixed", name, "mixed", "mixed")
+        .size(p.value_size)
+        .concurrency(c)
+        .timed(m.gets + m.puts, m.bytes, m.elapsed, Some(&all))
+        .with("hit_ratio", crate::engine::round3(hit_ratio))
+        .with("read_ratio", p.read_ratio)
+        .with("working_set_x_dram", p.ratio);
+    if name.starts_with("strata") {
+        for (peer, gbps) in peers.iter().filter(|(s, _)| !s.starts_with("strata")) {
+            total = total.with(
+                &format!("vs_{peer}"),
+                crate::engine::round3(m.gbps() / gbps.max(1e-12)),
+            );
+        }
+    }
+    report.add(total);
+    (name, m.gbps())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_check_the_key_they_were_written_under() {
+        let v = Values::new(4096);
+        let k = key(7);
+        assert!(v.check(&k, v.of(&k)));
+        let other = (0..100).map(key).find(|o| v.of(o) != v.of(&k)).unwrap();
+        assert!(!v.check(&k, v.of(&other)));
+        let mut torn = v.of(&k).to_vec();
+        torn[4095] ^= 1;
+        assert!(!v.check(&k, &torn));
+    }
+}
