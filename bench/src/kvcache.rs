@@ -24,6 +24,7 @@ use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
 use crate::peers::RedisServer;
 use crate::quic::{runtime, serve_tiers};
 use crate::report::{Record, Report};
+use crate::values::Values;
 
 /// A model's KV-cache geometry: bytes of one token's KV cache on one rank.
 #[derive(Clone, Copy, Debug)]
@@ -177,7 +178,7 @@ impl Backend {
         }
     }
 
-    async fn store(&self, keys: &[&str], value: &[u8]) {
+    async fn store(&self, keys: &[&str], values: &Values) {
         let stored = |result: strata_client::Result<()>| match result {
             // Another request stored the shared block first.
             Err(e) if e.code() != strata_client::ErrorCode::AlreadyExists => panic!("store: {e}"),
@@ -185,19 +186,19 @@ impl Backend {
         };
         match self {
             Backend::Embedded(s) => {
-                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, value)).collect();
+                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
                 s.batch_put(&items, PutOptions::default())
                     .into_iter()
                     .for_each(stored);
             }
             Backend::Strata(c) => {
-                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, value)).collect();
+                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
                 c.batch_put_from(&items).await.into_iter().for_each(stored);
             }
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
                 for key in keys {
-                    pipe.set(key, value).ignore();
+                    pipe.set(key, values.of(key)).ignore();
                 }
                 let () = pipe
                     .query_async(&mut conn.clone())
@@ -207,8 +208,9 @@ impl Backend {
         }
     }
 
-    /// Loads `keys` into `bufs` (the engine's own buffers), checking each is whole.
-    async fn load(&self, keys: &[&str], bufs: &mut [Vec<u8>]) {
+    /// Loads `keys` into `bufs` (the engine's own buffers), checking each holds its key's
+    /// value.
+    async fn load(&self, keys: &[&str], bufs: &mut [Vec<u8>], values: &Values) {
         let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
         let results = match self {
@@ -219,18 +221,23 @@ impl Backend {
                 for key in keys {
                     pipe.get(key);
                 }
-                let values: Vec<Vec<u8>> = pipe
+                let got: Vec<Vec<u8>> = pipe
                     .query_async(&mut conn.clone())
                     .await
                     .expect("redis GET");
-                for (buf, value) in slices.iter_mut().zip(&values) {
+                for (buf, value) in slices.iter_mut().zip(&got) {
                     buf.copy_from_slice(value);
                 }
-                return;
+                vec![Ok(lens[0]); keys.len()]
             }
         };
-        for (result, len) in results.into_iter().zip(lens) {
+        for ((result, len), (key, buf)) in results.into_iter().zip(lens).zip(keys.iter().zip(bufs))
+        {
             assert_eq!(result.expect("load"), len);
+            assert!(
+                values.check(key, buf),
+                "{key}: loaded other bytes than stored"
+            );
         }
     }
 }
@@ -261,16 +268,16 @@ fn phase(
 ) -> Phase {
     let next = Arc::new(AtomicUsize::new(0));
     let block = p.block_bytes() as usize;
-    let value = Arc::new(vec![0x5au8; block]);
+    let values = Arc::new(Values::new(block as u64));
     rt.block_on(async {
         let started = Instant::now();
         let tasks: Vec<_> = (0..p.concurrency)
             .map(|_| {
-                let (client, requests, next, value) = (
+                let (client, requests, next, values) = (
                     client.clone(),
                     Arc::clone(requests),
                     Arc::clone(&next),
-                    Arc::clone(&value),
+                    Arc::clone(&values),
                 );
                 tokio::spawn(async move {
                     let mut out = Phase {
@@ -294,7 +301,7 @@ fn phase(
                                 .flatten()
                                 .map(String::as_str)
                                 .collect();
-                            client.store(&keys, &value).await;
+                            client.store(&keys, &values).await;
                             keys.len() * block
                         } else {
                             let keys: Vec<&str> = r.groups[..hit]
@@ -303,7 +310,7 @@ fn phase(
                                 .map(String::as_str)
                                 .collect();
                             bufs.resize_with(keys.len().max(bufs.len()), || vec![0u8; block]);
-                            client.load(&keys, &mut bufs[..keys.len()]).await;
+                            client.load(&keys, &mut bufs[..keys.len()], &values).await;
                             keys.len() * block
                         };
                         out.bytes += moved as u64;
@@ -585,5 +592,59 @@ fn phases(
             .insert("added_us_p50".into(), added_us.into());
         move_rec.extra.insert("model".into(), p.model.name.into());
         report.add(move_rec);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_system_stores_cold_and_loads_every_block_warm() {
+        let redis = crate::peers::expect_installed("redis-server", "redis-server");
+        let p = KvParams {
+            tokens: 512,
+            block_tokens: 128,
+            block_bytes: Some(64 << 10),
+            requests: 6,
+            concurrency: 2,
+            model: MODELS[1], // 4 ranks: every block is 4 keys
+            ..KvParams::full()
+        };
+        let mut report = Report::new();
+        run(&p, &mut report);
+        let records = report.records();
+        let find = |system: &str, op: &str, phase: &str| {
+            records
+                .iter()
+                .find(|r| r.system == system && r.op == op && r.phase == phase)
+                .unwrap_or_else(|| panic!("no {system} {op} {phase} row"))
+        };
+        // 6 requests x 4 blocks x 4 ranks x 64 KiB.
+        let all_blocks = 6 * 4 * 4 * (64 << 10);
+        assert!(find("memcpy", "copy", "ceiling").bytes > 0);
+        assert_eq!(find("raw-quic", "read", "ceiling").bytes, all_blocks);
+        let mut systems = vec!["strata-embedded", "strata-shm", "strata-tcp", "strata-quic"];
+        if redis {
+            systems.push("redis");
+        }
+        for system in systems {
+            assert_eq!(
+                find(system, "lookup", "cold").extra["hit_ratio"],
+                0.0,
+                "{system}"
+            );
+            assert_eq!(find(system, "store", "cold").bytes, all_blocks, "{system}");
+            for phase in ["warm", "warm-cross"] {
+                assert_eq!(
+                    find(system, "lookup", phase).extra["hit_ratio"],
+                    1.0,
+                    "{system}"
+                );
+                let load = find(system, "load", phase);
+                assert_eq!(load.bytes, all_blocks, "{system} {phase}");
+                assert!(load.p99_us.is_some() && load.extra.contains_key("vs_memcpy"));
+            }
+        }
     }
 }

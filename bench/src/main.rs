@@ -9,11 +9,13 @@ mod heap;
 mod kvcache;
 mod mixed;
 mod peers;
+mod plot;
 mod quic;
 mod report;
 mod shm;
 mod ssd;
 mod tcp;
+mod values;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,10 @@ struct Cli {
     /// Write JSON Lines to FILE (`-` for stdout, after the table).
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<String>,
+    /// Write charts of the run (throughput and latency per system and phase, SVG and PNG)
+    /// into DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    plot: Option<std::path::PathBuf>,
     /// Small sizes and short loops: a smoke run, not figures to quote.
     #[arg(long, global = true)]
     quick: bool,
@@ -305,6 +311,12 @@ fn main() {
                 params.total = t.max(1) << 20;
             }
             ssd::run(&params, &mut report);
+        }
+    }
+    if let Some(dir) = cli.plot {
+        match plot::write(report.records(), &dir) {
+            Ok(files) => println!("plots: {}", files.join(" ")),
+            Err(e) => eprintln!("strata-bench: plots skipped: {e}"),
         }
     }
     if let Some(path) = cli.json {

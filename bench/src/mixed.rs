@@ -27,6 +27,7 @@ use strata_server::{PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, Ti
 use crate::peers::{Memcached, MemcachedServer};
 use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::report::{histogram, Record, Report};
+use crate::values::Values;
 
 /// How reads choose keys of the working set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -101,42 +102,6 @@ fn key(i: u64) -> String {
 /// A key the mix writes: task `task`'s `n`th.
 fn new_key(task: usize, n: u64) -> String {
     format!("mixed/new/{task:03}/{n:08}")
-}
-
-/// Values: a few distinct byte patterns, the key choosing which; a read checks the head
-/// and tail of what it got against its key's pattern.
-struct Values(Vec<Vec<u8>>);
-
-impl Values {
-    fn new(size: u64) -> Values {
-        Values(
-            (0..16u8)
-                .map(|seed| {
-                    (0..size)
-                        .map(|i| (i.wrapping_mul(0x9E37_79B1) >> 7) as u8 ^ seed)
-                        .collect()
-                })
-                .collect(),
-        )
-    }
-
-    fn of(&self, key: &str) -> &[u8] {
-        let h = key
-            .bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        &self.0[(h % self.0.len() as u64) as usize]
-    }
-
-    /// Whether `got` holds `key`'s value (checked at both ends and the middle).
-    fn check(&self, key: &str, got: &[u8]) -> bool {
-        let want = self.of(key);
-        let n = want.len().min(64);
-        let mid = want.len() / 2;
-        got.len() == want.len()
-            && got[..n] == want[..n]
-            && got[got.len() - n..] == want[want.len() - n..]
-            && got[mid..mid + n.min(want.len() - mid)] == want[mid..mid + n.min(want.len() - mid)]
-    }
 }
 
 /// A system under test.
@@ -614,15 +579,62 @@ fn measure(
 mod tests {
     use super::*;
 
+    fn rows<'a>(report: &'a Report, system: &str, op: &str) -> Vec<&'a Record> {
+        let rows: Vec<&Record> = report
+            .records()
+            .iter()
+            .filter(|r| r.system == system && r.op == op)
+            .collect();
+        assert!(!rows.is_empty(), "no {system} {op} row");
+        rows
+    }
+
     #[test]
-    fn values_check_the_key_they_were_written_under() {
-        let v = Values::new(4096);
-        let k = key(7);
-        assert!(v.check(&k, v.of(&k)));
-        let other = (0..100).map(key).find(|o| v.of(o) != v.of(&k)).unwrap();
-        assert!(!v.check(&k, v.of(&other)));
-        let mut torn = v.of(&k).to_vec();
-        torn[4095] ^= 1;
-        assert!(!v.check(&k, &torn));
+    fn every_system_runs_the_same_mix_and_strata_keeps_every_value() {
+        let memcached = crate::peers::expect_installed("memcached", "memcached");
+        let p = MixedParams {
+            dram: 4 << 20,
+            disk: 64 << 20,
+            value_size: 64 << 10,
+            ops: 200,
+            concurrency: 2,
+            seconds: 20.0,
+            ..MixedParams::quick()
+        };
+        let mut report = Report::new();
+        run(&p, &mut report);
+        let keys = p.working_set_keys();
+        assert_eq!(keys, 256, "4x dram in 64 KiB values");
+        for op in ["write", "read"] {
+            let raw = rows(&report, "raw-odirect", op)[0];
+            assert_eq!(raw.bytes, keys * p.value_size);
+        }
+        let mut systems = vec!["foyer", "strata-embedded", "strata-shm", "strata-tcp"];
+        if memcached {
+            systems.push("memcached-extstore");
+        }
+        for system in systems {
+            let preload = rows(&report, system, "put")[0];
+            assert_eq!((preload.phase, preload.ops), ("preload", keys), "{system}");
+            let all = rows(&report, system, "mixed")[0];
+            assert_eq!(all.ops, p.ops, "{system}: the mix ran to its count");
+            let gets = rows(&report, system, "get")[0].ops;
+            let puts = rows(&report, system, "put")[1].ops;
+            assert_eq!(gets + puts, p.ops, "{system}");
+            assert!(
+                gets > puts * 3,
+                "{system}: 90% reads, got {gets} gets {puts} puts"
+            );
+            if system.starts_with("strata") {
+                // The disk budget holds the working set and every new key: nothing is lost.
+                assert_eq!(all.extra["hit_ratio"], 1.0, "{system}");
+                assert!(all.extra.contains_key("vs_foyer"), "{system}");
+                assert_eq!(
+                    all.bytes,
+                    p.ops * p.value_size,
+                    "{system}: every get hit, every put stored"
+                );
+            }
+        }
     }
 }

@@ -218,3 +218,19 @@ impl Memcached {
         Ok(true)
     }
 }
+
+/// For the bench's own tests: whether `tool` is there to be run beside strata. A missing
+/// tool is a printed skip, or a failure under `STRATA_REQUIRE_EXTERNAL=1` (CI installs it).
+#[cfg(test)]
+pub fn expect_installed(tool: &str, package: &str) -> bool {
+    if installed(tool) {
+        return true;
+    }
+    let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{tool} is not installed and STRATA_REQUIRE_EXTERNAL=1: apt-get install {package}"
+    );
+    println!("{tool} not installed (apt-get install {package}): its rows are not checked");
+    false
+}

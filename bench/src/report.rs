@@ -171,7 +171,6 @@ impl Report {
         self.records.push(r);
     }
 
-    #[cfg(test)]
     pub fn records(&self) -> &[Record] {
         &self.records
     }

@@ -1,0 +1,195 @@
+//! `--plot DIR`: the run's figures as charts, per workload: throughput (GB/s) and latency
+//! (p50 and p99, log scale) of every system, op and phase, as SVG and PNG.
+//!
+//! Text needs a TrueType font, read from the system (Debian's fonts-dejavu-core) so that
+//! no font is built into the binary; without one the charts are skipped with that reason.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::report::Record;
+
+/// Fonts tried in turn; the first that exists is registered as sans-serif.
+const FONTS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+const WIDTH: u32 = 1100;
+const ROW: u32 = 22;
+
+/// Writes the charts of `records` into `dir`; returns the files written.
+pub fn write(records: &[Record], dir: &Path) -> Result<Vec<String>, String> {
+    register_font()?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut workloads: Vec<&str> = records.iter().map(|r| r.workload).collect();
+    workloads.dedup();
+    let mut written = Vec::new();
+    for workload in workloads {
+        let rows: Vec<&Record> = records.iter().filter(|r| r.workload == workload).collect();
+        let moving: Vec<&Record> = rows.iter().copied().filter(|r| r.bytes > 0).collect();
+        let timed: Vec<&Record> = rows
+            .iter()
+            .copied()
+            .filter(|r| r.p99_us.is_some())
+            .collect();
+        for ext in ["svg", "png"] {
+            if !moving.is_empty() {
+                let path = dir.join(format!("{workload}-throughput.{ext}"));
+                let title = format!("{workload}: throughput (GB/s)");
+                chart(&path, &title, &moving, Metric::Throughput)?;
+                written.push(path.display().to_string());
+            }
+            if !timed.is_empty() {
+                let path = dir.join(format!("{workload}-latency.{ext}"));
+                let title = format!("{workload}: latency per operation (us, p50 and p99)");
+                chart(&path, &title, &timed, Metric::Latency)?;
+                written.push(path.display().to_string());
+            }
+        }
+    }
+    Ok(written)
+}
+
+fn register_font() -> Result<(), String> {
+    let path = FONTS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("no TrueType font found (apt-get install fonts-dejavu-core)")?;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    // plotters keeps fonts for the process's life; the run registers one font once.
+    let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        .map_err(|_| format!("{path}: not a usable TrueType font"))
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    Throughput,
+    Latency,
+}
+
+fn label(r: &Record) -> String {
+    let size = crate::report::human_size(r.value_size);
+    format!(
+        "{} {} {} {} c{}",
+        r.system, r.op, r.phase, size, r.concurrency
+    )
+}
+
+fn chart(path: &Path, title: &str, rows: &[&Record], metric: Metric) -> Result<(), String> {
+    let height = 90 + ROW * rows.len() as u32;
+    let is_svg = path.extension().is_some_and(|e| e == "svg");
+    let result = if is_svg {
+        let area = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
+        draw(&area, title, rows, metric)
+    } else {
+        let area = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
+        draw(&area, title, rows, metric)
+    };
+    result.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn draw<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    title: &str,
+    rows: &[&Record],
+    metric: Metric,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    // The y axis counts up from the bottom: reversed, the first record is on top.
+    let rows: Vec<&Record> = rows.iter().rev().copied().collect();
+    let n = rows.len() as u32;
+    let labels: Vec<String> = rows.iter().map(|r| label(r)).collect();
+    let colour = |system: &str| {
+        let h = system
+            .bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        Palette99::pick(h as usize % 99).to_rgba()
+    };
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(330);
+    let y = (0..n).into_segmented();
+    let label_of = |v: &SegmentValue<u32>| match v {
+        SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
+    match metric {
+        Metric::Throughput => {
+            let gbps: Vec<f64> = rows.iter().map(|r| r.bytes_per_s() / 1e9).collect();
+            let max = gbps.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.1;
+            let mut chart = builder.build_cartesian_2d(0.0..max, y)?;
+            chart
+                .configure_mesh()
+                .y_labels(n as usize)
+                .y_label_formatter(&label_of)
+                .x_desc("GB/s")
+                .light_line_style(WHITE)
+                .draw()?;
+            chart.draw_series(rows.iter().zip(&gbps).enumerate().map(|(i, (r, &v))| {
+                let i = i as u32;
+                let mut bar = Rectangle::new(
+                    [
+                        (0.0, SegmentValue::Exact(i)),
+                        (v, SegmentValue::Exact(i + 1)),
+                    ],
+                    colour(r.system).filled(),
+                );
+                bar.set_margin(3, 3, 0, 0);
+                bar
+            }))?;
+        }
+        Metric::Latency => {
+            let p = |r: &Record| {
+                (
+                    r.p50_us.unwrap_or(0.0).max(0.1),
+                    r.p99_us.unwrap_or(0.0).max(0.1),
+                )
+            };
+            let max = rows.iter().map(|r| p(r).1).fold(1.0, f64::max) * 2.0;
+            let mut chart = builder.build_cartesian_2d((0.1..max).log_scale(), y)?;
+            chart
+                .configure_mesh()
+                .y_labels(n as usize)
+                .y_label_formatter(&label_of)
+                .x_desc("microseconds (bar: p50, line: p99)")
+                .light_line_style(WHITE)
+                .draw()?;
+            chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let i = i as u32;
+                let mut bar = Rectangle::new(
+                    [
+                        (0.1, SegmentValue::Exact(i)),
+                        (p(r).0, SegmentValue::Exact(i + 1)),
+                    ],
+                    colour(r.system).filled(),
+                );
+                bar.set_margin(3, 3, 0, 0);
+                bar
+            }))?;
+            chart.draw_series(rows.iter().enumerate().map(|(i, r)| {
+                let i = i as u32;
+                PathElement::new(
+                    vec![
+                        (p(r).0, SegmentValue::CenterOf(i)),
+                        (p(r).1, SegmentValue::CenterOf(i)),
+                    ],
+                    BLACK.stroke_width(2),
+                )
+            }))?;
+        }
+    }
+    area.present()?;
+    Ok(())
+}
