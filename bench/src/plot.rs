@@ -193,3 +193,47 @@ where
     area.present()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_name_every_system_and_phase() {
+        if !FONTS.iter().any(|f| Path::new(f).exists()) {
+            let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+            assert!(!required, "no font: apt-get install fonts-dejavu-core");
+            return println!("no TrueType font (apt-get install fonts-dejavu-core): skipped");
+        }
+        let mut h = crate::report::histogram();
+        h.record(1_000).unwrap();
+        h.record(90_000).unwrap();
+        let records = vec![
+            Record::new("kvcache", "strata-shm", "load", "warm")
+                .size(1 << 20)
+                .timed(10, 10 << 20, std::time::Duration::from_millis(5), Some(&h)),
+            Record::new("kvcache", "redis", "load", "warm-cross")
+                .size(1 << 20)
+                .timed(10, 10 << 20, std::time::Duration::from_millis(20), Some(&h)),
+            Record::new("kvcache", "strata-shm", "lookup", "warm").timed(
+                10,
+                0,
+                std::time::Duration::from_millis(1),
+                Some(&h),
+            ),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(&records, dir.path()).unwrap();
+        assert_eq!(files.len(), 4, "{files:?}");
+        let svg = std::fs::read_to_string(dir.path().join("kvcache-throughput.svg")).unwrap();
+        assert!(svg.contains("strata-shm load warm") && svg.contains("redis load warm-cross"));
+        assert!(
+            !svg.contains("lookup"),
+            "a lookup moves no bytes: not a throughput bar"
+        );
+        let svg = std::fs::read_to_string(dir.path().join("kvcache-latency.svg")).unwrap();
+        assert!(svg.contains("strata-shm lookup warm"));
+        let png = std::fs::read(dir.path().join("kvcache-latency.png")).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+    }
+}
