@@ -351,9 +351,23 @@ fn merge(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>>) {
     }
 }
 
-/// memcpy of `bytes` in blocks of `block`, from and to buffers as large as the data of
-/// one request: the GB/s a load can never beat.
+/// memcpy in blocks of `block` on every core at once (the loads run on every core too),
+/// each thread from and to buffers as large as the data of one request: the GB/s a load
+/// can never beat.
 fn memcpy_gbps(block: usize, blocks: usize) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| {
+        let copies: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| memcpy_gbps_one_thread(block, blocks)))
+            .collect();
+        copies
+            .into_iter()
+            .map(|c| c.join().expect("memcpy thread"))
+            .sum()
+    })
+}
+
+fn memcpy_gbps_one_thread(block: usize, blocks: usize) -> f64 {
     let src: Vec<Vec<u8>> = (0..blocks).map(|i| vec![i as u8; block]).collect();
     let mut dst: Vec<Vec<u8>> = (0..blocks).map(|_| vec![0u8; block]).collect();
     let started = Instant::now();
@@ -388,9 +402,11 @@ pub fn run(p: &KvParams, report: &mut Report) {
     );
     let per_request = (p.tokens / p.block_tokens).max(1) * p.model.ranks as usize;
     let memcpy = memcpy_gbps(block as usize, per_request);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     report.add(
         Record::new("kvcache", "memcpy", "copy", "ceiling")
             .size(block)
+            .concurrency(cores as u32)
             .timed(1, (memcpy * 1e9) as u64, Duration::from_secs(1), None),
     );
 
@@ -472,8 +488,11 @@ pub fn run(p: &KvParams, report: &mut Report) {
         let connect = || {
             client_rt.block_on(async {
                 let client = redis::Client::open(redis.url()).expect("redis url");
+                // No response timeout: a pipeline of many 7 MiB SETs at concurrency 25
+                // takes longer than the crate's default, and a slow answer is a figure.
+                let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
                 let conn = client
-                    .get_multiplexed_async_connection()
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .expect("connect to redis");
                 Backend::Redis(conn)
