@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use strata_client::{BlockHasher, Client, ClientConfig, KeyFormatter, Transport};
+use strata_client::{BlockHasher, Client, KeyFormatter, Transport};
 use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::peers::RedisServer;
@@ -459,17 +459,10 @@ pub fn run(p: &KvParams, report: &mut Report) {
         ("strata-tcp", Transport::Tcp),
         ("strata-quic", Transport::Quic),
     ] {
-        let connect = || {
-            let config = ClientConfig {
-                server: served.addr.to_string(),
-                ca_cert: Some(served.cert.clone()),
-                transport,
-                transfer_timeout: Duration::from_secs(120),
-                ..ClientConfig::default()
-            };
-            client_rt.block_on(async { Arc::new(Client::connect(config).await.expect("connect")) })
-        };
-        let (first, second) = (connect(), connect());
+        let (first, second) = (
+            served.client(&client_rt, transport),
+            served.client(&client_rt, transport),
+        );
         client_rt.block_on(async { first.remove_all(true).await.expect("remove_all") });
         let instances = [
             Backend::Strata(Arc::clone(&first)),

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
-use strata_client::{Client, ClientConfig, ErrorCode, Transport};
+use strata_client::{Client, ErrorCode, Transport};
 use strata_server::{PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig};
 
 use crate::peers::{Memcached, MemcachedServer};
@@ -211,6 +211,30 @@ impl Pass {
         self.put_ns.add(&other.put_ns).expect("same bounds");
     }
 
+    /// Puts `key` (its value from `values`), timing and counting it.
+    async fn put(&mut self, system: &System, task: usize, key: &str, values: &Values) {
+        let value = values.of(key);
+        let t = Instant::now();
+        let stored = system.put(task, key, value).await;
+        self.put_ns.record(t.elapsed().as_nanos() as u64).ok();
+        self.puts += 1;
+        if stored {
+            self.bytes += value.len() as u64;
+        } else {
+            self.refused += 1;
+        }
+    }
+
+    /// The sum of the tasks' passes, timed from `started`.
+    async fn join(tasks: Vec<tokio::task::JoinHandle<Pass>>, started: Instant) -> Pass {
+        let mut total = Pass::new();
+        for t in tasks {
+            total.add(&t.await.expect("bench task"));
+        }
+        total.elapsed = started.elapsed();
+        total
+    }
+
     fn gbps(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
     }
@@ -233,27 +257,13 @@ fn preload(
                 tokio::spawn(async move {
                     let mut pass = Pass::new();
                     for i in (task..n).step_by(c as usize) {
-                        let k = key(i);
-                        let t = Instant::now();
-                        let stored = system.put(task as usize, &k, values.of(&k)).await;
-                        pass.put_ns.record(t.elapsed().as_nanos() as u64).ok();
-                        pass.puts += 1;
-                        if stored {
-                            pass.bytes += values.of(&k).len() as u64;
-                        } else {
-                            pass.refused += 1;
-                        }
+                        pass.put(&system, task as usize, &key(i), &values).await;
                     }
                     pass
                 })
             })
             .collect();
-        let mut total = Pass::new();
-        for t in tasks {
-            total.add(&t.await.expect("preload task"));
-        }
-        total.elapsed = started.elapsed();
-        total
+        Pass::join(tasks, started).await
     })
 }
 
@@ -304,29 +314,16 @@ fn mix(
                                 pass.bytes += size as u64;
                             }
                         } else {
-                            let k = new_key(task, written);
+                            pass.put(&system, task, &new_key(task, written), &values)
+                                .await;
                             written += 1;
-                            let t = Instant::now();
-                            let stored = system.put(task, &k, values.of(&k)).await;
-                            pass.put_ns.record(t.elapsed().as_nanos() as u64).ok();
-                            pass.puts += 1;
-                            if stored {
-                                pass.bytes += size as u64;
-                            } else {
-                                pass.refused += 1;
-                            }
                         }
                     }
                     pass
                 })
             })
             .collect();
-        let mut total = Pass::new();
-        for t in tasks {
-            total.add(&t.await.expect("mix task"));
-        }
-        total.elapsed = started.elapsed();
-        total
+        Pass::join(tasks, started).await
     })
 }
 
@@ -470,15 +467,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             Some(tls_dir.join("shm.sock")),
             Some(loopback_data_plane()),
         );
-        let config = ClientConfig {
-            server: served.addr.to_string(),
-            ca_cert: Some(served.cert.clone()),
-            transport,
-            transfer_timeout: Duration::from_secs(120),
-            ..ClientConfig::default()
-        };
-        let client =
-            rt.block_on(async { Arc::new(Client::connect(config).await.expect("connect")) });
+        let client = served.client(&rt, transport);
         let system = Arc::new(System::Strata(Arc::clone(&client)));
         results.push(measure(name, &rt, &system, p, &values, &results, report));
         rt.block_on(client.close());

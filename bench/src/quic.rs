@@ -185,6 +185,29 @@ pub(crate) fn serve_store(
 }
 
 impl Served {
+    /// A client of this service on `transport`, with a transfer timeout long enough for
+    /// the bench's largest batches.
+    pub fn client(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        transport: strata_client::Transport,
+    ) -> Arc<strata_client::Client> {
+        let config = strata_client::ClientConfig {
+            server: self.addr.to_string(),
+            ca_cert: Some(self.cert.clone()),
+            transport,
+            transfer_timeout: Duration::from_secs(120),
+            ..strata_client::ClientConfig::default()
+        };
+        rt.block_on(async {
+            Arc::new(
+                strata_client::Client::connect(config)
+                    .await
+                    .expect("connect"),
+            )
+        })
+    }
+
     pub fn stop(self, rt: &tokio::runtime::Runtime) {
         let _ = self.stop.send(());
         let _ = rt.block_on(self.task);
