@@ -99,6 +99,10 @@ enum Workload {
         /// How the prompts share prefixes.
         #[arg(long, value_enum, default_value = "distinct")]
         sharing: kvcache::Sharing,
+        /// Only these systems, comma-separated: strata-embedded, strata-shm, strata-tcp,
+        /// strata-quic, raw-quic, redis (default: all; memcpy always runs).
+        #[arg(long, value_delimiter = ',')]
+        systems: Option<Vec<String>>,
     },
     /// Gets and puts over a working set larger than memory (so the disk serves part):
     /// strata embedded and over shm and tcp, memcached with extstore and foyer, all with
@@ -235,6 +239,7 @@ fn main() {
             requests,
             concurrency,
             sharing,
+            systems,
         } => {
             let mut p = if cli.quick {
                 kvcache::KvParams::quick()
@@ -258,6 +263,7 @@ fn main() {
             p.requests = requests.unwrap_or(p.requests).max(1);
             p.concurrency = concurrency.unwrap_or(p.concurrency).max(1);
             p.sharing = sharing;
+            p.systems = systems;
             kvcache::run(&p, &mut report);
         }
         Workload::Mixed {

@@ -35,6 +35,13 @@ async fn same_host_clients_move_bytes_through_shared_memory_and_see_quic_writes(
         .await
         .unwrap();
     assert_eq!(quic.transport().await.unwrap(), Transport::Quic);
+    // The background prefault ends; without shared memory there is nothing to wait for.
+    for c in [&shm, &quic] {
+        tokio::time::timeout(Duration::from_secs(60), c.shm_prefaulted())
+            .await
+            .expect("shm_prefaulted never returned")
+            .unwrap();
+    }
 
     // Single values of several sizes, through shared memory both ways.
     for (i, len) in [1, 4095, 4 * MIB, 16 * MIB + 3].into_iter().enumerate() {

@@ -41,6 +41,8 @@ pub(crate) struct SharedSegments {
     /// The server instance whose segments these are.
     instance: u64,
     maps: HashMap<(u8, u32), MmapRaw>,
+    /// Becomes true once the background prefault ended (done, or stopped by the kernel).
+    prefaulted: tokio::sync::watch::Sender<bool>,
 }
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
@@ -137,7 +139,11 @@ impl SharedSegments {
                 .map_err(|e| unavailable("mapping a segment", e))?;
             maps.insert((info.tier, info.segment), map);
         }
-        Ok(SharedSegments { instance, maps })
+        Ok(SharedSegments {
+            instance,
+            maps,
+            prefaulted: tokio::sync::watch::Sender::new(false),
+        })
     }
 
     /// Builds this process's page tables for every segment on a background thread, so
@@ -149,10 +155,11 @@ impl SharedSegments {
         let weak = Arc::downgrade(segments);
         let spans: Vec<((u8, u32), usize)> =
             segments.maps.iter().map(|(k, m)| (*k, m.len())).collect();
+        let done = segments.prefaulted.clone();
         let spawned = std::thread::Builder::new()
             .name("strata-shm-prefault".into())
             .spawn(move || {
-                for (key, len) in spans {
+                'segments: for (key, len) in spans {
                     for offset in (0..len).step_by(PREFAULT_STEP) {
                         let Some(segments) = weak.upgrade() else {
                             return; // unmapped meanwhile
@@ -161,14 +168,23 @@ impl SharedSegments {
                         let map = &segments.maps[&key];
                         if let Err(e) = map.advise_range(Advice::PopulateWrite, offset, step) {
                             tracing::debug!("prefaulting shared memory stopped: {e}");
-                            return;
+                            break 'segments;
                         }
                     }
                 }
+                done.send_replace(true);
             });
         if let Err(e) = spawned {
             tracing::debug!("no prefault thread: {e}");
+            segments.prefaulted.send_replace(true);
         }
+    }
+
+    /// Waits until the background prefault ended (at once if it has).
+    pub async fn prefaulted(&self) {
+        let mut done = self.prefaulted.subscribe();
+        // The sender lives in `self`, so the wait ends only by the value turning true.
+        let _ = done.wait_for(|&d| d).await;
     }
 
     /// The server instance these segments belong to.
@@ -293,7 +309,18 @@ mod tests {
         SharedSegments {
             instance: 7,
             maps: HashMap::from([((0, 0), map)]),
+            prefaulted: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    #[tokio::test]
+    async fn prefaulted_ends_once_the_background_prefault_covered_every_segment() {
+        let segments = Arc::new(local_segments(2 * PREFAULT_STEP as u64 + 4096));
+        assert!(!*segments.prefaulted.borrow(), "done before it started");
+        SharedSegments::prefault_in_background(&segments);
+        tokio::time::timeout(Duration::from_secs(60), segments.prefaulted())
+            .await
+            .expect("the prefault never reported its end");
     }
 
     fn at(offset: u64, len: u64) -> Location {
