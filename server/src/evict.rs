@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_epoch as epoch;
+use crossbeam_epoch::{self as epoch, Guard};
 
 use crate::engine::index::{key_hash, State};
 use crate::engine::Inner;
@@ -24,6 +24,9 @@ use crate::tier::{Extent, ObjectWrite, Tier};
 
 /// Recency-list entries each shard offers per round.
 const OFFER_PER_SHARD: usize = 16;
+/// Bytes of victims demoted together: one [`Tier::store_objects`] call (for ssd, one
+/// io_uring submission of that many writes; its staging buffers are as large).
+const DEMOTION_BATCH_BYTES: u64 = 32 << 20;
 /// Entries a shard may walk past (leased ones) per round before giving up; doubles while a
 /// round finds nothing, so deep evictable objects are still reached.
 const INITIAL_WALK_BUDGET: usize = 256;
@@ -100,8 +103,14 @@ impl Inner {
     }
 
     /// Frees at least `target` bytes of tier `i` if that many are evictable; returns the bytes
-    /// freed (demoted or dropped).
+    /// freed (demoted or dropped). Waits for any other evictor of the tier first.
     pub(crate) fn evict(&self, i: usize, target: u64) -> u64 {
+        let _evicting = self.evictors[i].lock();
+        self.evict_locked(i, target)
+    }
+
+    /// [`Inner::evict`] for a caller that holds `evictors[i]`.
+    pub(crate) fn evict_locked(&self, i: usize, target: u64) -> u64 {
         let tier = i as u8;
         let mut freed = 0;
         let mut budget = INITIAL_WALK_BUDGET;
@@ -143,24 +152,160 @@ impl Inner {
                 break;
             }
             offers.sort_unstable_by_key(|c| c.stamp);
+            // This round's victims: oldest first, as many as the target still needs, up to
+            // the first shard whose offer runs out (it may hold older objects than the
+            // next offer, so it is asked again next round).
             let mut taken = vec![0usize; self.shards.len()];
-            let mut progress = false;
+            let mut victims = 0;
+            let mut wanted = 0;
             for c in &offers {
-                if freed >= target {
+                if freed + wanted >= target {
                     break;
                 }
-                if self.evict_one(i, c) {
-                    freed += c.len;
-                    progress = true;
-                }
+                victims += 1;
+                wanted += c.len;
                 taken[c.shard] += 1;
                 if taken[c.shard] == offered[c.shard] && more[c.shard] {
-                    break; // This shard may hold older objects than the next offer: ask again.
+                    break;
                 }
             }
-            if !progress {
+            let progress = self.evict_batch(i, &offers[..victims]);
+            if progress == 0 {
                 break;
             }
+            freed += progress;
+        }
+        // The victims' bytes were retired under guards now dropped: push them to the
+        // collector so the space returns as soon as current readers unpin.
+        epoch::pin().flush();
+        self.tiers[i].reclaim_retired();
+        freed
+    }
+
+    /// Demotes or drops `victims` (of tier `i`); returns the bytes that left the tier.
+    /// Demotions to a tier that does I/O go in batches of [`DEMOTION_BATCH_BYTES`], one
+    /// [`Tier::store_objects`] call each, so the device sees them together (one io_uring
+    /// submission) rather than one write at a time.
+    fn evict_batch(&self, i: usize, victims: &[Candidate]) -> u64 {
+        let Some(below) = self.tiers.get(i + 1) else {
+            return victims
+                .iter()
+                .filter(|c| self.drop_victim(i, c))
+                .map(|c| c.len)
+                .sum();
+        };
+        let mut freed = 0;
+        let mut start = 0;
+        while start < victims.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < victims.len()
+                && (end == start || bytes + victims[end].len <= DEMOTION_BATCH_BYTES)
+            {
+                bytes += victims[end].len;
+                end += 1;
+            }
+            let mut moving = Vec::with_capacity(end - start);
+            for c in &victims[start..end] {
+                let hits = self.shards[c.shard]
+                    .0
+                    .lock()
+                    .live(c.slot, c.generation)
+                    .map(|e| e.hits);
+                let Some(hits) = hits else { continue }; // removed meanwhile
+                let dst = below
+                    .admits(hits)
+                    .then(|| self.allocate_evicting(i + 1, c.len))
+                    .flatten();
+                match dst {
+                    Some(dst) => moving.push((c, dst)),
+                    None => freed += if self.drop_victim(i, c) { c.len } else { 0 },
+                }
+            }
+            freed += self.demote_all_of(i, &moving);
+            start = end;
+        }
+        freed
+    }
+
+    /// Drops one victim from the index; false if it changed meanwhile (used, leased,
+    /// removed).
+    fn drop_victim(&self, i: usize, c: &Candidate) -> bool {
+        let guard = epoch::pin();
+        let mut shard = self.shards[c.shard].0.lock();
+        if !self.still_evictable(&shard, i, c) {
+            return false;
+        }
+        let hash = key_hash(&shard.entry(c.slot).key);
+        self.drop_entry(&mut shard, hash, c.slot, &guard);
+        drop(shard);
+        self.count_eviction(i, c.len);
+        true
+    }
+
+    /// Copies each victim into its extent of tier i+1 in one [`Tier::store_objects`] call,
+    /// without holding a shard lock, then moves each one that is still evictable; returns
+    /// the bytes that left tier `i`. A victim whose source is not host memory (device) goes
+    /// through [`Inner::demote`] alone. One whose write failed is dropped, rather than let
+    /// tier `i` fill with objects that cannot leave.
+    fn demote_all_of(&self, i: usize, moving: &[(&Candidate, Extent)]) -> u64 {
+        let mut freed = 0;
+        let guard = epoch::pin();
+        let (src_tier, dst_tier) = (&*self.tiers[i], &*self.tiers[i + 1]);
+        let mut batch: Vec<(&Candidate, Extent, Extent, Box<[u8]>)> = Vec::new();
+        for &(c, dst) in moving {
+            let seen = {
+                let shard = self.shards[c.shard].0.lock();
+                self.still_evictable(&shard, i, c).then(|| {
+                    let e = shard.entry(c.slot);
+                    (e.extent, e.key.clone())
+                })
+            };
+            let Some((src, key)) = seen else {
+                dst_tier.retire(dst, &guard);
+                continue;
+            };
+            // SAFETY: `src` was complete when seen under `guard`: not reclaimed before the
+            // guard drops, and nobody writes it.
+            if unsafe { src_tier.host_bytes(&src) }.is_some() {
+                batch.push((c, src, dst, key));
+                continue;
+            }
+            freed += match self.demote(i, c, dst) {
+                Demotion::Done => c.len,
+                Demotion::Changed => 0,
+                Demotion::Failed if self.drop_victim(i, c) => c.len,
+                Demotion::Failed => 0,
+            };
+        }
+        let writes: Vec<ObjectWrite<'_>> = batch
+            .iter()
+            .map(|(_, src, dst, key)| ObjectWrite {
+                extent: *dst,
+                key,
+                // SAFETY: as above; checked to be host memory.
+                value: unsafe { src_tier.host_bytes(src) }.expect("checked above"),
+            })
+            .collect();
+        // SAFETY: each value is its source extent's bytes, unwritten and unreclaimed while
+        // `guard` lives; each destination is a fresh extent only this call indexes.
+        let results = unsafe { dst_tier.store_objects(&writes) };
+        drop(writes);
+        for ((c, src, dst, _), result) in batch.into_iter().zip(results) {
+            if let Err(e) = result {
+                tracing::warn!(
+                    "demoting an object to the {} tier failed: {e}",
+                    dst_tier.kind().name()
+                );
+                dst_tier.retire(dst, &guard);
+                freed += if self.drop_victim(i, c) { c.len } else { 0 };
+                continue;
+            }
+            freed += if self.swap_demoted(i, c, src, dst, &guard) {
+                c.len
+            } else {
+                0
+            };
         }
         freed
     }
@@ -186,16 +331,7 @@ impl Inner {
                 }
             }
         }
-        let guard = epoch::pin();
-        let mut shard = self.shards[c.shard].0.lock();
-        if !self.still_evictable(&shard, i, c) {
-            return false;
-        }
-        let hash = key_hash(&shard.entry(c.slot).key);
-        self.drop_entry(&mut shard, hash, c.slot, &guard);
-        drop(shard);
-        self.count_eviction(i, c.len);
-        true
+        self.drop_victim(i, c)
     }
 
     fn still_evictable(
@@ -245,22 +381,39 @@ impl Inner {
             self.tiers[dst.tier as usize].retire(dst, &guard);
             return Demotion::Failed;
         }
+        if self.swap_demoted(i, c, src, dst, &guard) {
+            Demotion::Done
+        } else {
+            Demotion::Changed
+        }
+    }
+
+    /// Points the victim at its copy `dst` if it is still evictable and still at `src`
+    /// (retiring `src`); otherwise gives `dst` back. True if it moved.
+    fn swap_demoted(
+        &self,
+        i: usize,
+        c: &Candidate,
+        src: Extent,
+        dst: Extent,
+        guard: &Guard,
+    ) -> bool {
         let mut shard = self.shards[c.shard].0.lock();
         let unchanged = self.still_evictable(&shard, i, c) && shard.entry(c.slot).extent == src;
         if !unchanged {
             drop(shard);
-            self.tiers[dst.tier as usize].retire(dst, &guard);
-            return Demotion::Changed;
+            self.tiers[dst.tier as usize].retire(dst, guard);
+            return false;
         }
         shard.move_to(c.slot, dst);
         drop(shard);
-        self.tiers[i].retire(src, &guard);
+        self.tiers[i].retire(src, guard);
         self.counters.demotions.fetch_add(1, Ordering::Relaxed);
         self.tier_counters[i]
             .demotions
             .fetch_add(1, Ordering::Relaxed);
         self.count_eviction(i, c.len);
-        Demotion::Done
+        true
     }
 
     /// Counts an object of `len` bytes leaving tier `i` to make room.

@@ -73,6 +73,35 @@ fn three_times_dram_reads_back_byte_identical_some_from_ssd() {
     assert_eq!(s.max_value_len(), 8 * MIB);
 }
 
+/// Puts from many threads into a full dram: one of them evicts at a time, in batches,
+/// while the others wait for the space it frees. None is refused for want of space (the
+/// ssd below has room for all) and every value reads back identical.
+#[test]
+fn concurrent_puts_past_a_full_dram_all_land_and_read_back_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (threads, per_thread) = (8, 24); // 192 values: six times dram
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let s = &s;
+            scope.spawn(move || {
+                for i in (t..threads * per_thread).step_by(threads) {
+                    s.put(&key(i), &value(i), PutOptions::default())
+                        .unwrap_or_else(|e| panic!("put {i}: {e}"));
+                }
+            });
+        }
+    });
+    let st = s.stats();
+    assert!(st.counters.demotions >= 150, "{:?}", st.counters);
+    for i in 0..threads * per_thread {
+        assert!(
+            s.get(&key(i)).unwrap() == value(i),
+            "value {i} came back different"
+        );
+    }
+}
+
 #[test]
 fn a_hot_object_is_promoted_past_the_watermark_and_maintenance_demotes_colder_ones() {
     let dir = tempfile::tempdir().unwrap();

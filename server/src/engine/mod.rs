@@ -166,6 +166,10 @@ pub(crate) struct Inner {
     pub(crate) leases: lease_ledger::LeaseLedger,
     /// The maintenance thread, set once at open; puts that cross a watermark unpark it.
     maintenance: OnceLock<std::thread::Thread>,
+    /// Per tier: held by whoever evicts it. One evictor at a time picks disjoint victims
+    /// and batches their demotion; the others wait for it and then find the space it
+    /// freed, instead of racing for the same victims and each evicting a share.
+    pub(crate) evictors: Box<[Mutex<()>]>,
 }
 
 struct Maintenance {
@@ -257,6 +261,7 @@ impl Store {
                 .collect(),
             leases: lease_ledger::LeaseLedger::new(config.lease_ttl, started),
             maintenance: OnceLock::new(),
+            evictors: (0..config.tiers.len()).map(|_| Mutex::new(())).collect(),
             config,
         });
         inner.adopt_recovered();
@@ -977,8 +982,17 @@ impl Inner {
                 std::thread::yield_now();
                 continue;
             }
+            let Some(_evicting) = self.evictors[i].try_lock() else {
+                // Another put or maintenance is evicting this tier: wait for it, then
+                // take from the space it freed.
+                drop(self.evictors[i].lock());
+                continue;
+            };
+            if let Some(extent) = tier.allocate(len) {
+                return Some(extent); // freed between the attempt above and the lock
+            }
             let target = len.max((tier.capacity() as f64 * self.config.eviction_ratio) as u64);
-            if self.evict(i, target) == 0 {
+            if self.evict_locked(i, target) == 0 {
                 return None;
             }
         }
