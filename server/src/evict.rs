@@ -27,6 +27,9 @@ const OFFER_PER_SHARD: usize = 16;
 /// Bytes of victims demoted together: one [`Tier::store_objects`] call (for ssd, one
 /// io_uring submission of that many writes; its staging buffers are as large).
 const DEMOTION_BATCH_BYTES: u64 = 32 << 20;
+/// Rounds in a row whose every victim changed before it could be evicted, before an
+/// eviction gives up.
+const MAX_LOST_ROUNDS: u32 = 3;
 /// Entries a shard may walk past (leased ones) per round before giving up; doubles while a
 /// round finds nothing, so deep evictable objects are still reached.
 const INITIAL_WALK_BUDGET: usize = 256;
@@ -114,6 +117,7 @@ impl Inner {
         let tier = i as u8;
         let mut freed = 0;
         let mut budget = INITIAL_WALK_BUDGET;
+        let mut lost_rounds = 0;
         let mut offers: Vec<Candidate> = Vec::new();
         let mut scratch = Vec::new();
         while freed < target {
@@ -171,7 +175,13 @@ impl Inner {
             }
             let progress = self.evict_batch(i, &offers[..victims]);
             if progress == 0 {
-                break;
+                // Every victim of the round was used, leased or removed meanwhile; they
+                // leave the tails, so the next round is offered others. Bounded: a tier
+                // whose objects all keep changing is not evictable now.
+                lost_rounds += 1;
+                if lost_rounds > MAX_LOST_ROUNDS {
+                    break;
+                }
             }
             freed += progress;
         }
