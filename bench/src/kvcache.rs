@@ -441,11 +441,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
             .timed(1, (memcpy * 1e9) as u64, Duration::from_secs(1), None),
     );
 
-    let wanted = |name: &str| {
-        p.systems
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|w| w == name))
-    };
+    let wanted = |name: &str| crate::report::chosen(&p.systems, name);
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);

@@ -361,11 +361,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     let rt = runtime(p.concurrency.max(2));
     let mut results: Vec<(&'static str, f64)> = Vec::new();
 
-    let wanted = |name: &str| {
-        p.systems
-            .as_ref()
-            .is_none_or(|s| s.iter().any(|w| w == name))
-    };
+    let wanted = |name: &str| crate::report::chosen(&p.systems, name);
     if wanted("raw-odirect") {
         ceiling(base.path(), p, report);
     }

@@ -189,6 +189,11 @@ impl Report {
     }
 }
 
+/// Whether `--systems` (`None`: all) includes `name`.
+pub fn chosen(systems: &Option<Vec<String>>, name: &str) -> bool {
+    systems.as_ref().is_none_or(|s| s.iter().any(|w| w == name))
+}
+
 pub fn human_size(bytes: u64) -> String {
     match bytes {
         0 => "-".into(),
