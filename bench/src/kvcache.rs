@@ -11,7 +11,8 @@
 //!
 //! Per phase and system: the prefix hit ratio, lookup latency, store or load time per
 //! request, GB/s, and the time per request beyond a memcpy of the same bytes (what the
-//! store adds). memcpy of the same block sizes is measured in the same run as the ceiling.
+//! store adds). memcpy of the same block sizes is measured in the same run as the ceiling,
+//! right before and right after each system's phases (see [`Ceiling`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -85,6 +86,8 @@ pub struct KvParams {
     pub sharing: Sharing,
     /// Only these systems (all when `None`).
     pub systems: Option<Vec<String>>,
+    /// Length of one memcpy ceiling sample.
+    pub ceiling_sample: Duration,
 }
 
 impl KvParams {
@@ -98,6 +101,7 @@ impl KvParams {
             concurrency: 25,
             sharing: Sharing::Distinct,
             systems: None,
+            ceiling_sample: Duration::from_secs(1),
         }
     }
 
@@ -106,6 +110,7 @@ impl KvParams {
             tokens: 512,
             requests: 8,
             concurrency: 4,
+            ceiling_sample: Duration::from_millis(250),
             ..KvParams::full()
         }
     }
@@ -367,43 +372,66 @@ fn merge(into: &mut Option<Histogram<u64>>, from: &Option<Histogram<u64>>) {
     }
 }
 
-/// memcpy in blocks of `block` on every core at once (the loads run on every core too):
-/// the GB/s a load can never beat. The best of three one-second samples: this machine's
-/// memory bandwidth varies by a quarter from second to second (its neighbours), and a
-/// ceiling must not be a trough. Each thread copies from a source far larger than any
-/// cache (loads read blocks no one touched lately) into one request's worth of
-/// destination, both written before the clock starts, as a store's memory and an
-/// engine's KV-cache pool are.
-fn memcpy_gbps(block: usize, blocks: usize) -> f64 {
-    (0..3)
-        .map(|_| memcpy_gbps_all_cores(block, blocks))
-        .fold(0.0, f64::max)
+/// The memcpy ceiling beside one system: memcpy in blocks of the block size on every core
+/// at once (the loads run on every core too), the GB/s a load can never beat.
+///
+/// This machine's memory bandwidth moves by a quarter from second to second and from minute
+/// to minute (its neighbours), so a ceiling measured minutes before a system ran says
+/// little about the bandwidth that system had. Each system's ceiling is therefore measured
+/// right before its phases and right after them, each time as the best of two samples, and
+/// its ratios use the higher of the two: a ceiling must not be a trough. Both samples are
+/// reported as their own lines (`memcpy copy ceiling`, `beside` the system).
+struct Ceiling {
+    block: usize,
+    blocks: usize,
+    sample: Duration,
 }
 
-fn memcpy_gbps_all_cores(block: usize, blocks: usize) -> f64 {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    std::thread::scope(|s| {
-        let copies: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| memcpy_gbps_one_thread(block, blocks)))
-            .collect();
-        copies
-            .into_iter()
-            .map(|c| c.join().expect("memcpy thread"))
-            .sum()
-    })
+impl Ceiling {
+    /// Measures beside `system`, `when` (before or after its phases), and reports it.
+    fn measure(&self, system: &'static str, when: &'static str, report: &mut Report) -> f64 {
+        let gbps = (0..2).map(|_| self.all_cores()).fold(0.0, f64::max);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        report.add(
+            Record::new("kvcache", "memcpy", "copy", "ceiling")
+                .size(self.block as u64)
+                .concurrency(cores as u32)
+                .timed(1, (gbps * 1e9) as u64, Duration::from_secs(1), None)
+                .with("beside", system)
+                .with("when", when),
+        );
+        gbps
+    }
+
+    fn all_cores(&self) -> f64 {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::thread::scope(|s| {
+            let copies: Vec<_> = (0..threads)
+                .map(|_| s.spawn(|| memcpy_gbps_one_thread(self.block, self.blocks, self.sample)))
+                .collect();
+            copies
+                .into_iter()
+                .map(|c| c.join().expect("memcpy thread"))
+                .sum()
+        })
+    }
 }
 
 /// Bytes of source each memcpy thread cycles through: beyond the last-level cache.
 const MEMCPY_SOURCE: usize = 256 << 20;
 
-fn memcpy_gbps_one_thread(block: usize, blocks: usize) -> f64 {
+/// One thread's memcpy GB/s over `sample`. It copies from a source far larger than any
+/// cache (loads read blocks no one touched lately) into one request's worth of
+/// destination, both written before the clock starts, as a store's memory and an engine's
+/// KV-cache pool are.
+fn memcpy_gbps_one_thread(block: usize, blocks: usize, sample: Duration) -> f64 {
     let sources = MEMCPY_SOURCE.div_ceil(block.max(1)).max(blocks);
     let src: Vec<Vec<u8>> = (0..sources).map(|i| vec![i as u8; block]).collect();
     let mut dst: Vec<Vec<u8>> = (0..blocks).map(|_| vec![0xa5u8; block]).collect();
     let started = Instant::now();
     let mut copied = 0usize;
     for (i, s) in src.iter().cycle().enumerate() {
-        if i % sources == 0 && started.elapsed() >= Duration::from_secs(1) {
+        if i % sources == 0 && started.elapsed() >= sample {
             break;
         }
         dst[i % blocks].copy_from_slice(s);
@@ -432,14 +460,11 @@ pub fn run(p: &KvParams, report: &mut Report) {
         data as f64 / 1e9
     );
     let per_request = (p.tokens / p.block_tokens).max(1) * p.model.ranks as usize;
-    let memcpy = memcpy_gbps(block as usize, per_request);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    report.add(
-        Record::new("kvcache", "memcpy", "copy", "ceiling")
-            .size(block)
-            .concurrency(cores as u32)
-            .timed(1, (memcpy * 1e9) as u64, Duration::from_secs(1), None),
-    );
+    let ceiling = Ceiling {
+        block: block as usize,
+        blocks: per_request,
+        sample: p.ceiling_sample,
+    };
 
     let wanted = |name: &str| crate::report::chosen(&p.systems, name);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -451,7 +476,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     let capacity = (data + data / 4).max(256 << 20);
     // The engine in-process: what the store costs with no transport at all.
     if wanted("strata-embedded") {
-        embedded_phases(&client_rt, capacity, &requests, p, memcpy, report);
+        embedded_phases(&client_rt, capacity, &requests, p, &ceiling, report);
     }
     let transports: Vec<_> = [
         ("strata-shm", Transport::Shm),
@@ -492,7 +517,9 @@ pub fn run(p: &KvParams, report: &mut Report) {
                 Backend::Strata(Arc::clone(&first)),
                 Backend::Strata(Arc::clone(&second)),
             ];
-            phases(&client_rt, system, &instances, &requests, p, memcpy, report);
+            phases(
+                &client_rt, system, &instances, &requests, p, &ceiling, report,
+            );
             client_rt.block_on(async {
                 first.close().await;
                 second.close().await;
@@ -523,7 +550,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
         };
         let instances = [connect(), connect()];
         phases(
-            &client_rt, "redis", &instances, &requests, p, memcpy, report,
+            &client_rt, "redis", &instances, &requests, p, &ceiling, report,
         );
     }
 }
@@ -533,7 +560,7 @@ fn embedded_phases(
     capacity: u64,
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
-    memcpy: f64,
+    ceiling: &Ceiling,
     report: &mut Report,
 ) {
     let embedded = Arc::new(
@@ -556,7 +583,7 @@ fn embedded_phases(
         &instances,
         requests,
         p,
-        memcpy,
+        ceiling,
         report,
     );
     drop(instances);
@@ -624,23 +651,29 @@ fn raw_quic_ceiling(
     );
 }
 
-/// The three phases on `instances` (instance 1, instance 2) of one system.
+/// The three phases on `instances` (instance 1, instance 2) of one system, between two
+/// measurements of its memcpy ceiling.
 fn phases(
     rt: &tokio::runtime::Runtime,
     system: &'static str,
     instances: &[Backend; 2],
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
-    memcpy: f64,
+    ceiling: &Ceiling,
     report: &mut Report,
 ) {
-    let block = p.block_bytes();
-    for (name, client, store) in [
+    let before = ceiling.measure(system, "before", report);
+    let measured: Vec<_> = [
         ("cold", &instances[0], true),
         ("warm", &instances[0], false),
         ("warm-cross", &instances[1], false),
-    ] {
-        let m = phase(rt, client, requests, p, store);
+    ]
+    .into_iter()
+    .map(|(name, client, store)| (name, store, phase(rt, client, requests, p, store)))
+    .collect();
+    let memcpy = before.max(ceiling.measure(system, "after", report));
+    let block = p.block_bytes();
+    for (name, store, m) in measured {
         let gbps = m.bytes as f64 / m.elapsed.as_secs_f64() / 1e9;
         let hit_ratio = m.hits as f64 / m.asked.max(1) as f64;
         let (lookup, moved) = (m.lookup_ns.unwrap(), m.move_ns.unwrap());
@@ -686,6 +719,7 @@ mod tests {
             requests: 6,
             concurrency: 2,
             model: MODELS[1], // 4 ranks: every block is 4 keys
+            ceiling_sample: Duration::from_millis(50),
             ..KvParams::full()
         };
         let mut report = Report::new();
@@ -699,13 +733,24 @@ mod tests {
         };
         // 6 requests x 4 blocks x 4 ranks x 64 KiB.
         let all_blocks = 6 * 4 * 4 * (64 << 10);
-        assert!(find("memcpy", "copy", "ceiling").bytes > 0);
+        // The memcpy ceiling of each system, measured right before and right after it.
+        let ceiling = |system: &str, when: &str| {
+            records.iter().find(|r| {
+                r.system == "memcpy"
+                    && r.extra.get("beside").and_then(|v| v.as_str()) == Some(system)
+                    && r.extra.get("when").and_then(|v| v.as_str()) == Some(when)
+            })
+        };
         assert_eq!(find("raw-quic", "read", "ceiling").bytes, all_blocks);
         let mut systems = vec!["strata-embedded", "strata-shm", "strata-tcp", "strata-quic"];
         if redis {
             systems.push("redis");
         }
         for system in systems {
+            for when in ["before", "after"] {
+                let c = ceiling(system, when).unwrap_or_else(|| panic!("{system} {when}"));
+                assert!(c.bytes > 0, "{system} {when}: no memcpy measured");
+            }
             assert_eq!(
                 find(system, "lookup", "cold").extra["hit_ratio"],
                 0.0,

@@ -100,7 +100,7 @@ enum Workload {
         #[arg(long, value_enum, default_value = "distinct")]
         sharing: kvcache::Sharing,
         /// Only these systems, comma-separated: strata-embedded, strata-shm, strata-tcp,
-        /// strata-quic, raw-quic, redis (default: all; memcpy always runs).
+        /// strata-quic, raw-quic, redis (default: all; the memcpy ceiling is measured beside each).
         #[arg(long, value_delimiter = ',')]
         systems: Option<Vec<String>>,
     },

@@ -75,8 +75,17 @@ enum Metric {
 
 fn label(r: &Record) -> String {
     let size = crate::report::human_size(r.value_size);
+    // A ceiling measured beside each system says which one (and when).
+    let beside = match (r.extra.get("beside"), r.extra.get("when")) {
+        (Some(system), Some(when)) => format!(
+            " {} {}",
+            when.as_str().unwrap_or_default(),
+            system.as_str().unwrap_or_default()
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{} {} {} {} c{}",
+        "{} {} {}{beside} {} c{}",
         r.system, r.op, r.phase, size, r.concurrency
     )
 }
