@@ -13,7 +13,9 @@
 //! the TCP data plane (a server in-process, its own tiers), memcached with extstore and
 //! foyer's hybrid cache, with the raw O_DIRECT throughput of the same directory as the
 //! ceiling. Throughput is bytes served (hits) plus bytes stored, per second: a miss moves
-//! nothing and is not counted as work.
+//! nothing and is not counted as work. The strata systems' mix rows also carry their disk
+//! traffic during the mix (from the store's own I/O counters), the figure that bounds a
+//! working set larger than memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +24,9 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use strata_client::{Client, ErrorCode, Transport};
-use strata_server::{PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig};
+use strata_server::{
+    IoFigures, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
+};
 
 use crate::peers::{Memcached, MemcachedServer};
 use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
@@ -386,6 +390,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             "memcached-extstore",
             &rt,
             &system,
+            None,
             p,
             &values,
             &results,
@@ -423,7 +428,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     match foyer {
         Some(Ok(cache)) => {
             let system = Arc::new(System::Foyer(cache));
-            results.push(measure("foyer", &rt, &system, p, &values, &results, report));
+            let foyer = measure("foyer", &rt, &system, None, p, &values, &results, report);
+            results.push(foyer);
             if let System::Foyer(cache) = &*system {
                 let _ = rt.block_on(cache.close());
             }
@@ -447,11 +453,13 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     };
     if wanted("strata-embedded") {
         let store = Store::open(store_config("strata-embedded")).expect("embedded store");
-        let system = Arc::new(System::Embedded(Arc::new(store)));
+        let store = Arc::new(store);
+        let system = Arc::new(System::Embedded(Arc::clone(&store)));
         results.push(measure(
             "strata-embedded",
             &rt,
             &system,
+            Some(&store),
             p,
             &values,
             &results,
@@ -477,7 +485,16 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         );
         let client = served.client(&rt, transport);
         let system = Arc::new(System::Strata(Arc::clone(&client)));
-        results.push(measure(name, &rt, &system, p, &values, &results, report));
+        results.push(measure(
+            name,
+            &rt,
+            &system,
+            Some(&served.store),
+            p,
+            &values,
+            &results,
+            report,
+        ));
         rt.block_on(client.close());
         served.stop(&server_rt);
     }
@@ -510,12 +527,20 @@ fn ceiling(base: &Path, p: &MixedParams, report: &mut Report) {
     let _ = std::fs::remove_file(base.join("raw-odirect"));
 }
 
+/// The I/O counters of `store`'s disk tier, if it has one.
+fn disk_io(store: &Store) -> Option<IoFigures> {
+    store.stats().tiers.into_iter().find_map(|t| t.io)
+}
+
 /// Preloads then mixes on `system`; reports both; returns its mix GB/s. The strata
-/// systems' mix records carry their ratio to each peer measured before them.
+/// systems' mix records carry their ratio to each peer measured before them and, from
+/// `store`, their disk traffic during the mix.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     name: &'static str,
     rt: &tokio::runtime::Runtime,
     system: &Arc<System>,
+    store: Option<&Store>,
     p: &MixedParams,
     values: &Arc<Values>,
     peers: &[(&'static str, f64)],
@@ -530,7 +555,9 @@ fn measure(
             .timed(load.puts, load.bytes, load.elapsed, Some(&load.put_ns))
             .with("refused", load.refused),
     );
+    let io_before = store.and_then(disk_io);
     let m = mix(rt, system, p, values);
+    let io_after = store.and_then(disk_io);
     let hit_ratio = m.hits as f64 / m.gets.max(1) as f64;
     report.add(
         Record::new("mixed", name, "get", "mixed")
@@ -560,6 +587,17 @@ fn measure(
         .with("hit_ratio", crate::engine::round3(hit_ratio))
         .with("read_ratio", p.read_ratio)
         .with("working_set_x_dram", p.ratio);
+    if let (Some(a), Some(b)) = (io_before, io_after) {
+        let secs = m.elapsed.as_secs_f64().max(1e-9);
+        let gbps = |bytes: u64| crate::engine::round3(bytes as f64 / secs / 1e9);
+        total = total
+            .with("disk_read_gbps", gbps(b.read_bytes - a.read_bytes))
+            .with("disk_write_gbps", gbps(b.write_bytes - a.write_bytes))
+            .with(
+                "gets_from_disk",
+                crate::engine::round3((b.read_ops - a.read_ops) as f64 / m.gets.max(1) as f64),
+            );
+    }
     if name.starts_with("strata") {
         for (peer, gbps) in peers.iter().filter(|(s, _)| !s.starts_with("strata")) {
             total = total.with(

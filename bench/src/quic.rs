@@ -97,6 +97,8 @@ pub fn run(p: &QuicParams, report: &mut Report) {
 /// `capacity` bytes.
 pub(crate) struct Served {
     pub addr: std::net::SocketAddr,
+    /// The store the service serves, for its figures.
+    pub store: Arc<Store>,
     pub cert: std::path::PathBuf,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<bool>,
@@ -170,7 +172,8 @@ pub(crate) fn serve_store(
         data_plane,
         metrics_addr: None,
     };
-    let service = rt.block_on(async { Service::bind(store, config).expect("bind the service") });
+    let service =
+        rt.block_on(async { Service::bind(Arc::clone(&store), config).expect("bind the service") });
     let (addr, cert) = (service.local_addr(), service.cert_path().to_path_buf());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = rt.spawn(service.run(async {
@@ -178,6 +181,7 @@ pub(crate) fn serve_store(
     }));
     Served {
         addr,
+        store,
         cert,
         stop,
         task,
