@@ -217,12 +217,20 @@ impl Inner {
             }
             let mut moving = Vec::with_capacity(end - start);
             for c in &victims[start..end] {
-                let hits = self.shards[c.shard]
+                let seen = self.shards[c.shard]
                     .0
                     .lock()
                     .live(c.slot, c.generation)
-                    .map(|e| e.hits);
-                let Some(hits) = hits else { continue }; // removed meanwhile
+                    .map(|e| (e.hits, e.shadow()));
+                let Some((hits, shadow)) = seen else { continue }; // removed meanwhile
+                if shadow.is_some_and(|s| s.tier as usize == i + 1) {
+                    freed += if self.demote_onto_shadow(i, c) {
+                        c.len
+                    } else {
+                        0
+                    };
+                    continue;
+                }
                 let dst = below
                     .admits(hits)
                     .then(|| self.allocate_evicting(i + 1, c.len))
@@ -320,15 +328,42 @@ impl Inner {
         freed
     }
 
+    /// Points a victim whose shadow is in tier i+1 back at it, retiring its copy in tier
+    /// `i`: a demotion that writes nothing. False if it changed meanwhile.
+    fn demote_onto_shadow(&self, i: usize, c: &Candidate) -> bool {
+        let guard = epoch::pin();
+        let mut shard = self.shards[c.shard].0.lock();
+        if !self.still_evictable(&shard, i, c) {
+            return false;
+        }
+        let e = shard.entry(c.slot);
+        let (src, Some(shadow)) = (e.extent, e.shadow()) else {
+            return false;
+        };
+        if shadow.tier as usize != i + 1 {
+            return false;
+        }
+        shard.move_to_keeping(c.slot, shadow, None);
+        drop(shard);
+        self.tiers[i].retire(src, &guard);
+        self.count_demotion(i, c.len);
+        true
+    }
+
     /// Demotes or drops one victim; false if it changed meanwhile (used, leased, removed).
     fn evict_one(&self, i: usize, c: &Candidate) -> bool {
         if let Some(below) = self.tiers.get(i + 1) {
-            let hits = self.shards[c.shard]
+            let seen = self.shards[c.shard]
                 .0
                 .lock()
                 .live(c.slot, c.generation)
-                .map(|e| e.hits);
-            let Some(hits) = hits else { return false };
+                .map(|e| (e.hits, e.shadow()));
+            let Some((hits, shadow)) = seen else {
+                return false;
+            };
+            if shadow.is_some_and(|s| s.tier as usize == i + 1) {
+                return self.demote_onto_shadow(i, c);
+            }
             if below.admits(hits) {
                 if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
                     match self.demote(i, c, dst) {
@@ -418,12 +453,17 @@ impl Inner {
         shard.move_to(c.slot, dst);
         drop(shard);
         self.tiers[i].retire(src, guard);
+        self.count_demotion(i, c.len);
+        true
+    }
+
+    /// Counts an object of `len` bytes moved from tier `i` to the next one.
+    fn count_demotion(&self, i: usize, len: u64) {
         self.counters.demotions.fetch_add(1, Ordering::Relaxed);
         self.tier_counters[i]
             .demotions
             .fetch_add(1, Ordering::Relaxed);
-        self.count_eviction(i, c.len);
-        true
+        self.count_eviction(i, len);
     }
 
     /// Counts an object of `len` bytes leaving tier `i` to make room.

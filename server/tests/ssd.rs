@@ -6,8 +6,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
+use strata_proto::msg::Location;
 use strata_server::{
-    Admission, ErrorCode, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
+    Admission, Clock, ErrorCode, Extent, ManualClock, PutOptions, RecoveryMode, SsdOptions, Store,
+    StoreConfig, TierConfig,
 };
 
 const KIB: usize = 1024;
@@ -188,6 +190,117 @@ fn second_hit_admission_drops_victims_never_read() {
             "unread victims are dropped"
         );
     }
+}
+
+/// A store on a manual clock (leases end when the test says), with `key(0)` on ssd and
+/// room in dram for promotions; returns it with `key(0)`'s leased ssd extent.
+fn one_object_on_ssd(dir: &Path) -> (Store, ManualClock, Extent) {
+    let (clock, manual) = Clock::manual();
+    let s = Store::open_with_clock(config(dir, Admission::AdmitAll), clock).unwrap();
+    fill(&s, 40);
+    for i in 30..40 {
+        s.remove(&key(i), true).unwrap();
+    }
+    s.reclaim(Duration::from_secs(5));
+    let lease = s.get_locations(&[key(0)]).pop().unwrap().unwrap();
+    assert_eq!(lease.extent.tier, 1, "the oldest object was demoted");
+    (s, manual, lease.extent)
+}
+
+fn location(e: &Extent) -> Location {
+    Location {
+        tier: e.tier,
+        segment: u32::from(e.segment),
+        offset: e.offset,
+        len: e.len,
+    }
+}
+
+/// What a data-plane reader leased on `at` gets.
+fn read_at(s: &Store, at: &Extent) -> strata_server::Result<Vec<u8>> {
+    let mut buf = vec![0u8; at.len as usize];
+    s.read_value_at(&key(0), &location(at), &mut buf)
+        .map(|()| buf)
+}
+
+/// A promotion moves a leased object: the reader holding the old location must still
+/// read it there, and demoting the object again must not write its bytes a second time.
+#[test]
+fn a_promoted_object_keeps_its_ssd_copy_for_leased_readers_and_returns_to_it_without_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, clock, on_ssd) = one_object_on_ssd(dir.path());
+    for _ in 0..2 {
+        assert_eq!(s.get(&key(0)).unwrap(), value(0));
+    }
+    assert_eq!(tier_of(&s, &key(0)), 0, "promoted by its second read");
+    assert_eq!(
+        read_at(&s, &on_ssd).expect("the leased ssd location still holds the value"),
+        value(0)
+    );
+
+    // Once the leases end, push it out of dram with new puts.
+    clock.advance(Duration::from_secs(60));
+    let before = s.stats();
+    fill_from(&s, 100, 140);
+    let after = s.stats();
+    assert_eq!(tier_of(&s, &key(0)), 1, "demoted again");
+    let now = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
+    assert_eq!(now, on_ssd, "back on its own ssd copy");
+    assert_eq!(s.get(&key(0)).unwrap(), value(0));
+    // Every other demotion writes its value and its header; this one wrote nothing.
+    let demoted = after.counters.demotions - before.counters.demotions;
+    let (io0, io1) = (before.tiers[1].io.clone(), after.tiers[1].io.clone());
+    let writes = io1.unwrap().write_ops - io0.unwrap().write_ops;
+    assert!(demoted >= 2, "{demoted}");
+    assert_eq!(writes, 2 * (demoted - 1), "{demoted} demotions");
+}
+
+/// The TCP data plane reads a leased ssd object by location. Those reads count as hits
+/// and promote it, like gets: a value read only that way must not stay on disk for good.
+#[test]
+fn data_plane_reads_of_an_ssd_object_promote_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _clock, on_ssd) = one_object_on_ssd(dir.path());
+    assert_eq!(read_at(&s, &on_ssd).unwrap(), value(0));
+    assert_eq!(tier_of(&s, &key(0)), 1, "one read is not enough");
+    assert_eq!(read_at(&s, &on_ssd).unwrap(), value(0));
+    assert_eq!(tier_of(&s, &key(0)), 0, "promoted after its second read");
+    assert_eq!(s.stats().counters.promotions, 1);
+    assert_eq!(
+        read_at(&s, &on_ssd).unwrap(),
+        value(0),
+        "shadow still served"
+    );
+}
+
+/// Removing a promoted object frees both its copies.
+#[test]
+fn removing_a_promoted_object_frees_its_ssd_copy_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _clock, on_ssd) = one_object_on_ssd(dir.path());
+    let ssd_used = |s: &Store| s.stats().tiers[1].used;
+    let with_it = ssd_used(&s);
+    for _ in 0..2 {
+        s.get(&key(0)).unwrap();
+    }
+    assert_eq!(tier_of(&s, &key(0)), 0);
+    assert_eq!(
+        ssd_used(&s),
+        with_it,
+        "the ssd copy stays while it is in dram"
+    );
+    s.remove(&key(0), true).unwrap();
+    assert!(s.reclaim(Duration::from_secs(5)));
+    assert!(
+        ssd_used(&s) < with_it,
+        "its ssd record was freed: {} -> {}",
+        with_it,
+        ssd_used(&s)
+    );
+    assert_eq!(
+        read_at(&s, &on_ssd).unwrap_err().code(),
+        ErrorCode::LeaseExpired
+    );
 }
 
 fn fill_from(s: &Store, from: usize, to: usize) {

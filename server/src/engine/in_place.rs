@@ -76,6 +76,9 @@ impl Store {
         let tier = &self.inner.tiers[extent.tier as usize];
         // SAFETY: as in `with_value_bytes`; `buf` is exactly the extent's length.
         let read = unsafe { tier.read(&extent, buf) };
+        if read.is_ok() && !self.inner.read_in_place(extent.tier) {
+            self.read_through_io(key, extent, buf);
+        }
         if let Err(e) = &read {
             if e.code() == ErrorCode::Corrupt {
                 let hash = key_hash(key);
@@ -92,6 +95,33 @@ impl Store {
             }
         }
         read
+    }
+
+    /// Counts a read of `key`'s bytes at `extent` (a tier read through I/O, just copied
+    /// into `value`) as a hit, as a get does, and promotes the object once it is read
+    /// often enough there: a value read only through the data plane would otherwise never
+    /// leave the disk however hot it is (the lease counted no hit; see `get_locations`).
+    fn read_through_io(&self, key: &[u8], extent: Extent, value: &[u8]) {
+        let hash = key_hash(key);
+        let mut shard = self.inner.shard(hash);
+        let Some(slot) = shard.find(hash, key) else {
+            return;
+        };
+        if shard.entry(slot).extent != extent {
+            return; // read from its shadow: it was promoted already
+        }
+        shard.hit(slot);
+        let e = shard.entry(slot);
+        let promote = e.hits >= super::PROMOTE_AFTER_HITS;
+        let at = super::ObjectAt {
+            hash,
+            slot,
+            generation: e.generation,
+        };
+        drop(shard);
+        if promote {
+            self.inner.promote(at, extent, value);
+        }
     }
 
     /// Runs `f` on bytes `range` of the value `writer` reserved for `key`, for writing, in
@@ -131,14 +161,18 @@ impl Store {
         let hash = key_hash(key);
         let shard = self.inner.shard(hash);
         let e = shard.find(hash, key).map(|slot| shard.entry(slot));
-        match e.map(|e| (e.state, e.extent)) {
-            Some((State::Complete, x))
-                if (x.tier, u32::from(x.segment), x.offset, x.len)
-                    == (at.tier, at.segment, at.offset, at.len) =>
-            {
-                Ok(x)
-            }
-            _ => Err(moved()),
-        }
+        let same = |x: &Extent| {
+            (x.tier, u32::from(x.segment), x.offset, x.len)
+                == (at.tier, at.segment, at.offset, at.len)
+        };
+        // Its own extent, or the shadow a promotion left where the lease found it.
+        e.filter(|e| e.state == State::Complete)
+            .and_then(|e| {
+                [Some(e.extent), e.shadow()]
+                    .into_iter()
+                    .flatten()
+                    .find(same)
+            })
+            .ok_or_else(moved)
     }
 }

@@ -11,7 +11,8 @@
 //! Pinned objects are on no list, so eviction never even looks at them. Every entry is on at
 //! most one list, so one pair of links serves all of them. The key lives only in the entry;
 //! the table stores a `u32` slot and compares keys through the slab, which keeps an object's
-//! index cost near 90 bytes plus its key.
+//! index cost near 105 bytes plus its key (a 96-byte entry, of which 16 hold the shadow a
+//! promotion from ssd keeps, plus the table's bucket).
 
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
@@ -53,6 +54,44 @@ pub(crate) struct Entry {
     /// Complete: reads since the object arrived in its tier (saturating). Drives ssd
     /// admission (was it read in dram?) and promotion (read again on ssd?).
     pub hits: u8,
+    /// The copy an object promoted from a tier read through I/O keeps there (see
+    /// [`Entry::shadow`]), as the fields of an extent of `extent.len` bytes: apart, they
+    /// pack into the entry's padding (16 bytes, not a 24-byte `Extent`).
+    shadow_offset: u64,
+    shadow_block: u32,
+    shadow_segment: u16,
+    /// `NO_TIER` when there is no shadow.
+    shadow_tier: u8,
+}
+
+impl Entry {
+    /// The object's second copy, in a tier below its own, if it has one. A promotion
+    /// from a tier read through I/O (ssd) keeps the source as this shadow: a reader that
+    /// was leased the old location still finds the bytes there, and demoting the object
+    /// back writes nothing (the values are immutable). It goes when the object does.
+    pub fn shadow(&self) -> Option<Extent> {
+        (self.shadow_tier != NO_TIER).then_some(Extent {
+            tier: self.shadow_tier,
+            segment: self.shadow_segment,
+            block: self.shadow_block,
+            offset: self.shadow_offset,
+            len: self.extent.len,
+        })
+    }
+
+    /// Whether `at` is where this object's bytes are: its extent or its shadow.
+    pub fn holds(&self, at: &Extent) -> bool {
+        self.extent == *at || self.shadow() == Some(*at)
+    }
+
+    fn set_shadow(&mut self, shadow: Option<Extent>) {
+        let s = shadow.unwrap_or(NO_EXTENT);
+        debug_assert!(shadow.is_none_or(|s| s.len == self.extent.len));
+        self.shadow_tier = s.tier;
+        self.shadow_segment = s.segment;
+        self.shadow_block = s.block;
+        self.shadow_offset = s.offset;
+    }
 }
 
 const NO_EXTENT: Extent = Extent {
@@ -152,6 +191,10 @@ impl Shard {
             state: State::Pending,
             pinned,
             hits: 0,
+            shadow_offset: 0,
+            shadow_block: 0,
+            shadow_segment: 0,
+            shadow_tier: NO_TIER,
         };
         let slot = if self.vacant != NIL {
             let slot = self.vacant;
@@ -232,7 +275,19 @@ impl Shard {
         e.hits = e.hits.saturating_add(1);
     }
 
-    /// Points a complete object at a new extent in another tier (demotion).
+    /// Forgets a complete object's shadow (the caller retires its extent).
+    pub fn drop_shadow(&mut self, slot: u32) {
+        self.entries[slot as usize].set_shadow(None);
+    }
+
+    /// Points a complete object at a new extent in another tier and sets its shadow.
+    pub fn move_to_keeping(&mut self, slot: u32, extent: Extent, shadow: Option<Extent>) {
+        self.move_to(slot, extent);
+        self.entries[slot as usize].set_shadow(shadow);
+    }
+
+    /// Points a complete object at a new extent in another tier (demotion); its shadow,
+    /// if any, stays.
     pub fn move_to(&mut self, slot: u32, extent: Extent) {
         let old = self.entries[slot as usize].extent.tier;
         self.unlink(slot);
@@ -261,6 +316,7 @@ impl Shard {
         }
         self.key_bytes -= e.key.len() as u64;
         let extent = e.extent;
+        e.set_shadow(None);
         e.key = Box::default();
         e.extent = NO_EXTENT;
         e.state = State::Vacant;
@@ -382,6 +438,13 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+    /// The index costs an entry per object: the shadow's fields must fill padding and one
+    /// more 16 bytes, not add a whole extent.
+    #[test]
+    fn an_entry_stays_at_96_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+    }
+
     use super::*;
 
     fn ext(tier: u8, len: u64) -> Extent {

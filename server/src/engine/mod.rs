@@ -743,8 +743,13 @@ impl Inner {
 
     /// Copies a value just read from a lower tier into the tier above and points the
     /// object there, if that tier has free space and the object is unchanged.
-    /// A lease does not hold a lower-tier object in place: its holder reads it through the
-    /// server by key, and in-process readers keep the old extent through the epoch.
+    ///
+    /// The source stays readable for whoever was leased it. From a tier read through I/O
+    /// (ssd) it becomes the object's shadow ([`Entry::shadow`](index::Entry::shadow)):
+    /// the bytes stay where the lease said, and demoting the object again writes nothing.
+    /// Kept only while that tier is under its watermark, since its eviction cannot reach a
+    /// shadow. Otherwise the source is retired (in-process readers keep it through the
+    /// epoch), which a lease forbids: a leased object is then left where it is.
     ///
     /// The tier above may be past its watermark: a working set larger than memory keeps
     /// it there, and refusing promotion then would leave hot objects on disk for good.
@@ -768,18 +773,31 @@ impl Inner {
         // SAFETY: `dst` is freshly allocated and indexed by nobody, so this is its only
         // writer and it has no reader; `value` is exactly `dst.len` bytes.
         let copied = unsafe { tier.write(&dst, 0, value) };
+        let shadow_room = !self.read_in_place(src.tier) && !self.above_watermark(src.tier as usize);
+        let now = self.clock.now();
         let mut shard = self.shard(at.hash);
-        let unchanged = shard
+        // Some(keep the source as shadow) when the object may move.
+        let movable = shard
             .live(at.slot, at.generation)
-            .is_some_and(|e| e.state == State::Complete && e.extent == src);
-        if copied.is_err() || !unchanged {
+            .filter(|e| e.state == State::Complete && e.extent == src)
+            .and_then(|e| {
+                let keep = shadow_room && e.shadow().is_none();
+                (keep || e.lease_until <= now).then_some(keep)
+            });
+        let Some(keep) = movable.filter(|_| copied.is_ok()) else {
             drop(shard);
             tier.retire(dst, &guard);
             return;
+        };
+        if keep {
+            shard.move_to_keeping(at.slot, dst, Some(src));
+        } else {
+            shard.move_to(at.slot, dst);
         }
-        shard.move_to(at.slot, dst);
         drop(shard);
-        self.tiers[src.tier as usize].retire(src, &guard);
+        if !keep {
+            self.tiers[src.tier as usize].retire(src, &guard);
+        }
         self.counters.promotions.fetch_add(1, Ordering::Relaxed);
         self.tier_counters[up]
             .promotions
@@ -787,17 +805,23 @@ impl Inner {
     }
 
     /// Drops an object whose stored bytes failed their checksum, if it is still the one
-    /// read from `extent`.
+    /// read from `extent`. A corrupt shadow goes alone: the object's own copy is another.
     pub(crate) fn drop_corrupt(&self, at: ObjectAt, extent: Extent) {
         let guard = epoch::pin();
         let mut shard = self.shard(at.hash);
-        let unchanged = shard
+        let Some(e) = shard
             .live(at.slot, at.generation)
-            .is_some_and(|e| e.state == State::Complete && e.extent == extent);
-        if unchanged {
+            .filter(|e| e.state == State::Complete && e.holds(&extent))
+        else {
+            return;
+        };
+        if e.extent == extent {
             self.drop_entry(&mut shard, at.hash, at.slot, &guard);
-            self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shard.drop_shadow(at.slot);
+            self.tiers[extent.tier as usize].retire(extent, &guard);
         }
+        self.counters.corrupt.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The next number of the logical recency clock.
@@ -816,9 +840,12 @@ impl Inner {
 
     /// Removes an entry from the index and retires its extent.
     pub fn drop_entry(&self, shard: &mut Shard, hash: u64, slot: u32, guard: &epoch::Guard) {
+        let shadow = shard.entry(slot).shadow();
         let extent = shard.remove(hash, slot);
-        if extent.tier != NO_TIER {
-            self.tiers[extent.tier as usize].retire(extent, guard);
+        for x in std::iter::once(extent).chain(shadow) {
+            if x.tier != NO_TIER {
+                self.tiers[x.tier as usize].retire(x, guard);
+            }
         }
     }
 
