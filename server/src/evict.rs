@@ -389,7 +389,7 @@ impl Inner {
             e.state == State::Complete
                 && (!e.pinned || c.relocating)
                 && e.extent.tier as usize == i
-                && e.lease_until <= self.clock.now()
+                && (e.lease_until <= self.clock.now() || e.may_return_to_shadow(i as u8))
         })
     }
 

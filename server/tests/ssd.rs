@@ -255,6 +255,44 @@ fn a_promoted_object_keeps_its_ssd_copy_for_leased_readers_and_returns_to_it_wit
     assert_eq!(writes, 2 * (demoted - 1), "{demoted} demotions");
 }
 
+/// A lease taken before a promotion names the shadow, so the dram copy may go back onto
+/// it while that lease runs (else reads under leases fill dram with copies that cannot
+/// leave, and puts are refused). A lease on the dram copy holds it there.
+#[test]
+fn a_promoted_object_leased_only_on_its_shadow_can_be_evicted_onto_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, clock, on_ssd) = one_object_on_ssd(dir.path());
+    for _ in 0..2 {
+        assert_eq!(read_at(&s, &on_ssd).unwrap(), value(0));
+    }
+    let promoted = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
+    assert_eq!(promoted.tier, 0, "promoted");
+    // That lease names the dram copy: new puts must leave it in dram.
+    fill_from(&s, 100, 140);
+    assert_eq!(tier_of(&s, &key(0)), 0, "leased in dram: stays");
+
+    // Once every lease has ended, promote it again without leasing the dram copy: the
+    // lease taken on ssd before the promotion runs on while puts push it back down.
+    clock.advance(Duration::from_secs(60));
+    fill_from(&s, 200, 240);
+    let back = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
+    assert_eq!(back, on_ssd, "demoted onto its shadow");
+    for _ in 0..2 {
+        assert_eq!(read_at(&s, &on_ssd).unwrap(), value(0));
+    }
+    assert_eq!(s.stats().counters.promotions, 2);
+    fill_from(&s, 300, 340);
+    assert_eq!(
+        read_at(&s, &on_ssd).expect("the ssd lease still reads"),
+        value(0)
+    );
+    let st = s.stats();
+    assert_eq!(st.tiers[0].objects + st.tiers[1].objects, st.objects);
+    let now = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
+    assert_eq!(now, on_ssd, "evicted onto its shadow under the ssd lease");
+    assert_eq!(s.get(&key(0)).unwrap(), value(0));
+}
+
 /// The TCP data plane reads a leased ssd object by location. Those reads count as hits
 /// and promote it, like gets: a value read only that way must not stay on disk for good.
 #[test]

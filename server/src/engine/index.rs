@@ -62,6 +62,10 @@ pub(crate) struct Entry {
     shadow_segment: u16,
     /// `NO_TIER` when there is no shadow.
     shadow_tier: u8,
+    /// Complete: a lease was granted since the object came to its extent. A lease taken
+    /// before its promotion names the shadow, so until one names the new extent, the
+    /// object may go back onto its shadow while leased ([`Entry::may_return_to_shadow`]).
+    leased_at_extent: bool,
 }
 
 impl Entry {
@@ -77,6 +81,19 @@ impl Entry {
             offset: self.shadow_offset,
             len: self.extent.len,
         })
+    }
+
+    /// Extends its lease to `until` (never shortens it).
+    pub fn lease(&mut self, until: u64) {
+        self.lease_until = self.lease_until.max(until);
+        self.leased_at_extent = true;
+    }
+
+    /// Whether eviction from tier `tier` may put it back onto its shadow despite an
+    /// unexpired lease: the shadow is in the tier below and no lease names the extent
+    /// being left, so every lease holder reads the shadow, which stays.
+    pub fn may_return_to_shadow(&self, tier: u8) -> bool {
+        !self.leased_at_extent && self.shadow_tier != NO_TIER && self.shadow_tier == tier + 1
     }
 
     /// Whether `at` is where this object's bytes are: its extent or its shadow.
@@ -195,6 +212,7 @@ impl Shard {
             shadow_block: 0,
             shadow_segment: 0,
             shadow_tier: NO_TIER,
+            leased_at_extent: false,
         };
         let slot = if self.vacant != NIL {
             let slot = self.vacant;
@@ -293,6 +311,7 @@ impl Shard {
         self.unlink(slot);
         self.entries[slot as usize].extent = extent;
         self.entries[slot as usize].hits = 0;
+        self.entries[slot as usize].leased_at_extent = false;
         self.objects[old as usize] -= 1;
         self.objects[extent.tier as usize] += 1;
         if !self.entries[slot as usize].pinned {
@@ -341,7 +360,7 @@ impl Shard {
         let mut taken = 0;
         while slot != NIL && taken < max && seen < budget {
             let e = &self.entries[slot as usize];
-            if e.lease_until <= now {
+            if e.lease_until <= now || e.may_return_to_shadow(tier) {
                 out.push((e.stamp, slot, e.generation, e.extent.len));
                 taken += 1;
             }
@@ -438,14 +457,14 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     /// The index costs an entry per object: the shadow's fields must fill padding and one
     /// more 16 bytes, not add a whole extent.
     #[test]
     fn an_entry_stays_at_96_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 96);
     }
-
-    use super::*;
 
     fn ext(tier: u8, len: u64) -> Extent {
         Extent {

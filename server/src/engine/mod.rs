@@ -386,7 +386,7 @@ impl Store {
                 }
                 let e = shard.entry_mut(slot);
                 grants.grant(e.lease_until);
-                e.lease_until = e.lease_until.max(until);
+                e.lease(until);
                 Ok(ReadLease {
                     extent: e.extent,
                     checksum: e.tag,
@@ -1255,7 +1255,7 @@ impl Inner {
                     if lease {
                         let e = shard.entry_mut(slot);
                         grants.grant(e.lease_until);
-                        e.lease_until = e.lease_until.max(until);
+                        e.lease(until);
                     }
                 } else {
                     vanished = vanished.min(pos_of[k] as usize);
