@@ -527,9 +527,17 @@ fn ceiling(base: &Path, p: &MixedParams, report: &mut Report) {
     let _ = std::fs::remove_file(base.join("raw-odirect"));
 }
 
-/// The I/O counters of `store`'s disk tier, if it has one.
-fn disk_io(store: &Store) -> Option<IoFigures> {
-    store.stats().tiers.into_iter().find_map(|t| t.io)
+/// The disk traffic of `store`'s disk tier so far, if it has one: the tier's own I/O
+/// counters plus what a same-host client of `system` read from the tier's files itself
+/// (reads the server never sees).
+fn disk_io(store: &Store, system: &System) -> Option<IoFigures> {
+    let mut io = store.stats().tiers.into_iter().find_map(|t| t.io)?;
+    if let System::Strata(client) = system {
+        let moved = client.transport_stats();
+        io.read_ops += moved.ssd_file_gets;
+        io.read_bytes += moved.ssd_file_get_bytes;
+    }
+    Some(io)
 }
 
 /// Preloads then mixes on `system`; reports both; returns its mix GB/s. The strata
@@ -555,9 +563,9 @@ fn measure(
             .timed(load.puts, load.bytes, load.elapsed, Some(&load.put_ns))
             .with("refused", load.refused),
     );
-    let io_before = store.and_then(disk_io);
+    let io_before = store.and_then(|s| disk_io(s, system));
     let m = mix(rt, system, p, values);
-    let io_after = store.and_then(disk_io);
+    let io_after = store.and_then(|s| disk_io(s, system));
     let hit_ratio = m.hits as f64 / m.gets.max(1) as f64;
     report.add(
         Record::new("mixed", name, "get", "mixed")

@@ -83,6 +83,10 @@ pub struct TransportStats {
     pub shm_puts: u64,
     /// Bytes of those.
     pub shm_put_bytes: u64,
+    /// Values read straight from the server's ssd files (same host).
+    pub ssd_file_gets: u64,
+    /// Bytes of those.
+    pub ssd_file_get_bytes: u64,
     /// Values read from QUIC streams.
     pub quic_gets: u64,
     /// Bytes of those.
@@ -117,6 +121,8 @@ pub(crate) struct Counters {
     pub shm_get_bytes: AtomicU64,
     pub shm_puts: AtomicU64,
     pub shm_put_bytes: AtomicU64,
+    pub ssd_file_gets: AtomicU64,
+    pub ssd_file_get_bytes: AtomicU64,
     pub quic_gets: AtomicU64,
     pub quic_get_bytes: AtomicU64,
     pub quic_puts: AtomicU64,
@@ -142,6 +148,7 @@ impl Counters {
     pub fn gets_by(&self, path: Option<Path>) -> (&AtomicU64, &AtomicU64) {
         match path {
             Some(Path::Shm) => (&self.shm_gets, &self.shm_get_bytes),
+            Some(Path::SsdFile) => (&self.ssd_file_gets, &self.ssd_file_get_bytes),
             Some(Path::Device) => (&self.device_gets, &self.device_get_bytes),
             Some(Path::Tcp) => (&self.tcp_gets, &self.tcp_get_bytes),
             None => (&self.quic_gets, &self.quic_get_bytes),
@@ -151,7 +158,9 @@ impl Counters {
     /// The counters of writes by `path`.
     pub fn puts_by(&self, path: Path) -> (&AtomicU64, &AtomicU64) {
         match path {
-            Path::Shm => (&self.shm_puts, &self.shm_put_bytes),
+            // No put goes to a file (`Direct::covers_for_write`); were one to, it went by
+            // this host's shared memory transport.
+            Path::Shm | Path::SsdFile => (&self.shm_puts, &self.shm_put_bytes),
             Path::Device => (&self.device_puts, &self.device_put_bytes),
             Path::Tcp => (&self.tcp_puts, &self.tcp_put_bytes),
         }
@@ -164,6 +173,8 @@ impl Counters {
             shm_get_bytes: get(&self.shm_get_bytes),
             shm_puts: get(&self.shm_puts),
             shm_put_bytes: get(&self.shm_put_bytes),
+            ssd_file_gets: get(&self.ssd_file_gets),
+            ssd_file_get_bytes: get(&self.ssd_file_get_bytes),
             quic_gets: get(&self.quic_gets),
             quic_get_bytes: get(&self.quic_get_bytes),
             quic_puts: get(&self.quic_puts),

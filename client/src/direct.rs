@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use strata_proto::msg::{
     BatchPutFinishRequest, BatchPutFinishResponse, BatchPutStartRequest, BatchPutStartResponse,
-    KeyList, PutStartResult, PutWriteRequest,
+    KeyList, Location, PutStartResult, PutWriteRequest,
 };
 use strata_proto::wire::{decode, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
@@ -31,6 +31,15 @@ const BLOCKING_COPY: usize = 1 << 20;
 /// A batch copies on several threads once it holds at least this many bytes; below it,
 /// starting threads costs more than it saves.
 const PARALLEL_COPY: usize = 8 << 20;
+
+/// What reading `location` weighs for [`off_reactor`] and [`copy_all`]: its bytes, or, for
+/// a read of a file, which waits on the disk however small it is, as much as any copy.
+fn read_weight(segments: &Direct, location: &Location) -> usize {
+    match segments.path(location) {
+        Some(Path::SsdFile) => usize::MAX,
+        _ => location.len as usize,
+    }
+}
 
 /// Runs a copy of `bytes` bytes. A large one tells a multi-threaded tokio runtime that this
 /// worker is busy, so the runtime moves its other tasks elsewhere meanwhile.
@@ -84,6 +93,14 @@ fn copy_all<J: Send, R: Send>(
         done.sort_unstable_by_key(|(i, _)| *i);
         done.into_iter().map(|(_, r)| r).collect()
     })
+}
+
+/// Whether a direct read's failure should be settled by reading through the server: an
+/// ssd record that failed its checksum here is either corrupt (the server's read drops
+/// it and says so) or was reused after a forced removal (the server finds what the key
+/// holds now).
+fn needs_the_server(path: Option<Path>, result: &Result<usize>) -> bool {
+    path == Some(Path::SsdFile) && matches!(result, Err(e) if e.code() == ErrorCode::Corrupt)
 }
 
 /// Reservations made but neither committed nor revoked yet. Dropped with any left (a copy
@@ -225,24 +242,36 @@ impl Client {
         lease: &LeasedLocation,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let len = lease.location.len as usize;
-        let result = off_reactor(len, || self.copy_out(segments, lease, buf));
-        self.after_read(key, segments.path(&lease.location), &result);
+        let path = segments.path(&lease.location);
+        let weight = read_weight(segments, &lease.location);
+        let result = off_reactor(weight, || self.copy_out(segments, lease, buf));
+        self.after_read(key, path, &result);
+        if needs_the_server(path, &result) {
+            return self.quic_get_into(key, buf).await;
+        }
         result
     }
 
     fn copy_out(&self, segments: &Direct, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
-        let checksum = self
-            .inner
-            .config
-            .verify_shm_checksums
-            .then_some(lease.checksum);
-        segments.read(&lease.location, buf, lease.valid_until, checksum)
+        let verify = self.inner.config.verify_shm_checksums;
+        segments.read(
+            &lease.location,
+            buf,
+            lease.valid_until,
+            lease.checksum,
+            verify,
+        )
     }
 
     fn after_read(&self, key: &[u8], path: Option<Path>, result: &Result<usize>) {
         let c = &self.inner.counters;
         match result {
+            Ok(n) if path == Some(Path::SsdFile) => {
+                Counters::count(c.gets_by(path), *n);
+                // The next read of the key asks the server again: its lease is the only
+                // sign of the read the server gets, and it may move the object up.
+                self.inner.cache.invalidate(key);
+            }
             Ok(n) => Counters::count(c.gets_by(path), *n),
             Err(e) if e.code() == ErrorCode::LeaseExpired => {
                 c.lease_expired
@@ -293,8 +322,8 @@ impl Client {
                 "the location is in a tier this client cannot map; use get_into",
             ));
         }
-        let len = lease.location.len as usize;
-        let result = off_reactor(len, || self.copy_out(segments, lease, buf));
+        let weight = read_weight(segments, &lease.location);
+        let result = off_reactor(weight, || self.copy_out(segments, lease, buf));
         if matches!(&result, Err(e) if e.code() == ErrorCode::LeaseExpired) {
             self.inner
                 .counters
@@ -330,7 +359,7 @@ impl Client {
             match lease {
                 Err(e) => results[i] = Some(Err(e)),
                 Ok(l) if segments.covers(&l.location) => {
-                    bytes += l.location.len as usize;
+                    bytes = bytes.saturating_add(read_weight(segments, &l.location));
                     direct.push((i, l, &mut **buf));
                 }
                 Ok(_) => {
@@ -343,11 +372,16 @@ impl Client {
         let threads = self.inner.config.shm_copy_threads;
         let copied = copy_all(direct, bytes, threads, |(i, lease, buf)| {
             let path = segments.path(&lease.location);
-            (i, path, self.copy_out(segments, &lease, buf))
+            let result = self.copy_out(segments, &lease, buf);
+            (i, path, result, buf)
         });
-        for (i, path, result) in copied {
+        for (i, path, result, buf) in copied {
             self.after_read(keys[i].as_ref(), path, &result);
-            results[i] = Some(result);
+            if needs_the_server(path, &result) {
+                via_server.push((i, buf));
+            } else {
+                results[i] = Some(result);
+            }
         }
         for (i, buf) in via_server {
             results[i] = Some(self.quic_get_into(keys[i].as_ref(), buf).await);
@@ -495,7 +529,7 @@ impl Client {
             .await;
         let (mapped, elsewhere): (Vec<Reserved>, Vec<Reserved>) = reserved
             .into_iter()
-            .partition(|r| segments.covers(&r.location));
+            .partition(|r| segments.covers_for_write(&r.location));
         let bytes = mapped.iter().map(|r| r.location.len as usize).sum();
         let margin = self.inner.config.lease_margin;
         let threads = self.inner.config.shm_copy_threads;

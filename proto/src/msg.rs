@@ -182,11 +182,29 @@ pub struct SegmentInfo {
     pub size: u64,
 }
 
+/// One file of a tier read through I/O (ssd) that a same-host client may read itself.
+/// A record at [`Location::offset`] holds its value `value_offset` bytes further on,
+/// padded to `align`, which reads of the file (opened O_DIRECT) must keep: buffer
+/// address, file offset and length all multiples of it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The tier it belongs to ([`Location::tier`]).
+    pub tier: u8,
+    /// Its number within the tier ([`Location::segment`]).
+    pub segment: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes from a location's offset to the first byte of its value.
+    pub value_offset: u64,
+    /// Alignment of reads, in bytes (a power of two).
+    pub align: u32,
+}
+
 /// The offer of the shared-memory transport, made in the handshake to every session.
 ///
 /// The client connects to `socket` (a Unix seqpacket socket only the server's user can
-/// open), sends `ticket`, and receives one descriptor per segment, in `segments` order
-/// ([`crate::shm`] has the exchange's layout).
+/// open), sends `ticket`, and receives one descriptor per segment, in `segments` order,
+/// then one per file, in `files` order ([`crate::shm`] has the exchange's layout).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ShmOffer {
     /// Path of the server's descriptor socket.
@@ -195,6 +213,9 @@ pub struct ShmOffer {
     pub ticket: Vec<u8>,
     /// The segments the descriptors map, in the order they are sent.
     pub segments: Vec<SegmentInfo>,
+    /// The ssd files whose read-only descriptors follow the segments': a client reads
+    /// values there itself, under its leases, instead of through the server.
+    pub files: Vec<FileInfo>,
 }
 
 /// [`Opcode::Ping`](crate::wire::Opcode::Ping) request and response.

@@ -37,4 +37,4 @@ pub use strata_device as device;
 pub use strata_proto::{Error, ErrorCode, Key, Result};
 pub use tier::device::{DeviceOptions, DeviceTier};
 pub use tier::ssd::{Admission, IoEngineKind, IoFigures, RecoveryMode, SsdOptions};
-pub use tier::{Extent, SharedSegment, TierKind, TierStats};
+pub use tier::{Extent, SharedFile, SharedSegment, TierKind, TierStats};

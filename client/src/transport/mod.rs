@@ -1,6 +1,8 @@
 //! The ways value bytes travel besides QUIC streams (which `connection` and `client` own).
 //!
 //! * [`shm`]: same host; the server's dram segments mapped into this process.
+//! * [`ssd`]: same host; the server's ssd files, read by this process (they come with the
+//!   segments).
 //! * [`device`]: same host; the server's device segments imported through the device
 //!   module, copied with its copy kinds.
 //! * [`tcp`]: another host; the server's TCP data plane, proven by this QUIC session.
@@ -10,6 +12,7 @@
 
 pub(crate) mod device;
 pub(crate) mod shm;
+pub(crate) mod ssd;
 pub(crate) mod tcp;
 
 use std::sync::Arc;
@@ -25,6 +28,8 @@ use shm::SharedSegments;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Path {
     Shm,
+    /// A read of the server's ssd files.
+    SsdFile,
     Device,
     Tcp,
 }
@@ -46,10 +51,15 @@ impl Direct {
         }
     }
 
-    /// The path that can copy `location` in this process, if any.
+    /// The path that can read `location` in this process, if any.
     pub fn path(&self, location: &Location) -> Option<Path> {
-        if self.shm.as_ref().is_some_and(|s| s.covers(location)) {
-            return Some(Path::Shm);
+        if let Some(s) = &self.shm {
+            if s.covers(location) {
+                return Some(Path::Shm);
+            }
+            if s.files().covers(location) {
+                return Some(Path::SsdFile);
+            }
         }
         if self.device.as_ref().is_some_and(|d| d.covers(location)) {
             return Some(Path::Device);
@@ -57,21 +67,34 @@ impl Direct {
         None
     }
 
+    /// Whether `location` can be read in this process.
     pub fn covers(&self, location: &Location) -> bool {
         self.path(location).is_some()
     }
 
-    /// Copies the value at `location` into `dst` under its lease (see
-    /// [`SharedSegments::read`]).
+    /// Whether a reservation at `location` can be written in this process (memory only:
+    /// the ssd files are read-only here).
+    pub fn covers_for_write(&self, location: &Location) -> bool {
+        matches!(self.path(location), Some(Path::Shm | Path::Device))
+    }
+
+    /// Reads the value at `location` into `dst` under its lease (see
+    /// [`SharedSegments::read`], [`ssd::SsdFiles::read`]). An ssd read blocks on the disk
+    /// and always verifies `checksum`; a memory copy verifies it only when given.
     pub fn read(
         &self,
         location: &Location,
         dst: &mut [u8],
         valid_until: Instant,
-        checksum: Option<u64>,
+        lease_checksum: u64,
+        verify: bool,
     ) -> Result<usize> {
+        let checksum = verify.then_some(lease_checksum);
         match (&self.shm, &self.device) {
             (Some(s), _) if s.covers(location) => s.read(location, dst, valid_until, checksum),
+            (Some(s), _) if s.files().covers(location) => {
+                s.files().read(location, dst, valid_until, lease_checksum)
+            }
             (_, Some(d)) => d.read(location, dst, valid_until, checksum),
             (Some(s), None) => s.read(location, dst, valid_until, checksum),
             (None, None) => unreachable!("a Direct has at least one transport"),

@@ -30,17 +30,21 @@ use strata_proto::shm::{decode_reply, Reply, MAX_FDS_PER_PACKET, MAX_PACKET_LEN}
 use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::ssd::SsdFiles;
+
 /// Bytes copied between two checks (and hashed while still in cache).
 const CHUNK: usize = 256 << 10;
 
 /// Bytes of a segment prefaulted in one step (one madvise call) in the background.
 const PREFAULT_STEP: usize = 64 << 20;
 
-/// The server's dram segments, mapped into this process.
+/// The server's dram segments, mapped into this process, and its ssd files, open for
+/// reading.
 pub(crate) struct SharedSegments {
     /// The server instance whose segments these are.
     instance: u64,
     maps: HashMap<(u8, u32), MmapRaw>,
+    files: SsdFiles,
     /// Becomes true once the background prefault ended (done, or stopped by the kernel).
     prefaulted: tokio::sync::watch::Sender<bool>,
 }
@@ -52,8 +56,8 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
     )
 }
 
-/// Receives one descriptor per segment of `offer` from the server's socket (blocking,
-/// each step bounded by `timeout`).
+/// Receives one descriptor per segment and per file of `offer` from the server's socket
+/// (blocking, each step bounded by `timeout`).
 fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedFd>> {
     let addr = SocketAddrUnix::new(offer.socket.as_str())
         .map_err(|e| unavailable(&format!("socket path {}", offer.socket), e))?;
@@ -72,10 +76,11 @@ fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedF
         .map_err(|e| unavailable(&format!("connecting to {}", offer.socket), e))?;
     net::send(&socket, &offer.ticket, SendFlags::NOSIGNAL)
         .map_err(|e| unavailable("sending the ticket", e))?;
-    let mut fds = Vec::with_capacity(offer.segments.len());
+    let expected = offer.segments.len() + offer.files.len();
+    let mut fds = Vec::with_capacity(expected);
     let mut packet = [0u8; MAX_PACKET_LEN];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_PACKET))];
-    while fds.len() < offer.segments.len() {
+    while fds.len() < expected {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let received = net::recvmsg(
             &socket,
@@ -113,10 +118,13 @@ fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedF
 }
 
 impl SharedSegments {
-    /// Receives the offer's descriptors and maps every segment read-write (puts copy into
-    /// their reserved extents). Blocking: call it off the async reactor.
+    /// Receives the offer's descriptors, maps every segment read-write (puts copy into
+    /// their reserved extents) and keeps the files for reading. Blocking: call it off the
+    /// async reactor.
     pub fn attach(offer: &ShmOffer, instance: u64, timeout: Duration) -> Result<SharedSegments> {
-        let fds = receive_descriptors(offer, timeout)?;
+        let mut fds = receive_descriptors(offer, timeout)?;
+        let file_fds = fds.split_off(offer.segments.len());
+        let files = SsdFiles::new(&offer.files, file_fds.into_iter().map(File::from).collect())?;
         let mut maps = HashMap::with_capacity(fds.len());
         for (info, fd) in offer.segments.iter().zip(fds) {
             let file = File::from(fd);
@@ -142,8 +150,14 @@ impl SharedSegments {
         Ok(SharedSegments {
             instance,
             maps,
+            files,
             prefaulted: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// The server's ssd files.
+    pub fn files(&self) -> &SsdFiles {
+        &self.files
     }
 
     /// Builds this process's page tables for every segment on a background thread, so
@@ -192,7 +206,7 @@ impl SharedSegments {
         self.instance
     }
 
-    /// Whether `location` lies in a mapped segment (else its bytes go through the server).
+    /// Whether `location` lies in a mapped segment.
     pub fn covers(&self, location: &Location) -> bool {
         self.span(location).is_some()
     }
@@ -287,7 +301,7 @@ impl SharedSegments {
     }
 }
 
-fn lease_expired() -> Error {
+pub(crate) fn lease_expired() -> Error {
     Error::new(
         ErrorCode::LeaseExpired,
         "the read lease ended before the copy did; the bytes may have been overwritten",
@@ -309,6 +323,7 @@ mod tests {
         SharedSegments {
             instance: 7,
             maps: HashMap::from([((0, 0), map)]),
+            files: SsdFiles::none(),
             prefaulted: tokio::sync::watch::Sender::new(false),
         }
     }

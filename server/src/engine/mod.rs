@@ -12,6 +12,7 @@
 //! * placement may evict synchronously (no shard lock held), and a background thread keeps
 //!   each tier under its high watermark.
 
+mod file_reads;
 mod in_place;
 pub(crate) mod index;
 mod lease_ledger;
@@ -680,7 +681,7 @@ impl Drop for Store {
 
 /// Reads of an object on a lower tier after which it is moved up (the second hit: one
 /// scan over cold data does not flush the memory tier).
-const PROMOTE_AFTER_HITS: u8 = 2;
+pub(crate) const PROMOTE_AFTER_HITS: u8 = 2;
 
 /// Where an object was found: enough to find it again and tell whether it changed.
 #[derive(Clone, Copy, Debug)]

@@ -51,8 +51,9 @@ catalog! {
         "Time from a request's head to its last answer byte, by operation.";
     TRANSPORT_BYTES = "strata_transport_bytes_total", Counter, ["transport", "direction"],
         "Value bytes moved, by transport (quic, tcp: through the server; shm, device: \
-         copied by same-host clients themselves under a lease or reservation) and \
-         direction (in: puts, out: gets).";
+         copied by same-host clients themselves under a lease or reservation; file: read \
+         by same-host clients from the ssd tier's files under a lease) and direction \
+         (in: puts, out: gets).";
     CONNECTIONS = "strata_connections", Gauge, ["transport"],
         "Client connections open now (quic: control connections, tcp: data connections).";
     CONNECTIONS_ACCEPTED = "strata_connections_accepted_total", Counter, ["transport"],

@@ -72,6 +72,8 @@ pub(crate) struct TransportBytes {
     pub shm_out: Counter,
     pub device_in: Counter,
     pub device_out: Counter,
+    /// Read by same-host clients from the ssd tier's files themselves.
+    pub file_out: Counter,
 }
 
 impl TransportBytes {
@@ -83,7 +85,8 @@ impl TransportBytes {
             (TierKind::Dram, false) => Some(&self.shm_out),
             (TierKind::Device, true) => Some(&self.device_in),
             (TierKind::Device, false) => Some(&self.device_out),
-            (TierKind::Ssd, _) => None,
+            (TierKind::Ssd, false) => Some(&self.file_out),
+            (TierKind::Ssd, true) => None,
         }
     }
 }
@@ -184,6 +187,7 @@ impl Metrics {
                 shm_out: bytes("shm", "out"),
                 device_in: bytes("device", "in"),
                 device_out: bytes("device", "out"),
+                file_out: bytes("file", "out"),
             },
             prefix: PrefixMetrics {
                 lookups: counter(PREFIX_LOOKUPS, &[]),

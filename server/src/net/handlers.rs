@@ -94,7 +94,8 @@ impl Session {
     /// Whether this session's client copies the values of a tier of `kind` itself.
     fn copies_itself(&self, kind: Option<TierKind>) -> bool {
         match kind {
-            Some(TierKind::Dram) => self.shm_mapped.load(Ordering::Relaxed),
+            // The shared-memory transport hands out the ssd files with the segments.
+            Some(TierKind::Dram | TierKind::Ssd) => self.shm_mapped.load(Ordering::Relaxed),
             Some(TierKind::Device) => self.device_mapped.load(Ordering::Relaxed),
             _ => false,
         }
@@ -578,8 +579,11 @@ async fn get_locations(
         .as_deref()
         .zip(session.data.get())
         .filter(|(_, c)| c.admitted.load(Ordering::Acquire));
-    let results = store
-        .get_locations(&keys)
+    let mut leases = store.get_locations(&keys);
+    if session.shm_mapped.load(Ordering::Relaxed) {
+        promote_for_file_readers(&shared.store, &keys, &mut leases).await;
+    }
+    let results = leases
         .into_iter()
         .zip(&keys)
         .map(|(r, key)| match r {
@@ -602,6 +606,44 @@ async fn get_locations(
         .collect();
     let response = GetLocationsResponse { results };
     reply(send, &encode_response(&response)).await
+}
+
+/// For a client that reads leased ssd records from the tier's files itself: counts each
+/// such lease as the read it stands for, and moves an object that read makes due to move
+/// up into dram now, swapping its lease for one on the dram copy (one disk read here,
+/// none through this connection). Where an object does not move, its ssd lease stands;
+/// where its record turns out corrupt, the lease becomes that error.
+async fn promote_for_file_readers(
+    store: &Arc<Store>,
+    keys: &[&[u8]],
+    leases: &mut [Result<crate::ReadLease, Error>],
+) {
+    let due: Vec<(usize, Vec<u8>, Extent)> = leases
+        .iter()
+        .zip(keys)
+        .enumerate()
+        .filter_map(|(i, (lease, key))| {
+            let extent = lease.as_ref().ok()?.extent;
+            let on_ssd = store.tier_kind(extent.tier) == Some(TierKind::Ssd);
+            (on_ssd && store.count_file_read(key, extent)).then(|| (i, key.to_vec(), extent))
+        })
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    // The move reads the record: off the reactor.
+    let store = Arc::clone(store);
+    let moved = tokio::task::spawn_blocking(move || {
+        due.into_iter()
+            .map(|(i, key, extent)| (i, store.promote_for_file_reader(&key, extent)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    for (i, outcome) in moved.into_iter().flatten() {
+        if let Some(outcome) = outcome {
+            leases[i] = outcome; // moved, or found corrupt (and dropped)
+        }
+    }
 }
 
 fn error_frame(e: &Error) -> ErrorFrame {

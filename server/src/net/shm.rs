@@ -1,6 +1,8 @@
 //! The shared-memory transport, server side: hands the dram tier's segment descriptors to
 //! same-host clients, who then map the segments and copy value bytes themselves under
-//! their leases and reservations. The server's CPU does no data work for them.
+//! their leases and reservations. The server's CPU does no data work for them. With the
+//! segments go read-only descriptors of the ssd tier's files: those clients read leased
+//! ssd records themselves too (`engine::file_reads` has what the lease does for them).
 //!
 //! Who gets the descriptors (see `docs/shm.md` for the whole threat model):
 //! * only a peer of the server's own user: the socket file is 0600 and every peer's
@@ -30,7 +32,7 @@ use rustix::net::{
     self, AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
     SocketAddrUnix, SocketFlags, SocketType,
 };
-use strata_proto::msg::{SegmentInfo, ShmOffer};
+use strata_proto::msg::{FileInfo, SegmentInfo, ShmOffer};
 use strata_proto::shm::{encode_descriptors, encode_refusal, MAX_FDS_PER_PACKET, TICKET_LEN};
 use strata_proto::{Error, ErrorCode, Result};
 use tokio::io::unix::AsyncFd;
@@ -60,6 +62,7 @@ pub(crate) struct ShmExport {
     listener: AsyncFd<OwnedFd>,
     tickets: Mutex<HashMap<[u8; TICKET_LEN], Ticket>>,
     segments: Vec<SegmentInfo>,
+    files: Vec<FileInfo>,
     store: Arc<Store>,
 }
 
@@ -84,6 +87,17 @@ impl ShmExport {
         if segments.is_empty() {
             return Ok(None);
         }
+        let files: Vec<FileInfo> = store
+            .shared_files()
+            .iter()
+            .map(|(tier, f)| FileInfo {
+                tier: *tier,
+                segment: f.segment,
+                size: f.size,
+                value_offset: f.value_offset,
+                align: f.align,
+            })
+            .collect();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::os::unix::fs::DirBuilderExt::mode(
                 std::fs::DirBuilder::new().recursive(true),
@@ -122,6 +136,7 @@ impl ShmExport {
             listener,
             tickets: Mutex::new(HashMap::new()),
             segments,
+            files,
             store,
         }))
     }
@@ -147,6 +162,7 @@ impl ShmExport {
             socket: self.path.to_string_lossy().into_owned(),
             ticket: ticket.to_vec(),
             segments: self.segments.clone(),
+            files: self.files.clone(),
         })
     }
 
@@ -224,8 +240,12 @@ impl ShmExport {
         if n != TICKET_LEN || !self.redeem(&packet[..n]) {
             return Err("unknown, used or expired ticket".into());
         }
-        let shared = self.store.shared_segments();
-        let fds: Vec<BorrowedFd<'_>> = shared.iter().map(|(_, s)| s.fd).collect();
+        // In the offer's order: the segments, then the files.
+        let segments = self.store.shared_segments();
+        let files = self.store.shared_files();
+        let fds: Vec<BorrowedFd<'_>> = (segments.iter().map(|(_, s)| s.fd))
+            .chain(files.iter().map(|(_, f)| f.fd))
+            .collect();
         let mut space =
             vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_PACKET))];
         for chunk in fds.chunks(MAX_FDS_PER_PACKET) {

@@ -122,6 +122,22 @@ pub struct SharedSegment<'a> {
     pub fd: std::os::fd::BorrowedFd<'a>,
 }
 
+/// A file of a tier read through I/O that other processes on this host may read
+/// themselves (under leases): the ssd tier's data files, opened read-only.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedFile<'a> {
+    /// Its number within the tier.
+    pub segment: u32,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Bytes from an extent's offset to its value's first byte.
+    pub value_offset: u64,
+    /// Alignment that reads of `fd` must keep (buffer, offset and length).
+    pub align: u32,
+    /// The read-only descriptor to hand out.
+    pub fd: std::os::fd::BorrowedFd<'a>,
+}
+
 /// A tier of the store. Implementations are internally synchronised.
 pub trait Tier: Send + Sync {
     fn kind(&self) -> TierKind;
@@ -143,6 +159,11 @@ pub trait Tier: Send + Sync {
     fn bookkeeping_bytes(&self) -> usize;
     /// The segments same-host clients may map (none unless the tier is shared memory).
     fn shared_segments(&self) -> Vec<SharedSegment<'_>> {
+        Vec::new()
+    }
+    /// The files same-host clients may read values from themselves (none unless the tier
+    /// keeps its values in files).
+    fn shared_files(&self) -> Vec<SharedFile<'_>> {
         Vec::new()
     }
     /// Whether puts may reserve space here and write it piecewise. A tier that takes whole

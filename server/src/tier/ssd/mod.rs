@@ -35,7 +35,7 @@ pub use io::{open_engine, BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind
 pub use record::{record_len, RecordHeader, Superblock, BLOCK};
 pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
 
-use super::{Extent, ObjectWrite, RecoveredObject, SegmentAllocators, Tier, TierKind};
+use super::{Extent, ObjectWrite, RecoveredObject, SegmentAllocators, SharedFile, Tier, TierKind};
 use crate::alloc::AllocStats;
 
 /// Which dram victims are written to ssd when evicted.
@@ -125,6 +125,8 @@ pub struct SsdTier {
     dir: PathBuf,
     file_ids: Vec<u64>,
     file_sizes: Vec<u64>,
+    /// The files again, read-only: what same-host clients are given to read values from.
+    readers: Vec<File>,
     engine: Box<dyn IoEngine>,
     direct: bool,
     allocators: Arc<SegmentAllocators>,
@@ -153,6 +155,17 @@ fn corrupt(what: String) -> Error {
 fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
+    if direct {
+        opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+    }
+    opts.open(path)
+}
+
+/// Opens a tier file read-only, as `open_file` opened it (O_DIRECT or not): a descriptor
+/// same-host clients may hold without being able to write the tier.
+fn open_reader(path: &Path, direct: bool) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
     if direct {
         opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
     }
@@ -226,6 +239,9 @@ impl SsdTier {
             .iter()
             .map(|f| f.metadata().map(|m| m.len()))
             .collect::<std::io::Result<_>>()?;
+        let readers = (0..sizes.len())
+            .map(|i| open_reader(&opts.dir.join(file_name(i)), direct))
+            .collect::<std::io::Result<_>>()?;
         let (engine, fallback) = open_engine(opts.engine, files, opts.queue_depth)?;
         if let Some(why) = fallback {
             tracing::warn!("ssd tier: {why}");
@@ -236,6 +252,7 @@ impl SsdTier {
             dir: opts.dir.clone(),
             file_ids: vec![0; sizes.len()],
             file_sizes: sizes.clone(),
+            readers,
             engine,
             direct,
             allocators: Arc::new(SegmentAllocators::new(Vec::new())),
@@ -534,6 +551,22 @@ impl Tier for SsdTier {
 
     fn take_recovered(&self) -> Vec<RecoveredObject> {
         std::mem::take(&mut *self.recovered.lock())
+    }
+
+    fn shared_files(&self) -> Vec<SharedFile<'_>> {
+        use std::os::fd::AsFd;
+        self.readers
+            .iter()
+            .zip(&self.file_sizes)
+            .enumerate()
+            .map(|(i, (file, &size))| SharedFile {
+                segment: i as u32,
+                size,
+                value_offset: BLOCK,
+                align: BLOCK as u32,
+                fd: file.as_fd(),
+            })
+            .collect()
     }
 
     unsafe fn host_bytes(&self, _extent: &Extent) -> Option<&[u8]> {
