@@ -120,6 +120,15 @@ impl Client {
                     } else {
                         Counters::count(self.inner.counters.gets_by(Some(Path::Tcp)), *n);
                     }
+                    let on_disk = leases[i]
+                        .as_ref()
+                        .is_ok_and(|l| !data.sent_in_place(&l.location));
+                    if on_disk {
+                        // The read may have moved the object into dram: the next get asks
+                        // for a fresh lease, which names the dram copy if it did, rather
+                        // than keep reading the disk for the cached lease's whole life.
+                        self.inner.cache.invalidate(key);
+                    }
                 }
                 Err(e) if leases[i].is_ok() && retry_over_quic(e.code()) => {
                     tracing::debug!("data-plane read of a value failed, reading over QUIC: {e}");

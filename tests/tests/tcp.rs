@@ -127,6 +127,46 @@ async fn values_on_device_and_ssd_tiers_come_through_staging() {
     }
 }
 
+/// A value on ssd read over the data plane moves into dram on its second read, and the
+/// client's next get reads it there: a lease on an ssd location is not kept for reuse,
+/// since the read it served may have moved the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssd_value_read_twice_over_tcp_is_then_read_from_dram() {
+    let server = ServerProcess::start(&[
+        "--device-plugin",
+        "off",
+        "--dram-capacity",
+        "8MiB",
+        "--ssd-capacity",
+        "64MiB",
+    ]);
+    let client = tcp_client(&server).await;
+    let values: Vec<Vec<u8>> = (0..16).map(|i| block_value(700 + i, 1 << 20)).collect();
+    for (i, v) in values.iter().enumerate() {
+        client
+            .put_from(format!("cold-{i}").as_bytes(), v)
+            .await
+            .unwrap();
+    }
+    let ssd_reads = || async {
+        let stats = client.stats().await.unwrap();
+        let ssd = stats.tiers.iter().find(|t| t.kind == "ssd").unwrap();
+        (ssd.read_ops, stats.promotions)
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let got = client.get(b"cold-0").await.unwrap();
+        assert!(got[..] == values[0][..], "the value differs");
+        seen.push(ssd_reads().await);
+    }
+    let (reads, promotions): (Vec<u64>, Vec<u64>) = seen.into_iter().unzip();
+    assert_eq!(promotions, [0, 1, 1], "moved up on its second read");
+    assert!(
+        reads[1] > reads[0] && reads[2] == reads[1],
+        "the third read came off the disk again: ssd reads after each get {reads:?}"
+    );
+}
+
 /// The data-plane secret of `client`'s session (as its handshake received it).
 async fn session_secret(client: &Client) -> Vec<u8> {
     let info = client.server_info().await.unwrap();

@@ -110,12 +110,18 @@ impl DataPlane {
         Ok(plane)
     }
 
+    /// Whether the server sends the value at `location` from its tier's memory, rather
+    /// than reading it from a disk first (ssd).
+    pub fn sent_in_place(&self, location: &Location) -> bool {
+        self.in_place_tiers.contains(&location.tier)
+    }
+
     /// The ranges a value of `len` bytes at `location` moves in: one per connection for a
     /// large value the server sends in place, else one. A write is always striped (the
     /// server receives any range without staging the whole value).
     pub fn stripes(&self, location: &Location, write: bool) -> Vec<Range<u64>> {
         let len = location.len;
-        let in_place = write || self.in_place_tiers.contains(&location.tier);
+        let in_place = write || self.sent_in_place(location);
         let n = if in_place {
             len.div_ceil(self.stripe).clamp(1, self.slots.len() as u64)
         } else {
