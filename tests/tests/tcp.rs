@@ -148,6 +148,14 @@ async fn an_ssd_value_read_twice_over_tcp_is_then_read_from_dram() {
             .await
             .unwrap();
     }
+    // Maintenance demotes past the watermark in the background: wait until dram is back
+    // under it, so the first value is on ssd before it is read.
+    let settled = eventually(Duration::from_secs(10), || async {
+        let dram = client.stats().await.unwrap().tiers[0].clone();
+        dram.used as f64 <= dram.capacity as f64 * 0.9
+    })
+    .await;
+    assert!(settled, "dram stayed past its watermark");
     let ssd_reads = || async {
         let stats = client.stats().await.unwrap();
         let ssd = stats.tiers.iter().find(|t| t.kind == "ssd").unwrap();

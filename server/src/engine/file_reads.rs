@@ -4,16 +4,14 @@
 //!
 //! Two things a get does on its way through the server have to happen at the lease
 //! instead: the read counts as a hit, and an object read often enough on ssd moves up.
-//! The move needs the bytes, so the server reads the record once itself, moves the object
-//! and hands the reader a lease on the dram copy (its lease on the ssd record stays good:
-//! the record is kept as the object's shadow or, if it cannot be, the object stays).
+//! The move needs the bytes, so the server reads the record once itself (a second read
+//! of it, besides the reader's) and moves the object; the reader keeps its ssd lease.
 
 use crossbeam_epoch as epoch;
 use strata_proto::{ErrorCode, Result};
 
 use super::index::{key_hash, State};
-use super::{nanos, ObjectAt, Store, PROMOTE_AFTER_HITS};
-use crate::lease::ReadLease;
+use super::{ObjectAt, Store, PROMOTE_AFTER_HITS};
 use crate::tier::Extent;
 
 impl Store {
@@ -35,20 +33,25 @@ impl Store {
     }
 
     /// Moves `key` up from its record at `extent`, reading the record (blocks on the
-    /// device), and leases the copy it now has in memory. `None` when it stays where it
-    /// is (moved or removed meanwhile, no room above): the caller's lease on `extent`
-    /// still holds. `Corrupt` when the record failed its checksum: the object is dropped,
-    /// and the reader must not read it.
-    pub fn promote_for_file_reader(&self, key: &[u8], extent: Extent) -> Option<Result<ReadLease>> {
+    /// device). The reader keeps its lease on `extent` and reads the record itself: the
+    /// promotion keeps it as the object's shadow, or is skipped while that lease runs
+    /// when no shadow can be kept. The dram copy gets no lease, so it stays free to go
+    /// back onto its shadow until a reader leases it (a lease per promotion kept dram
+    /// so full of leased copies that puts were refused: docs/benchmarks.md). `Corrupt`
+    /// when the record failed its checksum: the object is dropped, and the reader must
+    /// not read it.
+    pub fn promote_for_file_reader(&self, key: &[u8], extent: Extent) -> Result<()> {
         let hash = key_hash(key);
         // Pin before the lookup: the extent cannot be reclaimed while it is read.
         let pin = epoch::pin();
         let at = {
             let shard = self.inner.shard(hash);
-            let slot = shard.find(hash, key)?;
+            let Some(slot) = shard.find(hash, key) else {
+                return Ok(());
+            };
             let e = shard.entry(slot);
             if e.state != State::Complete || e.extent != extent {
-                return None;
+                return Ok(());
             }
             ObjectAt {
                 hash,
@@ -62,33 +65,15 @@ impl Store {
         // exactly the extent's length.
         let read = unsafe { self.inner.tiers[extent.tier as usize].read(&extent, &mut value) };
         drop(pin);
-        if let Err(e) = read {
-            if e.code() != ErrorCode::Corrupt {
-                return None; // the reader's own read will tell
+        match read {
+            Ok(()) => self.inner.promote(at, extent, &value),
+            Err(e) if e.code() == ErrorCode::Corrupt => {
+                self.inner.drop_corrupt(at, extent);
+                return Err(e);
             }
-            self.inner.drop_corrupt(at, extent);
-            return Some(Err(e));
+            Err(_) => {} // the reader's own read will tell
         }
-        self.inner.promote(at, extent, &value);
-        let now = self.inner.clock.now();
-        let until = now.saturating_add(nanos(self.inner.config.lease_ttl));
-        let mut grants = self.inner.leases.grants(now, until);
-        let mut shard = self.inner.shard(hash);
-        let e = shard.live(at.slot, at.generation)?;
-        if e.state != State::Complete
-            || e.extent == extent
-            || !self.inner.read_in_place(e.extent.tier)
-        {
-            return None; // not moved (no room, or a lease kept it)
-        }
-        let e = shard.entry_mut(at.slot);
-        grants.grant(e.lease_until);
-        e.lease(until);
-        Some(Ok(ReadLease {
-            extent: e.extent,
-            checksum: e.tag,
-            expires_at: e.lease_until,
-        }))
+        Ok(())
     }
 
     /// The files of every tier that has them, as `(tier index, file)`: what the

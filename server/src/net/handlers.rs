@@ -610,9 +610,9 @@ async fn get_locations(
 
 /// For a client that reads leased ssd records from the tier's files itself: counts each
 /// such lease as the read it stands for, and moves an object that read makes due to move
-/// up into dram now, swapping its lease for one on the dram copy (one disk read here,
-/// none through this connection). Where an object does not move, its ssd lease stands;
-/// where its record turns out corrupt, the lease becomes that error.
+/// up into dram now (reading the record here, off the reactor), before the client reads
+/// it from the file under its lease. Where the record turns out corrupt, the lease
+/// becomes that error.
 async fn promote_for_file_readers(
     store: &Arc<Store>,
     keys: &[&[u8]],
@@ -631,17 +631,16 @@ async fn promote_for_file_readers(
     if due.is_empty() {
         return;
     }
-    // The move reads the record: off the reactor.
     let store = Arc::clone(store);
-    let moved = tokio::task::spawn_blocking(move || {
+    let promoted = tokio::task::spawn_blocking(move || {
         due.into_iter()
             .map(|(i, key, extent)| (i, store.promote_for_file_reader(&key, extent)))
             .collect::<Vec<_>>()
     })
     .await;
-    for (i, outcome) in moved.into_iter().flatten() {
-        if let Some(outcome) = outcome {
-            leases[i] = outcome; // moved, or found corrupt (and dropped)
+    for (i, outcome) in promoted.into_iter().flatten() {
+        if let Err(corrupt) = outcome {
+            leases[i] = Err(corrupt);
         }
     }
 }
