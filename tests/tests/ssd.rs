@@ -28,6 +28,28 @@ fn key(i: u64) -> Vec<u8> {
     format!("qwen@tp_rank:0@{i:016x}").into_bytes()
 }
 
+/// The number a [`key`] was made from.
+fn index_of(key: &[u8]) -> u64 {
+    u64::from_str_radix(std::str::from_utf8(&key[15..]).unwrap(), 16).unwrap()
+}
+
+/// Puts [`OBJECTS`] 1 MiB values: three times dram, so most of them end up on ssd.
+async fn put_three_times_dram(client: &Client) {
+    for i in 0..OBJECTS {
+        client
+            .put_from(&key(i), &block_value(i, MIB))
+            .await
+            .unwrap();
+    }
+}
+
+/// Overwrites 64 bytes in the middle of the value of the record at `offset` of `file`.
+fn damage(file: &Path, offset: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&[0x5a; 64], offset + BLOCK + 4096).unwrap();
+    f.sync_all().unwrap();
+}
+
 fn ssd_dir(server: &ServerProcess) -> PathBuf {
     server.data_dir.join("ssd")
 }
@@ -60,12 +82,7 @@ async fn three_times_dram_survives_a_crash_and_damage_is_never_served() {
     let mut server = ServerProcess::start_in(dir.path(), "127.0.0.1:0", ARGS);
     let addr = server.addr.to_string();
     let client = Client::connect(server.client_config()).await.unwrap();
-    for i in 0..OBJECTS {
-        client
-            .put_from(&key(i), &block_value(i, MIB))
-            .await
-            .unwrap();
-    }
+    put_three_times_dram(&client).await;
     // Everything reads back byte-identical, part of it straight from the ssd files.
     for i in 0..OBJECTS {
         let got = client.get(&key(i)).await.unwrap();
@@ -120,7 +137,7 @@ async fn three_times_dram_survives_a_crash_and_damage_is_never_served() {
     let server = ServerProcess::start_in(dir.path(), &addr, ARGS);
     let client = Client::connect(server.client_config()).await.unwrap();
     for (k, (_, _, len)) in &on_ssd {
-        let i = u64::from_str_radix(std::str::from_utf8(&k[15..]).unwrap(), 16).unwrap();
+        let i = index_of(k);
         let got = client.get(k).await.unwrap();
         assert_eq!(got.len() as u64, *len);
         assert!(
@@ -159,9 +176,7 @@ async fn three_times_dram_survives_a_crash_and_damage_is_never_served() {
     // Damage a record that is on ssd now: reads say Corrupt, then the object is gone.
     let now = records_on_disk(&ssd_dir(&server));
     let (victim, (file, offset, _)) = now.iter().next().unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-    f.write_all_at(&[0x5a; 64], offset + BLOCK + 4096).unwrap();
-    f.sync_all().unwrap();
+    damage(file, *offset);
     let err = match client.get(victim).await {
         Ok(v) => panic!(
             "damaged object served ({} bytes): {:?}",
@@ -248,23 +263,17 @@ async fn same_host_reads_of_ssd_values_go_to_the_files_and_damage_is_caught_by_t
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_in(dir.path(), "127.0.0.1:0", ARGS);
     let client = Client::connect(server.client_config()).await.unwrap();
-    for i in 0..OBJECTS {
-        client
-            .put_from(&key(i), &block_value(i, MIB))
-            .await
-            .unwrap();
-    }
+    put_three_times_dram(&client).await;
     let on_ssd = records_on_disk(&ssd_dir(&server));
     assert!(on_ssd.len() as u64 >= OBJECTS / 2, "{}", on_ssd.len());
     let mut cold = on_ssd.iter();
     let (damaged, (file, offset, _)) = cold.next().unwrap();
     let (hot, _) = cold.next().unwrap();
-    let index = |k: &[u8]| u64::from_str_radix(std::str::from_utf8(&k[15..]).unwrap(), 16).unwrap();
 
     // First read of an ssd value: from its file, not through the server.
     let before = client.transport_stats();
     let got = client.get(hot).await.unwrap();
-    assert!(got[..] == block_value(index(hot), MIB)[..]);
+    assert!(got[..] == block_value(index_of(hot), MIB)[..]);
     let after = client.transport_stats();
     assert_eq!(after.ssd_file_gets, before.ssd_file_gets + 1, "{after:?}");
     assert_eq!(after.quic_gets, before.quic_gets, "{after:?}");
@@ -272,7 +281,7 @@ async fn same_host_reads_of_ssd_values_go_to_the_files_and_damage_is_caught_by_t
     // the client reads its record; the third reads the dram copy.
     for _ in 0..2 {
         let got = client.get(hot).await.unwrap();
-        assert!(got[..] == block_value(index(hot), MIB)[..]);
+        assert!(got[..] == block_value(index_of(hot), MIB)[..]);
     }
     let last = client.transport_stats();
     assert_eq!(last.ssd_file_gets, after.ssd_file_gets + 1, "{last:?}");
@@ -285,14 +294,12 @@ async fn same_host_reads_of_ssd_values_go_to_the_files_and_damage_is_caught_by_t
     let quic = Client::connect(config).await.unwrap();
     let (other, _) = cold.next().unwrap();
     let got = quic.get(other).await.unwrap();
-    assert!(got[..] == block_value(index(other), MIB)[..]);
+    assert!(got[..] == block_value(index_of(other), MIB)[..]);
     assert_eq!(quic.transport_stats().quic_gets, 1);
 
     // Damage a value never read yet (its lease does not promote it, so the reader is the
     // first to look at the bytes).
-    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
-    f.write_all_at(&[0x5a; 64], offset + BLOCK + 4096).unwrap();
-    f.sync_all().unwrap();
+    damage(file, *offset);
     let err = match client.get(damaged).await {
         Ok(v) => panic!("a damaged value was served ({} bytes)", v.len()),
         Err(e) => e,
