@@ -155,10 +155,7 @@ fn corrupt(what: String) -> Error {
 fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
-    if direct {
-        opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
-    }
-    opts.open(path)
+    open_with(opts, path, direct)
 }
 
 /// Opens a tier file read-only, as `open_file` opened it (O_DIRECT or not): a descriptor
@@ -166,6 +163,10 @@ fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
 fn open_reader(path: &Path, direct: bool) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true);
+    open_with(opts, path, direct)
+}
+
+fn open_with(mut opts: OpenOptions, path: &Path, direct: bool) -> std::io::Result<File> {
     if direct {
         opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
     }
