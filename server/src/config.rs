@@ -81,6 +81,10 @@ pub struct StoreConfig {
     pub eviction_high_watermark_ratio: f64,
     /// Fraction of capacity one eviction pass frees (at least down to the watermark).
     pub eviction_ratio: f64,
+    /// Fraction of a tier's capacity that objects read since they arrived in it may hold
+    /// before eviction takes them ahead of objects not read there (segmented LRU: below
+    /// it, eviction takes unread objects first).
+    pub eviction_protected_ratio: f64,
     /// How long a read lease keeps an object from being evicted, moved or removed.
     pub lease_ttl: Duration,
     /// How long a writer has between put_start and put_end before its reservation is revoked.
@@ -101,6 +105,7 @@ impl Default for StoreConfig {
             tiers: vec![TierConfig::dram(256 << 20)],
             eviction_high_watermark_ratio: 0.9,
             eviction_ratio: 0.1,
+            eviction_protected_ratio: 0.8,
             lease_ttl: Duration::from_secs(10),
             put_timeout: Duration::from_secs(30),
             shards: 64,
@@ -188,6 +193,12 @@ impl StoreConfig {
             return Err(invalid(format!(
                 "eviction_ratio {} is not in (0, 1]",
                 self.eviction_ratio
+            )));
+        }
+        if !ratio_ok(self.eviction_protected_ratio) {
+            return Err(invalid(format!(
+                "eviction_protected_ratio {} is not in (0, 1]",
+                self.eviction_protected_ratio
             )));
         }
         if !self.shards.is_power_of_two() || self.shards > 1 << 16 {

@@ -3,9 +3,12 @@
 //! Invariants (what the tests check):
 //! * only complete, unpinned objects whose lease has ended are ever evicted or moved —
 //!   pending reservations and pinned objects are not even on the recency lists;
-//! * victims go least recently used first: each shard offers the tail of its recency list
-//!   and the offers are merged by last access, so the order is global LRU up to the point
-//!   where some shard's offer runs out (then the shards are asked again);
+//! * victims go least recently used first within a segment (segmented LRU): objects not
+//!   read since they arrived in the tier (probation) go before those read there
+//!   (protected), unless the protected bytes pass `eviction_protected_ratio` of the tier or
+//!   probation has nothing evictable. Each shard offers the tail of the chosen list and
+//!   the offers are merged by last access, so within the segment the order is global LRU
+//!   up to the point where some shard's offer runs out (then the shards are asked again);
 //! * evicting from tier i demotes to tier i+1 when it has room (evicting there in turn), and
 //!   drops from the last tier;
 //! * a victim's bytes are retired, never freed in place, so a concurrent in-process reader
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::engine::index::{key_hash, State};
+use crate::engine::index::{key_hash, Segment, State};
 use crate::engine::Inner;
 use crate::tier::{Extent, ObjectWrite, Tier};
 
@@ -118,52 +121,72 @@ impl Inner {
         let mut freed = 0;
         let mut budget = INITIAL_WALK_BUDGET;
         let mut lost_rounds = 0;
-        let mut offers: Vec<Candidate> = Vec::new();
+        let protected_limit =
+            (self.tiers[i].capacity() as f64 * self.config.eviction_protected_ratio) as u64;
+        let mut segments = [
+            Offers::new(self.shards.len()),
+            Offers::new(self.shards.len()),
+        ];
         let mut scratch = Vec::new();
         while freed < target {
             let now = self.clock.now();
-            offers.clear();
-            let mut offered = vec![0usize; self.shards.len()];
-            let mut more = vec![false; self.shards.len()];
-            for (s, padded) in self.shards.iter().enumerate() {
-                scratch.clear();
-                more[s] = padded.0.lock().eviction_candidates(
-                    tier,
-                    now,
-                    OFFER_PER_SHARD,
-                    budget,
-                    &mut scratch,
-                );
-                offered[s] = scratch.len();
-                offers.extend(
-                    scratch
-                        .iter()
-                        .map(|&(stamp, slot, generation, len)| Candidate {
-                            stamp,
-                            shard: s,
-                            slot,
-                            generation,
-                            len,
-                            relocating: false,
-                        }),
-                );
+            let mut protected_bytes = 0;
+            for offers in &mut segments {
+                offers.clear();
             }
+            for (s, padded) in self.shards.iter().enumerate() {
+                let shard = padded.0.lock();
+                protected_bytes += shard.protected_bytes[i];
+                for (segment, offers) in [Segment::Probation, Segment::Protected]
+                    .into_iter()
+                    .zip(&mut segments)
+                {
+                    scratch.clear();
+                    offers.more[s] = shard.eviction_candidates(
+                        tier,
+                        segment,
+                        now,
+                        OFFER_PER_SHARD,
+                        budget,
+                        &mut scratch,
+                    );
+                    offers.add(s, &scratch);
+                }
+            }
+            // Protected objects go first only while they hold more than their share, and
+            // only as many as bring them back to it; otherwise when probation has none.
+            let excess = protected_bytes.saturating_sub(protected_limit);
+            let [probation, protected] = &mut segments;
+            let protected_first = excess > 0 && !protected.candidates.is_empty();
+            let (chosen, round_target) = if protected_first {
+                (protected, excess.min(target - freed))
+            } else if probation.candidates.is_empty() {
+                (protected, target - freed)
+            } else {
+                (probation, target - freed)
+            };
+            let Offers {
+                candidates: offers,
+                offered,
+                more,
+            } = chosen;
             if offers.is_empty() {
-                if more.iter().any(|&m| m) && budget < usize::MAX / 2 {
+                let deeper = segments.iter().any(|o| o.more.iter().any(|&m| m));
+                if deeper && budget < usize::MAX / 2 {
                     budget *= 2; // Only leased objects at the tails: look deeper.
                     continue;
                 }
                 break;
             }
             offers.sort_unstable_by_key(|c| c.stamp);
-            // This round's victims: oldest first, as many as the target still needs, up to
-            // the first shard whose offer runs out (it may hold older objects than the
+            // This round's victims: oldest first, as many as the round's target needs, up
+            // to the first shard whose offer runs out (it may hold older objects than the
             // next offer, so it is asked again next round).
             let mut taken = vec![0usize; self.shards.len()];
             let mut victims = 0;
             let mut wanted = 0;
-            for c in &offers {
-                if freed + wanted >= target {
+            for c in offers.iter() {
+                if wanted >= round_target {
                     break;
                 }
                 victims += 1;
@@ -522,6 +545,47 @@ impl Inner {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// One round's eviction offers from every shard's list of one segment.
+struct Offers {
+    candidates: Vec<Candidate>,
+    /// Per shard: how many it offered, and whether its list holds more than it looked at.
+    offered: Vec<usize>,
+    more: Vec<bool>,
+}
+
+impl Offers {
+    fn new(shards: usize) -> Offers {
+        Offers {
+            candidates: Vec::new(),
+            offered: vec![0; shards],
+            more: vec![false; shards],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.candidates.clear();
+        self.offered.fill(0);
+        self.more.fill(false);
+    }
+
+    /// Adds shard `shard`'s offer, as (last access, slot, generation, length).
+    fn add(&mut self, shard: usize, offer: &[(u64, u32, u32, u64)]) {
+        self.offered[shard] = offer.len();
+        self.candidates.extend(
+            offer
+                .iter()
+                .map(|&(stamp, slot, generation, len)| Candidate {
+                    stamp,
+                    shard,
+                    slot,
+                    generation,
+                    len,
+                    relocating: false,
+                }),
+        );
     }
 }
 

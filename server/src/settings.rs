@@ -83,6 +83,10 @@ pub struct ServerArgs {
     /// Fraction of capacity one eviction pass frees [default: 0.1].
     #[arg(long, env = "STRATA_EVICTION_RATIO")]
     pub eviction_ratio: Option<f64>,
+    /// Fraction of a tier's capacity that objects read there may keep before they are
+    /// evicted ahead of unread ones [default: 0.8].
+    #[arg(long, env = "STRATA_EVICTION_PROTECTED_RATIO")]
+    pub eviction_protected_ratio: Option<f64>,
     /// Read lease length in milliseconds [default: 10000].
     #[arg(long, env = "STRATA_DEFAULT_KV_LEASE_TTL")]
     pub default_kv_lease_ttl: Option<u64>,
@@ -209,6 +213,9 @@ impl ServerArgs {
                 .eviction_high_watermark_ratio
                 .or(file.eviction_high_watermark_ratio),
             eviction_ratio: self.eviction_ratio.or(file.eviction_ratio),
+            eviction_protected_ratio: self
+                .eviction_protected_ratio
+                .or(file.eviction_protected_ratio),
             default_kv_lease_ttl: self.default_kv_lease_ttl.or(file.default_kv_lease_ttl),
             put_timeout: self.put_timeout.or(file.put_timeout),
             data_dir: self.data_dir.or(file.data_dir),
@@ -266,6 +273,7 @@ impl ServerArgs {
             tiers,
             eviction_high_watermark_ratio: self.eviction_high_watermark_ratio.unwrap_or(0.9),
             eviction_ratio: self.eviction_ratio.unwrap_or(0.1),
+            eviction_protected_ratio: self.eviction_protected_ratio.unwrap_or(0.8),
             lease_ttl: Duration::from_millis(self.default_kv_lease_ttl.unwrap_or(10_000)),
             put_timeout: Duration::from_millis(self.put_timeout.unwrap_or(30_000)),
             shards: self.shards.unwrap_or(64),
@@ -607,7 +615,7 @@ mod tests {
         std::fs::write(
             &path,
             "port = 6000\ndram-capacity = \"2GiB\"\neviction-ratio = 0.2\n\
-             default-kv-lease-ttl = 500\n",
+             eviction-protected-ratio = 0.5\ndefault-kv-lease-ttl = 500\n",
         )
         .unwrap();
         let s = parse(&["--config", path.to_str().unwrap(), "--port", "7000"])
@@ -617,6 +625,7 @@ mod tests {
         assert_eq!(s.service.listen.port(), 7000, "flag beats file");
         assert_eq!(s.store.tiers[1].capacity, 2 << 30, "file beats default");
         assert_eq!(s.store.eviction_ratio, 0.2);
+        assert_eq!(s.store.eviction_protected_ratio, 0.5);
         assert_eq!(s.store.lease_ttl, Duration::from_millis(500));
     }
 
@@ -655,6 +664,11 @@ mod tests {
     fn bad_settings_are_named() {
         let e = parse(&["--eviction-ratio", "1.5"]).resolve().unwrap_err();
         assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        let e = parse(&["--eviction-protected-ratio", "0"])
+            .resolve()
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.message().contains("eviction_protected_ratio"), "{e}");
         let e = parse(&["--host", "no such host.invalid"])
             .resolve()
             .unwrap_err();

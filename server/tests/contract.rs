@@ -412,6 +412,57 @@ fn eviction_is_lru_and_spares_leased_and_pinned() {
     assert!(s.stats().tiers[0].used <= 512 * KIB);
 }
 
+/// Segmented LRU: a stream of blocks written and never read must not push out the blocks
+/// that are read; once read blocks pass their share of the tier, the least recently used
+/// of them goes.
+#[test]
+fn eviction_takes_unread_objects_before_read_ones_until_those_pass_their_share() {
+    let (s, _) = store(512 * KIB); // eight values; read ones may keep 0.8 of it
+    let v = vec![5u8; 64 * KIB as usize];
+    let put = |k: &[u8]| s.put(k, &v, PutOptions::default()).unwrap();
+    for i in 0..4u8 {
+        put(&[b'h', i]);
+        assert_eq!(s.get(&[b'h', i]).unwrap(), v);
+    }
+    for i in 0..20u8 {
+        put(&[b's', i]);
+    }
+    for i in 0..4u8 {
+        assert!(s.exists(&[b'h', i]).unwrap(), "read object h{i} kept");
+    }
+    let streamed: Vec<bool> = (0..20u8).map(|i| s.exists(&[b's', i]).unwrap()).collect();
+    assert_eq!(
+        streamed.iter().filter(|&&kept| kept).count(),
+        4,
+        "{streamed:?}"
+    );
+    assert!(streamed[16..].iter().all(|&kept| kept), "{streamed:?}");
+
+    // Three more read objects take the read ones past 0.8 of the tier (7 of 8): the
+    // oldest read object goes before any of the newer ones.
+    for i in 0..3u8 {
+        put(&[b'r', i]);
+        assert_eq!(s.get(&[b'r', i]).unwrap(), v);
+    }
+    put(b"unread");
+    put(b"unread again");
+    assert!(
+        !s.exists(&[b'h', 0]).unwrap(),
+        "least recently used read object"
+    );
+    for k in [
+        [b'h', 1],
+        [b'h', 2],
+        [b'h', 3],
+        [b'r', 0],
+        [b'r', 1],
+        [b'r', 2],
+    ] {
+        assert!(s.exists(&k).unwrap(), "{k:?}");
+    }
+    assert!(s.stats().tiers[0].used <= 512 * KIB);
+}
+
 #[test]
 fn put_fails_only_when_nothing_is_evictable() {
     let (s, _) = store(256 * KIB);
@@ -542,6 +593,10 @@ fn config_is_validated() {
         Store::open(bad).err().unwrap().code(),
         ErrorCode::InvalidArgument
     );
+    let mut bad = config(1 << 20);
+    bad.eviction_protected_ratio = 1.5;
+    let err = Store::open(bad).err().unwrap();
+    assert!(err.message().contains("eviction_protected_ratio"), "{err}");
     let mut bad = config(1 << 20);
     bad.tiers[0].alignment = 3;
     let err = Store::open(bad).err().unwrap();

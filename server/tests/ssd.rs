@@ -238,10 +238,11 @@ fn a_promoted_object_keeps_its_ssd_copy_for_leased_readers_and_returns_to_it_wit
         value(0)
     );
 
-    // Once the leases end, push it out of dram with new puts.
+    // Once the leases end, push it out of dram with new puts. Its lease counted as a read
+    // in dram, which protects it from unread objects: the new ones are read too.
     clock.advance(Duration::from_secs(60));
     let before = s.stats();
-    fill_from(&s, 100, 140);
+    fill_and_read_from(&s, 100, 140);
     let after = s.stats();
     assert_eq!(tier_of(&s, &key(0)), 1, "demoted again");
     let now = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
@@ -274,7 +275,7 @@ fn a_promoted_object_leased_only_on_its_shadow_can_be_evicted_onto_it() {
     // Once every lease has ended, promote it again without leasing the dram copy: the
     // lease taken on ssd before the promotion runs on while puts push it back down.
     clock.advance(Duration::from_secs(60));
-    fill_from(&s, 200, 240);
+    fill_and_read_from(&s, 200, 240);
     let back = s.get_locations(&[key(0)]).pop().unwrap().unwrap().extent;
     assert_eq!(back, on_ssd, "demoted onto its shadow");
     for _ in 0..2 {
@@ -344,6 +345,15 @@ fn removing_a_promoted_object_frees_its_ssd_copy_too() {
 fn fill_from(s: &Store, from: usize, to: usize) {
     for i in from..to {
         s.put(&key(i), &value(i), PutOptions::default()).unwrap();
+    }
+}
+
+/// [`fill_from`], reading each value once after its put: objects read in dram are evicted
+/// after unread ones (segmented LRU), so only read ones push out another read object.
+fn fill_and_read_from(s: &Store, from: usize, to: usize) {
+    for i in from..to {
+        s.put(&key(i), &value(i), PutOptions::default()).unwrap();
+        assert_eq!(s.get(&key(i)).unwrap(), value(i));
     }
 }
 

@@ -3,8 +3,12 @@
 //! A shard is a hash table of slot numbers over a slab of [`Entry`]s, plus intrusive
 //! doubly-linked lists threaded through the entries:
 //!
-//! * one recency list per tier, holding that tier's complete, unpinned objects, most recently
-//!   used at the head — eviction takes from the tail;
+//! * two recency lists per tier, holding that tier's complete, unpinned objects, most
+//!   recently used at the head: *probation* for objects not read since they arrived in the
+//!   tier, *protected* for those read there at least once. Eviction takes from the tail of
+//!   probation while the tier's protected bytes stay within their share, so a stream of
+//!   blocks written once and never read (or a promotion read once) cannot push out the
+//!   objects that are read again and again (segmented LRU; docs/engine.md);
 //! * one list of pending reservations, oldest at the tail — the reaper takes expired ones
 //!   from there.
 //!
@@ -51,8 +55,9 @@ pub(crate) struct Entry {
     pub generation: u32,
     pub state: State,
     pub pinned: bool,
-    /// Complete: reads since the object arrived in its tier (saturating). Drives ssd
-    /// admission (was it read in dram?) and promotion (read again on ssd?).
+    /// Complete: reads since the object arrived in its tier (saturating). Drives its
+    /// recency segment (protected once read), ssd admission (was it read in dram?) and
+    /// promotion (read again on ssd?).
     pub hits: u8,
     /// The copy an object promoted from a tier read through I/O keeps there (see
     /// [`Entry::shadow`]), as the fields of an extent of `extent.len` bytes: apart, they
@@ -133,17 +138,40 @@ const EMPTY: List = List {
 /// Which list an entry is on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ListId {
-    Recency(u8),
+    Recency(u8, Segment),
     Pending,
+}
+
+/// The two halves of a tier's recency order (segmented LRU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Segment {
+    /// Not read since it arrived in the tier: evicted first.
+    Probation = 0,
+    /// Read in the tier at least once: evicted once the tier's protected bytes pass their
+    /// share, or when probation has nothing evictable.
+    Protected = 1,
+}
+
+impl Segment {
+    fn of(e: &Entry) -> Segment {
+        if e.hits > 0 {
+            Segment::Protected
+        } else {
+            Segment::Probation
+        }
+    }
 }
 
 pub(crate) struct Shard {
     table: HashTable<u32>,
     entries: Vec<Entry>,
     vacant: u32,
-    recency: [List; MAX_TIERS],
+    /// Per tier, indexed by [`Segment`].
+    recency: [[List; 2]; MAX_TIERS],
     pending: List,
     pub objects: [u64; MAX_TIERS],
+    /// Per tier, the bytes of the objects on its protected list.
+    pub protected_bytes: [u64; MAX_TIERS],
     pub pending_count: u64,
     pub key_bytes: u64,
     /// This shard's share of the operation counters, summed by `Store::stats`.
@@ -156,9 +184,10 @@ impl Shard {
             table: HashTable::new(),
             entries: Vec::new(),
             vacant: NIL,
-            recency: [EMPTY; MAX_TIERS],
+            recency: [[EMPTY; 2]; MAX_TIERS],
             pending: EMPTY,
             objects: [0; MAX_TIERS],
+            protected_bytes: [0; MAX_TIERS],
             pending_count: 0,
             key_bytes: 0,
             counters: OpCounters::default(),
@@ -272,25 +301,35 @@ impl Shard {
         self.pending_count -= 1;
         self.objects[tier as usize] += 1;
         if !pinned {
-            self.push_front(ListId::Recency(tier), slot);
+            self.push_front(ListId::Recency(tier, Segment::Probation), slot);
         }
     }
 
     /// Marks a complete object used now: it moves to the head of its recency list.
     pub fn touch(&mut self, slot: u32, access: u64) {
+        self.entries[slot as usize].stamp = access;
+        self.relink(slot, |_| {});
+    }
+
+    /// Counts a read of a complete object's bytes; the first read in its tier moves it to
+    /// the head of the protected list.
+    pub fn hit(&mut self, slot: u32) {
         let e = &mut self.entries[slot as usize];
-        e.stamp = access;
-        if !e.pinned {
-            self.unlink(slot);
-            let tier = self.entries[slot as usize].extent.tier;
-            self.push_front(ListId::Recency(tier), slot);
+        if e.hits == 0 {
+            self.relink(slot, |e| e.hits = 1);
+        } else {
+            e.hits = e.hits.saturating_add(1);
         }
     }
 
-    /// Counts a read of a complete object's bytes.
-    pub fn hit(&mut self, slot: u32) {
-        let e = &mut self.entries[slot as usize];
-        e.hits = e.hits.saturating_add(1);
+    /// Takes `slot` off its list, applies `change`, and puts it at the head of the list it
+    /// then belongs on (none for a pinned object).
+    fn relink(&mut self, slot: u32, change: impl FnOnce(&mut Entry)) {
+        self.unlink(slot);
+        change(&mut self.entries[slot as usize]);
+        if let Some(id) = self.list_of(slot) {
+            self.push_front(id, slot);
+        }
     }
 
     /// Forgets a complete object's shadow (the caller retires its extent).
@@ -308,15 +347,14 @@ impl Shard {
     /// if any, stays.
     pub fn move_to(&mut self, slot: u32, extent: Extent) {
         let old = self.entries[slot as usize].extent.tier;
-        self.unlink(slot);
-        self.entries[slot as usize].extent = extent;
-        self.entries[slot as usize].hits = 0;
-        self.entries[slot as usize].leased_at_extent = false;
         self.objects[old as usize] -= 1;
         self.objects[extent.tier as usize] += 1;
-        if !self.entries[slot as usize].pinned {
-            self.push_front(ListId::Recency(extent.tier), slot);
-        }
+        // It arrives on probation: reads in the tier it left do not protect it here.
+        self.relink(slot, |e| {
+            e.extent = extent;
+            e.hits = 0;
+            e.leased_at_extent = false;
+        });
     }
 
     /// Drops the entry from the index and returns its extent (`tier == NO_TIER` if none).
@@ -345,17 +383,18 @@ impl Shard {
         extent
     }
 
-    /// Up to `max` evictable objects of `tier`, least recently used first, as
+    /// Up to `max` evictable objects of `tier`'s `segment`, least recently used first, as
     /// (last access, slot, generation, length). Looks at no more than `budget` entries.
     pub fn eviction_candidates(
         &self,
         tier: u8,
+        segment: Segment,
         now: u64,
         max: usize,
         budget: usize,
         out: &mut Vec<(u64, u32, u32, u64)>,
     ) -> bool {
-        let mut slot = self.recency[tier as usize].tail;
+        let mut slot = self.recency[tier as usize][segment as usize].tail;
         let mut seen = 0;
         let mut taken = 0;
         while slot != NIL && taken < max && seen < budget {
@@ -402,7 +441,7 @@ impl Shard {
 
     fn list(&mut self, id: ListId) -> &mut List {
         match id {
-            ListId::Recency(t) => &mut self.recency[t as usize],
+            ListId::Recency(t, segment) => &mut self.recency[t as usize][segment as usize],
             ListId::Pending => &mut self.pending,
         }
     }
@@ -411,12 +450,15 @@ impl Shard {
         let e = &self.entries[slot as usize];
         match e.state {
             State::Pending => Some(ListId::Pending),
-            State::Complete if !e.pinned => Some(ListId::Recency(e.extent.tier)),
+            State::Complete if !e.pinned => Some(ListId::Recency(e.extent.tier, Segment::of(e))),
             _ => None,
         }
     }
 
     fn push_front(&mut self, id: ListId, slot: u32) {
+        if let ListId::Recency(t, Segment::Protected) = id {
+            self.protected_bytes[t as usize] += self.entries[slot as usize].extent.len;
+        }
         let head = self.list(id).head;
         {
             let e = &mut self.entries[slot as usize];
@@ -435,6 +477,9 @@ impl Shard {
 
     fn unlink(&mut self, slot: u32) {
         let Some(id) = self.list_of(slot) else { return };
+        if let ListId::Recency(t, Segment::Protected) = id {
+            self.protected_bytes[t as usize] -= self.entries[slot as usize].extent.len;
+        }
         let (prev, next) = {
             let e = &self.entries[slot as usize];
             (e.prev, e.next)
@@ -491,7 +536,7 @@ mod tests {
         let c = add(&mut s, "c", 3);
         let order = |s: &Shard| {
             let mut v = Vec::new();
-            s.eviction_candidates(0, 10, 10, 10, &mut v);
+            s.eviction_candidates(0, Segment::Probation, 10, 10, 10, &mut v);
             v.into_iter().map(|x| x.1).collect::<Vec<_>>()
         };
         assert_eq!(order(&s), vec![a, b, c]);
@@ -500,6 +545,40 @@ mod tests {
         // A leased object is skipped but stays in place.
         s.entry_mut(c).lease_until = 20;
         assert_eq!(order(&s), vec![b, a]);
+    }
+
+    fn segment(s: &Shard, tier: u8, segment: Segment) -> Vec<u32> {
+        let mut v = Vec::new();
+        s.eviction_candidates(tier, segment, 10, 10, 10, &mut v);
+        v.into_iter().map(|x| x.1).collect()
+    }
+
+    #[test]
+    fn a_read_protects_an_object_until_it_changes_tier() {
+        let mut s = Shard::new();
+        let a = add(&mut s, "a", 1);
+        let b = add(&mut s, "b", 2);
+        let c = add(&mut s, "c", 3);
+        s.touch(a, 4);
+        s.hit(a);
+        s.hit(a);
+        assert_eq!(segment(&s, 0, Segment::Probation), vec![b, c]);
+        assert_eq!(segment(&s, 0, Segment::Protected), vec![a]);
+        assert_eq!(s.protected_bytes[0], 10);
+        // A touch without a read (a prefix lookup) keeps the segment.
+        s.touch(b, 5);
+        assert_eq!(segment(&s, 0, Segment::Probation), vec![c, b]);
+        s.hit(c);
+        assert_eq!(segment(&s, 0, Segment::Protected), vec![a, c]);
+        assert_eq!(s.protected_bytes[0], 20);
+        // Demoted, it starts on probation below.
+        s.move_to(a, ext(1, 10));
+        assert_eq!(s.protected_bytes, [10, 0, 0, 0]);
+        assert_eq!(segment(&s, 1, Segment::Probation), vec![a]);
+        assert_eq!(segment(&s, 0, Segment::Protected), vec![c]);
+        s.remove(key_hash(b"c"), c);
+        assert_eq!(s.protected_bytes, [0; MAX_TIERS]);
+        assert!(segment(&s, 0, Segment::Protected).is_empty());
     }
 
     #[test]
