@@ -132,7 +132,7 @@ enum Workload {
         /// Tasks (connections) running the mix (default 16, or 4 with --quick).
         #[arg(long)]
         concurrency: Option<usize>,
-        /// Operations of the mix per system, at most (default 20000, or 1000 with --quick).
+        /// Operations of the mix per system, at most (default 100000, or 1000 with --quick).
         #[arg(long)]
         ops: Option<u64>,
         /// Seconds of the mix per system, at most (default 30, or 5 with --quick).
