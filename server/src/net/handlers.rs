@@ -572,7 +572,6 @@ async fn get_locations(
     let store = &*shared.store;
     let req = access::<BatchKeysRequest>(header)?;
     let keys = req.keys.keys()?;
-    let now = store.clock().now();
     // Sessions that move bytes over the data plane get each lease signed for them.
     let signer = shared
         .data
@@ -583,6 +582,9 @@ async fn get_locations(
     if session.shm_mapped.load(Ordering::Relaxed) {
         promote_for_file_readers(&shared.store, &keys, &mut leases).await;
     }
+    // Read after the leases were granted and any promotion read its record (milliseconds
+    // on a busy disk), so the time left on each lease is never overstated.
+    let now = store.clock().now();
     let results = leases
         .into_iter()
         .zip(&keys)
