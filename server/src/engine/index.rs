@@ -534,11 +534,7 @@ mod tests {
         let a = add(&mut s, "a", 1);
         let b = add(&mut s, "b", 2);
         let c = add(&mut s, "c", 3);
-        let order = |s: &Shard| {
-            let mut v = Vec::new();
-            s.eviction_candidates(0, Segment::Probation, 10, 10, 10, &mut v);
-            v.into_iter().map(|x| x.1).collect::<Vec<_>>()
-        };
+        let order = |s: &Shard| segment(s, 0, Segment::Probation);
         assert_eq!(order(&s), vec![a, b, c]);
         s.touch(a, 4);
         assert_eq!(order(&s), vec![b, c, a]);
@@ -547,6 +543,7 @@ mod tests {
         assert_eq!(order(&s), vec![b, a]);
     }
 
+    /// The evictable objects of `tier`'s `segment`, least recently used first.
     fn segment(s: &Shard, tier: u8, segment: Segment) -> Vec<u32> {
         let mut v = Vec::new();
         s.eviction_candidates(tier, segment, 10, 10, 10, &mut v);
