@@ -28,6 +28,10 @@ pub struct LeasedLocation {
     pub(crate) grant: Option<LeaseGrant>,
     /// The key leased, which the data plane names with the grant (set with a grant only).
     pub(crate) key: Option<bytes::Bytes>,
+    /// An unleased copy the server made in shared memory while granting this lease on an
+    /// ssd record (`strata_proto::msg::Lease::copy`): read it checked against the
+    /// checksum, or read `location`.
+    pub(crate) copy: Option<Location>,
 }
 
 struct UntilLeaseEnds {
@@ -107,6 +111,7 @@ mod tests {
             instance: 1,
             grant: None,
             key: None,
+            copy: None,
         }
     }
 

@@ -737,6 +737,7 @@ impl Client {
                             key: lease
                                 .grant
                                 .map(|_| bytes::Bytes::copy_from_slice(keys[i].as_ref())),
+                            copy: lease.copy,
                         };
                         self.inner.cache.insert(keys[i].as_ref(), leased.clone());
                         Ok(leased)

@@ -242,34 +242,40 @@ impl Client {
         lease: &LeasedLocation,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let path = segments.path(&lease.location);
+        let leased = segments.path(&lease.location);
         let weight = read_weight(segments, &lease.location);
-        let result = off_reactor(weight, || self.copy_out(segments, lease, buf));
-        self.after_read(key, path, &result);
+        let (path, result) = off_reactor(weight, || self.copy_out(segments, lease, buf));
+        self.after_read(key, leased, path, &result);
         if needs_the_server(path, &result) {
             return self.quic_get_into(key, buf).await;
         }
         result
     }
 
-    fn copy_out(&self, segments: &Direct, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
-        let verify = self.inner.config.verify_shm_checksums;
-        segments.read(
-            &lease.location,
-            buf,
-            lease.valid_until,
-            lease.checksum,
-            verify,
-        )
+    fn copy_out(
+        &self,
+        segments: &Direct,
+        lease: &LeasedLocation,
+        buf: &mut [u8],
+    ) -> (Option<Path>, Result<usize>) {
+        segments.read_lease(lease, buf, self.inner.config.verify_shm_checksums)
     }
 
-    fn after_read(&self, key: &[u8], path: Option<Path>, result: &Result<usize>) {
+    /// Counts a read by the `path` it took, and forgets the key's cached lease where the
+    /// next read should ask the server again.
+    fn after_read(
+        &self,
+        key: &[u8],
+        leased: Option<Path>,
+        path: Option<Path>,
+        result: &Result<usize>,
+    ) {
         let c = &self.inner.counters;
         match result {
-            Ok(n) if path == Some(Path::SsdFile) => {
+            Ok(n) if leased == Some(Path::SsdFile) => {
                 Counters::count(c.gets_by(path), *n);
                 // The next read of the key asks the server again: its lease is the only
-                // sign of the read the server gets, and it may move the object up.
+                // sign of the read the server gets, and it may have moved the object up.
                 self.inner.cache.invalidate(key);
             }
             Ok(n) => Counters::count(c.gets_by(path), *n),
@@ -323,14 +329,13 @@ impl Client {
             ));
         }
         let weight = read_weight(segments, &lease.location);
-        let result = off_reactor(weight, || self.copy_out(segments, lease, buf));
+        let (path, result) = off_reactor(weight, || self.copy_out(segments, lease, buf));
         if matches!(&result, Err(e) if e.code() == ErrorCode::LeaseExpired) {
             self.inner
                 .counters
                 .lease_expired
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         } else if let Ok(n) = result {
-            let path = segments.path(&lease.location);
             Counters::count(self.inner.counters.gets_by(path), n);
         }
         result
@@ -371,12 +376,12 @@ impl Client {
         }
         let threads = self.inner.config.shm_copy_threads;
         let copied = copy_all(direct, bytes, threads, |(i, lease, buf)| {
-            let path = segments.path(&lease.location);
-            let result = self.copy_out(segments, &lease, buf);
-            (i, path, result, buf)
+            let leased = segments.path(&lease.location);
+            let (path, result) = self.copy_out(segments, &lease, buf);
+            (i, leased, path, result, buf)
         });
-        for (i, path, result, buf) in copied {
-            self.after_read(keys[i].as_ref(), path, &result);
+        for (i, leased, path, result, buf) in copied {
+            self.after_read(keys[i].as_ref(), leased, path, &result);
             if needs_the_server(path, &result) {
                 via_server.push((i, buf));
             } else {

@@ -439,6 +439,11 @@ pub struct Lease {
     pub remaining_ns: u64,
     /// The lease signed for the data plane, when this session asked for it.
     pub grant: Option<LeaseGrant>,
+    /// A copy of the value the server made in shared memory while answering (the lease
+    /// moved the object up from a tier the client reads from files). No lease protects
+    /// it: a same-host client may read it instead of `location` only when the bytes hash
+    /// to `checksum` (never 0 here), and reads `location` otherwise.
+    pub copy: Option<Location>,
 }
 
 /// A read lease as the data plane checks it: the server signed it for one session.

@@ -119,7 +119,7 @@ impl<'a> ReadGuard<'a> {
         match unsafe { self.tier().read(&self.extent, dst) } {
             Ok(()) => {
                 if self.promote {
-                    self.inner.promote(self.at, self.extent, dst);
+                    let _ = self.inner.promote(self.at, self.extent, dst);
                 }
                 Ok(len)
             }

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use strata_proto::msg::Location;
 use strata_proto::{Error, ErrorCode, Result};
 
+use crate::cache::LeasedLocation;
+
 use device::DeviceSegments;
 use shm::SharedSegments;
 
@@ -101,6 +103,36 @@ impl Direct {
         }
     }
 
+    /// Reads the value `lease` names into `dst`, and says by which path. A lease on an ssd
+    /// record may come with the copy the server just made of it in memory
+    /// ([`LeasedLocation::copy`]): that copy is read first and kept only if it hashes to
+    /// the checksum, since no lease protects it and its memory may have been reused
+    /// meanwhile; otherwise the leased location is read, checked as [`Direct::read`] says.
+    pub fn read_lease(
+        &self,
+        lease: &LeasedLocation,
+        dst: &mut [u8],
+        verify: bool,
+    ) -> (Option<Path>, Result<usize>) {
+        let copy = lease.copy.filter(|c| {
+            lease.checksum != 0 && matches!(self.path(c), Some(Path::Shm | Path::Device))
+        });
+        if let Some(copy) = copy {
+            match self.read(&copy, dst, lease.valid_until, lease.checksum, true) {
+                Ok(n) => return (self.path(&copy), Ok(n)),
+                Err(e) => tracing::debug!("the server's copy changed before it was read: {e}"),
+            }
+        }
+        let read = self.read(
+            &lease.location,
+            dst,
+            lease.valid_until,
+            lease.checksum,
+            verify,
+        );
+        (self.path(&lease.location), read)
+    }
+
     /// Copies `src` into the reserved `location`; returns its xxh3-64.
     pub fn write(
         &self,
@@ -147,4 +179,65 @@ pub(crate) fn checksum_mismatch(memory: &str, got: u64, expected: u64) -> Error 
          {expected:#x}): was it removed with force?"
     );
     Error::new(ErrorCode::Internal, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(offset: u64, len: u64) -> Location {
+        Location {
+            tier: 0,
+            segment: 0,
+            offset,
+            len,
+        }
+    }
+
+    /// The server's copy is taken only when its bytes hash to the lease's checksum, and
+    /// never without a checksum; otherwise the leased location is read.
+    #[test]
+    fn a_lease_s_copy_is_read_only_while_it_matches_the_checksum() {
+        let direct = Direct {
+            shm: Some(Arc::new(shm::tests::local_segments(1 << 20))),
+            device: None,
+        };
+        let shm = direct.shm.as_deref().unwrap();
+        let later = Instant::now() + Duration::from_secs(10);
+        let value: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 251) as u8).collect();
+        let other = vec![0xAB; value.len()];
+        let (copy, record) = (at(0, 8192), at(65536, 8192));
+        let write = |loc: &Location, bytes: &[u8]| {
+            shm.write(loc, bytes, later, Duration::ZERO).unwrap();
+        };
+        let lease = |checksum: u64, copy: Option<Location>| LeasedLocation {
+            location: record,
+            checksum,
+            valid_until: later,
+            instance: 7,
+            grant: None,
+            key: None,
+            copy,
+        };
+        let sum = xxhash_rust::xxh3::xxh3_64(&value);
+        let mut out = vec![0u8; value.len()];
+        let mut read = |lease: &LeasedLocation| {
+            let (path, n) = direct.read_lease(lease, &mut out, false);
+            assert_eq!((path, n.unwrap()), (Some(Path::Shm), value.len()));
+            out.clone()
+        };
+
+        // The copy holds the value (the record here holds other bytes, to tell them apart).
+        write(&copy, &value);
+        write(&record, &other);
+        assert_eq!(read(&lease(sum, Some(copy))), value);
+        // Without a checksum the copy has no safeguard and is not read.
+        assert_eq!(read(&lease(0, Some(copy))), other);
+        // Reused since the server made it: the record is read instead.
+        write(&copy, &other);
+        write(&record, &value);
+        assert_eq!(read(&lease(sum, Some(copy))), value);
+        // A copy outside the mapped memory is not looked at.
+        assert_eq!(read(&lease(sum, Some(at(1 << 30, 8192)))), value);
+    }
 }

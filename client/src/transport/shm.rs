@@ -309,11 +309,11 @@ pub(crate) fn lease_expired() -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Segments backed by a local memfd, as if received from a server.
-    fn local_segments(size: u64) -> SharedSegments {
+    pub(crate) fn local_segments(size: u64) -> SharedSegments {
         let fd = memfd::MemfdOptions::default().create("test").unwrap();
         fd.as_file().set_len(size).unwrap();
         let map = MmapOptions::new()

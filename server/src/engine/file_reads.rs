@@ -4,8 +4,9 @@
 //!
 //! Two things a get does on its way through the server have to happen at the lease
 //! instead: the read counts as a hit, and an object read often enough on ssd moves up.
-//! The move needs the bytes, so the server reads the record once itself (a second read
-//! of it, besides the reader's) and moves the object; the reader keeps its ssd lease.
+//! The move needs the bytes, so the server reads the record once itself and moves the
+//! object; the reader keeps its ssd lease, and is told where the copy went so that it
+//! need not read the record a second time.
 
 use crossbeam_epoch as epoch;
 use strata_proto::{ErrorCode, Result};
@@ -33,25 +34,29 @@ impl Store {
     }
 
     /// Moves `key` up from its record at `extent`, reading the record (blocks on the
-    /// device). The reader keeps its lease on `extent` and reads the record itself: the
-    /// promotion keeps it as the object's shadow, or is skipped while that lease runs
-    /// when no shadow can be kept. The dram copy gets no lease, so it stays free to go
-    /// back onto its shadow until a reader leases it (a lease per promotion kept dram
-    /// so full of leased copies that puts were refused: docs/benchmarks.md). `Corrupt`
-    /// when the record failed its checksum: the object is dropped, and the reader must
-    /// not read it.
-    pub fn promote_for_file_reader(&self, key: &[u8], extent: Extent) -> Result<()> {
+    /// device); returns where the copy went, if the object moved. The reader keeps its
+    /// lease on `extent`: the promotion keeps the record as the object's shadow, or is
+    /// skipped while that lease runs when no shadow can be kept.
+    ///
+    /// The copy gets no lease, so it stays free to go back onto its shadow until a reader
+    /// leases it: a lease per promotion kept dram so full of leased copies that puts were
+    /// refused (docs/benchmarks.md). The reader may still copy it rather than read the
+    /// record a second time, checking the bytes against the checksum, since nothing stops
+    /// the copy's memory from being reused meanwhile (`net::handlers`). `Corrupt` when
+    /// the record failed its checksum: the object is dropped, and the reader must not
+    /// read it.
+    pub fn promote_for_file_reader(&self, key: &[u8], extent: Extent) -> Result<Option<Extent>> {
         let hash = key_hash(key);
         // Pin before the lookup: the extent cannot be reclaimed while it is read.
         let pin = epoch::pin();
         let at = {
             let shard = self.inner.shard(hash);
             let Some(slot) = shard.find(hash, key) else {
-                return Ok(());
+                return Ok(None);
             };
             let e = shard.entry(slot);
             if e.state != State::Complete || e.extent != extent {
-                return Ok(());
+                return Ok(None);
             }
             ObjectAt {
                 hash,
@@ -66,14 +71,13 @@ impl Store {
         let read = unsafe { self.inner.tiers[extent.tier as usize].read(&extent, &mut value) };
         drop(pin);
         match read {
-            Ok(()) => self.inner.promote(at, extent, &value),
+            Ok(()) => Ok(self.inner.promote(at, extent, &value)),
             Err(e) if e.code() == ErrorCode::Corrupt => {
                 self.inner.drop_corrupt(at, extent);
-                return Err(e);
+                Err(e)
             }
-            Err(_) => {} // the reader's own read will tell
+            Err(_) => Ok(None), // the reader's own read will tell
         }
-        Ok(())
     }
 
     /// The files of every tier that has them, as `(tier index, file)`: what the

@@ -120,7 +120,7 @@ impl Store {
         };
         drop(shard);
         if promote {
-            self.inner.promote(at, extent, value);
+            let _ = self.inner.promote(at, extent, value);
         }
     }
 

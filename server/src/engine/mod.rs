@@ -743,7 +743,8 @@ impl Inner {
     }
 
     /// Copies a value just read from a lower tier into the tier above and points the
-    /// object there, if that tier has free space and the object is unchanged.
+    /// object there, if that tier has free space and the object is unchanged. Returns the
+    /// copy's extent when it moved.
     ///
     /// The source stays readable for whoever was leased it. From a tier read through I/O
     /// (ssd) it becomes the object's shadow ([`Entry::shadow`](index::Entry::shadow)):
@@ -756,17 +757,13 @@ impl Inner {
     /// it there, and refusing promotion then would leave hot objects on disk for good.
     /// The promotion takes headroom and wakes maintenance, which demotes the least
     /// recently used objects back under the watermark off the reader's path.
-    pub(crate) fn promote(&self, at: ObjectAt, src: Extent, value: &[u8]) {
-        let Some(up) = (src.tier as usize).checked_sub(1) else {
-            return;
-        };
+    pub(crate) fn promote(&self, at: ObjectAt, src: Extent, value: &[u8]) -> Option<Extent> {
+        let up = (src.tier as usize).checked_sub(1)?;
         let tier = &self.tiers[up];
         if !tier.accepts_puts() {
-            return;
+            return None;
         }
-        let Some(dst) = tier.allocate(src.len) else {
-            return;
-        };
+        let dst = tier.allocate(src.len)?;
         if self.above_watermark(up) {
             self.wake_maintenance();
         }
@@ -788,7 +785,7 @@ impl Inner {
         let Some(keep) = movable.filter(|_| copied.is_ok()) else {
             drop(shard);
             tier.retire(dst, &guard);
-            return;
+            return None;
         };
         if keep {
             shard.move_to_keeping(at.slot, dst, Some(src));
@@ -803,6 +800,7 @@ impl Inner {
         self.tier_counters[up]
             .promotions
             .fetch_add(1, Ordering::Relaxed);
+        Some(dst)
     }
 
     /// Drops an object whose stored bytes failed their checksum, if it is still the one

@@ -579,17 +579,23 @@ async fn get_locations(
         .zip(session.data.get())
         .filter(|(_, c)| c.admitted.load(Ordering::Acquire));
     let mut leases = store.get_locations(&keys);
-    if session.shm_mapped.load(Ordering::Relaxed) {
-        promote_for_file_readers(&shared.store, &keys, &mut leases).await;
-    }
+    let copies = if session.shm_mapped.load(Ordering::Relaxed) {
+        promote_for_file_readers(&shared.store, &keys, &mut leases).await
+    } else {
+        Vec::new()
+    };
     // Read after the leases were granted and any promotion read its record (milliseconds
     // on a busy disk), so the time left on each lease is never overstated.
     let now = store.clock().now();
     let results = leases
         .into_iter()
         .zip(&keys)
-        .map(|(r, key)| match r {
+        .enumerate()
+        .map(|(i, (r, key))| match r {
             Ok(lease) => {
+                // Offered only with a checksum, the copy's one safeguard.
+                let copy = copies.get(i).copied().flatten();
+                let copy = copy.filter(|_| lease.checksum != 0).map(location);
                 let location = location(lease.extent);
                 let grant =
                     signer.map(|(data, c)| data.grant(c.session, key, &location, lease.expires_at));
@@ -601,6 +607,7 @@ async fn get_locations(
                     checksum: lease.checksum,
                     remaining_ns: lease.expires_at.saturating_sub(now),
                     grant,
+                    copy,
                 })
             }
             Err(e) => LeaseResult::Failed(error_frame(&e)),
@@ -613,13 +620,15 @@ async fn get_locations(
 /// For a client that reads leased ssd records from the tier's files itself: counts each
 /// such lease as the read it stands for, and moves an object that read makes due to move
 /// up into dram now (reading the record here, off the reactor), before the client reads
-/// it from the file under its lease. Where the record turns out corrupt, the lease
-/// becomes that error.
+/// it. Returns, per key, where such a move put the copy: the client may read that copy,
+/// checked against the checksum, instead of the record (its lease still names the
+/// record). Where the record turns out corrupt, the lease becomes that error.
 async fn promote_for_file_readers(
     store: &Arc<Store>,
     keys: &[&[u8]],
     leases: &mut [Result<crate::ReadLease, Error>],
-) {
+) -> Vec<Option<Extent>> {
+    let mut copies = vec![None; keys.len()];
     let due: Vec<(usize, Vec<u8>, Extent)> = leases
         .iter()
         .zip(keys)
@@ -631,7 +640,7 @@ async fn promote_for_file_readers(
         })
         .collect();
     if due.is_empty() {
-        return;
+        return copies;
     }
     let store = Arc::clone(store);
     let promoted = tokio::task::spawn_blocking(move || {
@@ -641,10 +650,12 @@ async fn promote_for_file_readers(
     })
     .await;
     for (i, outcome) in promoted.into_iter().flatten() {
-        if let Err(corrupt) = outcome {
-            leases[i] = Err(corrupt);
+        match outcome {
+            Ok(copy) => copies[i] = copy,
+            Err(corrupt) => leases[i] = Err(corrupt),
         }
     }
+    copies
 }
 
 fn error_frame(e: &Error) -> ErrorFrame {
