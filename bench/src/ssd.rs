@@ -100,6 +100,11 @@ fn tier_pass(
     let tier = open_tier(dir, kind, size, n, qd)?;
     let engine = tier.engine_name();
     let sources = values(size, qd as usize);
+    // As demotion does: the checksum recorded at commit goes into the record.
+    let checksums: Vec<u64> = sources
+        .iter()
+        .map(|v| xxhash_rust::xxh3::xxh3_64(v))
+        .collect();
     let extents: Vec<_> = (0..n)
         .map(|_| tier.allocate(size).expect("the file holds every value"))
         .collect();
@@ -109,11 +114,12 @@ fn tier_pass(
     for batch in extents.chunks(qd as usize) {
         let objects: Vec<ObjectWrite<'_>> = batch
             .iter()
-            .zip(&sources)
-            .map(|(e, v)| ObjectWrite {
+            .zip(sources.iter().zip(&checksums))
+            .map(|(e, (v, sum))| ObjectWrite {
                 extent: *e,
                 key: b"model@tp_rank:0@0123456789abcdef",
                 value: v,
+                checksum: Some(*sum),
             })
             .collect();
         let t = Instant::now();

@@ -293,23 +293,21 @@ impl Inner {
         let mut freed = 0;
         let guard = epoch::pin();
         let (src_tier, dst_tier) = (&*self.tiers[i], &*self.tiers[i + 1]);
-        let mut batch: Vec<(&Candidate, Extent, Extent, Box<[u8]>)> = Vec::new();
+        let mut batch: Vec<(&Candidate, Extent, Victim)> = Vec::new();
         for &(c, dst) in moving {
             let seen = {
                 let shard = self.shards[c.shard].0.lock();
-                self.still_evictable(&shard, i, c).then(|| {
-                    let e = shard.entry(c.slot);
-                    (e.extent, e.key.clone())
-                })
+                self.still_evictable(&shard, i, c)
+                    .then(|| Victim::of(shard.entry(c.slot)))
             };
-            let Some((src, key)) = seen else {
+            let Some(victim) = seen else {
                 dst_tier.retire(dst, &guard);
                 continue;
             };
             // SAFETY: `src` was complete when seen under `guard`: not reclaimed before the
             // guard drops, and nobody writes it.
-            if unsafe { src_tier.host_bytes(&src) }.is_some() {
-                batch.push((c, src, dst, key));
+            if unsafe { src_tier.host_bytes(&victim.src) }.is_some() {
+                batch.push((c, dst, victim));
                 continue;
             }
             freed += match self.demote(i, c, dst) {
@@ -321,18 +319,19 @@ impl Inner {
         }
         let writes: Vec<ObjectWrite<'_>> = batch
             .iter()
-            .map(|(_, src, dst, key)| ObjectWrite {
+            .map(|(_, dst, v)| ObjectWrite {
                 extent: *dst,
-                key,
+                key: &v.key,
                 // SAFETY: as above; checked to be host memory.
-                value: unsafe { src_tier.host_bytes(src) }.expect("checked above"),
+                value: unsafe { src_tier.host_bytes(&v.src) }.expect("checked above"),
+                checksum: v.checksum,
             })
             .collect();
         // SAFETY: each value is its source extent's bytes, unwritten and unreclaimed while
         // `guard` lives; each destination is a fresh extent only this call indexes.
         let results = unsafe { dst_tier.store_objects(&writes) };
         drop(writes);
-        for ((c, src, dst, _), result) in batch.into_iter().zip(results) {
+        for ((c, dst, Victim { src, .. }), result) in batch.into_iter().zip(results) {
             if let Err(e) = result {
                 tracing::warn!(
                     "demoting an object to the {} tier failed: {e}",
@@ -420,25 +419,23 @@ impl Inner {
     /// its location if it is still evictable; otherwise gives `dst` back.
     fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> Demotion {
         let guard = epoch::pin();
-        let (src, key) = {
+        let victim = {
             let shard = self.shards[c.shard].0.lock();
             if !self.still_evictable(&shard, i, c) {
                 drop(shard);
                 self.tiers[dst.tier as usize].retire(dst, &guard);
                 return Demotion::Changed;
             }
-            let e = shard.entry(c.slot);
-            (e.extent, e.key.clone())
+            Victim::of(shard.entry(c.slot))
         };
         // SAFETY: `src` was complete when seen under `guard`, so it is not reclaimed before
         // the guard drops and nobody writes it; `dst` is a fresh extent nobody else indexes.
         let copied = unsafe {
             copy_object(
                 &*self.tiers[i],
-                &src,
+                &victim,
                 &*self.tiers[dst.tier as usize],
                 &dst,
-                &key,
             )
         };
         if let Err(e) = &copied {
@@ -449,7 +446,7 @@ impl Inner {
             self.tiers[dst.tier as usize].retire(dst, &guard);
             return Demotion::Failed;
         }
-        if self.swap_demoted(i, c, src, dst, &guard) {
+        if self.swap_demoted(i, c, victim.src, dst, &guard) {
             Demotion::Done
         } else {
             Demotion::Changed
@@ -597,18 +594,36 @@ enum Demotion {
     Failed,
 }
 
-/// Copies a whole object from one tier's extent into another's.
+/// A victim as seen under its shard lock: what demoting it copies.
+struct Victim {
+    src: Extent,
+    key: Box<[u8]>,
+    /// Recorded at its commit (`None` where the store keeps no checksums).
+    checksum: Option<u64>,
+}
+
+impl Victim {
+    fn of(e: &crate::engine::index::Entry) -> Victim {
+        Victim {
+            src: e.extent,
+            key: e.key.clone(),
+            checksum: (e.state == State::Complete && e.tag != 0).then_some(e.tag),
+        }
+    }
+}
+
+/// Copies a whole object from its extent (`victim.src`) into another tier's.
 ///
 /// # Safety
-/// `src` must stay unreclaimed and unwritten for the call, `dst` must be exclusively the
-/// caller's, and both must have the same length.
+/// `victim.src` must stay unreclaimed and unwritten for the call, `dst` must be
+/// exclusively the caller's, and both must have the same length.
 unsafe fn copy_object(
     src_tier: &dyn Tier,
-    src: &Extent,
+    victim: &Victim,
     dst_tier: &dyn Tier,
     dst: &Extent,
-    key: &[u8],
 ) -> strata_proto::Result<()> {
+    let src = &victim.src;
     debug_assert_eq!(src.len, dst.len);
     let staged;
     // SAFETY: forwarded from this function's contract.
@@ -633,8 +648,9 @@ unsafe fn copy_object(
     };
     let object = ObjectWrite {
         extent: *dst,
-        key,
+        key: &victim.key,
         value,
+        checksum: victim.checksum,
     };
     // SAFETY: forwarded; the value is exactly `dst.len` bytes.
     let mut results = unsafe { dst_tier.store_objects(&[object]) };

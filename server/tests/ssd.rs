@@ -386,6 +386,31 @@ fn a_damaged_record_is_reported_corrupt_dropped_and_never_served() {
     }
 }
 
+/// Demotion writes the checksum recorded at commit into the ssd record, not one computed
+/// from the bytes it finds in dram: a value whose bytes differ from what its writer
+/// vouched for is caught when read back from ssd, never laundered into a valid record.
+#[test]
+fn demotion_keeps_the_commit_checksum_so_bytes_that_differ_from_it_are_caught_on_ssd() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (bad, good) = (b"vouched-wrong".as_slice(), b"vouched-right".as_slice());
+    for (k, checksum) in [
+        (bad, xxhash_rust::xxh3::xxh3_64(&value(1)) ^ 1),
+        (good, xxhash_rust::xxh3::xxh3_64(&value(2))),
+    ] {
+        let mut w = s.put_start(k, VALUE as u64, PutOptions::default()).unwrap();
+        w.write_at(0, &value(if k == bad { 1 } else { 2 })).unwrap();
+        w.commit_with_checksum(checksum).unwrap();
+    }
+    fill(&s, 64); // pushes both onto ssd
+    assert_eq!((tier_of(&s, bad), tier_of(&s, good)), (1, 1));
+    assert_eq!(s.get(good).unwrap(), value(2));
+    let err = s.get(bad).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
+    assert_eq!(s.get(bad).unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(s.stats().counters.corrupt, 1);
+}
+
 #[test]
 fn ssd_contents_survive_a_reopen_and_removals_stay_removed() {
     let dir = tempfile::tempdir().unwrap();

@@ -98,6 +98,11 @@ pub struct ObjectWrite<'a> {
     pub key: &'a [u8],
     /// Exactly `extent.len` bytes.
     pub value: &'a [u8],
+    /// The value's xxh3-64 as recorded at its commit, when there is one. A tier that
+    /// checksums what it stores records this rather than hashing the bytes it is given:
+    /// bytes that changed in memory since the commit then fail that check when read back,
+    /// instead of being stored as valid (and hashing is skipped).
+    pub checksum: Option<u64>,
 }
 
 /// An object a persistent tier found when it opened: the engine indexes it as complete.

@@ -345,7 +345,7 @@ impl SsdTier {
             file_id: self.file_ids[file],
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             value_len: o.extent.len,
-            value_checksum: xxh3_64(o.value),
+            value_checksum: o.checksum.unwrap_or_else(|| xxh3_64(o.value)),
             key: o.key.to_vec(),
         }
         .encode(head.as_mut_slice());

@@ -53,6 +53,7 @@ fn store(tier: &SsdTier, keys: &[&str], len_of: impl Fn(usize) -> usize) -> Vec<
             extent: *e,
             key: k.as_bytes(),
             value: v,
+            checksum: None,
         })
         .collect();
     // SAFETY: fresh extents, each value exactly its extent's length.
