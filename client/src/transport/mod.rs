@@ -183,23 +183,15 @@ pub(crate) fn checksum_mismatch(memory: &str, got: u64, expected: u64) -> Error 
 
 #[cfg(test)]
 mod tests {
+    use super::shm::tests::{at, local_segments};
     use super::*;
-
-    fn at(offset: u64, len: u64) -> Location {
-        Location {
-            tier: 0,
-            segment: 0,
-            offset,
-            len,
-        }
-    }
 
     /// The server's copy is taken only when its bytes hash to the lease's checksum, and
     /// never without a checksum; otherwise the leased location is read.
     #[test]
     fn a_lease_s_copy_is_read_only_while_it_matches_the_checksum() {
         let direct = Direct {
-            shm: Some(Arc::new(shm::tests::local_segments(1 << 20))),
+            shm: Some(Arc::new(local_segments(1 << 20))),
             device: None,
         };
         let shm = direct.shm.as_deref().unwrap();

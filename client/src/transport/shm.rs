@@ -338,7 +338,8 @@ pub(crate) mod tests {
             .expect("the prefault never reported its end");
     }
 
-    fn at(offset: u64, len: u64) -> Location {
+    /// A location in the one test segment.
+    pub(crate) fn at(offset: u64, len: u64) -> Location {
         Location {
             tier: 0,
             segment: 0,
