@@ -77,7 +77,8 @@ pub struct ClientConfig {
     pub batch_concurrency: usize,
     /// Threads that copy one batch's values through shared memory in parallel.
     pub shm_copy_threads: usize,
-    /// Connections to the server's TCP data plane.
+    /// Connections to the server's TCP data plane, at most. They open as transfers
+    /// overlap: a transfer takes an idle one rather than queue behind another.
     pub data_connections: usize,
     /// A value larger than this moves over the data plane in slices of at least this
     /// size, one per data connection (up to), side by side. Below it a value moves whole
@@ -104,7 +105,7 @@ impl Default for ClientConfig {
             shm_copy_threads: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(4),
-            data_connections: 4,
+            data_connections: 16,
             stripe_size: 8 << 20,
         }
     }

@@ -6,7 +6,7 @@ use strata_client::{Client, ClientConfig, ErrorCode, Transport};
 use strata_proto::data;
 use strata_proto::msg::PutWriteRequest;
 use strata_proto::wire::{decode_error, encode_request, Opcode, ResponseHead, Status};
-use strata_tests::{block_value, eventually, ServerProcess};
+use strata_tests::{block_value, eventually, metric, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -172,6 +172,60 @@ async fn an_ssd_value_read_twice_over_tcp_is_then_read_from_dram() {
     assert!(
         reads[1] > reads[0] && reads[2] == reads[1],
         "the third read came off the disk again: ssd reads after each get {reads:?}"
+    );
+}
+
+/// The data-plane pool opens connections only as transfers overlap: gets one after another
+/// reuse the connection opened at connect (a pool that dealt transfers round the slots
+/// opened all of them), concurrent gets take idle ones, never more than
+/// `data_connections`, and every value arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_plane_pool_opens_connections_only_as_transfers_overlap() {
+    let server = dram_server(&[]);
+    let config = ClientConfig {
+        data_connections: 6,
+        ..over_tcp(&server)
+    };
+    let client = Client::connect(config).await.unwrap();
+    let accepted = || {
+        let scrape = server.scrape();
+        metric(
+            &scrape,
+            "strata_connections_accepted_total{transport=\"tcp\"}",
+        )
+        .expect("the tcp connection count in the scrape")
+    };
+    let value = block_value(900, 1 << 20);
+    client.put_from(b"pooled", &value).await.unwrap();
+    for _ in 0..20 {
+        let got = client.get(b"pooled").await.unwrap();
+        assert!(got[..] == value[..], "the value differs");
+    }
+    assert_eq!(
+        accepted(),
+        1.0,
+        "one transfer at a time needs one connection"
+    );
+
+    let (client, value) = (std::sync::Arc::new(client), std::sync::Arc::new(value));
+    let readers: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, value) = (client.clone(), value.clone());
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    let got = client.get(b"pooled").await.unwrap();
+                    assert!(got[..] == value[..], "the value differs");
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let opened = accepted();
+    assert!(
+        (1.0..=6.0).contains(&opened),
+        "{opened} data connections for a pool of 6"
     );
 }
 

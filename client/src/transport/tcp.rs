@@ -22,7 +22,7 @@ use strata_proto::wire::{self, encode_request, Opcode, ResponseHead, Status, RES
 use strata_proto::{Error, ErrorCode, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio_rustls::TlsConnector;
 
 /// ALPN of data connections under TLS (the server's `net::data::DATA_ALPN`).
@@ -170,24 +170,37 @@ impl DataPlane {
 
     /// Runs `jobs`, pipelined over the pool; one result per job, in order. A job on a
     /// connection that failed gets that failure (the connection is replaced next time).
+    ///
+    /// The jobs go to idle connections, the lowest-numbered first, up to one per job: so
+    /// the pool grows only as far as transfers overlap, and a transfer never queues
+    /// behind another (a value the server first reads from a disk holds its connection
+    /// for milliseconds) while a connection is free. With none free, the transfer waits
+    /// for one, taken in turn.
     pub async fn run(&self, jobs: Vec<Job<'_>>) -> Vec<Result<()>> {
-        let n = self.slots.len();
-        // Start at an idle connection when there is one, so concurrent transfers spread.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let start = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| self.slots[i].try_lock().is_ok())
-            .unwrap_or(start % n);
-        let mut dealt: Vec<Vec<(usize, Job<'_>)>> = (0..n).map(|_| Vec::new()).collect();
-        let count = jobs.len();
-        for (i, job) in jobs.into_iter().enumerate() {
-            dealt[(start + i) % n].push((i, job));
+        let mut held = Vec::new();
+        for slot in &self.slots {
+            if held.len() == jobs.len() {
+                break;
+            }
+            if let Ok(guard) = slot.try_lock() {
+                held.push(guard);
+            }
         }
-        let per_connection = dealt
+        if held.is_empty() {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            held.push(self.slots[turn].lock().await);
+        }
+        let count = jobs.len();
+        let mut dealt: Vec<Vec<(usize, Job<'_>)>> = held.iter().map(|_| Vec::new()).collect();
+        let n = dealt.len();
+        for (i, job) in jobs.into_iter().enumerate() {
+            dealt[i % n].push((i, job));
+        }
+        let per_connection = held
             .into_iter()
-            .enumerate()
+            .zip(dealt)
             .filter(|(_, jobs)| !jobs.is_empty())
-            .map(|(slot, jobs)| self.run_on(slot, jobs));
+            .map(|(guard, jobs)| self.run_on(guard, jobs));
         let mut results: Vec<Option<Result<()>>> = (0..count).map(|_| None).collect();
         for done in join_all(per_connection).await {
             for (i, r) in done {
@@ -202,10 +215,9 @@ impl DataPlane {
 
     async fn run_on<'j>(
         &self,
-        slot: usize,
+        mut guard: MutexGuard<'_, Option<Box<dyn Stream>>>,
         jobs: Vec<(usize, Job<'j>)>,
     ) -> Vec<(usize, Result<()>)> {
-        let mut guard = self.slots[slot].lock().await;
         // Taken out while in use: if this future is dropped mid-transfer, the connection
         // (in an unknown state) goes with it.
         let conn = match guard.take() {
