@@ -7,6 +7,7 @@ mod device;
 mod engine;
 mod heap;
 mod kvcache;
+mod memory;
 mod mixed;
 mod peers;
 mod plot;
@@ -146,6 +147,10 @@ enum Workload {
         /// strata-embedded, strata-shm, strata-tcp (default: all).
         #[arg(long, value_delimiter = ',')]
         systems: Option<Vec<String>>,
+        /// foyer's submit queue, MiB, and as much again for its flush buffers, both taken
+        /// out of its memory budget (default 16, or 2 with --quick).
+        #[arg(long)]
+        foyer_flush_mib: Option<u64>,
     },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
@@ -279,6 +284,7 @@ fn main() {
             seconds,
             dir,
             systems,
+            foyer_flush_mib,
         } => {
             let mut p = if cli.quick {
                 mixed::MixedParams::quick()
@@ -297,6 +303,7 @@ fn main() {
             p.seconds = seconds.unwrap_or(p.seconds).max(0.1);
             p.dir = dir;
             p.systems = systems;
+            p.foyer_flush = foyer_flush_mib.map_or(p.foyer_flush, |m| m << 20);
             mixed::run(&p, &mut report);
         }
         Workload::Ssd {

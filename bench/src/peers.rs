@@ -75,6 +75,13 @@ pub struct MemcachedServer {
     pub args: String,
 }
 
+impl MemcachedServer {
+    /// The server's process id, to watch its memory.
+    pub fn pid(&self) -> u32 {
+        self.server.id()
+    }
+}
+
 impl Drop for MemcachedServer {
     fn drop(&mut self) {
         let _ = self.server.kill();

@@ -1,0 +1,71 @@
+//! The `mixed` workload's memory figure, checked in a bench process of its own: inside the
+//! test harness other tests allocate and free alongside, and the figure is the process's
+//! growth.
+
+use std::process::Command;
+
+/// The `mixed` row of `system` in a JSON Lines report.
+fn mix_row(report: &str, system: &str) -> serde_json::Value {
+    report
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .find(|r| r["system"] == system && r["op"] == "mixed")
+        .unwrap_or_else(|| panic!("no {system} mix row in\n{report}"))
+}
+
+#[test]
+fn the_mixed_bench_measures_the_memory_each_system_holds() {
+    if !std::path::Path::new("/proc/self/smaps_rollup").exists() {
+        println!("skipped: the memory figure needs /proc/self/smaps_rollup (Linux 4.14+)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("mixed.jsonl");
+    // 16 MiB of memory each, a working set of 64 MiB: both fill their memory.
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(&json)
+        .args([
+            "mixed",
+            "--systems",
+            "strata-embedded,foyer",
+            "--dram-mib",
+            "16",
+        ])
+        .args(["--foyer-flush-mib", "2", "--ops", "200", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run strata-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "strata-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("foyer: 12 MiB cache, 2 MiB submit queue, 2 MiB flush buffers"),
+        "foyer's queue and buffers come out of its budget:\n{stdout}"
+    );
+    let report = std::fs::read_to_string(&json).expect("the JSON report");
+    let mib = |system: &str| {
+        mix_row(&report, system)["memory_mib"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{system}: no memory_mib"))
+    };
+    // strata's dram tier is a memfd, outside the heap: the figure must see it full.
+    let strata = mib("strata-embedded");
+    assert!(
+        strata >= 16.0,
+        "strata-embedded held {strata} MiB, its dram tier is 16"
+    );
+    // foyer's cache is heap: at least the 12 MiB it may fill.
+    let foyer = mib("foyer");
+    assert!(foyer >= 12.0, "foyer held {foyer} MiB, its cache is 12");
+    for (system, held) in [("strata-embedded", strata), ("foyer", foyer)] {
+        assert!(
+            held < 64.0,
+            "{system}: {held} MiB is the working set, not a budget"
+        );
+    }
+}
