@@ -303,7 +303,7 @@ fn main() {
             p.seconds = seconds.unwrap_or(p.seconds).max(0.1);
             p.dir = dir;
             p.systems = systems;
-            p.foyer_flush = foyer_flush_mib.map_or(p.foyer_flush, |m| m << 20);
+            p.foyer_flush = foyer_flush_mib.map_or(p.foyer_flush, |m| m.saturating_mul(1 << 20));
             mixed::run(&p, &mut report);
         }
         Workload::Ssd {

@@ -435,8 +435,9 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     let foyer = wanted("foyer").then(|| {
         let Some(budget) = FoyerMemory::split(p.dram, p.foyer_flush) else {
             println!(
-                "foyer: skipped (a submit queue and flush buffers of {} MiB each do not fit \
-                 the {} MiB memory budget with room for a cache)",
+                "foyer: skipped (--foyer-flush-mib {}: foyer needs a submit queue and flush \
+                 buffers of at least 1 MiB, and twice that must leave room for a cache in the \
+                 {} MiB memory budget)",
                 p.foyer_flush >> 20,
                 p.dram >> 20
             );
