@@ -70,11 +70,15 @@ impl Watched {
     }
 }
 
-/// The peak of a system's memory from `start` to [`MemoryWatch::finish`].
+/// The peak of a system's memory from [`MemoryWatch::in_process`] or
+/// [`MemoryWatch::process`] to [`MemoryWatch::finish`]. Dropped unfinished (a system that
+/// failed to start), it stops its sampler, which would otherwise read `smaps_rollup`
+/// through every later system's run.
 pub struct MemoryWatch {
     watched: Watched,
     stop: Arc<AtomicBool>,
-    sampler: JoinHandle<u64>,
+    /// Taken by `finish`.
+    sampler: Option<JoinHandle<u64>>,
 }
 
 impl MemoryWatch {
@@ -114,15 +118,21 @@ impl MemoryWatch {
         MemoryWatch {
             watched,
             stop,
-            sampler,
+            sampler: Some(sampler),
         }
     }
 
     /// The peak, in bytes.
-    pub fn finish(self) -> u64 {
+    pub fn finish(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
-        let peak = self.sampler.join().unwrap_or(0);
+        let peak = self.sampler.take().map_or(0, |s| s.join().unwrap_or(0));
         // One last look, for a run shorter than a sampling period.
         peak.max(self.watched.heap() + self.watched.mapped())
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
