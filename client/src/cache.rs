@@ -26,8 +26,9 @@ pub struct LeasedLocation {
     pub(crate) instance: u64,
     /// The lease as the TCP data plane checks it (signed for this client's session).
     pub(crate) grant: Option<LeaseGrant>,
-    /// The key leased, which the data plane names with the grant (set with a grant only).
-    pub(crate) key: Option<bytes::Bytes>,
+    /// The key leased: the data plane names it with the grant, and a reader whose copy
+    /// failed asks the server for the key's value.
+    pub(crate) key: bytes::Bytes,
     /// An unleased copy the server made in shared memory while granting this lease on an
     /// ssd record (`strata_proto::msg::Lease::copy`): read it checked against the
     /// checksum, or read `location`.
@@ -110,7 +111,7 @@ mod tests {
             valid_until: Instant::now() + Duration::from_millis(for_ms),
             instance: 1,
             grant: None,
-            key: None,
+            key: bytes::Bytes::new(),
             copy: None,
         }
     }

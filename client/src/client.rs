@@ -734,9 +734,7 @@ impl Client {
                             valid_until: sent + Duration::from_nanos(lease.remaining_ns),
                             instance,
                             grant: lease.grant,
-                            key: lease
-                                .grant
-                                .map(|_| bytes::Bytes::copy_from_slice(keys[i].as_ref())),
+                            key: bytes::Bytes::copy_from_slice(keys[i].as_ref()),
                             copy: lease.copy,
                         };
                         self.inner.cache.insert(keys[i].as_ref(), leased.clone());

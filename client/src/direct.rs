@@ -297,6 +297,9 @@ impl Client {
     /// is gone. Over the TCP data plane the server checks the lease: `LeaseExpired` once it
     /// ended, `Unauthorized` for a lease not granted to this client's session.
     /// `InvalidArgument` when this client uses neither shared memory nor the data plane.
+    /// An ssd record that fails its checksum here is read again through the server,
+    /// which drops a damaged record and answers `Corrupt` (or answers what the key holds
+    /// now, if the record was removed and its space reused since the lease).
     pub async fn read_leased(&self, lease: &LeasedLocation, buf: &mut [u8]) -> Result<usize> {
         let link = self.inner.connector.link().await?;
         if lease.instance != link.info.instance {
@@ -328,17 +331,7 @@ impl Client {
                 "the location is in a tier this client cannot map; use get_into",
             ));
         }
-        let weight = read_weight(segments, &lease.location);
-        let (path, result) = off_reactor(weight, || self.copy_out(segments, lease, buf));
-        if matches!(&result, Err(e) if e.code() == ErrorCode::LeaseExpired) {
-            self.inner
-                .counters
-                .lease_expired
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        } else if let Ok(n) = result {
-            Counters::count(self.inner.counters.gets_by(path), n);
-        }
-        result
+        self.shm_read(segments, &lease.key, lease, buf).await
     }
 
     /// batch_get_into through shared memory: one lease round trip, then the copies; keys

@@ -149,12 +149,13 @@ impl Client {
         lease: &LeasedLocation,
         buf: &mut [u8],
     ) -> Result<usize> {
-        let (Some(grant), Some(key)) = (lease.grant, &lease.key) else {
+        let Some(grant) = lease.grant else {
             return Err(strata_proto::Error::new(
                 ErrorCode::InvalidArgument,
                 "the lease is not signed for the data plane (taken on another transport)",
             ));
         };
+        let key = &lease.key;
         let len = lease.location.len as usize;
         let mut rest = destination(buf, len)?;
         let mut jobs = Vec::new();

@@ -257,8 +257,8 @@ async fn persist_on_shutdown_carries_dram_over_a_restart() {
 /// Same-host clients read ssd values from the tier's files themselves; the server counts
 /// each lease as a read, moves twice-read objects up (the reader then copies the server's
 /// copy instead of reading the record again), and a QUIC-only client still reads
-/// through the server. A record damaged on disk is caught by the reader's own checksum:
-/// never served, reported `Corrupt` by the server, then gone.
+/// through the server. A record damaged on disk is caught by the reader's own checksum,
+/// on a get or a leased read: never served, reported `Corrupt` by the server, then gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_host_reads_of_ssd_values_go_to_the_files_and_damage_is_caught_by_the_reader() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,5 +309,20 @@ async fn same_host_reads_of_ssd_values_go_to_the_files_and_damage_is_caught_by_t
     assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
     assert_eq!(client.stats().await.unwrap().corrupt, 1);
     let gone = client.get(damaged).await.unwrap_err();
+    assert_eq!(gone.code(), ErrorCode::NotFound);
+
+    // The same through a lease taken first and read later (an engine loading a prefix):
+    // the reader's failed check reaches the server, which drops the record.
+    let (leased_key, (file, offset, _)) = cold.next().unwrap();
+    let lease = client.get_locations(&[leased_key]).await.remove(0).unwrap();
+    damage(file, *offset);
+    let mut buf = vec![0u8; MIB];
+    let err = match client.read_leased(&lease, &mut buf).await {
+        Ok(n) => panic!("a damaged value was served ({n} bytes)"),
+        Err(e) => e,
+    };
+    assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
+    assert_eq!(client.stats().await.unwrap().corrupt, 2);
+    let gone = client.get(leased_key).await.unwrap_err();
     assert_eq!(gone.code(), ErrorCode::NotFound);
 }

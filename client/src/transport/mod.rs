@@ -208,7 +208,7 @@ mod tests {
             valid_until: later,
             instance: 7,
             grant: None,
-            key: None,
+            key: bytes::Bytes::new(),
             copy,
         };
         let sum = xxhash_rust::xxh3::xxh3_64(&value);
