@@ -2,12 +2,14 @@
 //! the store.
 //!
 //! Requests of T tokens are cut into blocks of B tokens; each block's KV cache is one
-//! value per tensor-parallel rank, its size given by the model. Three phases, each over
-//! the same R requests at concurrency C:
-//! * `cold` — instance 1 looks up each request's prefix (prefix_len) and stores the
-//!   blocks it lacks;
-//! * `warm` — instance 1 looks up again and loads every block;
-//! * `warm-cross` — instance 2, another client connection, does the same.
+//! value per tensor-parallel rank, its size given by the model. N engine instances (each
+//! its own client connection) share the R requests: request `i`'s home is instance
+//! `i mod N`. Three phases, each over the same requests at concurrency C in all:
+//! * `cold` — each request's home instance looks up its prefix (prefix_len) and stores
+//!   the blocks it lacks;
+//! * `warm` — the home instance looks up again and loads every block;
+//! * `warm-cross` — the next instance (`i + 1 mod N`), one that did not store the
+//!   request, does the same.
 //!
 //! Per phase and system: the prefix hit ratio, lookup latency, store or load time per
 //! request, GB/s, and the time per request beyond a memcpy of the same bytes (what the
@@ -83,6 +85,8 @@ pub struct KvParams {
     pub block_bytes: Option<u64>,
     pub requests: usize,
     pub concurrency: usize,
+    /// Engine instances (client connections), at least 2.
+    pub instances: usize,
     pub sharing: Sharing,
     /// Only these systems (all when `None`).
     pub systems: Option<Vec<String>>,
@@ -99,6 +103,7 @@ impl KvParams {
             block_bytes: None,
             requests: 100,
             concurrency: 25,
+            instances: 2,
             sharing: Sharing::Distinct,
             systems: None,
             ceiling_sample: Duration::from_secs(1),
@@ -250,6 +255,20 @@ impl Backend {
     }
 }
 
+/// The phases, in order: name, whether it stores (else it loads), and how many instances
+/// along from its home a request is served by.
+const PHASES: [(&str, bool, usize); 3] = [
+    ("cold", true, 0),
+    ("warm", false, 0),
+    ("warm-cross", false, 1),
+];
+
+/// The instance that serves request `request` in a phase `shift` instances along from its
+/// home (`request mod instances`).
+fn instance_for(request: usize, shift: usize, instances: usize) -> usize {
+    (request + shift) % instances
+}
+
 /// What one phase measured.
 #[derive(Default)]
 struct Phase {
@@ -265,11 +284,13 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram bounds")
 }
 
-/// Runs one phase: each task takes the next request, looks up its prefix, then stores
-/// the missing blocks (`store`) or loads them all.
+/// Runs one phase: each task takes the next request, looks up its prefix on the
+/// instance `shift` along from the request's home, then stores the missing blocks
+/// (`store`) or loads them all.
 fn phase(
     rt: &tokio::runtime::Runtime,
-    client: &Backend,
+    instances: &[Backend],
+    shift: usize,
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
     store: bool,
@@ -296,8 +317,8 @@ fn phase(
         let tasks: Vec<_> = pools
             .into_iter()
             .map(|mut bufs| {
-                let (client, requests, next, values) = (
-                    client.clone(),
+                let (instances, requests, next, values) = (
+                    instances.to_vec(),
                     Arc::clone(requests),
                     Arc::clone(&next),
                     Arc::clone(&values),
@@ -311,6 +332,7 @@ fn phase(
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(r) = requests.get(i) else { break };
+                        let client = &instances[instance_for(i, shift, instances.len())];
                         let t = Instant::now();
                         let hit = client.lookup(&r.groups).await;
                         let looked = t.elapsed();
@@ -448,7 +470,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     let data = blocks as u64 * block * u64::from(p.model.ranks);
     println!(
         "kvcache: {} x {} tokens (blocks of {}), {} ({} ranks, {} KiB per block per rank), \
-         {:?} prompts, concurrency {}: {:.2} GB of blocks at most",
+         {:?} prompts, concurrency {} over {} instances: {:.2} GB of blocks at most",
         p.requests,
         p.tokens,
         p.block_tokens,
@@ -457,6 +479,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
         block >> 10,
         p.sharing,
         p.concurrency,
+        p.instances,
         data as f64 / 1e9
     );
     let per_request = (p.tokens / p.block_tokens).max(1) * p.model.ranks as usize;
@@ -498,31 +521,28 @@ pub fn run(p: &KvParams, report: &mut Report) {
             Some(data_plane),
         );
         for (system, transport) in transports {
-            let (first, second) = (
-                served.client(&client_rt, transport),
-                served.client(&client_rt, transport),
-            );
+            let clients: Vec<Arc<Client>> = (0..p.instances)
+                .map(|_| served.client(&client_rt, transport))
+                .collect();
             client_rt.block_on(async {
-                first.remove_all(true).await.expect("remove_all");
+                clients[0].remove_all(true).await.expect("remove_all");
                 // A long-running engine's mapping is prefaulted: measure that, not the
                 // page faults of its first minutes.
-                for c in [&first, &second] {
+                for c in &clients {
                     tokio::time::timeout(Duration::from_secs(120), c.shm_prefaulted())
                         .await
                         .expect("shm prefault took over 2 minutes")
                         .expect("shm_prefaulted");
                 }
             });
-            let instances = [
-                Backend::Strata(Arc::clone(&first)),
-                Backend::Strata(Arc::clone(&second)),
-            ];
+            let instances: Vec<Backend> = clients.iter().cloned().map(Backend::Strata).collect();
             phases(
                 &client_rt, system, &instances, &requests, p, &ceiling, report,
             );
             client_rt.block_on(async {
-                first.close().await;
-                second.close().await;
+                for c in &clients {
+                    c.close().await;
+                }
             });
         }
         served.stop(&server_rt);
@@ -548,7 +568,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
                 Backend::Redis(conn)
             })
         };
-        let instances = [connect(), connect()];
+        let instances: Vec<Backend> = (0..p.instances).map(|_| connect()).collect();
         phases(
             &client_rt, "redis", &instances, &requests, p, &ceiling, report,
         );
@@ -573,10 +593,8 @@ fn embedded_phases(
         })
         .expect("embedded store"),
     );
-    let instances = [
-        Backend::Embedded(Arc::clone(&embedded)),
-        Backend::Embedded(Arc::clone(&embedded)),
-    ];
+    // One store, as every instance on a host shares its server.
+    let instances = vec![Backend::Embedded(Arc::clone(&embedded)); p.instances];
     phases(
         client_rt,
         "strata-embedded",
@@ -651,26 +669,25 @@ fn raw_quic_ceiling(
     );
 }
 
-/// The three phases on `instances` (instance 1, instance 2) of one system, between two
-/// measurements of its memcpy ceiling.
+/// The three phases on `instances` of one system, between two measurements of its memcpy
+/// ceiling.
 fn phases(
     rt: &tokio::runtime::Runtime,
     system: &'static str,
-    instances: &[Backend; 2],
+    instances: &[Backend],
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
     ceiling: &Ceiling,
     report: &mut Report,
 ) {
     let before = ceiling.measure(system, "before", report);
-    let measured: Vec<_> = [
-        ("cold", &instances[0], true),
-        ("warm", &instances[0], false),
-        ("warm-cross", &instances[1], false),
-    ]
-    .into_iter()
-    .map(|(name, client, store)| (name, store, phase(rt, client, requests, p, store)))
-    .collect();
+    let measured: Vec<_> = PHASES
+        .into_iter()
+        .map(|(name, store, shift)| {
+            let m = phase(rt, instances, shift, requests, p, store);
+            (name, store, m)
+        })
+        .collect();
     let memcpy = before.max(ceiling.measure(system, "after", report));
     let block = p.block_bytes();
     for (name, store, m) in measured {
@@ -701,6 +718,9 @@ fn phases(
             .extra
             .insert("added_us_p50".into(), added_us.into());
         move_rec.extra.insert("model".into(), p.model.name.into());
+        move_rec
+            .extra
+            .insert("instances".into(), instances.len().into());
         report.add(move_rec);
     }
 }
@@ -708,6 +728,23 @@ fn phases(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Warm-cross loads every request on an instance that did not store it, and the
+    /// requests spread over every instance in each phase.
+    #[test]
+    fn warm_cross_loads_each_request_on_another_instance() {
+        for n in 2..=8 {
+            let (_, _, cross) = PHASES[2];
+            let mut served = vec![0usize; n];
+            for request in 0..5 * n {
+                let home = instance_for(request, 0, n);
+                let other = instance_for(request, cross, n);
+                assert_ne!(home, other, "request {request} of {n} instances");
+                served[other] += 1;
+            }
+            assert!(served.iter().all(|&k| k == 5), "{n} instances: {served:?}");
+        }
+    }
 
     #[test]
     fn every_system_stores_cold_and_loads_every_block_warm() {
@@ -718,6 +755,7 @@ mod tests {
             block_bytes: Some(64 << 10),
             requests: 6,
             concurrency: 2,
+            instances: 3,
             model: MODELS[1], // 4 ranks: every block is 4 keys
             ceiling_sample: Duration::from_millis(50),
             ..KvParams::full()
@@ -765,6 +803,7 @@ mod tests {
                 );
                 let load = find(system, "load", phase);
                 assert_eq!(load.bytes, all_blocks, "{system} {phase}");
+                assert_eq!(load.extra["instances"], 3, "{system} {phase}");
                 assert!(load.p99_us.is_some() && load.extra.contains_key("vs_memcpy"));
             }
         }

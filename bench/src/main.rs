@@ -75,9 +75,10 @@ enum Workload {
         #[arg(long)]
         seconds: Option<f64>,
     },
-    /// The deployment guides' scenario: N requests of T tokens in blocks of B, a model's
-    /// block size, stored cold by one engine instance and loaded warm by it and by a
-    /// second one, on each same-host transport, with memcpy as the ceiling.
+    /// The deployment guides' scenario: R requests of T tokens in blocks of B, a model's
+    /// block size, spread over N engine instances: stored cold, loaded warm by the
+    /// instance that stored them and by another one, on each same-host transport, with
+    /// memcpy as the ceiling.
     Kvcache {
         /// Tokens per request (default 1024, or 512 with --quick).
         #[arg(long)]
@@ -97,6 +98,10 @@ enum Workload {
         /// Requests in flight (default 25, or 4 with --quick).
         #[arg(long)]
         concurrency: Option<usize>,
+        /// Engine instances, each its own client connection (default 2, at least 2: the
+        /// warm-cross phase loads each request on an instance that did not store it).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
+        instances: Option<u32>,
         /// How the prompts share prefixes.
         #[arg(long, value_enum, default_value = "distinct")]
         sharing: kvcache::Sharing,
@@ -243,6 +248,7 @@ fn main() {
             block_bytes,
             requests,
             concurrency,
+            instances,
             sharing,
             systems,
         } => {
@@ -267,6 +273,7 @@ fn main() {
             p.block_bytes = block_bytes.filter(|&b| b > 0);
             p.requests = requests.unwrap_or(p.requests).max(1);
             p.concurrency = concurrency.unwrap_or(p.concurrency).max(1);
+            p.instances = instances.map_or(p.instances, |n| n as usize);
             p.sharing = sharing;
             p.systems = systems;
             kvcache::run(&p, &mut report);
