@@ -111,7 +111,7 @@ enum Workload {
         systems: Option<Vec<String>>,
     },
     /// Gets and puts over a working set larger than memory (so the disk serves part):
-    /// strata embedded and over shm and tcp, memcached with extstore and foyer, all with
+    /// strata embedded and over shm, tcp and quic, memcached with extstore and foyer, all with
     /// the same memory and disk budgets, next to the disk's raw O_DIRECT throughput.
     Mixed {
         /// Memory budget of every system, MiB (default 256, or 16 with --quick).
@@ -149,7 +149,7 @@ enum Workload {
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
         /// Only these systems, comma-separated: raw-odirect, memcached-extstore, foyer,
-        /// strata-embedded, strata-shm, strata-tcp (default: all).
+        /// strata-embedded, strata-shm, strata-tcp, strata-quic (default: all).
         #[arg(long, value_delimiter = ',')]
         systems: Option<Vec<String>>,
         /// foyer's submit queue, MiB, and as much again for its flush buffers, both taken

@@ -523,6 +523,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     for (name, transport) in [
         ("strata-shm", Transport::Shm),
         ("strata-tcp", Transport::Tcp),
+        ("strata-quic", Transport::Quic),
     ] {
         if !wanted(name) {
             continue;
@@ -740,7 +741,13 @@ mod tests {
             let raw = rows(&report, "raw-odirect", op)[0];
             assert_eq!(raw.bytes, keys * p.value_size);
         }
-        let mut systems = vec!["foyer", "strata-embedded", "strata-shm", "strata-tcp"];
+        let mut systems = vec![
+            "foyer",
+            "strata-embedded",
+            "strata-shm",
+            "strata-tcp",
+            "strata-quic",
+        ];
         if memcached {
             systems.push("memcached-extstore");
         }
