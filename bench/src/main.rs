@@ -160,6 +160,12 @@ enum Workload {
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
     ServeTcp,
+    /// Draws the charts of a report written earlier with --json into the --plot DIR,
+    /// without running anything.
+    Chart {
+        /// The JSON Lines report.
+        report: std::path::PathBuf,
+    },
     /// The ssd tier: demotion writes and reads of 1 and 4 MiB values with io_uring and
     /// psync, next to the raw O_DIRECT throughput of the same file (the ceiling).
     Ssd {
@@ -181,6 +187,10 @@ fn main() {
     if let Workload::ServeTcp = cli.workload {
         // The server process of `tcp`: its stdout carries addresses, not a report.
         tcp::serve_child();
+        return;
+    }
+    if let Workload::Chart { report } = &cli.workload {
+        chart(report, cli.plot.as_deref());
         return;
     }
     let mut report = report::Report::new();
@@ -240,7 +250,7 @@ fn main() {
             }
             tcp::run(&params, &mut report);
         }
-        Workload::ServeTcp => unreachable!("handled before the report"),
+        Workload::ServeTcp | Workload::Chart { .. } => unreachable!("handled before the report"),
         Workload::Kvcache {
             tokens,
             block_tokens,
@@ -344,5 +354,31 @@ fn main() {
             eprintln!("strata-bench: writing {path}: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+/// `strata-bench --plot DIR chart REPORT`: the charts of a saved report.
+fn chart(path: &std::path::Path, dir: Option<&std::path::Path>) {
+    let fail = |message: String| -> ! {
+        eprintln!("strata-bench chart: {message}");
+        std::process::exit(2);
+    };
+    let Some(dir) = dir else {
+        fail("where to? give --plot DIR".into())
+    };
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+    let records: Vec<report::Record> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            report::Record::from_json(line)
+                .unwrap_or_else(|e| fail(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
+        .collect();
+    match plot::write(&records, dir) {
+        Ok(files) => println!("plots: {}", files.join(" ")),
+        Err(e) => fail(e),
     }
 }

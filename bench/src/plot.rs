@@ -31,6 +31,7 @@ pub fn write(records: &[Record], dir: &Path) -> Result<Vec<String>, String> {
     let mut written = Vec::new();
     for workload in workloads {
         let rows: Vec<&Record> = records.iter().filter(|r| r.workload == workload).collect();
+        let colours = Colours::of(&rows);
         let moving: Vec<&Record> = rows.iter().copied().filter(|r| r.bytes > 0).collect();
         let timed: Vec<&Record> = rows
             .iter()
@@ -41,13 +42,13 @@ pub fn write(records: &[Record], dir: &Path) -> Result<Vec<String>, String> {
             if !moving.is_empty() {
                 let path = dir.join(format!("{workload}-throughput.{ext}"));
                 let title = format!("{workload}: throughput (GB/s)");
-                chart(&path, &title, &moving, Metric::Throughput)?;
+                chart(&path, &title, &moving, &colours, Metric::Throughput)?;
                 written.push(path.display().to_string());
             }
             if !timed.is_empty() {
                 let path = dir.join(format!("{workload}-latency.{ext}"));
                 let title = format!("{workload}: latency per operation (us, p50 and p99)");
-                chart(&path, &title, &timed, Metric::Latency)?;
+                chart(&path, &title, &timed, &colours, Metric::Latency)?;
                 written.push(path.display().to_string());
             }
         }
@@ -65,6 +66,29 @@ fn register_font() -> Result<(), String> {
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| format!("{path}: not a usable TrueType font"))
+}
+
+/// One colour per system of a workload, distinct within it and the same in each of its
+/// charts: the systems in the order they first appear, along the palette.
+struct Colours<'a> {
+    systems: Vec<&'a str>,
+}
+
+impl<'a> Colours<'a> {
+    fn of(rows: &[&'a Record]) -> Colours<'a> {
+        let mut systems: Vec<&str> = Vec::new();
+        for r in rows {
+            if !systems.contains(&r.system) {
+                systems.push(r.system);
+            }
+        }
+        Colours { systems }
+    }
+
+    fn of_system(&self, system: &str) -> RGBAColor {
+        let i = self.systems.iter().position(|&s| s == system);
+        Palette99::pick(i.unwrap_or(self.systems.len())).to_rgba()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -90,15 +114,21 @@ fn label(r: &Record) -> String {
     )
 }
 
-fn chart(path: &Path, title: &str, rows: &[&Record], metric: Metric) -> Result<(), String> {
+fn chart(
+    path: &Path,
+    title: &str,
+    rows: &[&Record],
+    colours: &Colours<'_>,
+    metric: Metric,
+) -> Result<(), String> {
     let height = 90 + ROW * rows.len() as u32;
     let is_svg = path.extension().is_some_and(|e| e == "svg");
     let result = if is_svg {
         let area = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
-        draw(&area, title, rows, metric)
+        draw(&area, title, rows, colours, metric)
     } else {
         let area = BitMapBackend::new(path, (WIDTH, height)).into_drawing_area();
-        draw(&area, title, rows, metric)
+        draw(&area, title, rows, colours, metric)
     };
     result.map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -107,6 +137,7 @@ fn draw<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     rows: &[&Record],
+    colours: &Colours<'_>,
     metric: Metric,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
@@ -117,12 +148,7 @@ where
     let rows: Vec<&Record> = rows.iter().rev().copied().collect();
     let n = rows.len() as u32;
     let labels: Vec<String> = rows.iter().map(|r| label(r)).collect();
-    let colour = |system: &str| {
-        let h = system
-            .bytes()
-            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
-        Palette99::pick(h as usize % 99).to_rgba()
-    };
+    let colour = |system: &str| colours.of_system(system);
     let mut builder = ChartBuilder::on(area);
     builder
         .caption(title, ("sans-serif", 18))
@@ -206,6 +232,37 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash of the name gave foyer and strata-shm the same orange.
+    #[test]
+    fn every_system_of_a_workload_has_its_own_colour() {
+        let systems = [
+            "raw-odirect",
+            "memcached-extstore",
+            "foyer",
+            "strata-embedded",
+            "strata-shm",
+            "strata-tcp",
+            "strata-quic",
+        ];
+        let records: Vec<Record> = systems
+            .iter()
+            .flat_map(|&s| {
+                [
+                    Record::new("mixed", s, "get", "mixed"),
+                    Record::new("mixed", s, "put", "mixed"),
+                ]
+            })
+            .collect();
+        let rows: Vec<&Record> = records.iter().collect();
+        let colours = Colours::of(&rows);
+        let picked: Vec<RGBAColor> = systems.iter().map(|s| colours.of_system(s)).collect();
+        for (i, a) in picked.iter().enumerate() {
+            for (j, b) in picked.iter().enumerate().skip(i + 1) {
+                assert_ne!(a.rgb(), b.rgb(), "{} and {}", systems[i], systems[j]);
+            }
+        }
+    }
 
     #[test]
     fn charts_name_every_system_and_phase() {

@@ -119,6 +119,63 @@ impl Record {
     }
 }
 
+/// The keys of [`Record::to_json`] that are not extras.
+const FIELDS: [&str; 13] = [
+    "workload",
+    "system",
+    "op",
+    "phase",
+    "value_size",
+    "concurrency",
+    "batch",
+    "ops",
+    "seconds",
+    "ops_per_s",
+    "bytes_per_s",
+    "p50_us",
+    "p99_us",
+];
+
+impl Record {
+    /// A record read back from a line [`Record::to_json`] wrote. Its names are leaked: this
+    /// is for a one-shot command (`strata-bench chart`), which reads one report.
+    pub fn from_json(line: &str) -> Result<Record, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let Value::Object(mut m) = v else {
+            return Err("not a JSON object".into());
+        };
+        let name = |m: &Map<String, Value>, key: &str| -> Result<&'static str, String> {
+            let s = m.get(key).and_then(Value::as_str);
+            let s = s.ok_or_else(|| format!("no \"{key}\" string"))?;
+            Ok(Box::leak(s.to_string().into_boxed_str()))
+        };
+        let number = |m: &Map<String, Value>, key: &str| -> Result<f64, String> {
+            let n = m.get(key).and_then(Value::as_f64);
+            n.ok_or_else(|| format!("no \"{key}\" number"))
+        };
+        let seconds = number(&m, "seconds")?;
+        let record = Record {
+            workload: name(&m, "workload")?,
+            system: name(&m, "system")?,
+            op: name(&m, "op")?,
+            phase: name(&m, "phase")?,
+            value_size: number(&m, "value_size")? as u64,
+            concurrency: number(&m, "concurrency")? as u32,
+            batch: number(&m, "batch")? as u32,
+            ops: number(&m, "ops")? as u64,
+            seconds,
+            bytes: (number(&m, "bytes_per_s")? * seconds).round() as u64,
+            p50_us: m.get("p50_us").and_then(Value::as_f64),
+            p99_us: m.get("p99_us").and_then(Value::as_f64),
+            extra: Map::new(),
+        };
+        for key in FIELDS {
+            m.remove(key);
+        }
+        Ok(Record { extra: m, ..record })
+    }
+}
+
 /// Collects records, prints each as a table row as it arrives, writes JSON Lines at the end.
 pub struct Report {
     records: Vec<Record>,
@@ -206,4 +263,38 @@ pub fn human_size(bytes: u64) -> String {
 /// A latency histogram in nanoseconds, 1 ns to 100 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_from_its_json_line() {
+        let mut h = histogram();
+        h.record(2_000).unwrap();
+        let written = Record::new("mixed", "strata-shm", "get", "mixed")
+            .size(256 << 10)
+            .concurrency(16)
+            .timed(
+                1000,
+                1000 * (256 << 10),
+                Duration::from_millis(1500),
+                Some(&h),
+            )
+            .with("hit_ratio", 0.97);
+        let read = Record::from_json(&written.to_json().to_string()).unwrap();
+        assert_eq!(read.to_json(), written.to_json());
+        assert_eq!(
+            (read.system, read.bytes),
+            ("strata-shm", 1000 * (256 << 10))
+        );
+        assert_eq!(read.extra.len(), 1, "{:?}", read.extra);
+
+        let mut nameless = written.to_json();
+        nameless.as_object_mut().unwrap().remove("system");
+        let err = Record::from_json(&nameless.to_string()).unwrap_err();
+        assert!(err.contains("system"), "{err}");
+        assert!(Record::from_json("[1, 2]").is_err());
+    }
 }
