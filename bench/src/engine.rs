@@ -318,21 +318,7 @@ mod tests {
         );
         for r in recs {
             let j = r.to_json();
-            for field in [
-                "workload",
-                "system",
-                "op",
-                "phase",
-                "value_size",
-                "concurrency",
-                "batch",
-                "ops",
-                "seconds",
-                "ops_per_s",
-                "bytes_per_s",
-                "p50_us",
-                "p99_us",
-            ] {
+            for field in crate::report::FIELDS {
                 assert!(j.get(field).is_some(), "{field} missing in {j}");
             }
             assert!(r.ops > 0, "{j}");

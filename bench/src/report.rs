@@ -119,8 +119,8 @@ impl Record {
     }
 }
 
-/// The keys of [`Record::to_json`] that are not extras.
-const FIELDS: [&str; 13] = [
+/// The keys of [`Record::to_json`] that are not extras: the brief's report format.
+pub(crate) const FIELDS: [&str; 13] = [
     "workload",
     "system",
     "op",
