@@ -763,9 +763,13 @@ mod tests {
                 gets > puts * 3,
                 "{system}: 90% reads, got {gets} gets {puts} puts"
             );
+            // Every system reports its memory. Its size is checked by
+            // tests/mixed_memory.rs, in a process of its own: here the other unit tests
+            // allocate and free heap and shared memory in this process at the same time,
+            // and the figure is this process's growth (it read 0 in one CI run).
             let memory = all.extra.get("memory_mib").and_then(|m| m.as_f64());
             assert!(
-                memory.is_some_and(|m| m > 0.0),
+                memory.is_some_and(|m| m >= 0.0),
                 "{system}: memory {memory:?}"
             );
             if system.starts_with("strata") {
