@@ -464,6 +464,13 @@ fn memcpy_gbps_one_thread(block: usize, blocks: usize, sample: Duration) -> f64 
 }
 
 pub fn run(p: &KvParams, report: &mut Report) {
+    // The CLI refuses fewer; from code, one instance would make warm-cross a second warm
+    // phase on the home instance and report it as cross-instance.
+    assert!(
+        p.instances >= 2,
+        "kvcache needs at least 2 engine instances (warm-cross loads on another), got {}",
+        p.instances
+    );
     let requests = Arc::new(requests(p));
     let block = p.block_bytes();
     let blocks: usize = requests.iter().map(|r| r.groups.len()).sum();
@@ -744,6 +751,16 @@ mod tests {
             }
             assert!(served.iter().all(|&k| k == 5), "{n} instances: {served:?}");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "at least 2 engine instances")]
+    fn one_instance_is_refused_before_anything_runs() {
+        let p = KvParams {
+            instances: 1,
+            ..KvParams::quick()
+        };
+        run(&p, &mut Report::new());
     }
 
     #[test]
