@@ -3,6 +3,7 @@
 //! Each workload prints a table and, with `--json FILE` (or `--json -`), writes JSON Lines in
 //! the report format of the design brief.
 
+mod ceiling;
 mod device;
 mod engine;
 mod heap;

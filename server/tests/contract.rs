@@ -688,3 +688,29 @@ fn space_evicted_by_a_thread_that_goes_idle_comes_back() {
     quit_tx.send(()).unwrap();
     writer.join().unwrap();
 }
+
+/// A put hashes its value a piece at a time as it copies it in; what it records must be
+/// the whole value's checksum, the one a commit that reads the stored bytes records.
+#[test]
+fn put_records_the_whole_value_s_checksum() {
+    let (s, _) = store(16 << 20);
+    let piece = strata_copy::STREAM_MIN;
+    for len in [1, 4096, piece - 1, piece, piece + 1, 3 * piece + 5] {
+        let put_key = format!("put-{len}");
+        let v = value(put_key.as_bytes(), len);
+        s.put(put_key.as_bytes(), &v, PutOptions::default())
+            .unwrap();
+        let written_key = format!("written-{len}");
+        let mut w = s
+            .put_start(written_key.as_bytes(), len as u64, PutOptions::default())
+            .unwrap();
+        w.write_at(0, &v).unwrap();
+        w.commit().unwrap();
+
+        let checksum = |key: &str| s.get_locations(&[key])[0].clone().unwrap().checksum;
+        let whole = xxhash_rust::xxh3::xxh3_64(&v);
+        assert_eq!(checksum(&put_key), whole, "put of {len} bytes");
+        assert_eq!(checksum(&written_key), whole, "commit of {len} bytes");
+        assert_eq!(s.get(put_key.as_bytes()).unwrap(), v);
+    }
+}

@@ -32,8 +32,9 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::ssd::SsdFiles;
 
-/// Bytes copied between two checks (and hashed while still in cache).
-const CHUNK: usize = 256 << 10;
+/// Bytes copied between two checks (and hashed while still in cache); large enough that
+/// the copy streams past the cache ([`strata_copy::STREAM_MIN`]).
+const CHUNK: usize = strata_copy::STREAM_MIN;
 
 /// Bytes of a segment prefaulted in one step (one madvise call) in the background.
 const PREFAULT_STEP: usize = 64 << 20;
@@ -244,14 +245,19 @@ impl SharedSegments {
         }
         let mut hasher = checksum.filter(|&c| c != 0).map(|_| Xxh3::new());
         for (i, part) in dst.chunks_mut(CHUNK).enumerate() {
+            let (from, to) = (src.wrapping_add(i * CHUNK), part.as_mut_ptr());
             // SAFETY: `span` checked that the whole location lies inside a mapping that
             // lives as long as `self`; this chunk is within it. `part` is a distinct,
             // exclusively borrowed Rust buffer. Another process may write these pages only
             // if the lease lapsed: the copy then holds garbage, which the lease check below
             // turns into an error before anyone sees it.
             unsafe {
-                std::ptr::copy_nonoverlapping(src.add(i * CHUNK), part.as_mut_ptr(), part.len())
-            };
+                match hasher {
+                    // The hash reads what was copied: an ordinary copy leaves it in cache.
+                    Some(_) => std::ptr::copy_nonoverlapping(from, to, part.len()),
+                    None => strata_copy::copy_raw(from, to, part.len()),
+                }
+            }
             if let Some(h) = hasher.as_mut() {
                 h.update(part);
             }
@@ -294,7 +300,8 @@ impl SharedSegments {
             // lives as long as `self`; this chunk is within it. The reservation makes the
             // range this writer's alone, and it still has more than `margin` to run, so the
             // server hands it to no one else during this chunk. `part` is distinct memory.
-            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), dst.add(i * CHUNK), part.len()) };
+            unsafe { strata_copy::copy_raw(part.as_ptr(), dst.add(i * CHUNK), part.len()) };
+            // The source piece is still in cache after the copy read it.
             hasher.update(part);
         }
         Ok(hasher.digest())

@@ -346,8 +346,20 @@ impl Store {
     /// put_start + copy + put_end.
     pub fn put(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<()> {
         let mut reservation = self.put_start(key, value.len() as u64, opts)?;
-        reservation.write_at(0, value)?;
-        reservation.commit()
+        if !self.inner.config.checksum_on_commit {
+            reservation.write_at(0, value)?;
+            return reservation.commit();
+        }
+        // The checksum is taken from the caller's bytes, a piece at a time right after the
+        // piece is copied, while it is still in cache: the copy into the tier bypasses the
+        // cache (`strata_copy`), so hashing the stored value after it would read it all from
+        // memory again.
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (i, piece) in value.chunks(PUT_HASH_PIECE).enumerate() {
+            reservation.write_at((i * PUT_HASH_PIECE) as u64, piece)?;
+            hasher.update(piece);
+        }
+        reservation.commit_with_checksum(hasher.digest())
     }
 
     /// Per-item [`Store::put`]; one failure never fails the others.
@@ -693,6 +705,11 @@ pub(crate) struct ObjectAt {
 
 /// Keys of a prefix lookup checked per window before deciding whether to go on.
 const PREFIX_WINDOW_KEYS: usize = 256;
+
+/// Bytes [`Store::put`] copies before hashing them: small enough to be in the core's cache
+/// still, large enough to stream ([`strata_copy::STREAM_MIN`]); the shm client's pieces
+/// are as large.
+const PUT_HASH_PIECE: usize = strata_copy::STREAM_MIN;
 
 fn batch_too_large(n: usize) -> Error {
     Error::new(

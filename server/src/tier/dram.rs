@@ -170,7 +170,7 @@ impl Tier for DramTier {
         // SAFETY: source range is the extent inside a live mapping; nobody writes it
         // (contract); `dst` is a distinct Rust buffer of the extent's length.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            strata_copy::copy_raw(
                 self.base(extent),
                 dst.as_mut_ptr(),
                 dst.len().min(extent.len as usize),
@@ -184,7 +184,7 @@ impl Tier for DramTier {
         // SAFETY: destination range is inside the caller's own pending extent in a live
         // mapping, with no concurrent reader or writer (contract); `src` is distinct memory.
         unsafe {
-            std::ptr::copy_nonoverlapping(
+            strata_copy::copy_raw(
                 src.as_ptr(),
                 self.base(extent).add(offset as usize),
                 src.len(),

@@ -338,7 +338,8 @@ impl SsdTier {
         let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
         let mut value = self.buffers.take(padded as usize);
         let bytes = value.as_mut_slice();
-        bytes[..len].copy_from_slice(o.value);
+        // The buffer goes to the disk, not to a core: stream it past the cache.
+        strata_copy::copy(&mut bytes[..len], o.value);
         bytes[len..padded as usize].fill(0);
         let mut head = self.buffers.take(BLOCK as usize);
         RecordHeader {
@@ -418,7 +419,7 @@ impl SsdTier {
         if xxh3_64(value) != head.value_checksum {
             return fail(format!("{}: value does not match its checksum", at()));
         }
-        dst.copy_from_slice(value);
+        strata_copy::copy(dst, value);
         Ok(())
     }
 
