@@ -45,7 +45,12 @@ impl CopyWay {
 
 /// Measures a ceiling once per way for blocks of `size` bytes and returns the fastest
 /// way's record, with `way` and every way's GB/s added.
-pub fn fastest(size: usize, mut measure: impl FnMut(CopyWay) -> Record) -> Record {
+pub fn fastest(size: usize, measure: impl FnMut(CopyWay) -> Record) -> Record {
+    fastest_way(size, measure).1
+}
+
+/// [`fastest`], and the way that won.
+pub fn fastest_way(size: usize, mut measure: impl FnMut(CopyWay) -> Record) -> (CopyWay, Record) {
     let measured: Vec<(CopyWay, Record)> = CopyWay::for_size(size)
         .into_iter()
         .map(|way| (way, measure(way)))
@@ -58,11 +63,12 @@ pub fn fastest(size: usize, mut measure: impl FnMut(CopyWay) -> Record) -> Recor
         .into_iter()
         .max_by(|a, b| a.1.bytes_per_s().total_cmp(&b.1.bytes_per_s()))
         .expect("libc is always measured");
-    figures
+    let record = figures
         .into_iter()
         .fold(best.with("way", way.name()), |r, (w, gbps)| {
             r.with(&format!("{}_gbps", w.name()), round2(gbps))
-        })
+        });
+    (way, record)
 }
 
 fn round2(x: f64) -> f64 {

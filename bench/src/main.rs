@@ -106,6 +106,11 @@ enum Workload {
         /// How the prompts share prefixes.
         #[arg(long, value_enum, default_value = "distinct")]
         sharing: kvcache::Sharing,
+        /// Rounds of each load phase, each between two short memcpy samples; the ratio to
+        /// memcpy is the median round's (default 5, or 2 with --quick; fewer once a
+        /// phase's rounds took 20 s, or 2 s with --quick).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        rounds: Option<u32>,
         /// Only these systems, comma-separated: strata-embedded, strata-shm, strata-tcp,
         /// strata-quic, raw-quic, redis (default: all; the memcpy ceiling is measured beside each).
         #[arg(long, value_delimiter = ',')]
@@ -261,6 +266,7 @@ fn main() {
             concurrency,
             instances,
             sharing,
+            rounds,
             systems,
         } => {
             let mut p = if cli.quick {
@@ -286,6 +292,7 @@ fn main() {
             p.concurrency = concurrency.unwrap_or(p.concurrency).max(1);
             p.instances = instances.map_or(p.instances, |n| n as usize);
             p.sharing = sharing;
+            p.rounds = rounds.map_or(p.rounds, |n| n as usize);
             p.systems = systems;
             kvcache::run(&p, &mut report);
         }
