@@ -114,6 +114,13 @@ fn label(r: &Record) -> String {
     )
 }
 
+/// Pixels for the row labels: room for the longest at about 6 px a character (the
+/// axis font), and never less than the 330 the short labels of most workloads need.
+fn label_area(labels: &[String]) -> u32 {
+    let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0) as u32;
+    (longest * 6 + 16).clamp(330, WIDTH / 2)
+}
+
 fn chart(
     path: &Path,
     title: &str,
@@ -154,7 +161,7 @@ where
         .caption(title, ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(30)
-        .y_label_area_size(330);
+        .y_label_area_size(label_area(&labels));
     let y = (0..n).into_segmented();
     let label_of = |v: &SegmentValue<u32>| match v {
         SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
@@ -232,6 +239,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 62-character ceiling label was cut at the chart's left edge.
+    #[test]
+    fn the_label_area_fits_the_longest_label_within_half_the_chart() {
+        let labels = |n: usize| vec!["short".to_string(), "x".repeat(n)];
+        assert_eq!(label_area(&labels(10)), 330);
+        let long = label_area(&labels(62));
+        assert!(long >= 62 * 6, "{long} px for 62 characters");
+        assert_eq!(label_area(&labels(1000)), WIDTH / 2);
+    }
 
     /// A hash of the name gave foyer and strata-shm the same orange.
     #[test]
