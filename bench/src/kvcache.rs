@@ -208,9 +208,11 @@ impl Backend {
     }
 
     async fn store(&self, keys: &[&str], values: &Values) {
+        use strata_client::ErrorCode::{AlreadyExists, Busy};
         let stored = |result: strata_client::Result<()>| match result {
-            // Another request stored the shared block first.
-            Err(e) if e.code() != strata_client::ErrorCode::AlreadyExists => panic!("store: {e}"),
+            // Another request stored the shared block first, or is storing it now (prompts
+            // sharing a prefix, looked up before either stored it): an engine skips it.
+            Err(e) if e.code() != AlreadyExists && e.code() != Busy => panic!("store: {e}"),
             _ => {}
         };
         match self {
@@ -958,6 +960,51 @@ mod tests {
                 served[other] += 1;
             }
             assert!(served.iter().all(|&k| k == 5), "{n} instances: {served:?}");
+        }
+    }
+
+    /// Prompts that share a prefix look it up at once, miss, and store the same blocks:
+    /// the one that comes second finds it stored or being stored (`Busy`), and skips it.
+    /// Once a `Busy` panicked the bench.
+    #[test]
+    fn shared_prefixes_are_stored_once_and_loaded_whole() {
+        for sharing in [Sharing::SystemPrompt, Sharing::MultiTurn] {
+            let p = KvParams {
+                tokens: 512,
+                block_bytes: Some(256 << 10),
+                requests: 8,
+                concurrency: 4,
+                sharing,
+                systems: Some(vec!["strata-embedded".into(), "strata-shm".into()]),
+                ceiling_sample: Duration::from_millis(20),
+                rounds: 2,
+                ..KvParams::full()
+            };
+            let every_block: u64 = requests(&p)
+                .iter()
+                .map(|r| r.groups.iter().map(Vec::len).sum::<usize>() as u64 * (256 << 10))
+                .sum();
+            let mut report = Report::new();
+            run(&p, &mut report);
+            for system in ["strata-embedded", "strata-shm"] {
+                for phase in ["warm", "warm-cross"] {
+                    let row = |op: &str| {
+                        report
+                            .records()
+                            .iter()
+                            .find(|r| r.system == system && r.op == op && r.phase == phase)
+                            .unwrap_or_else(|| panic!("{sharing:?} {system} {op} {phase}"))
+                    };
+                    assert_eq!(
+                        row("lookup").extra["hit_ratio"],
+                        1.0,
+                        "{sharing:?} {system}"
+                    );
+                    let load = row("load");
+                    let rounds = load.extra["rounds"].as_u64().unwrap();
+                    assert_eq!(load.bytes, rounds * every_block, "{sharing:?} {system}");
+                }
+            }
         }
     }
 
