@@ -563,11 +563,15 @@ pub fn run(p: &KvParams, report: &mut Report) {
     );
     let requests = Arc::new(requests(p));
     let block = p.block_bytes();
-    let blocks: usize = requests.iter().map(|r| r.groups.len()).sum();
-    let data = blocks as u64 * block * u64::from(p.model.ranks);
+    // What the cold phase stores: each distinct key once (shared prefixes are stored once).
+    let distinct: std::collections::HashSet<&str> = requests
+        .iter()
+        .flat_map(|r| r.groups.iter().flatten().map(String::as_str))
+        .collect();
+    let data = distinct.len() as u64 * block;
     println!(
         "kvcache: {} x {} tokens (blocks of {}), {} ({} ranks, {} KiB per block per rank), \
-         {:?} prompts, concurrency {} over {} instances: {:.2} GB of blocks at most",
+         {:?} prompts, concurrency {} over {} instances: {:.2} GB of distinct blocks",
         p.requests,
         p.tokens,
         p.block_tokens,
