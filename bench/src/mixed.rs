@@ -773,23 +773,22 @@ mod tests {
                 "{system}: memory {memory:?}"
             );
             if system.starts_with("strata") {
-                // The disk budget holds the working set and every new key: nothing stored
-                // is lost. A put may still be refused (NoSpace, and only that: any other
-                // error panics) when the disk stalls for longer than a put waits for
-                // demotion to make room in dram: backpressure, counted, never a loss. It
-                // happened once in CI: 2 of 200 operations refused, every get a hit, the
-                // mix at 60 ops/s with gets' p99 at 0.8 s (a stalled disk). Whether the
-                // disk keeps up is the bench's figure to report, not this test's.
+                // The disk budget holds the working set and every new key: nothing is lost,
+                // and no put is refused (a put never fails while evictable bytes exist).
+                // Once, in CI, 2 of 200 were refused NoSpace behind a stalled disk (gets'
+                // p99 0.8 s): a put then waited only a second for the space its eviction
+                // retired, while a reader pinned across a slow disk read held it back. A
+                // put now waits up to its timeout (30 s); see docs/engine.md, "Eviction".
                 assert_eq!(all.extra["hit_ratio"], 1.0, "{system}");
                 assert!(all.extra.contains_key("vs_foyer"), "{system}");
                 let refused = rows(&report, system, "put")[1].extra["refused"]
                     .as_u64()
                     .expect("refused count");
-                assert!(refused <= puts, "{system}");
+                assert_eq!(refused, 0, "{system}: a put was refused");
                 assert_eq!(
                     all.bytes,
-                    (p.ops - refused) * p.value_size,
-                    "{system}: every get hit, every accepted put stored"
+                    p.ops * p.value_size,
+                    "{system}: every get hit, every put stored"
                 );
             }
         }

@@ -714,3 +714,80 @@ fn put_records_the_whole_value_s_checksum() {
         assert_eq!(s.get(put_key.as_bytes()).unwrap(), v);
     }
 }
+
+/// Fills a 512 KiB dram store with eight 64 KiB objects, k0 (least recent) to k7.
+fn full_store(put_timeout: Duration) -> Store {
+    let mut c = config(8 * 64 * KIB);
+    c.put_timeout = put_timeout;
+    let s = Store::open(c).unwrap();
+    for i in 0..8 {
+        let key = format!("k{i}");
+        let v = value(key.as_bytes(), 64 * KIB as usize);
+        s.put(key.as_bytes(), &v, PutOptions::default()).unwrap();
+    }
+    s
+}
+
+/// Evicted space returns only once every reader pinned before the eviction is done (say,
+/// one reading the disk through a stall). A put waits for it: evicting more would not help,
+/// since what it evicted next would wait behind the same reader.
+#[test]
+fn a_put_waits_for_space_a_slow_reader_holds_rather_than_evicting_more() {
+    let s = full_store(Duration::from_secs(20));
+    let slow_reader = s.read(b"k7").unwrap();
+    let v = value(b"new", 64 * KIB as usize);
+    std::thread::scope(|t| {
+        let put = t.spawn(|| s.put(b"new", &v, PutOptions::default()));
+        // Hold the reader past a second, the time a put used to wait before it went on
+        // evicting (and then refused the put with NoSpace once the tier was empty).
+        let held = std::time::Instant::now();
+        while held.elapsed() < Duration::from_millis(1500) {
+            assert!(!put.is_finished(), "the put ended while the space was held");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let evicted: Vec<u32> = (0..8)
+            .filter(|i| !s.exists(format!("k{i}").as_bytes()).unwrap())
+            .collect();
+        assert_eq!(evicted, vec![0], "only what the put needs is evicted");
+        assert_eq!(
+            slow_reader.bytes().unwrap(),
+            value(b"k7", 64 * KIB as usize)
+        );
+        drop(slow_reader);
+        put.join()
+            .unwrap()
+            .expect("the put takes the space once the reader is done");
+    });
+    assert_eq!(s.get(b"new").unwrap(), v);
+    for i in 1..8 {
+        let key = format!("k{i}");
+        assert_eq!(
+            s.get(key.as_bytes()).unwrap(),
+            value(key.as_bytes(), 64 * KIB as usize)
+        );
+    }
+}
+
+/// The wait is bounded by the put's timeout: then the put is refused, saying why, and
+/// nothing more is evicted for it.
+#[test]
+fn a_put_is_refused_after_its_timeout_when_readers_keep_holding_the_evicted_space() {
+    let s = full_store(Duration::from_millis(300));
+    let slow_reader = s.read(b"k7").unwrap();
+    let started = std::time::Instant::now();
+    let err = s
+        .put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(err.code(), ErrorCode::NoSpace);
+    assert!(err.message().contains("held by readers"), "{err}");
+    assert!(!s.exists(b"new").unwrap());
+    assert!(!s.exists(b"k0").unwrap());
+    for i in 1..8 {
+        assert!(s.exists(format!("k{i}").as_bytes()).unwrap(), "k{i}");
+    }
+    drop(slow_reader);
+    assert!(s.reclaim(Duration::from_secs(5)));
+    s.put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
+        .unwrap();
+}

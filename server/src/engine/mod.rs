@@ -998,14 +998,27 @@ impl Inner {
             }
         }
         self.counters.no_space.fetch_add(1, Ordering::Relaxed);
-        Err(Error::new(
-            ErrorCode::NoSpace,
-            format!("no tier has {len} free bytes and nothing evictable is left (all leased, pinned or pending)"),
-        ))
+        let held: u64 = candidates().map(|i| self.tiers[i].retiring()).sum();
+        let message = if held > 0 {
+            format!(
+                "no tier has {len} free bytes and nothing evictable is left; {held} bytes already evicted are still held by readers after waiting the put timeout ({:?})",
+                self.config.put_timeout
+            )
+        } else {
+            format!("no tier has {len} free bytes and nothing evictable is left (all leased, pinned or pending)")
+        };
+        Err(Error::new(ErrorCode::NoSpace, message))
     }
 
     /// Allocates in tier `i`, evicting its least recently used objects as needed. `None`
-    /// only when nothing evictable is left and no retired space is on its way back.
+    /// only when nothing evictable is left and the space already evicted did not come back
+    /// within `put_timeout`.
+    ///
+    /// Evicted bytes are retired, not freed: they return once every thread pinned before
+    /// the eviction unpins (a reader mid-copy, or mid-read from a stalled disk). While at
+    /// least `len` bytes are on their way back, the put waits for them rather than evicting
+    /// more: the epoch is global, so whatever it evicted next would wait behind the same
+    /// reader, and the tier would be emptied for nothing.
     pub fn allocate_evicting(&self, i: usize, len: u64) -> Option<Extent> {
         let tier = &self.tiers[i];
         // Read the clock only once a put has to wait: the common put allocates at once.
@@ -1018,11 +1031,12 @@ impl Inner {
                 return Some(extent);
             }
             let started = *waiting_since.get_or_insert_with(std::time::Instant::now);
-            if tier.retiring() > 0 && started.elapsed() < Duration::from_secs(1) {
-                // Evicted space comes back once readers unpin: help the epoch along.
-                epoch::pin().flush();
-                tier.reclaim_retired();
-                std::thread::yield_now();
+            let may_wait = || started.elapsed() < self.config.put_timeout;
+            if tier.retiring() >= len {
+                if !may_wait() {
+                    return None;
+                }
+                self.wait_for_retired(i, started);
                 continue;
             }
             let Some(_evicting) = self.evictors[i].try_lock() else {
@@ -1036,8 +1050,26 @@ impl Inner {
             }
             let target = len.max((tier.capacity() as f64 * self.config.eviction_ratio) as u64);
             if self.evict_locked(i, target) == 0 {
-                return None;
+                if tier.retiring() == 0 || !may_wait() {
+                    return None;
+                }
+                // Nothing left to evict, but some space is still on its way back.
+                drop(_evicting);
+                self.wait_for_retired(i, started);
             }
+        }
+    }
+
+    /// One step of waiting for tier `i`'s retired space: helps the epoch along, reclaims
+    /// what it can, then yields (for the first millisecond, as readers usually unpin within
+    /// microseconds) or sleeps (a reader held up by the disk can take seconds).
+    fn wait_for_retired(&self, i: usize, waiting_since: std::time::Instant) {
+        epoch::pin().flush();
+        self.tiers[i].reclaim_retired();
+        if waiting_since.elapsed() < Duration::from_millis(1) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
