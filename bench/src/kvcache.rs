@@ -207,24 +207,44 @@ impl Backend {
         }
     }
 
-    async fn store(&self, keys: &[&str], values: &Values) {
+    /// Value bytes this instance's client has sent to its server, over every transport;
+    /// `None` for a backend that is not a strata client.
+    fn bytes_put(&self) -> Option<u64> {
+        let Backend::Strata(c) = self else {
+            return None;
+        };
+        let t = c.transport_stats();
+        Some(t.shm_put_bytes + t.quic_put_bytes + t.device_put_bytes + t.tcp_put_bytes)
+    }
+
+    /// Stores `keys`; returns how many it stored. A block found stored or being stored by
+    /// another request is skipped, moves no bytes, and is not counted. The client cannot
+    /// tell a key it found stored from one it stored (it answers `Ok` to both, as the
+    /// brief has clients do), so for it the phase counts the bytes its transports moved.
+    async fn store(&self, keys: &[&str], values: &Values) -> usize {
         use strata_client::ErrorCode::{AlreadyExists, Busy};
-        let stored = |result: strata_client::Result<()>| match result {
+        let stored = |result: &strata_client::Result<()>| match result {
+            Ok(()) => true,
             // Another request stored the shared block first, or is storing it now (prompts
             // sharing a prefix, looked up before either stored it): an engine skips it.
-            Err(e) if e.code() != AlreadyExists && e.code() != Busy => panic!("store: {e}"),
-            _ => {}
+            Err(e) if e.code() == AlreadyExists || e.code() == Busy => false,
+            Err(e) => panic!("store: {e}"),
         };
         match self {
             Backend::Embedded(s) => {
                 let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
                 s.batch_put(&items, PutOptions::default())
-                    .into_iter()
-                    .for_each(stored);
+                    .iter()
+                    .filter(|r| stored(r))
+                    .count()
             }
             Backend::Strata(c) => {
                 let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
-                c.batch_put_from(&items).await.into_iter().for_each(stored);
+                c.batch_put_from(&items)
+                    .await
+                    .iter()
+                    .filter(|r| stored(r))
+                    .count()
             }
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
@@ -235,6 +255,7 @@ impl Backend {
                     .query_async(&mut conn.clone())
                     .await
                     .expect("redis SET");
+                keys.len() // SET stores (overwrites) every one
             }
         }
     }
@@ -293,6 +314,9 @@ struct Phase {
     asked: u64,
     hits: u64,
     bytes: u64,
+    /// Keys (one per block and rank) a store found stored, or being stored, by another
+    /// request.
+    skipped: u64,
     lookup_ns: Option<Histogram<u64>>,
     move_ns: Option<Histogram<u64>>,
     elapsed: Duration,
@@ -312,6 +336,7 @@ impl Phase {
         self.asked += other.asked;
         self.hits += other.hits;
         self.bytes += other.bytes;
+        self.skipped += other.skipped;
         merge(&mut self.lookup_ns, &other.lookup_ns);
         merge(&mut self.move_ns, &other.move_ns);
         self.elapsed += other.elapsed;
@@ -355,7 +380,9 @@ fn phase(
     let block = p.block_bytes() as usize;
     let values = Arc::new(Values::new(block as u64));
     let taken = std::mem::take(pools);
-    rt.block_on(async {
+    let bytes_put = || -> Option<u64> { instances.iter().map(Backend::bytes_put).sum() };
+    let put_before = bytes_put();
+    let mut total = rt.block_on(async {
         let started = Instant::now();
         let tasks: Vec<_> = taken
             .into_iter()
@@ -384,8 +411,9 @@ fn phase(
                                 .flatten()
                                 .map(String::as_str)
                                 .collect();
-                            client.store(&keys, &values).await;
-                            keys.len() * block
+                            let stored = client.store(&keys, &values).await;
+                            out.skipped += (keys.len() - stored) as u64;
+                            stored * block
                         } else {
                             let keys: Vec<&str> = r.groups[..hit]
                                 .iter()
@@ -411,7 +439,13 @@ fn phase(
         }
         total.elapsed = started.elapsed();
         total
-    })
+    });
+    if let (true, Some(before), Some(after)) = (store, put_before, bytes_put()) {
+        let moved = after - before;
+        total.skipped += total.bytes.saturating_sub(moved) / block as u64;
+        total.bytes = moved;
+    }
+    total
 }
 
 fn record(h: &mut Option<Histogram<u64>>, d: Duration) {
@@ -838,7 +872,9 @@ fn phases(
             .with("instances", instances.len());
         move_rec = match rounds {
             // Stores run once: a second round would find every block stored.
-            None => move_rec.with("vs_memcpy", gbps / memcpy),
+            None => move_rec
+                .with("vs_memcpy", gbps / memcpy)
+                .with("skipped_keys", m.skipped),
             Some(r) => r.annotate(move_rec, gbps / memcpy),
         };
         report.add(move_rec);
@@ -984,13 +1020,36 @@ mod tests {
                 rounds: 2,
                 ..KvParams::full()
             };
-            let every_block: u64 = requests(&p)
+            let all = requests(&p);
+            let every_block: u64 = all
                 .iter()
                 .map(|r| r.groups.iter().map(Vec::len).sum::<usize>() as u64 * (256 << 10))
                 .sum();
+            let keys: Vec<&String> = all.iter().flat_map(|r| r.groups.iter().flatten()).collect();
+            let distinct = keys.iter().collect::<std::collections::HashSet<_>>().len() as u64;
+            let groups: u64 = all.iter().map(|r| r.groups.len() as u64).sum();
+            let ranks = keys.len() as u64 / groups;
             let mut report = Report::new();
             run(&p, &mut report);
             for system in ["strata-embedded", "strata-shm"] {
+                let cold = |op: &str| {
+                    report
+                        .records()
+                        .iter()
+                        .find(|r| r.system == system && r.op == op && r.phase == "cold")
+                        .unwrap_or_else(|| panic!("{sharing:?} {system} {op} cold"))
+                };
+                // Each distinct block is stored once; the bytes count only those stores.
+                let store = cold("store");
+                assert_eq!(store.bytes, distinct * (256 << 10), "{sharing:?} {system}");
+                let hit_keys = (cold("lookup").extra["hit_ratio"].as_f64().unwrap() * groups as f64)
+                    .round() as u64
+                    * ranks;
+                assert_eq!(
+                    store.extra["skipped_keys"].as_u64().unwrap(),
+                    keys.len() as u64 - distinct - hit_keys,
+                    "{sharing:?} {system}: a key is found by the lookup, stored, or skipped"
+                );
                 for phase in ["warm", "warm-cross"] {
                     let row = |op: &str| {
                         report
