@@ -587,6 +587,87 @@ impl CopyBuffers {
     }
 }
 
+/// What the cold phase stores: each distinct key once (shared prefixes are stored once).
+fn distinct_bytes(requests: &[Request], block: u64) -> u64 {
+    let distinct: std::collections::HashSet<&str> = requests
+        .iter()
+        .flat_map(|r| r.groups.iter().flatten().map(String::as_str))
+        .collect();
+    distinct.len() as u64 * block
+}
+
+/// Every store's dram: room for every block with the watermark's headroom, since this
+/// scenario measures a warm cache, not eviction.
+fn store_capacity(data: u64) -> u64 {
+    (data + data / 4).max(256 << 20)
+}
+
+/// The memory a run holds at its peak, by part. The systems run one after another, each
+/// store gone before the next starts, so one store counts (Redis holds less: the blocks
+/// without the headroom).
+#[derive(Debug, PartialEq)]
+pub struct MemoryNeed {
+    /// One request's blocks per task in flight: the engine's KV-cache pool.
+    pub pools: u64,
+    /// The memcpy ceiling's source and destination, per core.
+    pub ceiling: u64,
+    /// One store's dram, written up front.
+    pub store: u64,
+}
+
+impl MemoryNeed {
+    pub fn of(p: &KvParams, cores: usize) -> MemoryNeed {
+        let requests = requests(p);
+        let block = p.block_bytes();
+        let most_keys = requests
+            .iter()
+            .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
+            .max()
+            .unwrap_or(0) as u64;
+        let per_request = ((p.tokens / p.block_tokens).max(1) * p.model.ranks as usize) as u64;
+        let sources = (MEMCPY_SOURCE as u64)
+            .div_ceil(block.max(1))
+            .max(per_request);
+        MemoryNeed {
+            pools: p.concurrency as u64 * most_keys * block,
+            ceiling: cores as u64 * (sources + per_request) * block,
+            store: store_capacity(distinct_bytes(&requests, block)),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.pools + self.ceiling + self.store
+    }
+
+    /// `Err` with what to change when the run would not fit in `available` bytes.
+    pub fn fits(&self, available: u64) -> Result<(), String> {
+        if self.total() <= available {
+            return Ok(());
+        }
+        let gb = |b: u64| b as f64 / 1e9;
+        Err(format!(
+            "this run needs about {:.1} GB of memory ({:.1} GB of engine buffers: one \
+             request's blocks per task in flight; {:.1} GB of store for the distinct blocks \
+             and headroom; {:.1} GB for the memcpy ceiling) and {:.1} GB is available. \
+             Lower --concurrency (buffers), --requests (store) or --tokens, or pick a \
+             smaller --model",
+            gb(self.total()),
+            gb(self.pools),
+            gb(self.store),
+            gb(self.ceiling),
+            gb(available)
+        ))
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo: what the kernel can give without swapping.
+pub fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 pub fn run(p: &KvParams, report: &mut Report) {
     // The CLI refuses fewer; from code, one instance would make warm-cross a second warm
     // phase on the home instance and report it as cross-instance.
@@ -597,12 +678,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     );
     let requests = Arc::new(requests(p));
     let block = p.block_bytes();
-    // What the cold phase stores: each distinct key once (shared prefixes are stored once).
-    let distinct: std::collections::HashSet<&str> = requests
-        .iter()
-        .flat_map(|r| r.groups.iter().flatten().map(String::as_str))
-        .collect();
-    let data = distinct.len() as u64 * block;
+    let data = distinct_bytes(&requests, block);
     println!(
         "kvcache: {} x {} tokens (blocks of {}), {} ({} ranks, {} KiB per block per rank), \
          {:?} prompts, concurrency {} over {} instances: {:.2} GB of distinct blocks",
@@ -625,9 +701,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     let server_rt = runtime(2);
     let client_rt = runtime(2);
     let tls = crate::quic::loopback_tls(dir.path());
-    // Room for every block with the watermark's headroom: this scenario measures a warm
-    // cache, not eviction.
-    let capacity = (data + data / 4).max(256 << 20);
+    let capacity = store_capacity(data);
     // The engine in-process: what the store costs with no transport at all.
     if wanted("strata-embedded") {
         embedded_phases(&client_rt, capacity, &requests, p, &mut ceiling, report);
@@ -1069,6 +1143,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_run_that_would_not_fit_in_memory_is_refused_saying_what_to_lower() {
+        let mut p = KvParams {
+            model: *MODELS.iter().find(|m| m.name == "llama3-70b-tp8").unwrap(),
+            sharing: Sharing::SystemPrompt,
+            ..KvParams::full()
+        };
+        let need = MemoryNeed::of(&p, 2);
+        let block = 5u64 << 20;
+        // 25 tasks, each with one request's 8 blocks x 8 ranks.
+        assert_eq!(need.pools, 25 * 64 * block);
+        // Half of every prompt is the shared system prompt: 4 blocks stored once, then
+        // 4 distinct per request, 8 ranks each, with a quarter of headroom.
+        let distinct = (4 + 100 * 4) * 8 * block;
+        assert_eq!(need.store, distinct + distinct / 4);
+        // Per core: 256 MiB of source (52 blocks), at least a request's worth (64), and
+        // a request's worth of destination.
+        assert_eq!(need.ceiling, 2 * (64 + 64) * block);
+        let err = need.fits(24 << 30).unwrap_err();
+        assert!(
+            err.contains("30.9 GB") && err.contains("--concurrency"),
+            "{err}"
+        );
+        assert_eq!(need.fits(need.total()), Ok(()));
+        (p.requests, p.concurrency) = (20, 8);
+        assert!(
+            MemoryNeed::of(&p, 2).fits(24 << 30).is_ok(),
+            "the documented example"
+        );
     }
 
     #[test]

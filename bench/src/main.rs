@@ -294,6 +294,14 @@ fn main() {
             p.sharing = sharing;
             p.rounds = rounds.map_or(p.rounds, |n| n as usize);
             p.systems = systems;
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let need = kvcache::MemoryNeed::of(&p, cores);
+            if let Some(available) = kvcache::memory_available() {
+                if let Err(e) = need.fits(available) {
+                    eprintln!("strata-bench kvcache: {e}");
+                    std::process::exit(2);
+                }
+            }
             kvcache::run(&p, &mut report);
         }
         Workload::Mixed {
