@@ -603,15 +603,16 @@ fn store_capacity(data: u64) -> u64 {
 }
 
 /// The memory a run holds at its peak, by part. The systems run one after another, each
-/// store gone before the next starts, so one store counts (Redis holds less: the blocks
-/// without the headroom).
+/// store gone before the next starts, so the largest one counts.
 #[derive(Debug, PartialEq)]
 pub struct MemoryNeed {
     /// One request's blocks per task in flight: the engine's KV-cache pool.
     pub pools: u64,
     /// The memcpy ceiling's source and destination, per core.
     pub ceiling: u64,
-    /// One store's dram, written up front.
+    /// The largest store: strata's dram, written up front, or Redis' blocks plus its
+    /// replies in flight (about two pools' worth: in the server's output buffers and in
+    /// the client's parsed values; see docs/benchmarks.md for the measurement).
     pub store: u64,
 }
 
@@ -628,10 +629,13 @@ impl MemoryNeed {
         let sources = (MEMCPY_SOURCE as u64)
             .div_ceil(block.max(1))
             .max(per_request);
+        let pools = p.concurrency as u64 * most_keys * block;
+        let data = distinct_bytes(&requests, block);
+        let redis = crate::report::chosen(&p.systems, "redis").then_some(data + 2 * pools);
         MemoryNeed {
-            pools: p.concurrency as u64 * most_keys * block,
+            pools,
             ceiling: cores as u64 * (sources + per_request) * block,
-            store: store_capacity(distinct_bytes(&requests, block)),
+            store: store_capacity(data).max(redis.unwrap_or(0)),
         }
     }
 
@@ -647,8 +651,9 @@ impl MemoryNeed {
         let gb = |b: u64| b as f64 / 1e9;
         Err(format!(
             "this run needs about {:.1} GB of memory ({:.1} GB of engine buffers: one \
-             request's blocks per task in flight; {:.1} GB of store for the distinct blocks \
-             and headroom; {:.1} GB for the memcpy ceiling) and {:.1} GB is available. \
+             request's blocks per task in flight; {:.1} GB for the largest store: the \
+             distinct blocks and headroom, or Redis' replies in flight; {:.1} GB for the \
+             memcpy ceiling) and {:.1} GB is available. \
              Lower --concurrency (buffers), --requests (store) or --tokens, or pick a \
              smaller --model",
             gb(self.total()),
@@ -1152,6 +1157,7 @@ mod tests {
             sharing: Sharing::SystemPrompt,
             ..KvParams::full()
         };
+        p.systems = Some(vec!["strata-shm".into()]);
         let need = MemoryNeed::of(&p, 2);
         let block = 5u64 << 20;
         // 25 tasks, each with one request's 8 blocks x 8 ranks.
@@ -1170,9 +1176,21 @@ mod tests {
         );
         assert_eq!(need.fits(need.total()), Ok(()));
         (p.requests, p.concurrency) = (20, 8);
+        let strata = MemoryNeed::of(&p, 2);
         assert!(
-            MemoryNeed::of(&p, 2).fits(24 << 30).is_ok(),
-            "the documented example"
+            strata.fits(24 << 30).is_ok(),
+            "the documented example, without redis"
+        );
+        // Redis holds the blocks and about two pools of replies in flight: more than
+        // strata's store once the pools pass an eighth of the blocks.
+        p.systems = None;
+        let all = MemoryNeed::of(&p, 2);
+        let distinct = (4 + 20 * 4) * 8 * block;
+        assert_eq!(all.store, distinct + 2 * strata.pools);
+        assert!(all.store > strata.store);
+        assert!(
+            all.fits(24 << 30).is_ok(),
+            "the documented example, with redis"
         );
     }
 
