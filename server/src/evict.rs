@@ -256,7 +256,7 @@ impl Inner {
                 }
                 let dst = below
                     .admits(hits)
-                    .then(|| self.allocate_evicting(i + 1, c.len))
+                    .then(|| self.allocate_evicting(i + 1, c.len, self.config.put_timeout))
                     .flatten();
                 match dst {
                     Some(dst) => moving.push((c, dst)),
@@ -387,7 +387,7 @@ impl Inner {
                 return self.demote_onto_shadow(i, c);
             }
             if below.admits(hits) {
-                if let Some(dst) = self.allocate_evicting(i + 1, c.len) {
+                if let Some(dst) = self.allocate_evicting(i + 1, c.len, self.config.put_timeout) {
                     match self.demote(i, c, dst) {
                         Demotion::Done => return true,
                         Demotion::Changed => return false,

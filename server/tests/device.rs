@@ -240,3 +240,51 @@ fn a_silent_owner_loses_its_segment_and_only_its_objects() {
     assert_eq!(st.tiers[0].capacity, 256 * KIB);
     drop(memory); // the owner frees its memory; the store no longer maps it
 }
+
+/// A put that finds the device tier full, behind a reader that holds the space its eviction
+/// retired, goes to dram (which has room) rather than wait for that reader: only the last
+/// tier that can take a put waits for its retired space up to the put timeout.
+#[test]
+fn a_put_goes_to_the_tier_below_rather_than_wait_behind_a_slow_reader() {
+    let s = store(8 * 64 * KIB, Duration::from_secs(5));
+    let v = |i: u32| value(i, 64 * KIB as usize);
+    for i in 0..8u32 {
+        device_put(&s, format!("d{i}").as_bytes(), &v(i), false);
+    }
+    // dram past its watermark too, so the put comes to the evicting pass.
+    let dram = PutOptions {
+        placement: Placement::Dram,
+        ..Default::default()
+    };
+    for i in 0..116u32 {
+        s.put(format!("m{i}").as_bytes(), &v(100 + i), dram)
+            .unwrap();
+    }
+    let slow_reader = s.read(b"m0").unwrap();
+    std::thread::scope(|t| {
+        let put = t.spawn(|| s.put(b"new", &v(999), PutOptions::default()));
+        let started = std::time::Instant::now();
+        while !put.is_finished() && started.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            put.is_finished(),
+            "the put waited behind the reader (the device tier's retired space)"
+        );
+        put.join().unwrap().unwrap();
+    });
+    drop(slow_reader);
+    let at = s.get_locations(&[b"new"])[0].clone().unwrap();
+    assert_eq!(at.extent.tier, 1, "the put went to dram");
+    assert_eq!(s.get(b"new").unwrap(), v(999));
+    for i in 0..8u32 {
+        assert_eq!(s.get(format!("d{i}").as_bytes()).unwrap(), v(i), "d{i}");
+    }
+    for i in 0..116u32 {
+        assert_eq!(
+            s.get(format!("m{i}").as_bytes()).unwrap(),
+            v(100 + i),
+            "m{i}"
+        );
+    }
+}

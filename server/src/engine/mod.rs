@@ -706,6 +706,11 @@ pub(crate) struct ObjectAt {
 /// Keys of a prefix lookup checked per window before deciding whether to go on.
 const PREFIX_WINDOW_KEYS: usize = 256;
 
+/// How long a put waits for the retired space of a tier that has another below it to
+/// take the value instead: readers usually unpin within microseconds, so space that has
+/// not come back by then is held by a reader that is waiting on something slow.
+const UPPER_TIER_WAIT: Duration = Duration::from_millis(5);
+
 /// Bytes [`Store::put`] copies before hashing them: small enough to be in the core's cache
 /// still, large enough to stream ([`strata_copy::STREAM_MIN`]); the shm client's pieces
 /// are as large.
@@ -992,8 +997,17 @@ impl Inner {
                 }
             }
         }
+        let last = candidates().last();
         for i in candidates() {
-            if let Some(extent) = self.allocate_evicting(i, len) {
+            // A tier with another below it to take the put waits only briefly for its
+            // retired space: a reader held up for longer holds it back, and the next tier
+            // may have room now.
+            let wait = if Some(i) == last {
+                self.config.put_timeout
+            } else {
+                UPPER_TIER_WAIT
+            };
+            if let Some(extent) = self.allocate_evicting(i, len, wait) {
                 return Ok(extent);
             }
         }
@@ -1012,14 +1026,14 @@ impl Inner {
 
     /// Allocates in tier `i`, evicting its least recently used objects as needed. `None`
     /// only when nothing evictable is left and the space already evicted did not come back
-    /// within `put_timeout`.
+    /// within `wait` (the put timeout, unless a tier below can take the value).
     ///
     /// Evicted bytes are retired, not freed: they return once every thread pinned before
     /// the eviction unpins (a reader mid-copy, or mid-read from a stalled disk). While at
     /// least `len` bytes are on their way back, the put waits for them rather than evicting
     /// more: the epoch is global, so whatever it evicted next would wait behind the same
     /// reader, and the tier would be emptied for nothing.
-    pub fn allocate_evicting(&self, i: usize, len: u64) -> Option<Extent> {
+    pub fn allocate_evicting(&self, i: usize, len: u64, wait: Duration) -> Option<Extent> {
         let tier = &self.tiers[i];
         // Read the clock only once a put has to wait: the common put allocates at once.
         let mut waiting_since: Option<std::time::Instant> = None;
@@ -1031,7 +1045,7 @@ impl Inner {
                 return Some(extent);
             }
             let started = *waiting_since.get_or_insert_with(std::time::Instant::now);
-            let may_wait = || started.elapsed() < self.config.put_timeout;
+            let may_wait = || started.elapsed() < wait;
             if tier.retiring() >= len {
                 if !may_wait() {
                     return None;
