@@ -773,20 +773,55 @@ fn a_put_waits_for_space_a_slow_reader_holds_rather_than_evicting_more() {
 #[test]
 fn a_put_is_refused_after_its_timeout_when_readers_keep_holding_the_evicted_space() {
     let s = full_store(Duration::from_millis(300));
-    let slow_reader = s.read(b"k7").unwrap();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|t| {
+        // Another thread's reader: a guard is not Send, so it is taken there.
+        let s = &s;
+        t.spawn(move || {
+            let slow_reader = s.read(b"k7").unwrap();
+            held_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            drop(slow_reader);
+        });
+        held_rx.recv().unwrap();
+        let started = std::time::Instant::now();
+        let err = s
+            .put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(err.code(), ErrorCode::NoSpace);
+        assert!(err.message().contains("held by readers"), "{err}");
+        assert!(!s.exists(b"new").unwrap());
+        assert!(!s.exists(b"k0").unwrap());
+        for i in 1..8 {
+            assert!(s.exists(format!("k{i}").as_bytes()).unwrap(), "k{i}");
+        }
+        done_tx.send(()).unwrap();
+    });
+    assert!(s.reclaim(Duration::from_secs(5)));
+    s.put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
+        .unwrap();
+}
+
+/// A put made while its own thread holds a read guard cannot wait for the evicted space
+/// (the guard holds it back): it is refused at once, saying so, and evicts no more.
+#[test]
+fn a_put_under_its_own_read_guard_is_refused_at_once() {
+    let s = full_store(Duration::from_secs(20));
+    let guard = s.read(b"k7").unwrap();
     let started = std::time::Instant::now();
     let err = s
         .put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
         .unwrap_err();
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    // Far below the 20 s it would have waited.
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(err.code(), ErrorCode::NoSpace);
-    assert!(err.message().contains("held by readers"), "{err}");
-    assert!(!s.exists(b"new").unwrap());
-    assert!(!s.exists(b"k0").unwrap());
+    assert!(err.message().contains("this thread"), "{err}");
     for i in 1..8 {
         assert!(s.exists(format!("k{i}").as_bytes()).unwrap(), "k{i}");
     }
-    drop(slow_reader);
+    drop(guard);
     assert!(s.reclaim(Duration::from_secs(5)));
     s.put(b"new", &[5u8; 64 * KIB as usize], PutOptions::default())
         .unwrap();

@@ -1013,7 +1013,11 @@ impl Inner {
         }
         self.counters.no_space.fetch_add(1, Ordering::Relaxed);
         let held: u64 = candidates().map(|i| self.tiers[i].retiring()).sum();
-        let message = if held > 0 {
+        let message = if held > 0 && epoch::is_pinned() {
+            format!(
+                "no tier has {len} free bytes and nothing evictable is left; {held} bytes already evicted come back only once this thread drops the read guard it holds"
+            )
+        } else if held > 0 {
             format!(
                 "no tier has {len} free bytes and nothing evictable is left; {held} bytes already evicted are still held by readers after waiting the put timeout ({:?})",
                 self.config.put_timeout
@@ -1045,7 +1049,9 @@ impl Inner {
                 return Some(extent);
             }
             let started = *waiting_since.get_or_insert_with(std::time::Instant::now);
-            let may_wait = || started.elapsed() < wait;
+            // A caller pinned itself (holding a read guard) holds back the very space it
+            // would wait for: it does not wait.
+            let may_wait = || !epoch::is_pinned() && started.elapsed() < wait;
             if tier.retiring() >= len {
                 if !may_wait() {
                     return None;
