@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use strata_client::{BlockHasher, Client, KeyFormatter, Transport};
+use strata_client::device::{Backend as DeviceBackend, DeviceMemory};
+use strata_client::{BlockHasher, BufferId, Client, KeyFormatter, MemoryKind, Transport};
 use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::CopyWay;
@@ -179,8 +180,35 @@ enum Backend {
     /// The engine in this process: no transport at all.
     Embedded(Arc<Store>),
     Strata(Arc<Client>),
+    /// A strata client whose engine keeps its KV cache in device memory: loads go
+    /// device-to-device into each task's pool.
+    Device(DeviceInstance),
     /// Values as strings; lookups as pipelined EXISTS, loads as pipelined GET.
     Redis(redis::aio::MultiplexedConnection),
+}
+
+/// An engine instance whose KV-cache pool is device memory (the host-sim backend: shared
+/// memory behind the device module's C ABI, its copies memcpy). The blocks sit in the
+/// server's device tier; a load takes the batch's leases in one round trip and the module
+/// copies each block device-to-device into the task's pool.
+#[derive(Clone)]
+struct DeviceInstance {
+    client: Arc<Client>,
+    /// Every task's pool (one request's blocks), shared by the instances.
+    pools: Arc<Vec<DeviceMemory>>,
+    /// The pools as registered with this instance's client, by task.
+    ids: Arc<Vec<BufferId>>,
+}
+
+impl Backend {
+    /// The strata client behind this instance, if it has one.
+    fn client(&self) -> Option<&Arc<Client>> {
+        match self {
+            Backend::Strata(c) => Some(c),
+            Backend::Device(d) => Some(&d.client),
+            Backend::Embedded(_) | Backend::Redis(_) => None,
+        }
+    }
 }
 
 impl Backend {
@@ -188,7 +216,10 @@ impl Backend {
     async fn lookup(&self, groups: &[Vec<String>]) -> usize {
         match self {
             Backend::Embedded(s) => s.prefix_len(groups, false).expect("prefix_len").len,
-            Backend::Strata(c) => c.prefix_len(groups).await.expect("prefix_len"),
+            Backend::Strata(_) | Backend::Device(_) => {
+                let c = self.client().expect("a strata client");
+                c.prefix_len(groups).await.expect("prefix_len")
+            }
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
                 for key in groups.iter().flatten() {
@@ -210,9 +241,7 @@ impl Backend {
     /// Value bytes this instance's client has sent to its server, over every transport;
     /// `None` for a backend that is not a strata client.
     fn bytes_put(&self) -> Option<u64> {
-        let Backend::Strata(c) = self else {
-            return None;
-        };
+        let c = self.client()?;
         let t = c.transport_stats();
         Some(t.shm_put_bytes + t.quic_put_bytes + t.device_put_bytes + t.tcp_put_bytes)
     }
@@ -238,7 +267,9 @@ impl Backend {
                     .filter(|r| stored(r))
                     .count()
             }
-            Backend::Strata(c) => {
+            Backend::Strata(_) | Backend::Device(_) => {
+                // From host memory, as for every system: the rows compare loads.
+                let c = self.client().expect("a strata client");
                 let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
                 c.batch_put_from(&items)
                     .await
@@ -260,14 +291,36 @@ impl Backend {
         }
     }
 
-    /// Loads `keys` into `bufs` (the engine's own buffers), checking each holds its key's
-    /// value.
-    async fn load(&self, keys: &[&str], bufs: &mut [Vec<u8>], values: &Values) {
+    /// Loads `keys` into task `task`'s buffers (the engine's own: `bufs` in host memory,
+    /// or its device pool), checking each holds its key's value.
+    async fn load(&self, keys: &[&str], task: usize, bufs: &mut [Vec<u8>], values: &Values) {
+        if let Backend::Device(d) = self {
+            let block = values.of(keys.first().copied().unwrap_or_default()).len();
+            let offsets: Vec<usize> = (0..keys.len()).map(|k| k * block).collect();
+            let results = d
+                .client
+                .batch_get_into_buffer(keys, d.ids[task], &offsets)
+                .await;
+            let pool = &d.pools[task];
+            for ((result, key), offset) in results.into_iter().zip(keys).zip(offsets) {
+                assert_eq!(result.expect("load"), block);
+                let read = |at: usize, buf: &mut [u8]| {
+                    pool.read((offset + at) as u64, buf).expect("device read");
+                };
+                assert!(
+                    values.check_by(key, read),
+                    "{key}: loaded other bytes than stored"
+                );
+            }
+            return;
+        }
+        let bufs = &mut bufs[..keys.len()];
         let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
         let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
         let results = match self {
             Backend::Embedded(s) => s.batch_get_into(keys, &mut slices),
             Backend::Strata(c) => c.batch_get_into(keys, &mut slices).await,
+            Backend::Device(_) => unreachable!("loaded above"),
             Backend::Redis(conn) => {
                 let mut pipe = redis::pipe();
                 for key in keys {
@@ -386,7 +439,8 @@ fn phase(
         let started = Instant::now();
         let tasks: Vec<_> = taken
             .into_iter()
-            .map(|mut bufs| {
+            .enumerate()
+            .map(|(task, mut bufs)| {
                 let (instances, requests, next, values) = (
                     instances.to_vec(),
                     Arc::clone(requests),
@@ -420,7 +474,7 @@ fn phase(
                                 .flatten()
                                 .map(String::as_str)
                                 .collect();
-                            client.load(&keys, &mut bufs[..keys.len()], &values).await;
+                            client.load(&keys, task, &mut bufs, &values).await;
                             keys.len() * block
                         };
                         out.bytes += moved as u64;
@@ -631,11 +685,17 @@ impl MemoryNeed {
             .max(per_request);
         let pools = p.concurrency as u64 * most_keys * block;
         let data = distinct_bytes(&requests, block);
-        let redis = crate::report::chosen(&p.systems, "redis").then_some(data + 2 * pools);
+        let chosen = |system: &str| crate::report::chosen(&p.systems, system);
+        let redis = chosen("redis").then_some(data + 2 * pools);
+        let device = chosen("strata-device").then_some(store_capacity(data) + DEVICE_SERVER_DRAM);
         MemoryNeed {
             pools,
             ceiling: cores as u64 * (sources + per_request) * block,
-            store: store_capacity(data).max(redis.unwrap_or(0)),
+            store: [Some(store_capacity(data)), redis, device]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(0),
         }
     }
 
@@ -763,6 +823,18 @@ pub fn run(p: &KvParams, report: &mut Report) {
         }
         served.stop(&server_rt);
     }
+    if wanted("strata-device") {
+        let rts = (&server_rt, &client_rt);
+        device_phases(
+            rts,
+            dir.path(),
+            capacity,
+            &requests,
+            p,
+            &mut ceiling,
+            report,
+        );
+    }
     if wanted("raw-quic") {
         raw_quic_ceiling(&server_rt, &client_rt, dir.path(), p, report);
     }
@@ -795,6 +867,113 @@ pub fn run(p: &KvParams, report: &mut Report) {
             report,
         );
     }
+}
+
+/// dram behind the device tier of `strata-device`'s server: every block fits the device
+/// tier, so dram only has to exist.
+const DEVICE_SERVER_DRAM: u64 = 256 << 20;
+
+/// `strata-device`: a server whose host-sim device tier holds every block, engine
+/// instances on the default transport (shared memory and device copies), each task's
+/// pool in device memory registered with every instance's client.
+fn device_phases(
+    (server_rt, client_rt): (&tokio::runtime::Runtime, &tokio::runtime::Runtime),
+    dir: &std::path::Path,
+    capacity: u64,
+    requests: &Arc<Vec<Request>>,
+    p: &KvParams,
+    ceiling: &mut Ceiling,
+    report: &mut Report,
+) {
+    let device = match DeviceBackend::HostSim.open(0) {
+        Ok(device) => device,
+        Err(e) => return println!("strata-device: skipped (the host-sim device: {e})"),
+    };
+    let tls = crate::quic::loopback_tls(&dir.join("device"));
+    let socket = Some(dir.join("device.sock"));
+    let served = serve_tiers(server_rt, capacity, DEVICE_SERVER_DRAM, tls, socket, None);
+    let clients: Vec<Arc<Client>> = (0..p.instances)
+        .map(|_| served.client(client_rt, Transport::Auto))
+        .collect();
+    let block = p.block_bytes();
+    let most_keys = requests
+        .iter()
+        .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
+        .max()
+        .unwrap_or(0) as u64;
+    // Written before any clock starts, as an engine's long-lived pool is.
+    let written = vec![0x5a; block as usize];
+    let pools: Arc<Vec<DeviceMemory>> = Arc::new(
+        (0..p.concurrency)
+            .map(|_| {
+                let pool =
+                    DeviceMemory::alloc(&device, (most_keys * block).max(1)).expect("device pool");
+                for k in 0..most_keys {
+                    pool.write(k * block, &written).expect("device pool write");
+                }
+                pool
+            })
+            .collect(),
+    );
+    let instances: Vec<Backend> = clients
+        .iter()
+        .map(|c| {
+            let ids = pools
+                .iter()
+                .map(|pool| {
+                    // SAFETY: the pool is device memory of the host-sim backend, the
+                    // server's device tier's; it outlives the client's use (both are
+                    // dropped after the phases), and only this client's copies use it.
+                    unsafe {
+                        c.register_buffer(
+                            pool.ptr() as usize,
+                            pool.size() as usize,
+                            MemoryKind::Device,
+                        )
+                    }
+                    .expect("register the device pool")
+                })
+                .collect();
+            Backend::Device(DeviceInstance {
+                client: Arc::clone(c),
+                pools: Arc::clone(&pools),
+                ids: Arc::new(ids),
+            })
+        })
+        .collect();
+    client_rt.block_on(async {
+        for c in &clients {
+            tokio::time::timeout(Duration::from_secs(120), c.shm_prefaulted())
+                .await
+                .expect("shm prefault took over 2 minutes")
+                .expect("shm_prefaulted");
+        }
+    });
+    phases(
+        client_rt,
+        "strata-device",
+        &instances,
+        requests,
+        p,
+        ceiling,
+        report,
+    );
+    let copies: u64 = clients
+        .iter()
+        .map(|c| c.transport_stats().device_gets)
+        .sum();
+    assert!(
+        copies > 0,
+        "strata-device: no block was loaded by a device copy"
+    );
+    println!("strata-device: {copies} blocks loaded device-to-device");
+    drop(instances);
+    client_rt.block_on(async {
+        for c in &clients {
+            c.close().await;
+        }
+    });
+    served.stop(server_rt);
 }
 
 fn embedded_phases(
@@ -910,7 +1089,9 @@ fn phases(
         .max()
         .unwrap_or(0);
     let mut no_buffers = pools(p.concurrency, 0, block);
-    let mut load_buffers = pools(p.concurrency, most_keys, block);
+    // A device instance loads into its device pools instead.
+    let on_host = !matches!(instances.first(), Some(Backend::Device(_)));
+    let mut load_buffers = pools(p.concurrency, if on_host { most_keys } else { 0 }, block);
     let measured: Vec<_> = PHASES
         .into_iter()
         .map(|(name, store, shift)| {
@@ -1299,7 +1480,13 @@ mod tests {
             })
         };
         assert_eq!(find("raw-quic", "read", "ceiling").bytes, all_blocks);
-        let mut systems = vec!["strata-embedded", "strata-shm", "strata-tcp", "strata-quic"];
+        let mut systems = vec![
+            "strata-embedded",
+            "strata-shm",
+            "strata-tcp",
+            "strata-quic",
+            "strata-device",
+        ];
         if redis {
             systems.push("redis");
         }

@@ -112,7 +112,8 @@ enum Workload {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         rounds: Option<u32>,
         /// Only these systems, comma-separated: strata-embedded, strata-shm, strata-tcp,
-        /// strata-quic, raw-quic, redis (default: all; the memcpy ceiling is measured beside each).
+        /// strata-quic, strata-device (pools in host-sim device memory), raw-quic, redis
+        /// (default: all; the memcpy ceiling is measured beside each).
         #[arg(long, value_delimiter = ',')]
         systems: Option<Vec<String>>,
     },

@@ -26,13 +26,21 @@ impl Values {
 
     /// Whether `got` holds `key`'s value (checked at both ends and the middle).
     pub fn check(&self, key: &str, got: &[u8]) -> bool {
+        got.len() == self.of(key).len()
+            && self.check_by(key, |at, buf| buf.copy_from_slice(&got[at..at + buf.len()]))
+    }
+
+    /// [`Values::check`] of a value of the right length that is not in host memory (a
+    /// device buffer): `read(offset, buf)` fills `buf` from the value's `offset`.
+    pub fn check_by(&self, key: &str, mut read: impl FnMut(usize, &mut [u8])) -> bool {
         let want = self.of(key);
         let n = want.len().min(64);
-        let mid = want.len() / 2;
-        got.len() == want.len()
-            && got[..n] == want[..n]
-            && got[got.len() - n..] == want[want.len() - n..]
-            && got[mid..mid + n.min(want.len() - mid)] == want[mid..mid + n.min(want.len() - mid)]
+        [0, want.len() / 2, want.len() - n].into_iter().all(|at| {
+            let n = n.min(want.len() - at);
+            let mut got = vec![0u8; n];
+            read(at, &mut got);
+            got == want[at..at + n]
+        })
     }
 }
 

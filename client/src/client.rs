@@ -947,7 +947,8 @@ impl Client {
     /// device-to-host as the buffer's kind says); any other value arrives by shared memory
     /// or QUIC and, for a device buffer, is copied host-to-device.
     pub async fn get_into_buffer(&self, key: &[u8], id: BufferId, offset: usize) -> Result<usize> {
-        let (addr, len, kind) = self.buffer(id)?;
+        let region = self.buffer(id)?;
+        let (addr, len, kind) = region;
         let room = len.saturating_sub(offset);
         let dst = addr + offset.min(len);
         self.bounded("get", async {
@@ -960,19 +961,7 @@ impl Client {
                     .unwrap_or_else(|| Err(missing_answer()))?;
                 self.import_device_segments(&link, [&lease.location]).await;
                 if device.covers(&lease.location) {
-                    fits(lease.location.len, room)?;
-                    // SAFETY: the registered region is valid memory of `kind` (the
-                    // registration's contract) and the value fits at `offset` (checked).
-                    let copied = unsafe {
-                        device.read_raw(&lease.location, dst as u64, kind, lease.valid_until)
-                    };
-                    let c = &self.inner.counters;
-                    if let Ok(n) = copied {
-                        Counters::count((&c.device_gets, &c.device_get_bytes), n);
-                    } else {
-                        self.inner.cache.invalidate(key);
-                    }
-                    return copied;
+                    return self.copy_from_device(device, key, &lease, region, offset);
                 }
             }
             match kind {
@@ -1004,6 +993,80 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// [`Client::get_into_buffer`] for a batch, as an engine loads a stored prefix into
+    /// its KV-cache pool: value `i` goes to `offsets[i]` of buffer `id`; per-key results,
+    /// one failure never failing the others. The leases for the whole batch come in one
+    /// round trip (per [`MAX_BATCH_KEYS`] keys) and device-tier values are copied by the
+    /// device module; a value on another tier comes as [`Client::get_into_buffer`] brings
+    /// it.
+    pub async fn batch_get_into_buffer<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        id: BufferId,
+        offsets: &[usize],
+    ) -> Vec<Result<usize>> {
+        if let Err(e) = strata_proto::limits::check_paired(keys.len(), offsets.len()) {
+            return vec![Err(e); keys.len()];
+        }
+        let region = match self.buffer(id) {
+            Ok(region) => region,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let op = async {
+            let link = match self.inner.connector.link().await {
+                Ok(link) => link,
+                Err(e) => return vec![Err(e); keys.len()],
+            };
+            let leases = match &link.device {
+                Some(_) => self.leases_on(&link, keys).await,
+                None => vec![Err(no_device_transport()); keys.len()],
+            };
+            let leased = leases.iter().filter_map(|l| l.as_ref().ok());
+            self.import_device_segments(&link, leased.map(|l| &l.location))
+                .await;
+            let mut out = Vec::with_capacity(keys.len());
+            for ((key, &offset), lease) in keys.iter().zip(offsets).zip(leases) {
+                let key = key.as_ref();
+                out.push(match (&link.device, lease) {
+                    (Some(device), Ok(lease)) if device.covers(&lease.location) => {
+                        self.copy_from_device(device, key, &lease, region, offset)
+                    }
+                    (Some(_), Err(e)) => Err(e),
+                    // Not on the device tier, or no device transport: one at a time.
+                    _ => self.get_into_buffer(key, id, offset).await,
+                });
+            }
+            out
+        };
+        self.bounded_batch("batch_get", keys.len(), op).await
+    }
+
+    /// Copies the device-tier value `lease` names into the registered `region` at
+    /// `offset`, with the module's copy (device-to-device or device-to-host as the
+    /// region's kind says).
+    fn copy_from_device(
+        &self,
+        device: &crate::transport::device::DeviceSegments,
+        key: &[u8],
+        lease: &LeasedLocation,
+        (addr, len, kind): (usize, usize, MemoryKind),
+        offset: usize,
+    ) -> Result<usize> {
+        fits(lease.location.len, len.saturating_sub(offset))?;
+        let dst = addr + offset.min(len);
+        // SAFETY: the registered region is valid memory of `kind` (the registration's
+        // contract) and the value fits at `offset` (checked).
+        let copied =
+            unsafe { device.read_raw(&lease.location, dst as u64, kind, lease.valid_until) };
+        let c = &self.inner.counters;
+        if let Ok(n) = copied {
+            Counters::count((&c.device_gets, &c.device_get_bytes), n);
+        } else {
+            self.inner.cache.invalidate(key);
+        }
+        copied
     }
 
     /// Stores `len` bytes at `offset` of registered buffer `id` under `key`. Into the
