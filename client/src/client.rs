@@ -1026,19 +1026,41 @@ impl Client {
             let leased = leases.iter().filter_map(|l| l.as_ref().ok());
             self.import_device_segments(&link, leased.map(|l| &l.location))
                 .await;
-            let mut out = Vec::with_capacity(keys.len());
-            for ((key, &offset), lease) in keys.iter().zip(offsets).zip(leases) {
-                let key = key.as_ref();
-                out.push(match (&link.device, lease) {
+            let mut out: Vec<Option<Result<usize>>> = vec![None; keys.len()];
+            let (mut copies, mut bytes) = (Vec::new(), 0);
+            for (i, lease) in leases.into_iter().enumerate() {
+                match (&link.device, lease) {
                     (Some(device), Ok(lease)) if device.covers(&lease.location) => {
-                        self.copy_from_device(device, key, &lease, region, offset)
+                        bytes += lease.location.len as usize;
+                        copies.push((i, keys[i].as_ref(), lease));
                     }
-                    (Some(_), Err(e)) => Err(e),
+                    (Some(_), Err(e)) => out[i] = Some(Err(e)),
+                    _ => {}
+                }
+            }
+            if let Some(device) = &link.device {
+                // Off the reactor, on several threads when the batch is large: a
+                // prefix's copies would otherwise hold a runtime worker for milliseconds.
+                let threads = self.inner.config.shm_copy_threads;
+                let copied = crate::direct::copy_all(copies, bytes, threads, |(i, key, lease)| {
+                    (
+                        i,
+                        self.copy_from_device(device, key, &lease, region, offsets[i]),
+                    )
+                });
+                for (i, result) in copied {
+                    out[i] = Some(result);
+                }
+            }
+            let mut results = Vec::with_capacity(keys.len());
+            for (i, done) in out.into_iter().enumerate() {
+                results.push(match done {
+                    Some(result) => result,
                     // Not on the device tier, or no device transport: one at a time.
-                    _ => self.get_into_buffer(key, id, offset).await,
+                    None => self.get_into_buffer(keys[i].as_ref(), id, offsets[i]).await,
                 });
             }
-            out
+            results
         };
         self.bounded_batch("batch_get", keys.len(), op).await
     }

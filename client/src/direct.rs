@@ -56,7 +56,7 @@ fn off_reactor<R>(bytes: usize, copy: impl FnOnce() -> R) -> R {
 /// Runs `jobs` on up to `threads` threads (scoped: they end before this returns), or on
 /// this one when the batch is small. Jobs are dealt round-robin, which balances the equal
 /// sizes of KV-cache blocks.
-fn copy_all<J: Send, R: Send>(
+pub(crate) fn copy_all<J: Send, R: Send>(
     jobs: Vec<J>,
     bytes: usize,
     threads: usize,
