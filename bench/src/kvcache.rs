@@ -891,7 +891,22 @@ fn device_phases(
     };
     let tls = crate::quic::loopback_tls(&dir.join("device"));
     let socket = Some(dir.join("device.sock"));
-    let served = serve_tiers(server_rt, capacity, DEVICE_SERVER_DRAM, tls, socket, None);
+    // Both tiers written through at start, as the other systems' dram is: a GPU's
+    // allocation is backed at once, host-sim's shared memory only once touched.
+    let store = StoreConfig {
+        tiers: vec![
+            TierConfig {
+                populate: true,
+                ..crate::device::device_tier(capacity)
+            },
+            TierConfig {
+                populate: true,
+                ..TierConfig::dram(DEVICE_SERVER_DRAM)
+            },
+        ],
+        ..StoreConfig::default()
+    };
+    let served = crate::quic::serve_store(server_rt, store, tls, socket, None);
     let clients: Vec<Arc<Client>> = (0..p.instances)
         .map(|_| served.client(client_rt, Transport::Auto))
         .collect();

@@ -20,7 +20,10 @@ pub struct TierConfig {
     /// a value be DMA'd or written O_DIRECT straight from its extent; stores of many tiny
     /// values can lower it to save space.
     pub alignment: u64,
-    /// Fault every page in at start instead of on first write.
+    /// Fault every page in at start instead of on first write: dram maps its segments
+    /// populated; a device tier writes zeros over its segments once through the module
+    /// (for host-sim, whose device memory is shared memory, that faults its pages in; a
+    /// GPU's or NPU's allocation is backed already and just gets zeroed). Ignored by ssd.
     pub populate: bool,
     /// Where and how an ssd tier keeps its files (`Some` exactly for `TierKind::Ssd`).
     pub ssd: Option<SsdOptions>,

@@ -288,3 +288,23 @@ fn a_put_goes_to_the_tier_below_rather_than_wait_behind_a_slow_reader() {
         );
     }
 }
+
+/// A populated device tier is written through once at open (host-sim's pages faulted in)
+/// and then serves as any other: every byte of it writable and read back.
+#[test]
+fn a_populated_device_tier_opens_whole_and_serves() {
+    let mut c = config(16 * MIB_U64 + 123 * KIB, Duration::from_secs(5));
+    c.tiers[0].populate = true;
+    let s = Store::open(c).unwrap();
+    let st = s.stats();
+    assert_eq!(
+        st.tiers[0].capacity,
+        16 * MIB_U64 + 123 * KIB,
+        "two whole chunks and a tail"
+    );
+    let v = value(7, 3 * MIB_U64 as usize);
+    device_put(&s, b"whole", &v, false);
+    assert_eq!(s.get(b"whole").unwrap(), v);
+}
+
+const MIB_U64: u64 = 1 << 20;

@@ -227,11 +227,17 @@ impl Store {
                         .device
                         .as_ref()
                         .expect("validate() requires device options");
-                    let tier =
-                        DeviceTier::open(i as u8, t.capacity, t.segment_size, t.alignment, opts)
-                            .map_err(|e| {
-                                Error::new(e.code(), format!("device tier {i}: {}", e.message()))
-                            })?;
+                    let tier = DeviceTier::open(
+                        i as u8,
+                        t.capacity,
+                        t.segment_size,
+                        t.alignment,
+                        t.populate,
+                        opts,
+                    )
+                    .map_err(|e| {
+                        Error::new(e.code(), format!("device tier {i}: {}", e.message()))
+                    })?;
                     Box::new(tier)
                 }
                 (TierKind::Dram, _) => Box::new(

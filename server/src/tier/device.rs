@@ -97,14 +97,19 @@ pub struct DeviceTier {
     cursor: AtomicUsize,
 }
 
+/// Bytes of zeros one populating copy writes.
+const POPULATE_CHUNK: u64 = 8 << 20;
+
 impl DeviceTier {
     /// Opens the device and allocates `capacity` bytes in segments of `segment_size`
-    /// (capacity 0: only contributed segments).
+    /// (capacity 0: only contributed segments), each written with zeros first when
+    /// `populate` (see [`crate::TierConfig::populate`]).
     pub fn open(
         index: u8,
         capacity: u64,
         segment_size: u64,
         alignment: u64,
+        populate: bool,
         options: &DeviceOptions,
     ) -> Result<DeviceTier> {
         let device = options.backend.open(options.index).map_err(device_error)?;
@@ -121,6 +126,13 @@ impl DeviceTier {
             let size = remaining.min(segment_size);
             remaining -= size;
             let memory = DeviceMemory::alloc(&tier.device, size).map_err(device_error)?;
+            if populate {
+                let zeros = vec![0u8; POPULATE_CHUNK.min(size) as usize];
+                for at in (0..size).step_by(zeros.len()) {
+                    let n = zeros.len().min((size - at) as usize);
+                    memory.write(at, &zeros[..n]).map_err(device_error)?;
+                }
+            }
             let handle = memory.export().map_err(device_error)?;
             tier.attach(memory, handle, None)?;
         }
