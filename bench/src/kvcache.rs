@@ -650,6 +650,15 @@ fn distinct_bytes(requests: &[Request], block: u64) -> u64 {
     distinct.len() as u64 * block
 }
 
+/// Keys of the largest request: what one task's pool holds.
+fn most_keys(requests: &[Request]) -> usize {
+    requests
+        .iter()
+        .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Every store's dram: room for every block with the watermark's headroom, since this
 /// scenario measures a warm cache, not eviction.
 fn store_capacity(data: u64) -> u64 {
@@ -674,11 +683,7 @@ impl MemoryNeed {
     pub fn of(p: &KvParams, cores: usize) -> MemoryNeed {
         let requests = requests(p);
         let block = p.block_bytes();
-        let most_keys = requests
-            .iter()
-            .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
-            .max()
-            .unwrap_or(0) as u64;
+        let most_keys = most_keys(&requests) as u64;
         let per_request = ((p.tokens / p.block_tokens).max(1) * p.model.ranks as usize) as u64;
         let sources = (MEMCPY_SOURCE as u64)
             .div_ceil(block.max(1))
@@ -911,11 +916,7 @@ fn device_phases(
         .map(|_| served.client(client_rt, Transport::Auto))
         .collect();
     let block = p.block_bytes();
-    let most_keys = requests
-        .iter()
-        .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
-        .max()
-        .unwrap_or(0) as u64;
+    let most_keys = most_keys(requests) as u64;
     // Written before any clock starts, as an engine's long-lived pool is.
     let written = vec![0x5a; block as usize];
     let pools: Arc<Vec<DeviceMemory>> = Arc::new(
@@ -1098,11 +1099,7 @@ fn phases(
 ) {
     let before = ceiling.measure(system, "before", report);
     let block = p.block_bytes() as usize;
-    let most_keys = requests
-        .iter()
-        .map(|r| r.groups.iter().map(Vec::len).sum::<usize>())
-        .max()
-        .unwrap_or(0);
+    let most_keys = most_keys(requests);
     let mut no_buffers = pools(p.concurrency, 0, block);
     // A device instance loads into its device pools instead.
     let on_host = !matches!(instances.first(), Some(Backend::Device(_)));
