@@ -736,15 +736,20 @@ fn a_put_waits_for_space_a_slow_reader_holds_rather_than_evicting_more() {
     let s = full_store(Duration::from_secs(20));
     let slow_reader = s.read(b"k7").unwrap();
     let v = value(b"new", 64 * KIB as usize);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::scope(|t| {
-        let put = t.spawn(|| s.put(b"new", &v, PutOptions::default()));
-        // Hold the reader past a second, the time a put used to wait before it went on
-        // evicting (and then refused the put with NoSpace once the tier was empty).
-        let held = std::time::Instant::now();
-        while held.elapsed() < Duration::from_millis(1500) {
-            assert!(!put.is_finished(), "the put ended while the space was held");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let put = t.spawn(|| {
+            let result = s.put(b"new", &v, PutOptions::default());
+            let _ = done_tx.send(());
+            result
+        });
+        // The reader holds on past a second, the time a put used to wait before it went
+        // on evicting (and then refused the put with NoSpace once the tier was empty).
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_millis(1500)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "the put ended while the space was held"
+        );
         let evicted: Vec<u32> = (0..8)
             .filter(|i| !s.exists(format!("k{i}").as_bytes()).unwrap())
             .collect();

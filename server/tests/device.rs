@@ -261,14 +261,16 @@ fn a_put_goes_to_the_tier_below_rather_than_wait_behind_a_slow_reader() {
             .unwrap();
     }
     let slow_reader = s.read(b"m0").unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
     std::thread::scope(|t| {
-        let put = t.spawn(|| s.put(b"new", &v(999), PutOptions::default()));
-        let started = std::time::Instant::now();
-        while !put.is_finished() && started.elapsed() < Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            put.is_finished(),
+        let put = t.spawn(|| {
+            let result = s.put(b"new", &v(999), PutOptions::default());
+            let _ = done_tx.send(());
+            result
+        });
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_secs(5)),
+            Ok(()),
             "the put waited behind the reader (the device tier's retired space)"
         );
         put.join().unwrap().unwrap();
