@@ -1000,7 +1000,8 @@ impl Client {
     /// one failure never failing the others. The leases for the whole batch come in one
     /// round trip (per [`MAX_BATCH_KEYS`] keys) and device-tier values are copied by the
     /// device module; a value on another tier comes as [`Client::get_into_buffer`] brings
-    /// it.
+    /// it. The copies may run side by side, so a value whose range would overlap an
+    /// earlier one's is refused (`InvalidArgument`) rather than raced with it.
     pub async fn batch_get_into_buffer<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
@@ -1027,17 +1028,35 @@ impl Client {
             self.import_device_segments(&link, leased.map(|l| &l.location))
                 .await;
             let mut out: Vec<Option<Result<usize>>> = vec![None; keys.len()];
-            let (mut copies, mut bytes) = (Vec::new(), 0);
+            // Copies may run side by side: refuse a value whose range overlaps another's.
+            let mut by_offset: Vec<(usize, usize)> = (leases.iter().enumerate())
+                .filter_map(|(i, l)| Some((i, l.as_ref().ok()?.location.len as usize)))
+                .collect();
+            by_offset.sort_unstable_by_key(|&(i, _)| offsets[i]);
+            let mut end = 0;
+            for (i, len) in by_offset {
+                if offsets[i] < end {
+                    let msg = format!(
+                        "the value for offset {} overlaps another value of the batch",
+                        offsets[i]
+                    );
+                    out[i] = Some(Err(Error::new(ErrorCode::InvalidArgument, msg)));
+                } else {
+                    end = offsets[i].saturating_add(len);
+                }
+            }
+            let mut copies = Vec::new();
             for (i, lease) in leases.into_iter().enumerate() {
                 match (&link.device, lease) {
+                    _ if out[i].is_some() => {}
                     (Some(device), Ok(lease)) if device.covers(&lease.location) => {
-                        bytes += lease.location.len as usize;
                         copies.push((i, keys[i].as_ref(), lease));
                     }
                     (Some(_), Err(e)) => out[i] = Some(Err(e)),
                     _ => {}
                 }
             }
+            let bytes = copies.iter().map(|(_, _, l)| l.location.len as usize).sum();
             if let Some(device) = &link.device {
                 // Off the reactor, on several threads when the batch is large: a
                 // prefix's copies would otherwise hold a runtime worker for milliseconds.

@@ -156,6 +156,16 @@ async fn device_tier_puts_gets_and_demotes_under_pressure() {
         dev_buf.read(at as u64, &mut back).unwrap();
         assert!(back == blocks[i], "batch{i} at {at}");
     }
+    // Copies may run side by side: a value overlapping another's range is refused.
+    let got = client
+        .batch_get_into_buffer(&["batch1", "batch0"], dev_id, &[4096, 0])
+        .await;
+    assert_eq!(got[1].as_ref().ok(), Some(&(MIB / 2)));
+    assert_eq!(
+        got[0].as_ref().unwrap_err().code(),
+        InvalidArgument,
+        "{got:?}"
+    );
     // This server's device tier is under pressure, so maintenance may have demoted some
     // of them to dram by then (they then come through get_into_buffer, as batch3 does).
     assert!(
