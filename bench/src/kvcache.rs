@@ -801,14 +801,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
                 .collect();
             client_rt.block_on(async {
                 clients[0].remove_all(true).await.expect("remove_all");
-                // A long-running engine's mapping is prefaulted: measure that, not the
-                // page faults of its first minutes.
-                for c in &clients {
-                    tokio::time::timeout(Duration::from_secs(120), c.shm_prefaulted())
-                        .await
-                        .expect("shm prefault took over 2 minutes")
-                        .expect("shm_prefaulted");
-                }
+                prefaulted(&clients).await;
             });
             let instances: Vec<Backend> = clients.iter().cloned().map(Backend::Strata).collect();
             phases(
@@ -871,6 +864,18 @@ pub fn run(p: &KvParams, report: &mut Report) {
             &mut ceiling,
             report,
         );
+    }
+}
+
+/// Waits until every client has prefaulted its mapping of the server's segments: a
+/// long-running engine's mapping is, so the bench measures that state, not the page
+/// faults of its first minutes.
+async fn prefaulted(clients: &[Arc<Client>]) {
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(120), c.shm_prefaulted())
+            .await
+            .expect("shm prefault took over 2 minutes")
+            .expect("shm_prefaulted");
     }
 }
 
@@ -957,14 +962,7 @@ fn device_phases(
             })
         })
         .collect();
-    client_rt.block_on(async {
-        for c in &clients {
-            tokio::time::timeout(Duration::from_secs(120), c.shm_prefaulted())
-                .await
-                .expect("shm prefault took over 2 minutes")
-                .expect("shm_prefaulted");
-        }
-    });
+    client_rt.block_on(prefaulted(&clients));
     phases(
         client_rt,
         "strata-device",
