@@ -17,6 +17,7 @@ mod report;
 mod shm;
 mod ssd;
 mod tcp;
+mod threads;
 mod values;
 
 use clap::{Parser, Subcommand};
@@ -163,6 +164,9 @@ enum Workload {
         /// out of its memory budget (default 16, or 2 with --quick).
         #[arg(long)]
         foyer_flush_mib: Option<u64>,
+        /// foyer's disk I/O engine.
+        #[arg(long, value_enum, default_value = "psync")]
+        foyer_io: mixed::FoyerIo,
     },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
@@ -319,6 +323,7 @@ fn main() {
             dir,
             systems,
             foyer_flush_mib,
+            foyer_io,
         } => {
             let mut p = if cli.quick {
                 mixed::MixedParams::quick()
@@ -338,6 +343,7 @@ fn main() {
             p.dir = dir;
             p.systems = systems;
             p.foyer_flush = foyer_flush_mib.map_or(p.foyer_flush, |m| m.saturating_mul(1 << 20));
+            p.foyer_io = foyer_io;
             mixed::run(&p, &mut report);
         }
         Workload::Ssd {

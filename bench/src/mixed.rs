@@ -35,6 +35,7 @@ use crate::memory::MemoryWatch;
 use crate::peers::{Memcached, MemcachedServer};
 use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::report::{histogram, Record, Report};
+use crate::threads::Threads;
 use crate::values::Values;
 
 /// How reads choose keys of the working set.
@@ -69,6 +70,7 @@ pub struct MixedParams {
     /// Bytes of foyer's memory budget for its submit queue, and as much again for its
     /// flush buffers ([`FoyerMemory::split`]).
     pub foyer_flush: u64,
+    pub foyer_io: FoyerIo,
 }
 
 impl MixedParams {
@@ -92,6 +94,7 @@ impl MixedParams {
             // foyer's own default flush buffer size. With it, foyer's measured memory
             // matches strata's at the same budget (docs/benchmarks.md).
             foyer_flush: 16 << 20,
+            foyer_io: FoyerIo::Psync,
         }
     }
 
@@ -148,6 +151,25 @@ fn key(i: u64) -> String {
 /// A key the mix writes: task `task`'s `n`th.
 fn new_key(task: usize, n: u64) -> String {
     format!("mixed/new/{task:03}/{n:08}")
+}
+
+/// foyer's disk I/O engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FoyerIo {
+    /// pread/pwrite on a thread pool. The faster of the two here (docs/benchmarks.md): the
+    /// io_uring engine's thread polls without sleeping, and on 2 cores that is half the CPU.
+    Psync,
+    /// io_uring, one thread polling its queues.
+    Uring,
+}
+
+impl FoyerIo {
+    fn config(self) -> Box<dyn foyer::IoEngineConfig> {
+        match self {
+            FoyerIo::Psync => Box::new(foyer::PsyncIoEngineConfig::new()),
+            FoyerIo::Uring => Box::new(foyer::UringIoEngineConfig::new()),
+        }
+    }
 }
 
 /// A system under test.
@@ -396,8 +418,10 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     }
     .expect("temp dir for the disk tiers");
     let values = Arc::new(Values::new(p.value_size));
-    // One worker thread per task: the embedded engine's calls block their thread.
-    let rt = runtime(p.concurrency.max(2));
+    // Each system gets a runtime of its own, dropped before the next system is built, and
+    // the bench checks that nothing it started is left running (see crate::threads). One
+    // worker thread per task: the embedded engine's calls block their thread.
+    let workers = p.concurrency.max(2);
     let mut results: Vec<(&'static str, f64)> = Vec::new();
 
     let wanted = |name: &str| crate::report::chosen(&p.systems, name);
@@ -410,6 +434,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         .flatten();
     if let Some(server) = memcached {
         println!("memcached-extstore: {}", server.args);
+        let threads = Threads::now();
+        let rt = runtime(workers);
         let memory = MemoryWatch::process(server.pid());
         let conns = rt.block_on(async {
             let mut conns = Vec::new();
@@ -429,6 +455,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             memory,
         };
         results.push(measure(subject, &rt, p, &values, &results, report));
+        drop((system, rt));
+        torn_down("memcached-extstore", &threads);
     }
 
     let foyer_dir = dir(base.path(), "foyer");
@@ -444,11 +472,15 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             return None;
         };
         println!(
-            "foyer: {} MiB cache, {} MiB submit queue, {} MiB flush buffers, {FOYER_FLUSHERS} flushers",
+            "foyer: {} MiB cache, {} MiB submit queue, {} MiB flush buffers, {FOYER_FLUSHERS} flushers, \
+             {:?} I/O",
             budget.cache >> 20,
             budget.submit_queue >> 20,
-            budget.buffer_pool >> 20
+            budget.buffer_pool >> 20,
+            p.foyer_io
         );
+        let threads = Threads::now();
+        let rt = runtime(workers);
         let memory = MemoryWatch::in_process();
         let cache = rt.block_on(async {
             use foyer::DeviceBuilder;
@@ -461,9 +493,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
                 .memory(budget.cache as usize)
                 .with_weighter(|_key: &String, value: &Vec<u8>| value.len())
                 .storage()
-                .with_io_engine_config(
-                    Box::new(foyer::UringIoEngineConfig::new()) as Box<dyn foyer::IoEngineConfig>
-                )
+                .with_io_engine_config(p.foyer_io.config())
                 .with_engine_config(
                     foyer::BlockEngineConfig::new(device)
                         .with_flushers(FOYER_FLUSHERS)
@@ -473,10 +503,10 @@ pub fn run(p: &MixedParams, report: &mut Report) {
                 .build()
                 .await
         });
-        Some((cache, memory))
+        Some((cache, memory, rt, threads))
     });
     match foyer.flatten() {
-        Some((Ok(cache), memory)) => {
+        Some((Ok(cache), memory, rt, threads)) => {
             let system = Arc::new(System::Foyer(cache));
             let subject = Subject {
                 name: "foyer",
@@ -488,8 +518,11 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             if let System::Foyer(cache) = &*system {
                 let _ = rt.block_on(cache.close());
             }
+            // foyer's io_uring thread runs, polling, until its runtime's tasks end.
+            drop((system, rt));
+            torn_down("foyer", &threads);
         }
-        Some((Err(e), _)) => println!("foyer: skipped ({e})"),
+        Some((Err(e), ..)) => println!("foyer: skipped ({e})"),
         None => {}
     }
 
@@ -507,6 +540,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         ..StoreConfig::default()
     };
     if wanted("strata-embedded") {
+        let threads = Threads::now();
+        let rt = runtime(workers);
         let memory = MemoryWatch::in_process();
         let store = Store::open(store_config("strata-embedded")).expect("embedded store");
         let store = Arc::new(store);
@@ -518,6 +553,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             memory,
         };
         results.push(measure(subject, &rt, p, &values, &results, report));
+        drop((system, store, rt));
+        torn_down("strata-embedded", &threads);
     }
 
     for (name, transport) in [
@@ -528,6 +565,8 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         if !wanted(name) {
             continue;
         }
+        let threads = Threads::now();
+        let rt = runtime(workers);
         let memory = MemoryWatch::in_process();
         let server_rt = runtime(2);
         let tls_dir = dir(base.path(), &format!("{name}-tls"));
@@ -549,6 +588,20 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         results.push(measure(subject, &rt, p, &values, &results, report));
         rt.block_on(client.close());
         served.stop(&server_rt);
+        drop((system, client, server_rt, rt));
+        torn_down(name, &threads);
+    }
+}
+
+/// Warns of threads `system` left running: they would take CPU from the systems after it.
+fn torn_down(system: &str, threads: &Threads) {
+    let left = threads.left_since(Duration::from_secs(2));
+    if !left.is_empty() {
+        println!(
+            "warning: {system} left {} threads running after its teardown, sharing the CPU \
+             with the systems measured after it: {left:?}",
+            left.len()
+        );
     }
 }
 

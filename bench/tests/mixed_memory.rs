@@ -1,6 +1,6 @@
-//! The `mixed` workload's memory figure, checked in a bench process of its own: inside the
-//! test harness other tests allocate and free alongside, and the figure is the process's
-//! growth.
+//! The `mixed` workload checked in bench processes of their own: inside the test harness
+//! other tests allocate, free and start threads alongside, and the memory figure is the
+//! process's growth, the teardown check its new threads.
 
 use std::process::Command;
 
@@ -68,4 +68,35 @@ fn the_mixed_bench_measures_the_memory_each_system_holds() {
             "{system}: {held} MiB is the working set, not a budget"
         );
     }
+}
+
+#[test]
+fn no_system_leaves_a_thread_running_into_the_next_one_s_measurement() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // foyer on io_uring first: its engine's thread polls until its runtime ends, and it
+    // once ran on through every system measured after it.
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("--quick")
+        .args(["mixed", "--systems", "foyer,strata-embedded,strata-tcp"])
+        .args(["--foyer-io", "uring", "--dram-mib", "8", "--ops", "100"])
+        .args(["--foyer-flush-mib", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run strata-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "strata-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for system in ["foyer", "strata-embedded", "strata-tcp"] {
+        assert!(
+            stdout.contains(&format!("mixed    {system}")),
+            "{system} did not run:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("threads running after its teardown"),
+        "{stdout}"
+    );
 }
