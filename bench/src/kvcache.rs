@@ -36,6 +36,7 @@ use crate::engine::round3;
 use crate::peers::RedisServer;
 use crate::quic::{runtime, serve_tiers};
 use crate::report::{Record, Report};
+use crate::threads::{torn_down, Threads};
 use crate::values::Values;
 
 /// A model's KV-cache geometry: bytes of one token's KV cache on one rank.
@@ -774,7 +775,9 @@ pub fn run(p: &KvParams, report: &mut Report) {
     let capacity = store_capacity(data);
     // The engine in-process: what the store costs with no transport at all.
     if wanted("strata-embedded") {
+        let threads = Threads::now();
         embedded_phases(&client_rt, capacity, &requests, p, &mut ceiling, report);
+        torn_down("strata-embedded", &threads);
     }
     let transports: Vec<_> = [
         ("strata-shm", Transport::Shm),
@@ -785,6 +788,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     .filter(|(system, _)| wanted(system))
     .collect();
     if !transports.is_empty() {
+        let threads = Threads::now();
         // The TCP data plane too, for the transport a client on another host would use.
         let data_plane = crate::quic::loopback_data_plane();
         let served = serve_tiers(
@@ -820,8 +824,10 @@ pub fn run(p: &KvParams, report: &mut Report) {
             });
         }
         served.stop(&server_rt);
+        torn_down("the strata server", &threads);
     }
     if wanted("strata-device") {
+        let threads = Threads::now();
         let rts = (&server_rt, &client_rt);
         device_phases(
             rts,
@@ -832,6 +838,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
             &mut ceiling,
             report,
         );
+        torn_down("strata-device", &threads);
     }
     if wanted("raw-quic") {
         raw_quic_ceiling(&server_rt, &client_rt, dir.path(), p, report);

@@ -35,7 +35,7 @@ use crate::memory::MemoryWatch;
 use crate::peers::{Memcached, MemcachedServer};
 use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::report::{histogram, Record, Report};
-use crate::threads::Threads;
+use crate::threads::{torn_down, Threads};
 use crate::values::Values;
 
 /// How reads choose keys of the working set.
@@ -419,7 +419,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     .expect("temp dir for the disk tiers");
     let values = Arc::new(Values::new(p.value_size));
     // Each system gets a runtime of its own, dropped before the next system is built, and
-    // the bench checks that nothing it started is left running (see crate::threads). One
+    // the bench checks that nothing it started is left busy (see crate::threads). One
     // worker thread per task: the embedded engine's calls block their thread.
     let workers = p.concurrency.max(2);
     let mut results: Vec<(&'static str, f64)> = Vec::new();
@@ -590,18 +590,6 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         served.stop(&server_rt);
         drop((system, client, server_rt, rt));
         torn_down(name, &threads);
-    }
-}
-
-/// Warns of threads `system` left running: they would take CPU from the systems after it.
-fn torn_down(system: &str, threads: &Threads) {
-    let left = threads.left_since(Duration::from_secs(2));
-    if !left.is_empty() {
-        println!(
-            "warning: {system} left {} threads running after its teardown, sharing the CPU \
-             with the systems measured after it: {left:?}",
-            left.len()
-        );
     }
 }
 

@@ -96,7 +96,7 @@ fn no_system_leaves_a_thread_running_into_the_next_one_s_measurement() {
         );
     }
     assert!(
-        !stdout.contains("threads running after its teardown"),
+        !stdout.contains("threads busy after its teardown"),
         "{stdout}"
     );
 }
