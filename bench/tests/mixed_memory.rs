@@ -2,7 +2,29 @@
 //! other tests allocate, free and start threads alongside, and the memory figure is the
 //! process's growth, the teardown check its new threads.
 
+use std::path::Path;
 use std::process::Command;
+
+/// Runs `strata-bench --quick --json DIR/mixed.jsonl mixed ARGS --dir DIR`; its stdout.
+fn mixed_quick(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("--quick")
+        .arg("--json")
+        .arg(dir.join("mixed.jsonl"))
+        .arg("mixed")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run strata-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "strata-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
 
 /// The `mixed` row of `system` in a JSON Lines report.
 fn mix_row(report: &str, system: &str) -> serde_json::Value {
@@ -15,39 +37,30 @@ fn mix_row(report: &str, system: &str) -> serde_json::Value {
 
 #[test]
 fn the_mixed_bench_measures_the_memory_each_system_holds() {
-    if !std::path::Path::new("/proc/self/smaps_rollup").exists() {
+    if !Path::new("/proc/self/smaps_rollup").exists() {
         println!("skipped: the memory figure needs /proc/self/smaps_rollup (Linux 4.14+)");
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("mixed.jsonl");
     // 16 MiB of memory each, a working set of 64 MiB: both fill their memory.
-    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-        .arg("--quick")
-        .arg("--json")
-        .arg(&json)
-        .args([
-            "mixed",
+    let stdout = mixed_quick(
+        dir.path(),
+        &[
             "--systems",
             "strata-embedded,foyer",
             "--dram-mib",
             "16",
-        ])
-        .args(["--foyer-flush-mib", "2", "--ops", "200", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run strata-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "strata-bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--foyer-flush-mib",
+            "2",
+            "--ops",
+            "200",
+        ],
     );
     assert!(
         stdout.contains("foyer: 12 MiB cache, 2 MiB submit queue, 2 MiB flush buffers"),
         "foyer's queue and buffers come out of its budget:\n{stdout}"
     );
-    let report = std::fs::read_to_string(&json).expect("the JSON report");
+    let report = std::fs::read_to_string(dir.path().join("mixed.jsonl")).expect("the JSON report");
     let mib = |system: &str| {
         mix_row(&report, system)["memory_mib"]
             .as_f64()
@@ -75,19 +88,20 @@ fn no_system_leaves_a_thread_running_into_the_next_one_s_measurement() {
     let dir = tempfile::tempdir().expect("temp dir");
     // foyer on io_uring first: its engine's thread polls until its runtime ends, and it
     // once ran on through every system measured after it.
-    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-        .arg("--quick")
-        .args(["mixed", "--systems", "foyer,strata-embedded,strata-tcp"])
-        .args(["--foyer-io", "uring", "--dram-mib", "8", "--ops", "100"])
-        .args(["--foyer-flush-mib", "1", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run strata-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "strata-bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stdout = mixed_quick(
+        dir.path(),
+        &[
+            "--systems",
+            "foyer,strata-embedded,strata-tcp",
+            "--foyer-io",
+            "uring",
+            "--dram-mib",
+            "8",
+            "--ops",
+            "100",
+            "--foyer-flush-mib",
+            "1",
+        ],
     );
     for system in ["foyer", "strata-embedded", "strata-tcp"] {
         assert!(
