@@ -253,6 +253,8 @@ struct Pass {
     get_ns: Histogram<u64>,
     put_ns: Histogram<u64>,
     elapsed: Duration,
+    /// The keys of the mix's puts the system took (not the preload's).
+    stored: Vec<String>,
 }
 
 impl Pass {
@@ -266,6 +268,7 @@ impl Pass {
             get_ns: histogram(),
             put_ns: histogram(),
             elapsed: Duration::ZERO,
+            stored: Vec::new(),
         }
     }
 
@@ -277,10 +280,12 @@ impl Pass {
         self.bytes += other.bytes;
         self.get_ns.add(&other.get_ns).expect("same bounds");
         self.put_ns.add(&other.put_ns).expect("same bounds");
+        self.stored.extend_from_slice(&other.stored);
     }
 
-    /// Puts `key` (its value from `values`), timing and counting it.
-    async fn put(&mut self, system: &System, task: usize, key: &str, values: &Values) {
+    /// Puts `key` (its value from `values`), timing and counting it; whether the system
+    /// took it.
+    async fn put(&mut self, system: &System, task: usize, key: &str, values: &Values) -> bool {
         let value = values.of(key);
         let t = Instant::now();
         let stored = system.put(task, key, value).await;
@@ -291,6 +296,7 @@ impl Pass {
         } else {
             self.refused += 1;
         }
+        stored
     }
 
     /// The sum of the tasks' passes, timed from `started`.
@@ -333,6 +339,38 @@ fn preload(
             .collect();
         Pass::join(tasks, started).await
     })
+}
+
+/// Puts read back after the mix, at most: spread evenly over the puts taken.
+const KEPT_SAMPLE: usize = 256;
+
+/// The share of `stored` (keys whose puts the system took) that `system` still serves, with
+/// the bytes written, read back after the mix from a sample of at most [`KEPT_SAMPLE`].
+/// A cache may drop what it took (foyer, memcached's extstore); strata keeps every value.
+fn kept(
+    rt: &tokio::runtime::Runtime,
+    system: &System,
+    stored: &[String],
+    values: &Values,
+    size: usize,
+) -> Option<f64> {
+    if stored.is_empty() {
+        return None;
+    }
+    let sample = stored.len().min(KEPT_SAMPLE);
+    let found = rt.block_on(async {
+        let mut buf = vec![0u8; size];
+        let mut found = 0u64;
+        for i in 0..sample {
+            let k = &stored[i * stored.len() / sample];
+            if system.get(0, k, &mut buf).await {
+                assert!(values.check(k, &buf), "{k}: read other bytes than written");
+                found += 1;
+            }
+        }
+        found
+    });
+    Some(found as f64 / sample as f64)
 }
 
 /// The mix, bounded by `p.ops` and `p.seconds`.
@@ -382,8 +420,10 @@ fn mix(
                                 pass.bytes += size as u64;
                             }
                         } else {
-                            pass.put(&system, task, &new_key(task, written), &values)
-                                .await;
+                            let k = new_key(task, written);
+                            if pass.put(&system, task, &k, &values).await {
+                                pass.stored.push(k);
+                            }
                             written += 1;
                         }
                     }
@@ -673,6 +713,7 @@ fn measure(
     let io_before = store.and_then(|s| disk_io(s, system));
     let m = mix(rt, system, p, values);
     let io_after = store.and_then(|s| disk_io(s, system));
+    let puts_kept = kept(rt, system, &m.stored, values, p.value_size as usize);
     let hit_ratio = m.hits as f64 / m.gets.max(1) as f64;
     report.add(
         Record::new("mixed", name, "get", "mixed")
@@ -702,6 +743,9 @@ fn measure(
         .with("hit_ratio", crate::engine::round3(hit_ratio))
         .with("read_ratio", p.read_ratio)
         .with("working_set_x_dram", p.ratio);
+    if let Some(share) = puts_kept {
+        total = total.with("puts_kept", crate::engine::round3(share));
+    }
     if let Some(memory) = memory {
         let mib = memory.finish() as f64 / (1u64 << 20) as f64;
         total = total.with("memory_mib", (mib * 10.0).round() / 10.0);
@@ -813,6 +857,11 @@ mod tests {
                 memory.is_some_and(|m| m >= 0.0),
                 "{system}: memory {memory:?}"
             );
+            let kept = all.extra.get("puts_kept").and_then(|k| k.as_f64());
+            assert!(
+                kept.is_some_and(|k| (0.0..=1.0).contains(&k)),
+                "{system}: puts kept {kept:?}"
+            );
             if system.starts_with("strata") {
                 // The disk budget holds the working set and every new key: nothing is lost,
                 // and no put is refused (a put never fails while evictable bytes exist).
@@ -821,6 +870,7 @@ mod tests {
                 // retired, while a reader pinned across a slow disk read held it back. A
                 // put now waits up to its timeout (30 s); see docs/engine.md, "Eviction".
                 assert_eq!(all.extra["hit_ratio"], 1.0, "{system}");
+                assert_eq!(kept, Some(1.0), "{system}: a put it took is gone");
                 assert!(all.extra.contains_key("vs_foyer"), "{system}");
                 let refused = rows(&report, system, "put")[1].extra["refused"]
                     .as_u64()
