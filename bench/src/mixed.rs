@@ -346,7 +346,8 @@ const KEPT_SAMPLE: usize = 256;
 
 /// The share of `stored` (keys whose puts the system took) that `system` still serves, with
 /// the bytes written, read back after the mix from a sample of at most [`KEPT_SAMPLE`].
-/// A cache may drop what it took (foyer, memcached's extstore); strata keeps every value.
+/// A peer may drop a put as it comes (foyer, memcached's extstore) and every system drops
+/// once its disk budget is full; strata drops only its bottom tier's least recently used.
 fn kept(
     rt: &tokio::runtime::Runtime,
     system: &System,
