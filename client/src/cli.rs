@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::{Client, ClientConfig, Error, ErrorCode, ServerStats, Transport, DEFAULT_SERVER};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -29,9 +29,18 @@ struct Cli {
     /// Name to check the server's certificate against (default: the host of --server).
     #[arg(long, env = "STRATA_SERVER_NAME", global = true)]
     server_name: Option<String>,
-    /// The server's auth token, if it requires one.
+    /// The server's auth token, if it requires one. A flag's value is visible to every
+    /// local user (/proc/PID/cmdline): prefer --auth-token-file or STRATA_AUTH_TOKEN.
     #[arg(long, env = "STRATA_AUTH_TOKEN", hide_env_values = true, global = true)]
     auth_token: Option<String>,
+    /// File holding the server's auth token (one line, not readable by other users).
+    #[arg(
+        long,
+        env = "STRATA_AUTH_TOKEN_FILE",
+        global = true,
+        conflicts_with = "auth_token"
+    )]
+    auth_token_file: Option<PathBuf>,
     /// Seconds to wait for the connection and for each operation.
     #[arg(long, env = "STRATA_TIMEOUT", default_value_t = 10.0, global = true)]
     timeout: f64,
@@ -121,7 +130,17 @@ fn parse_size(text: &str) -> Result<u64, Error> {
 
 /// Runs `strata` with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    if matches.value_source("auth_token") == Some(clap::parser::ValueSource::CommandLine) {
+        eprintln!(
+            "strata: warning: --auth-token on the command line is visible to every local \
+             user (/proc/PID/cmdline); use --auth-token-file or STRATA_AUTH_TOKEN instead"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -163,6 +182,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         ca_cert: cli.ca,
         server_name: cli.server_name,
         auth_token: cli.auth_token,
+        auth_token_file: cli.auth_token_file,
         connect_timeout: timeout,
         transfer_timeout: timeout,
         transport: cli.transport,

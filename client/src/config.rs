@@ -54,6 +54,9 @@ pub struct ClientConfig {
     pub server_name: Option<String>,
     /// Token the server requires, if it requires one.
     pub auth_token: Option<String>,
+    /// File holding the token (one line, not readable by other users), read at connect;
+    /// not with `auth_token`.
+    pub auth_token_file: Option<PathBuf>,
     /// Bound on establishing a connection (QUIC + TLS + handshake).
     pub connect_timeout: Duration,
     /// Bound on one operation once connected, transfer included.
@@ -94,6 +97,7 @@ impl Default for ClientConfig {
             ca_cert: None,
             server_name: None,
             auth_token: None,
+            auth_token_file: None,
             connect_timeout: Duration::from_secs(10),
             transfer_timeout: Duration::from_secs(10),
             transport: Transport::Auto,

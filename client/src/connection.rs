@@ -174,11 +174,16 @@ impl Connector {
             .server_name
             .clone()
             .unwrap_or_else(|| split_host(&config.server).to_owned());
+        let auth_token = strata_proto::token::resolve_token(
+            config.auth_token.clone(),
+            config.auth_token_file.as_deref(),
+            ("auth_token", "auth_token_file"),
+        )?;
         Ok(Connector {
             endpoint,
             addr,
             server_name,
-            auth_token: config.auth_token.clone(),
+            auth_token,
             connect_timeout: config.connect_timeout,
             transport: config.transport,
             tls: data_tls,

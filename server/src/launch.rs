@@ -11,12 +11,21 @@ use crate::metrics::Metrics;
 use crate::net::Service;
 use crate::settings::ServerArgs;
 use crate::Store;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Runs `strata-server` with the process's arguments; exit code 0 after a graceful
 /// shutdown, 2 when it cannot start.
 pub fn main() -> ExitCode {
-    let args = ServerArgs::parse();
+    let matches = ServerArgs::command().get_matches();
+    let token_on_command_line =
+        matches.value_source("auth_token") == Some(clap::parser::ValueSource::CommandLine);
+    let args = match ServerArgs::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    // Everything the process creates is private to its user, whatever umask it inherited
+    // (the engine also sets each mode itself; this covers what libraries create).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -24,6 +33,12 @@ pub fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if token_on_command_line {
+        tracing::warn!(
+            "--auth-token on the command line is visible to every local user \
+             (/proc/PID/cmdline); use --auth-token-file or STRATA_AUTH_TOKEN instead"
+        );
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -35,6 +50,17 @@ pub fn main() -> ExitCode {
 
 fn run(args: ServerArgs) -> crate::Result<()> {
     let settings = args.resolve()?;
+    // The data dir holds the ssd tier's files, the TLS key and the shm socket: private to
+    // the server's user, tightened if it was left open, refused if another user owns it.
+    let changes = crate::private_files::private_dir(&settings.data_dir).map_err(|e| {
+        crate::Error::new(
+            crate::ErrorCode::InvalidArgument,
+            format!("data dir {}: {e}", settings.data_dir.display()),
+        )
+    })?;
+    for change in changes {
+        tracing::warn!("{change}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

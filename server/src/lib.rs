@@ -12,7 +12,8 @@
 //!
 //! Rooms: [`engine`] (the store and its sharded index), [`tier`] (where bytes live),
 //! [`alloc`] (the offset allocator), [`lease`] (guards and reservations), `evict` (eviction
-//! and the maintenance thread), [`config`], [`clock`].
+//! and the maintenance thread), [`config`], [`clock`], [`private_files`] (the modes of
+//! everything the server writes).
 
 pub mod alloc;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod launch;
 pub mod lease;
 pub mod metrics;
 pub mod net;
+pub mod private_files;
 pub mod settings;
 pub mod tier;
 

@@ -104,8 +104,14 @@ pub struct ServerArgs {
     #[arg(long, env = "STRATA_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Shared token clients must present (none: any client that trusts the certificate).
+    /// A flag's value is visible to every local user (/proc/PID/cmdline): prefer
+    /// --auth-token-file or the STRATA_AUTH_TOKEN environment variable.
     #[arg(long, env = "STRATA_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// File holding the shared token (one line; it must not be readable by other users:
+    /// chmod 600). Not with --auth-token.
+    #[arg(long, env = "STRATA_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
     /// HTTP address serving Prometheus metrics (`/metrics`) and `/health`, or `off`
     /// [default: 127.0.0.1:9003; with --port 0, a free port on the listen address].
     #[arg(long, env = "STRATA_METRICS_ADDR")]
@@ -204,6 +210,14 @@ pub fn default_data_dir() -> PathBuf {
 impl ServerArgs {
     /// Fills every setting not given by flag or environment from `file`.
     fn or_file(self, file: ServerArgs) -> ServerArgs {
+        // The token comes whole from one level: a token file given by flag is not in
+        // conflict with a token in the config file, it overrides it.
+        let (auth_token, auth_token_file) =
+            if self.auth_token.is_some() || self.auth_token_file.is_some() {
+                (self.auth_token, self.auth_token_file)
+            } else {
+                (file.auth_token, file.auth_token_file)
+            };
         ServerArgs {
             config: self.config,
             host: self.host.or(file.host),
@@ -221,7 +235,8 @@ impl ServerArgs {
             data_dir: self.data_dir.or(file.data_dir),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
-            auth_token: self.auth_token.or(file.auth_token),
+            auth_token,
+            auth_token_file,
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             shards: self.shards.or(file.shards),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
@@ -296,15 +311,17 @@ impl ServerArgs {
             Some(path) => Some(PathBuf::from(path)),
             None => Some(data_dir.join(crate::net::shm::SOCKET_FILE)),
         };
-        if self.auth_token.as_deref() == Some("") {
-            return Err(invalid("--auth-token must not be empty".into()));
-        }
+        let auth_token = strata_proto::token::resolve_token(
+            self.auth_token,
+            self.auth_token_file.as_deref(),
+            ("--auth-token", "--auth-token-file"),
+        )?;
         Ok(Settings {
             store,
             service: ServiceConfig {
                 listen,
                 tls,
-                auth_token: self.auth_token,
+                auth_token,
                 shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
                 shm_socket,
                 data_plane,
@@ -433,7 +450,23 @@ impl ServerArgs {
 fn read_file(path: &Path) -> Result<ServerArgs> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(format!("reading config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| invalid(format!("config file {}: {e}", path.display())))
+    let args: ServerArgs = toml::from_str(&text)
+        .map_err(|e| invalid(format!("config file {}: {e}", path.display())))?;
+    if args.auth_token.is_some() {
+        // The file is then a token file: held to the same rule.
+        let mode = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+            .map_err(|e| invalid(format!("config file {}: {e}", path.display())))?;
+        if mode & 0o007 != 0 {
+            return Err(invalid(format!(
+                "config file {} holds auth-token but has mode {mode:04o}: other users can \
+                 read it; make it private to its owner (chmod 600 {})",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(args)
 }
 
 fn resolve_addr(host: &str, port: u16) -> Result<SocketAddr> {
@@ -658,6 +691,39 @@ mod tests {
             let e = parse(bad).resolve().unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidArgument, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_token_comes_from_a_private_file_or_the_flag_never_both() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = token.to_str().unwrap();
+        let s = parse(&["--auth-token-file", path]).resolve().unwrap();
+        assert_eq!(s.service.auth_token.as_deref(), Some("s3cret"));
+        assert!(
+            ServerArgs::try_parse_from(["s", "--auth-token", "x", "--auth-token-file", path])
+                .is_err()
+        );
+        // A token file given by flag overrides a token in the config file.
+        let config = dir.path().join("strata.toml");
+        std::fs::write(&config, "auth-token = \"from-file\"\n").unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let cfg = config.to_str().unwrap();
+        let s = parse(&["--config", cfg]).resolve().unwrap();
+        assert_eq!(s.service.auth_token.as_deref(), Some("from-file"));
+        let s = parse(&["--config", cfg, "--auth-token-file", path])
+            .resolve()
+            .unwrap();
+        assert_eq!(s.service.auth_token.as_deref(), Some("s3cret"));
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&["--config", cfg]).resolve().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.message().contains("chmod 600"), "{e}");
+        let e = parse(&["--auth-token", ""]).resolve().unwrap_err();
+        assert!(e.message().contains("must not be empty"), "{e}");
     }
 
     #[test]

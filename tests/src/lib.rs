@@ -53,6 +53,55 @@ pub fn shm_client_binary() -> PathBuf {
     binary("STRATA_SHM_CLIENT_BIN", "e2e-shm-client")
 }
 
+/// How [`ServerProcess::start_with`] sets up the server's process.
+#[derive(Debug, Default)]
+pub struct StartOptions {
+    /// The umask the process starts with (default: this process's).
+    pub umask: Option<u32>,
+    /// Where its standard error goes (default: this process's).
+    pub stderr: Option<std::fs::File>,
+}
+
+/// Runs `command` to its end, killing it if it has not ended `within`; its exit status and
+/// its standard output and error as text. For commands expected to end by themselves (a
+/// server refusing to start, a CLI call).
+pub fn run_bounded(command: &mut Command, within: Duration) -> (ExitStatus, String, String) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the command");
+    let pipe = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let out = pipe(child.stdout.take().map(|s| Box::new(s) as _));
+    let err = pipe(child.stderr.take().map(|s| Box::new(s) as _));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting on the command") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not end within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        out.join().expect("stdout reader"),
+        err.join().expect("stderr reader"),
+    )
+}
+
 /// A running `strata-server` child process, killed when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -78,6 +127,16 @@ impl ServerProcess {
 
     /// Starts a server listening on `listen` with data dir `data_dir`.
     pub fn start_in(data_dir: &Path, listen: &str, args: &[&str]) -> ServerProcess {
+        ServerProcess::start_with(data_dir, listen, args, StartOptions::default())
+    }
+
+    /// [`ServerProcess::start_in`], with the process set up as `options` say.
+    pub fn start_with(
+        data_dir: &Path,
+        listen: &str,
+        args: &[&str],
+        options: StartOptions,
+    ) -> ServerProcess {
         let listen: SocketAddr = listen.parse().expect("listen address");
         // A small tier unless the test sizes it itself.
         let capacity: &[&str] = if args.contains(&"--dram-capacity") {
@@ -85,7 +144,22 @@ impl ServerProcess {
         } else {
             &["--dram-capacity", "256MiB"]
         };
-        let mut child = Command::new(server_binary())
+        let mut command = match options.umask {
+            // The shell sets the umask, then becomes the server (same pid).
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(server_binary());
+                sh
+            }
+            None => Command::new(server_binary()),
+        };
+        let stderr = match options.stderr {
+            Some(file) => Stdio::from(file),
+            None => Stdio::inherit(),
+        };
+        let mut child = command
             .arg("--host")
             .arg(listen.ip().to_string())
             .arg("--port")
@@ -97,7 +171,7 @@ impl ServerProcess {
             .env("STRATA_LOG", "warn")
             .env_remove("STRATA_CONFIG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawning strata-server");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -270,4 +344,15 @@ pub fn external_program(name: &str, package: &str) -> Option<PathBuf> {
         eprintln!("skipped: {name} is not installed (Debian: apt-get install {package})");
     }
     found
+}
+
+/// The ssd tier's files (`*.ssd`) in `ssd_dir`, in name order.
+pub fn ssd_files(ssd_dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(ssd_dir)
+        .expect("reading the ssd dir")
+        .map(|e| e.expect("reading the ssd dir").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ssd"))
+        .collect();
+    files.sort();
+    files
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use strata_client::{Client, ErrorCode};
 use strata_server::tier::ssd::{record_len, scan_file, RecordHeader, BLOCK};
-use strata_tests::{block_value, ServerProcess};
+use strata_tests::{block_value, ssd_files, ServerProcess};
 
 const MIB: usize = 1 << 20;
 const DRAM: &str = "32MiB";
@@ -52,16 +52,6 @@ fn damage(file: &Path, offset: u64) {
 
 fn ssd_dir(server: &ServerProcess) -> PathBuf {
     server.data_dir.join("ssd")
-}
-
-fn ssd_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "ssd"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Every record on disk, by key: (file, offset, value length).

@@ -4,8 +4,6 @@
 //! certificate at first start (rcgen) and keeps it in its data dir, so clients can pin it
 //! across restarts: `<data-dir>/server-cert.pem` is the file they trust.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use strata_proto::wire::{tuning, ALPN};
 use strata_proto::{Error, ErrorCode, Result};
+
+use crate::private_files;
 
 /// File name of the generated certificate inside the data dir.
 pub const CERT_FILE: &str = "server-cert.pem";
@@ -86,28 +86,23 @@ fn generate(dir: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> 
     let io = |what: &str, p: &Path, e: std::io::Error| {
         setup_error(format!("{what} {}: {e}", p.display()))
     };
-    fs::create_dir_all(dir).map_err(|e| io("creating data dir", dir, e))?;
+    for change in private_files::private_dir(dir).map_err(|e| io("preparing data dir", dir, e))? {
+        tracing::warn!("{change}");
+    }
     let certified = rcgen::generate_simple_self_signed(names.to_vec()).map_err(|e| {
         Error::new(
             ErrorCode::Internal,
             format!("generating a certificate: {e}"),
         )
     })?;
-    let mut key_file = private_file(key_path).map_err(|e| io("writing", key_path, e))?;
-    key_file
-        .write_all(certified.key_pair.serialize_pem().as_bytes())
+    private_files::write_private(key_path, certified.key_pair.serialize_pem().as_bytes())
         .map_err(|e| io("writing", key_path, e))?;
-    // Write the certificate last: its presence says the pair is complete.
-    fs::write(cert_path, certified.cert.pem()).map_err(|e| io("writing", cert_path, e))?;
+    // Write the certificate last: its presence says the pair is complete. It is public,
+    // but it lives in the private data dir like everything else there; remote clients
+    // are given a copy (docs/security.md).
+    private_files::write_private(cert_path, certified.cert.pem().as_bytes())
+        .map_err(|e| io("writing", cert_path, e))?;
     Ok(())
-}
-
-fn private_file(path: &Path) -> std::io::Result<fs::File> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
 }
 
 /// The quinn server configuration over `tls` ([`rustls_config`]): strata's ALPN,
@@ -137,6 +132,7 @@ pub fn rustls_config(identity: Identity) -> Result<rustls::ServerConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn self_signed_identity_is_generated_once_and_reused() {

@@ -155,7 +155,10 @@ fn corrupt(what: String) -> Error {
 fn open_file(path: &Path, direct: bool) -> std::io::Result<File> {
     let mut opts = OpenOptions::new();
     opts.read(true).write(true).create(true).truncate(false);
-    open_with(opts, path, direct)
+    if direct {
+        opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
+    }
+    crate::private_files::open_private(&mut opts, path)
 }
 
 /// Opens a tier file read-only, as `open_file` opened it (O_DIRECT or not): a descriptor
@@ -182,13 +185,18 @@ impl SsdTier {
         file_size: u64,
         opts: &SsdOptions,
     ) -> std::io::Result<SsdTier> {
-        std::fs::create_dir_all(&opts.dir)?;
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(opts.dir.join("LOCK"))?;
+        // The files hold users' values in plain bytes: only the server's user may read them.
+        for change in crate::private_files::private_dir(&opts.dir)? {
+            tracing::warn!("ssd tier: {change}");
+        }
+        let lock = crate::private_files::open_private(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false),
+            &opts.dir.join("LOCK"),
+        )?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
             |_| {
                 std::io::Error::new(

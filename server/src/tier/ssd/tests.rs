@@ -274,3 +274,26 @@ fn one_server_per_directory_and_a_resized_tier_starts_fresh() {
     assert!(records[0].intact);
     assert_eq!(records[0].header.key, b"y");
 }
+
+#[test]
+fn the_tiers_directory_and_files_are_private_to_the_servers_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("ssd");
+    // An existing directory left open is tightened; files the tier creates are 0600
+    // whatever the umask (this process's is usually 022).
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tier = SsdTier::open(2, 8 * MIB, 4 * MIB, &options(&dir, IoEngineKind::Psync)).unwrap();
+    store(&tier, &["a", "b"], |_| 5000);
+    drop(tier);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 3, "LOCK and two tier files, found {files}");
+}
