@@ -155,6 +155,18 @@ impl ServerProcess {
             }
             None => Command::new(server_binary()),
         };
+        // Every listener on a port of its own, so the suite runs beside a server on the
+        // default ports and beside another copy of itself: a fixed QUIC port (a restart
+        // on the same address) must not drag in the default metrics port or QUIC + 1.
+        let mut own_ports: Vec<String> = Vec::new();
+        if !args.contains(&"--metrics-addr") {
+            own_ports.push("--metrics-addr".into());
+            own_ports.push(SocketAddr::new(listen.ip(), 0).to_string());
+        }
+        if !args.contains(&"--data-port") {
+            own_ports.push("--data-port".into());
+            own_ports.push("0".into());
+        }
         let stderr = match options.stderr {
             Some(file) => Stdio::from(file),
             None => Stdio::inherit(),
@@ -167,6 +179,7 @@ impl ServerProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(capacity)
+            .args(&own_ports)
             .args(args)
             .env("STRATA_LOG", "warn")
             .env_remove("STRATA_CONFIG")

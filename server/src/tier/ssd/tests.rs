@@ -12,9 +12,8 @@ const MIB: u64 = 1 << 20;
 
 fn engines() -> Vec<IoEngineKind> {
     let mut kinds = vec![IoEngineKind::Psync];
-    match super::uring::UringEngine::probe(8) {
-        Ok(()) => kinds.push(IoEngineKind::IoUring),
-        Err(e) => eprintln!("io_uring unavailable here ({e}): testing psync only"),
+    if super::io::tests::io_uring_here() {
+        kinds.push(IoEngineKind::IoUring);
     }
     kinds
 }
