@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_client::{Client, ClientConfig, Placement};
-use strata_server::device::Backend;
-use strata_server::{DeviceOptions, PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::device::Backend;
+use strata_engine::{DeviceOptions, PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::fastest;
 use crate::engine::pattern;

@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::fastest;
 use crate::heap;

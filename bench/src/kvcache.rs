@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use strata_client::device::{Backend as DeviceBackend, DeviceMemory};
 use strata_client::{BlockHasher, BufferId, Client, KeyFormatter, MemoryKind, Transport};
-use strata_server::{PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::CopyWay;
 use crate::engine::round3;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use strata_client::{Client, ErrorCode, Transport};
-use strata_server::{
+use strata_engine::{
     IoFigures, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
 };
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use strata_client::{Client, ClientConfig};
+use strata_engine::{Store, StoreConfig, TierConfig};
 use strata_server::net::{tls, Service, ServiceConfig, TlsSource};
-use strata_server::{Store, StoreConfig, TierConfig};
 
 use crate::report::{histogram, Record, Report};
 

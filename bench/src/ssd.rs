@@ -18,10 +18,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use strata_server::tier::ssd::{
+use strata_engine::tier::ssd::{
     open_engine, record_len, IoBuf, IoEngineKind, IoOp, RecoveryMode, SsdOptions, SsdTier, BLOCK,
 };
-use strata_server::tier::{ObjectWrite, Tier};
+use strata_engine::tier::{ObjectWrite, Tier};
 
 use crate::report::{histogram, Record, Report};
 

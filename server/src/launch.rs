@@ -10,8 +10,8 @@ use std::sync::Arc;
 use crate::metrics::Metrics;
 use crate::net::Service;
 use crate::settings::ServerArgs;
-use crate::Store;
 use clap::{CommandFactory, FromArgMatches};
+use strata_engine::Store;
 
 /// Runs `strata-server` with the process's arguments; exit code 0 after a graceful
 /// shutdown, 2 when it cannot start.
@@ -48,13 +48,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: ServerArgs) -> crate::Result<()> {
+fn run(args: ServerArgs) -> strata_engine::Result<()> {
     let settings = args.resolve()?;
     // The data dir holds the ssd tier's files, the TLS key and the shm socket: private to
     // the server's user, tightened if it was left open, refused if another user owns it.
-    let changes = crate::private_files::private_dir(&settings.data_dir).map_err(|e| {
-        crate::Error::new(
-            crate::ErrorCode::InvalidArgument,
+    let changes = strata_engine::private_files::private_dir(&settings.data_dir).map_err(|e| {
+        strata_engine::Error::new(
+            strata_engine::ErrorCode::InvalidArgument,
             format!("data dir {}: {e}", settings.data_dir.display()),
         )
     })?;
@@ -74,7 +74,7 @@ fn run(args: ServerArgs) -> crate::Result<()> {
             backend = d.backend(),
             index = d.index(),
             "device tier of {} bytes",
-            crate::tier::Tier::capacity(device)
+            strata_engine::tier::Tier::capacity(device)
         );
     }
     for t in store.stats().tiers {
@@ -108,7 +108,7 @@ fn run(args: ServerArgs) -> crate::Result<()> {
         }
         let drained = service.run(shutdown_signal()).await;
         tracing::info!(drained, "stopped serving");
-        Ok::<(), crate::Error>(())
+        Ok::<(), strata_engine::Error>(())
     })?;
     // Every connection is closed: nothing else uses the store now.
     drop(runtime);
@@ -122,8 +122,8 @@ fn run(args: ServerArgs) -> crate::Result<()> {
     Ok(())
 }
 
-fn internal(msg: String) -> crate::Error {
-    crate::Error::new(crate::ErrorCode::Internal, msg)
+fn internal(msg: String) -> strata_engine::Error {
+    strata_engine::Error::new(strata_engine::ErrorCode::Internal, msg)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -16,8 +16,7 @@ use strata_device::Backend;
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::net::{DataPlaneConfig, ServiceConfig, TlsSource};
-use crate::tier::device::DeviceOptions;
-use crate::{SsdOptions, StoreConfig, TierConfig};
+use strata_engine::{DeviceOptions, SsdOptions, StoreConfig, TierConfig};
 
 /// Default QUIC port (Mooncake's master uses the same number).
 pub const DEFAULT_PORT: u16 = 50088;
@@ -579,7 +578,7 @@ mod tests {
             "127.0.0.1:50088".parse::<SocketAddr>().unwrap()
         );
         let device = &s.store.tiers[0];
-        assert_eq!(device.kind, crate::TierKind::Device);
+        assert_eq!(device.kind, strata_engine::TierKind::Device);
         assert_eq!(device.capacity, 128 << 20);
         let opts = device.device.as_ref().unwrap();
         assert_eq!(opts.backend, Backend::HostSim);
@@ -593,7 +592,7 @@ mod tests {
         assert_eq!(ssd.capacity, 1 << 30);
         let opts = ssd.ssd.as_ref().unwrap();
         assert_eq!(opts.dir, s.data_dir.join("ssd"));
-        assert_eq!(opts.engine, crate::IoEngineKind::Auto);
+        assert_eq!(opts.engine, strata_engine::IoEngineKind::Auto);
         assert!(!s.persist_on_shutdown);
     }
 
@@ -621,9 +620,9 @@ mod tests {
         let opts = s.store.tiers[1].ssd.as_ref().unwrap();
         assert_eq!(opts.dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.store.tiers[1].capacity, 2 << 30);
-        assert_eq!(opts.engine, crate::IoEngineKind::Psync);
-        assert_eq!(opts.recovery, crate::RecoveryMode::Verify);
-        assert_eq!(opts.admission, crate::Admission::SecondHit);
+        assert_eq!(opts.engine, strata_engine::IoEngineKind::Psync);
+        assert_eq!(opts.recovery, strata_engine::RecoveryMode::Verify);
+        assert_eq!(opts.admission, strata_engine::Admission::SecondHit);
         assert_eq!(opts.queue_depth, 8);
         assert!(s.persist_on_shutdown);
         let s = parse(&["--ssd-path", "off", "--device-plugin", "off"])

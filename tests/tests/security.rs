@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use strata_client::{Client, ClientConfig, ErrorCode};
-use strata_server::private_files::shared_paths;
+use strata_engine::private_files::shared_paths;
 use strata_tests::{
     block_value, cli_binary, run_bounded, server_binary, ssd_files, ServerProcess, StartOptions,
 };

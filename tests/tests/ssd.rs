@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use strata_client::{Client, ErrorCode};
-use strata_server::tier::ssd::{record_len, scan_file, RecordHeader, BLOCK};
+use strata_engine::tier::ssd::{record_len, scan_file, RecordHeader, BLOCK};
 use strata_tests::{block_value, ssd_files, ServerProcess};
 
 const MIB: usize = 1 << 20;

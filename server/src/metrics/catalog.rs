@@ -29,7 +29,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 macro_rules! catalog {
-    ($($const:ident = $name:literal, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
+    ($($const:ident = $name:expr, $kind:ident, [$($label:literal),*], $help:literal;)*) => {
         $(pub const $const: &str = $name;)*
         /// The whole catalog, in documentation order.
         pub const ALL: &[MetricDef] = &[
@@ -128,7 +128,7 @@ catalog! {
         "Bytes read from or written to the ssd tier's files.";
     SSD_ERRORS = "strata_ssd_io_errors_total", Counter, [],
         "Ssd operations that failed.";
-    SSD_DURATION = "strata_ssd_io_duration_seconds", Histogram, ["op"],
+    SSD_DURATION = strata_engine::SSD_IO_DURATION, Histogram, ["op"],
         "Time from an ssd operation's submission to its completion, by op.";
     SSD_CORRUPT_RECORDS = "strata_ssd_corrupt_records_total", Counter, [],
         "Ssd records whose bytes failed their checksum when read.";

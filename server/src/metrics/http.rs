@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{Health, Metrics};
-use crate::Store;
+use strata_engine::Store;
 
 /// How long a connection has to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -25,9 +25,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use parking_lot::Mutex;
 use strata_proto::wire::Opcode;
 
-use crate::{Store, TierKind};
 use catalog::*;
 pub(crate) use http::MetricsEndpoint;
+use strata_engine::{Store, TierKind};
 
 /// How often recorded histogram samples are folded into their buckets when nobody
 /// scrapes (they are folded at every scrape too), which bounds the memory they hold.

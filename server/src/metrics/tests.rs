@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::catalog::{Kind, ALL};
 use super::{series_value as value, Metrics};
-use crate::{Clock, PutOptions, SsdOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{Clock, PutOptions, SsdOptions, Store, StoreConfig, TierConfig};
 
 const KIB: u64 = 1024;
 
@@ -140,7 +140,7 @@ fn requests_count_by_operation_and_errors_by_code() {
     metrics.request(
         Some(Opcode::Get),
         started,
-        Some(crate::ErrorCode::NotFound.name()),
+        Some(strata_engine::ErrorCode::NotFound.name()),
     );
     metrics.request(None, started, Some(super::LOST));
     let text = metrics.render(&store);

@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 
 use super::handlers::Session;
 use crate::metrics::{Metrics, LOST};
-use crate::{Store, WriterId};
+use strata_engine::{Store, WriterId};
 
 /// How long a new connection has for the TLS handshake and its claim.
 const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -502,7 +502,7 @@ impl DataPlane {
             conn.read_exact(chunk).await.map_err(|_| Broken::Lost)?;
             store
                 .put_write(&req.key, writer, at, chunk)
-                .map_err(|e| Broken::ReplyAndClose(crate::lease::reservation_gone(e)))?;
+                .map_err(|e| Broken::ReplyAndClose(strata_engine::lease::reservation_gone(e)))?;
             at += n as u64;
         }
         write_all(conn, &encode_bare_response())

@@ -37,7 +37,7 @@ use super::stream::{
     expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
 };
 use crate::metrics::Metrics;
-use crate::{Extent, PutOptions, Store, TierKind, WriteReservation, WriterId};
+use strata_engine::{Extent, PutOptions, Store, TierKind, WriteReservation, WriterId};
 
 /// Largest handshake header an unauthenticated connection may send (a version string and
 /// a token).
@@ -626,7 +626,7 @@ async fn get_locations(
 async fn promote_for_file_readers(
     store: &Arc<Store>,
     keys: &[&[u8]],
-    leases: &mut [Result<crate::ReadLease, Error>],
+    leases: &mut [Result<strata_engine::ReadLease, Error>],
 ) -> Vec<Option<Extent>> {
     let mut copies = vec![None; keys.len()];
     let due: Vec<(usize, Vec<u8>, Extent)> = leases

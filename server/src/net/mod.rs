@@ -30,11 +30,11 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::{Health, Metrics, MetricsEndpoint, UPKEEP_INTERVAL};
-use crate::Store;
 use data::DataPlane;
 pub use data::DataPlaneConfig;
 use handlers::{Session, Shared};
 use shm::ShmExport;
+use strata_engine::Store;
 use stream::{reply_error, Failure};
 pub use tls::TlsSource;
 

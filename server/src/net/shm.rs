@@ -38,7 +38,7 @@ use strata_proto::{Error, ErrorCode, Result};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
-use crate::Store;
+use strata_engine::Store;
 
 /// The socket's file name in the data dir.
 pub const SOCKET_FILE: &str = "shm.sock";

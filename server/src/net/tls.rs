@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use strata_proto::wire::{tuning, ALPN};
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::private_files;
+use strata_engine::private_files;
 
 /// File name of the generated certificate inside the data dir.
 pub const CERT_FILE: &str = "server-cert.pem";

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crossbeam_epoch::Guard;
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::engine::{Inner, ObjectAt};
+use crate::store::{Inner, ObjectAt};
 use crate::tier::{Extent, Tier};
 
 /// Identifies the writer of a reservation; only it may commit or revoke.
@@ -225,7 +225,7 @@ impl WriteReservation {
 
 /// This guard did hold a reservation, so a missing key means it ended (expired and reaped,
 /// or removed with force): say so rather than `NotFound`.
-pub(crate) fn reservation_gone(e: Error) -> Error {
+pub fn reservation_gone(e: Error) -> Error {
     if e.code() == ErrorCode::NotFound {
         Error::new(
             ErrorCode::LeaseExpired,

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use strata_server::{ErrorCode, PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{ErrorCode, PutOptions, Store, StoreConfig, TierConfig};
 
 const CAPACITY: u64 = 8 << 20;
 const KEYS: u64 = 400;

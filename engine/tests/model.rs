@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use strata_server::{
+use strata_engine::{
     Clock, ErrorCode, ManualClock, PutOptions, Store, StoreConfig, TierConfig, WriteReservation,
 };
 

@@ -246,10 +246,13 @@ pub struct IoStats {
     write_latency: metrics::Histogram,
 }
 
+/// Name of the histogram of ssd operation latencies the tier records (by `op`: read,
+/// write); the server's metrics catalog exports it under this name.
+pub const SSD_IO_DURATION: &str = "strata_ssd_io_duration_seconds";
+
 impl Default for IoStats {
     /// Zeroed counters; latency handles from the metrics recorder in scope.
     fn default() -> IoStats {
-        use crate::metrics::catalog::SSD_DURATION;
         IoStats {
             read_ops: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
@@ -259,8 +262,8 @@ impl Default for IoStats {
             write_ns: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
-            read_latency: metrics::histogram!(SSD_DURATION, "op" => "read"),
-            write_latency: metrics::histogram!(SSD_DURATION, "op" => "write"),
+            read_latency: metrics::histogram!(SSD_IO_DURATION, "op" => "read"),
+            write_latency: metrics::histogram!(SSD_IO_DURATION, "op" => "write"),
         }
     }
 }

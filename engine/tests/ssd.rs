@@ -6,11 +6,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
-use strata_proto::msg::Location;
-use strata_server::{
+use strata_engine::{
     Admission, Clock, ErrorCode, Extent, ManualClock, PutOptions, RecoveryMode, SsdOptions, Store,
     StoreConfig, TierConfig,
 };
+use strata_proto::msg::Location;
 
 const KIB: usize = 1024;
 const MIB: u64 = 1 << 20;
@@ -217,7 +217,7 @@ fn location(e: &Extent) -> Location {
 }
 
 /// What a data-plane reader leased on `at` gets.
-fn read_at(s: &Store, at: &Extent) -> strata_server::Result<Vec<u8>> {
+fn read_at(s: &Store, at: &Extent) -> strata_engine::Result<Vec<u8>> {
     let mut buf = vec![0u8; at.len as usize];
     s.read_value_at(&key(0), &location(at), &mut buf)
         .map(|()| buf)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use strata_server::{Clock, ErrorCode, ManualClock, PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{Clock, ErrorCode, ManualClock, PutOptions, Store, StoreConfig, TierConfig};
 
 const KIB: u64 = 1024;
 
@@ -106,7 +106,7 @@ fn duplicate_and_concurrent_puts() {
 fn only_the_writer_may_end_or_revoke() {
     let (s, _) = store(1 << 20);
     let r = s.put_start(b"k", 10, PutOptions::default()).unwrap();
-    let other = strata_server::WriterId::from_raw(r.writer().get() + 1000);
+    let other = strata_engine::WriterId::from_raw(r.writer().get() + 1000);
     assert_eq!(
         s.put_end(b"k", other).unwrap_err().code(),
         ErrorCode::NotWriter
@@ -550,7 +550,7 @@ fn eviction_demotes_to_the_next_tier() {
         "a demotion is an eviction from its tier"
     );
     assert_eq!((st.tiers[0].objects, st.tiers[1].objects), (3, 3));
-    let per_tier = |t: &strata_server::TierStats| (t.evictions, t.demotions, t.promotions);
+    let per_tier = |t: &strata_engine::TierStats| (t.evictions, t.demotions, t.promotions);
     assert_eq!(
         per_tier(&st.tiers[0]),
         (1, 1, 0),

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::engine::index::{key_hash, Segment, State};
-use crate::engine::Inner;
+use crate::store::index::{key_hash, Segment, State};
+use crate::store::Inner;
 use crate::tier::{Extent, ObjectWrite, Tier};
 
 /// Recency-list entries each shard offers per round.
@@ -401,12 +401,7 @@ impl Inner {
         self.drop_victim(i, c)
     }
 
-    fn still_evictable(
-        &self,
-        shard: &crate::engine::index::Shard,
-        i: usize,
-        c: &Candidate,
-    ) -> bool {
+    fn still_evictable(&self, shard: &crate::store::index::Shard, i: usize, c: &Candidate) -> bool {
         shard.live(c.slot, c.generation).is_some_and(|e| {
             e.state == State::Complete
                 && (!e.pinned || c.relocating)
@@ -603,7 +598,7 @@ struct Victim {
 }
 
 impl Victim {
-    fn of(e: &crate::engine::index::Entry) -> Victim {
+    fn of(e: &crate::store::index::Entry) -> Victim {
         Victim {
             src: e.extent,
             key: e.key.clone(),

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use strata_server::device::{Backend, Device, DeviceMemory};
-use strata_server::{
+use strata_engine::device::{Backend, Device, DeviceMemory};
+use strata_engine::{
     Clock, DeviceOptions, ErrorCode, ManualClock, Placement, PutOptions, Store, StoreConfig,
     TierConfig, TierKind,
 };
@@ -174,7 +174,7 @@ fn a_mounted_segment_takes_objects_and_gives_them_back_on_unmount() {
         s.heartbeat_segment(segment).unwrap_err().code(),
         ErrorCode::NotFound
     );
-    let junk = strata_server::device::IpcHandle([7; 128]);
+    let junk = strata_engine::device::IpcHandle([7; 128]);
     assert_eq!(
         s.mount_segment(&junk, 1 << 20, "x").unwrap_err().code(),
         ErrorCode::InvalidArgument

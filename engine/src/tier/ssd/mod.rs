@@ -31,7 +31,10 @@ use parking_lot::Mutex;
 use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
-pub use io::{open_engine, BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats};
+pub use io::{
+    open_engine, BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats,
+    SSD_IO_DURATION,
+};
 pub use record::{record_len, RecordHeader, Superblock, BLOCK};
 pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
 

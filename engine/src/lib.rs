@@ -1,0 +1,42 @@
+//! strata's store engine, usable in-process with no network (embedded mode).
+//!
+//! Start at [`Store`]: it implements the operation contract of the design brief — two-phase
+//! puts with reservations, leased reads, prefix lookup, removal, pinning, per-tier LRU
+//! eviction with watermarks — over a stack of tiers: device memory (HBM through the FFI
+//! device module, with segments engine processes mount) above dram (shared memory) above ssd
+//! (O_DIRECT files that survive restarts), with demotion on eviction and promotion on a
+//! second read.
+//!
+//! This crate does no networking: the QUIC service, the data plane, the metrics exporter
+//! and the `strata-server` binary are the `strata-server` crate, built over this one. The
+//! engine records its own figures through the `metrics` facade; whoever installs a
+//! recorder (the server's exporter) gets them.
+//!
+//! Rooms: [`store`] (the store and its sharded index), [`tier`] (where bytes live),
+//! `alloc` (the offset allocator), [`lease`] (guards and reservations), `evict` (eviction
+//! and the maintenance thread), [`config`], [`clock`], [`private_files`] (the modes of
+//! everything the engine and the server write).
+
+mod alloc;
+pub mod clock;
+pub mod config;
+mod evict;
+pub mod lease;
+pub mod private_files;
+pub mod store;
+pub mod tier;
+
+pub use clock::{Clock, ManualClock};
+pub use config::{StoreConfig, TierConfig};
+pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
+pub use store::{
+    LeaseCounts, OpCounters, Placement, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats,
+    UnmountReport,
+};
+pub use strata_device as device;
+pub use strata_proto::{Error, ErrorCode, Key, Result};
+pub use tier::device::{DeviceOptions, DeviceTier};
+pub use tier::ssd::{
+    Admission, IoEngineKind, IoFigures, RecoveryMode, SsdOptions, SSD_IO_DURATION,
+};
+pub use tier::{Extent, SharedFile, SharedSegment, TierKind, TierStats};
