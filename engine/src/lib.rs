@@ -12,26 +12,23 @@
 //! engine records its own figures through the `metrics` facade; whoever installs a
 //! recorder (the server's exporter) gets them.
 //!
-//! Rooms: [`store`] (the store and its sharded index), [`tier`] (where bytes live),
-//! `alloc` (the offset allocator), [`lease`] (guards and reservations), `evict` (eviction
-//! and the maintenance thread), [`config`], [`clock`], [`private_files`] (the modes of
-//! everything the engine and the server write).
+//! Rooms: `store` (the [`Store`] and everything it does, one concept a file: see
+//! `docs/engine.md`), [`tier`] (where bytes live), `alloc` (the offset allocator),
+//! [`config`], [`clock`], [`private_files`] (the modes of everything the engine and the
+//! server write).
 
 mod alloc;
 pub mod clock;
 pub mod config;
-mod evict;
-pub mod lease;
 pub mod private_files;
-pub mod store;
+mod store;
 pub mod tier;
 
 pub use clock::{Clock, ManualClock};
 pub use config::{StoreConfig, TierConfig};
-pub use lease::{ReadGuard, ReadLease, WriteReservation, WriterId};
 pub use store::{
-    LeaseCounts, OpCounters, Placement, PrefixMatch, PutOptions, Store, StoreCounters, StoreStats,
-    UnmountReport,
+    reservation_gone, LeaseCounts, OpCounters, Placement, PrefixMatch, PutOptions, ReadGuard,
+    ReadLease, Store, StoreCounters, StoreStats, UnmountReport, WriteReservation, WriterId,
 };
 pub use strata_device as device;
 pub use strata_proto::{Error, ErrorCode, Key, Result};

@@ -15,9 +15,11 @@ use crossbeam_epoch as epoch;
 use strata_proto::msg::Location;
 use strata_proto::{validate_key, Error, ErrorCode, Result};
 
+use super::facade::Store;
 use super::index::{key_hash, State};
-use super::Store;
-use crate::lease::WriterId;
+use super::inner::ObjectAt;
+use super::lease::WriterId;
+use super::promote::PROMOTE_AFTER_HITS;
 use crate::tier::Extent;
 
 fn out_of_extent(range: &Range<u64>, len: u64) -> Error {
@@ -84,7 +86,7 @@ impl Store {
                 let hash = key_hash(key);
                 let shard = self.inner.shard(hash);
                 if let Some(slot) = shard.find(hash, key) {
-                    let found = super::ObjectAt {
+                    let found = ObjectAt {
                         hash,
                         slot,
                         generation: shard.entry(slot).generation,
@@ -112,8 +114,8 @@ impl Store {
         }
         shard.hit(slot);
         let e = shard.entry(slot);
-        let promote = e.hits >= super::PROMOTE_AFTER_HITS;
-        let at = super::ObjectAt {
+        let promote = e.hits >= PROMOTE_AFTER_HITS;
+        let at = ObjectAt {
             hash,
             slot,
             generation: e.generation,
@@ -140,7 +142,7 @@ impl Store {
         let extent = self
             .inner
             .writable_extent(key, writer, &pin)
-            .map_err(crate::lease::reservation_gone)?;
+            .map_err(super::lease::reservation_gone)?;
         if range.start > range.end || range.end > extent.len {
             return Err(out_of_extent(&range, extent.len));
         }

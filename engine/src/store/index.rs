@@ -21,7 +21,7 @@
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::store::OpCounters;
+use super::counters::OpCounters;
 use crate::tier::{Extent, MAX_TIERS};
 
 pub(crate) const NIL: u32 = u32::MAX;

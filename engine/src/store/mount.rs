@@ -13,8 +13,9 @@ use crossbeam_epoch as epoch;
 use strata_device::IpcHandle;
 use strata_proto::{Error, ErrorCode, Result};
 
+use super::facade::Store;
 use super::index::key_hash;
-use super::{Inner, Store};
+use super::inner::Inner;
 use crate::tier::device::DeviceTier;
 
 /// What an unmount did with the segment's objects.

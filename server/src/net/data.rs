@@ -502,7 +502,7 @@ impl DataPlane {
             conn.read_exact(chunk).await.map_err(|_| Broken::Lost)?;
             store
                 .put_write(&req.key, writer, at, chunk)
-                .map_err(|e| Broken::ReplyAndClose(strata_engine::lease::reservation_gone(e)))?;
+                .map_err(|e| Broken::ReplyAndClose(strata_engine::reservation_gone(e)))?;
             at += n as u64;
         }
         write_all(conn, &encode_bare_response())

@@ -11,7 +11,6 @@
 //! that safe without trusting every caller.
 
 use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
-use std::fs::File;
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -340,31 +339,10 @@ impl std::str::FromStr for IoEngineKind {
     }
 }
 
-/// Builds the engine `kind` asks for over `files`. With `Auto`, a kernel that refuses
-/// io_uring (too old, or disabled by seccomp or sysctl) gets psync; the second value says why.
-pub fn open_engine(
-    kind: IoEngineKind,
-    files: Vec<File>,
-    queue_depth: u32,
-) -> io::Result<(Box<dyn IoEngine>, Option<String>)> {
-    use super::psync::PsyncEngine;
-    use super::uring::UringEngine;
-    match kind {
-        IoEngineKind::Psync => Ok((Box::new(PsyncEngine::new(files)), None)),
-        IoEngineKind::IoUring => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
-        IoEngineKind::Auto => match UringEngine::probe(queue_depth) {
-            Ok(()) => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
-            Err(e) => Ok((
-                Box::new(PsyncEngine::new(files)),
-                Some(format!("io_uring unavailable ({e}); using psync")),
-            )),
-        },
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::fs::File;
     use std::os::unix::fs::OpenOptionsExt;
 
     /// Opens `n` files of `size` bytes in `dir`, O_DIRECT.

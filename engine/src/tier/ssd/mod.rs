@@ -32,14 +32,16 @@ use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
 pub use io::{
-    open_engine, BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats,
-    SSD_IO_DURATION,
+    BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats, SSD_IO_DURATION,
 };
 pub use record::{record_len, RecordHeader, Superblock, BLOCK};
 pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
 
 use super::{Extent, ObjectWrite, RecoveredObject, SegmentAllocators, SharedFile, Tier, TierKind};
 use crate::alloc::AllocStats;
+
+use psync::PsyncEngine;
+use uring::UringEngine;
 
 /// Which dram victims are written to ssd when evicted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -177,6 +179,26 @@ fn open_with(mut opts: OpenOptions, path: &Path, direct: bool) -> std::io::Resul
         opts.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
     }
     opts.open(path)
+}
+
+/// Builds the engine `kind` asks for over `files`. With `Auto`, a kernel that refuses
+/// io_uring (too old, or disabled by seccomp or sysctl) gets psync; the second value says why.
+pub fn open_engine(
+    kind: IoEngineKind,
+    files: Vec<File>,
+    queue_depth: u32,
+) -> std::io::Result<(Box<dyn IoEngine>, Option<String>)> {
+    match kind {
+        IoEngineKind::Psync => Ok((Box::new(PsyncEngine::new(files)), None)),
+        IoEngineKind::IoUring => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
+        IoEngineKind::Auto => match UringEngine::probe(queue_depth) {
+            Ok(()) => Ok((Box::new(UringEngine::new(files, queue_depth)?), None)),
+            Err(e) => Ok((
+                Box::new(PsyncEngine::new(files)),
+                Some(format!("io_uring unavailable ({e}); using psync")),
+            )),
+        },
+    }
 }
 
 impl SsdTier {

@@ -11,9 +11,11 @@
 use crossbeam_epoch as epoch;
 use strata_proto::{ErrorCode, Result};
 
+use super::facade::Store;
 use super::index::{key_hash, State};
-use super::{ObjectAt, Store, PROMOTE_AFTER_HITS};
-use crate::tier::Extent;
+use super::inner::ObjectAt;
+use super::promote::PROMOTE_AFTER_HITS;
+use crate::tier::{Extent, SharedSegment};
 
 impl Store {
     /// Counts a read of `key` from its record at `extent` (just leased, on a tier read
@@ -88,6 +90,19 @@ impl Store {
             .iter()
             .enumerate()
             .flat_map(|(i, t)| t.shared_files().into_iter().map(move |f| (i as u8, f)))
+            .collect()
+    }
+}
+
+impl Store {
+    /// The shared-memory segments of every tier that has them, as `(tier index, segment)`:
+    /// what the shared-memory transport hands to same-host clients.
+    pub fn shared_segments(&self) -> Vec<(u8, SharedSegment<'_>)> {
+        self.inner
+            .tiers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| t.shared_segments().into_iter().map(move |s| (i as u8, s)))
             .collect()
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crossbeam_epoch::Guard;
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::store::{Inner, ObjectAt};
+use super::inner::{Inner, ObjectAt};
 use crate::tier::{Extent, Tier};
 
 /// Identifies the writer of a reservation; only it may commit or revoke.

@@ -1,4 +1,4 @@
-//! Watermark eviction, demotion down the tier stack, and the maintenance thread.
+//! Watermark eviction and demotion down the tier stack.
 //!
 //! Invariants (what the tests check):
 //! * only complete, unpinned objects whose lease has ended are ever evicted or moved —
@@ -14,15 +14,14 @@
 //! * a victim's bytes are retired, never freed in place, so a concurrent in-process reader
 //!   finishes its copy from intact memory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::store::index::{key_hash, Segment, State};
-use crate::store::Inner;
+use super::facade::Store;
+use super::index::{key_hash, Segment, State};
+use super::inner::Inner;
 use crate::tier::{Extent, ObjectWrite, Tier};
 
 /// Recency-list entries each shard offers per round.
@@ -37,23 +36,6 @@ const MAX_LOST_ROUNDS: u32 = 3;
 /// round finds nothing, so deep evictable objects are still reached.
 const INITIAL_WALK_BUDGET: usize = 256;
 
-pub(crate) fn spawn_maintenance(
-    inner: Arc<Inner>,
-    stop: Arc<AtomicBool>,
-    every: Duration,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("strata-maintenance".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                inner.maintain();
-                // Woken early by a put that pushed a tier over its watermark.
-                std::thread::park_timeout(every);
-            }
-        })
-        .expect("spawning the maintenance thread")
-}
-
 struct Candidate {
     stamp: u64,
     shard: usize,
@@ -66,48 +48,6 @@ struct Candidate {
 }
 
 impl Inner {
-    /// One maintenance pass: reap expired reservations, then bring every tier above its high
-    /// watermark down by `eviction_ratio` of its capacity (at least to the watermark).
-    pub(crate) fn maintain(&self) {
-        self.reap_expired_reservations();
-        self.reap_silent_mounts();
-        for i in 0..self.tiers.len() {
-            if self.above_watermark(i) {
-                let t = &self.tiers[i];
-                let cap = t.capacity() as f64;
-                let live = t.used().saturating_sub(t.retiring());
-                let to_watermark = live as f64 - cap * self.config.eviction_high_watermark_ratio;
-                let target = (cap * self.config.eviction_ratio).max(to_watermark) as u64;
-                self.evict(i, target);
-            }
-        }
-        epoch::pin().flush();
-        for t in &self.tiers {
-            t.reclaim_retired();
-        }
-    }
-
-    fn reap_expired_reservations(&self) {
-        let now = self.clock.now();
-        let guard = epoch::pin();
-        let mut expired = Vec::new();
-        for padded in self.shards.iter() {
-            let mut shard = padded.0.lock();
-            if shard.pending_count == 0 {
-                continue;
-            }
-            expired.clear();
-            shard.expired_reservations(now, &mut expired);
-            for &(slot, _) in &expired {
-                let hash = key_hash(&shard.entry(slot).key);
-                self.drop_entry(&mut shard, hash, slot, &guard);
-            }
-            self.counters
-                .expired_reservations
-                .fetch_add(expired.len() as u64, Ordering::Relaxed);
-        }
-    }
-
     /// Frees at least `target` bytes of tier `i` if that many are evictable; returns the bytes
     /// freed (demoted or dropped). Waits for any other evictor of the tier first.
     pub(crate) fn evict(&self, i: usize, target: u64) -> u64 {
@@ -401,7 +341,7 @@ impl Inner {
         self.drop_victim(i, c)
     }
 
-    fn still_evictable(&self, shard: &crate::store::index::Shard, i: usize, c: &Candidate) -> bool {
+    fn still_evictable(&self, shard: &super::index::Shard, i: usize, c: &Candidate) -> bool {
         shard.live(c.slot, c.generation).is_some_and(|e| {
             e.state == State::Complete
                 && (!e.pinned || c.relocating)
@@ -598,7 +538,7 @@ struct Victim {
 }
 
 impl Victim {
-    fn of(e: &crate::store::index::Entry) -> Victim {
+    fn of(e: &super::index::Entry) -> Victim {
         Victim {
             src: e.extent,
             key: e.key.clone(),
@@ -650,4 +590,32 @@ unsafe fn copy_object(
     // SAFETY: forwarded; the value is exactly `dst.len` bytes.
     let mut results = unsafe { dst_tier.store_objects(&[object]) };
     results.pop().unwrap_or(Ok(()))
+}
+
+impl Store {
+    /// Moves every evictable object of tier `i` one tier down (dropping what does not fit),
+    /// as eviction would; returns the objects moved.
+    pub fn demote_tier(&self, i: usize) -> u64 {
+        let before = self.inner.counters.demotions.load(Ordering::Relaxed);
+        if let Some(tier) = self.inner.tiers.get(i) {
+            self.inner.evict(i, tier.used());
+        }
+        self.inner.counters.demotions.load(Ordering::Relaxed) - before
+    }
+
+    /// Moves every evictable object of each tier with a persistent tier somewhere below it
+    /// one tier down, top first (device to dram, dram to ssd), as far as space allows:
+    /// what a graceful shutdown does so that the contents survive the restart. Returns the
+    /// objects moved.
+    pub fn demote_all(&self) -> u64 {
+        let before = self.inner.counters.demotions.load(Ordering::Relaxed);
+        for i in 0..self.inner.tiers.len().saturating_sub(1) {
+            if self.inner.tiers[i + 1..].iter().all(|t| t.accepts_puts()) {
+                continue; // Only a persistent tier below is worth the move.
+            }
+            self.inner.evict(i, self.inner.tiers[i].used());
+        }
+        self.inner.maintain();
+        self.inner.counters.demotions.load(Ordering::Relaxed) - before
+    }
 }
