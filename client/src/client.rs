@@ -740,10 +740,7 @@ impl Client {
                         self.inner.cache.insert(keys[i].as_ref(), leased.clone());
                         Ok(leased)
                     }
-                    LeaseResult::Failed(f) => Err(Error::new(
-                        ErrorCode::from_u16(f.code).unwrap_or(ErrorCode::Internal),
-                        f.message,
-                    )),
+                    LeaseResult::Failed(f) => Err(f.into()),
                 });
             }
         }
@@ -777,11 +774,7 @@ impl Client {
                     out.extend(r.present.iter().map(|&p| Ok(p == 1)));
                     for e in r.errors {
                         if let Some(slot) = out.get_mut(start + e.index as usize) {
-                            let code = ErrorCode::from_u16(e.error.code);
-                            *slot = Err(Error::new(
-                                code.unwrap_or(ErrorCode::Internal),
-                                e.error.message,
-                            ));
+                            *slot = Err(e.error.into());
                         }
                     }
                 }

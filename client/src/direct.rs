@@ -437,12 +437,12 @@ impl Client {
                     });
                 }
                 PutStartResult::Failed(f) => {
-                    let code = ErrorCode::from_u16(f.code).unwrap_or(ErrorCode::Internal);
+                    let e = Error::from(f);
                     // Same key, same bytes: a value already stored is this one.
-                    results[index] = Some(if code == ErrorCode::AlreadyExists {
+                    results[index] = Some(if e.code() == ErrorCode::AlreadyExists {
                         Ok(())
                     } else {
-                        Err(Error::new(code, f.message))
+                        Err(e)
                     });
                 }
             }
@@ -494,9 +494,7 @@ impl Client {
                         let Some((r, _, _)) = commit.get(failed.index as usize) else {
                             continue;
                         };
-                        let code =
-                            ErrorCode::from_u16(failed.error.code).unwrap_or(ErrorCode::Internal);
-                        results[r.index] = Some(Err(Error::new(code, failed.error.message)));
+                        results[r.index] = Some(Err(failed.error.into()));
                     }
                 }
                 Err(e) => {

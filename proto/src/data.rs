@@ -19,6 +19,10 @@
 
 use ring::hmac;
 
+/// ALPN of data connections under TLS (`--data-tls`), distinct from QUIC's
+/// ([`crate::wire::ALPN`]) so one certificate cannot be talked into the other protocol.
+pub const ALPN: &[u8] = b"strata-data/1";
+
 /// Opens the server's hello, so a client that reached something else says so.
 pub const MAGIC: [u8; 4] = *b"STDP";
 

@@ -6,13 +6,31 @@
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// The header of an error response.
+/// The header of an error response, and the failure of one item of a batch. Converted to
+/// and from [`Error`](crate::Error) here and nowhere else: a code this build does not
+/// know becomes `Internal` (the message still says what happened).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ErrorFrame {
     /// A stable [`ErrorCode`](crate::ErrorCode) number.
     pub code: u16,
     /// What went wrong, for humans.
     pub message: String,
+}
+
+impl From<&crate::Error> for ErrorFrame {
+    fn from(e: &crate::Error) -> ErrorFrame {
+        ErrorFrame {
+            code: e.code().as_u16(),
+            message: e.message().to_owned(),
+        }
+    }
+}
+
+impl From<ErrorFrame> for crate::Error {
+    fn from(f: ErrorFrame) -> crate::Error {
+        let code = crate::ErrorCode::from_u16(f.code).unwrap_or(crate::ErrorCode::Internal);
+        crate::Error::new(code, f.message)
+    }
 }
 
 /// [`Opcode::Handshake`](crate::wire::Opcode::Handshake) request.
@@ -655,4 +673,25 @@ pub struct StatsResponse {
     pub unmounted_objects: u64,
     /// Connections the server holds now.
     pub connections: u64,
+}
+
+#[cfg(test)]
+mod error_frame_tests {
+    use super::ErrorFrame;
+    use crate::{Error, ErrorCode};
+
+    #[test]
+    fn an_error_crosses_the_wire_as_it_was_and_an_unknown_code_reads_internal() {
+        for code in ErrorCode::ALL {
+            let e = Error::new(code, "what happened");
+            assert_eq!(Error::from(ErrorFrame::from(&e)), e);
+        }
+        let from_a_newer_peer = ErrorFrame {
+            code: 999,
+            message: "a code from the future".into(),
+        };
+        let e = Error::from(from_a_newer_peer);
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert_eq!(e.message(), "a code from the future");
+    }
 }

@@ -394,10 +394,7 @@ pub fn encode_bare_response() -> [u8; RESPONSE_HEAD_LEN] {
 
 /// An error response.
 pub fn encode_error(error: &Error) -> Vec<u8> {
-    let frame_body = crate::msg::ErrorFrame {
-        code: error.code().as_u16(),
-        message: error.message().to_owned(),
-    };
+    let frame_body = crate::msg::ErrorFrame::from(error);
     let body = serialize(&frame_body);
     let head = ResponseHead {
         status: Status::Error,
@@ -438,10 +435,7 @@ where
 /// Turns an error frame's header into the error it carries.
 pub fn decode_error(bytes: &[u8]) -> Error {
     match decode::<crate::msg::ErrorFrame>(bytes) {
-        Ok(f) => {
-            let code = ErrorCode::from_u16(f.code).unwrap_or(ErrorCode::Internal);
-            Error::new(code, f.message)
-        }
+        Ok(f) => f.into(),
         Err(e) => e,
     }
 }

@@ -25,9 +25,6 @@ use tokio::net::TcpStream;
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_rustls::TlsConnector;
 
-/// ALPN of data connections under TLS (the server's `net::data::DATA_ALPN`).
-const DATA_ALPN: &[u8] = b"strata-data/1";
-
 /// A data connection: plain TCP or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
@@ -89,7 +86,7 @@ impl DataPlane {
         let tls = offer.tls.then(|| {
             let (config, name) = settings.tls;
             let mut config = (*config).clone();
-            config.alpn_protocols = vec![DATA_ALPN.to_vec()];
+            config.alpn_protocols = vec![strata_proto::data::ALPN.to_vec()];
             (TlsConnector::from(Arc::new(config)), name)
         });
         let plane = DataPlane {

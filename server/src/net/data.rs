@@ -54,9 +54,6 @@ const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes staged per step where bytes cannot move in place (TLS, device and ssd tiers).
 const STAGING_LEN: usize = 1 << 20;
 
-/// ALPN of data connections under TLS, so a QUIC client config cannot be confused for one.
-pub const DATA_ALPN: &[u8] = b"strata-data/1";
-
 /// How the data plane listens.
 #[derive(Clone, Debug)]
 pub struct DataPlaneConfig {
@@ -133,7 +130,7 @@ impl DataPlane {
             .map_err(|e| Error::new(ErrorCode::Internal, format!("data plane socket: {e}")))
             .and_then(|listener| {
                 let tls = tls.map(|mut c| {
-                    c.alpn_protocols = vec![DATA_ALPN.to_vec()];
+                    c.alpn_protocols = vec![strata_proto::data::ALPN.to_vec()];
                     TlsAcceptor::from(Arc::new(c))
                 });
                 let key = random::<32>()?;

@@ -488,7 +488,7 @@ async fn batch_put_start(
                         .insert(reservation.writer().get(), reservation);
                     PutStartResult::Started(response)
                 }
-                Err(e) => PutStartResult::Failed(error_frame(&e)),
+                Err(e) => PutStartResult::Failed(ErrorFrame::from(&e)),
             }
         })
         .collect();
@@ -520,7 +520,7 @@ async fn batch_put_finish(
         if let Err(e) = finish_one(shared, session, key, writer.to_native(), finish) {
             errors.push(KeyError {
                 index: i as u32,
-                error: error_frame(&e),
+                error: ErrorFrame::from(&e),
             });
         }
     }
@@ -610,7 +610,7 @@ async fn get_locations(
                     copy,
                 })
             }
-            Err(e) => LeaseResult::Failed(error_frame(&e)),
+            Err(e) => LeaseResult::Failed(ErrorFrame::from(&e)),
         })
         .collect();
     let response = GetLocationsResponse { results };
@@ -658,13 +658,6 @@ async fn promote_for_file_readers(
     copies
 }
 
-fn error_frame(e: &Error) -> ErrorFrame {
-    ErrorFrame {
-        code: e.code().as_u16(),
-        message: e.message().to_owned(),
-    }
-}
-
 async fn batch_exists(
     store: &Store,
     send: &mut SendStream,
@@ -681,7 +674,7 @@ async fn batch_exists(
                 present.push(0);
                 errors.push(KeyError {
                     index: i as u32,
-                    error: error_frame(&e),
+                    error: ErrorFrame::from(&e),
                 });
             }
         }
