@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use strata_engine::tier::ssd::{
     open_engine, record_len, IoBuf, IoEngineKind, IoOp, RecoveryMode, SsdOptions, SsdTier, BLOCK,
 };
-use strata_engine::tier::{ObjectWrite, Tier};
+use strata_engine::tier::{Extent, ObjectWrite, Tier};
 
 use crate::report::{histogram, Record, Report};
 
@@ -105,26 +105,28 @@ fn tier_pass(
         .iter()
         .map(|v| xxhash_rust::xxh3::xxh3_64(v))
         .collect();
-    let extents: Vec<_> = (0..n)
+    let mut fresh: Vec<_> = (0..n)
         .map(|_| tier.allocate(size).expect("the file holds every value"))
         .collect();
+    let extents: Vec<Extent> = fresh.iter().map(|f| f.extent()).collect();
 
     let mut lat = histogram();
+    let guard = crossbeam_epoch::pin();
     let started = Instant::now();
-    for batch in extents.chunks(qd as usize) {
-        let objects: Vec<ObjectWrite<'_>> = batch
-            .iter()
+    while !fresh.is_empty() {
+        let batch: Vec<_> = fresh.drain(..fresh.len().min(qd as usize)).collect();
+        let mut objects: Vec<ObjectWrite<'_>> = batch
+            .into_iter()
             .zip(sources.iter().zip(&checksums))
             .map(|(e, (v, sum))| ObjectWrite {
-                extent: *e,
+                extent: e.pin(&guard),
                 key: b"model@tp_rank:0@0123456789abcdef",
                 value: v,
                 checksum: Some(*sum),
             })
             .collect();
         let t = Instant::now();
-        // SAFETY: each extent was just allocated for this value and is indexed by nobody.
-        for r in unsafe { tier.store_objects(&objects) } {
+        for r in tier.store_objects(&mut objects) {
             r.map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         lat.record(t.elapsed().as_nanos() as u64).ok();

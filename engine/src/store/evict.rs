@@ -22,7 +22,7 @@ use crossbeam_epoch::{self as epoch, Guard};
 use super::facade::Store;
 use super::index::{key_hash, Segment, State};
 use super::inner::Inner;
-use crate::tier::{Extent, ObjectWrite, Tier};
+use crate::tier::{Extent, Fresh, ObjectWrite, PinnedRead, PinnedWrite, Tier};
 
 /// Recency-list entries each shard offers per round.
 const OFFER_PER_SHARD: usize = 16;
@@ -203,7 +203,7 @@ impl Inner {
                     None => freed += if self.drop_victim(i, c) { c.len } else { 0 },
                 }
             }
-            freed += self.demote_all_of(i, &moving);
+            freed += self.demote_all_of(i, moving);
             start = end;
         }
         freed
@@ -229,25 +229,28 @@ impl Inner {
     /// the bytes that left tier `i`. A victim whose source is not host memory (device) goes
     /// through [`Inner::demote`] alone. One whose write failed is dropped, rather than let
     /// tier `i` fill with objects that cannot leave.
-    fn demote_all_of(&self, i: usize, moving: &[(&Candidate, Extent)]) -> u64 {
+    fn demote_all_of(&self, i: usize, moving: Vec<(&Candidate, Fresh)>) -> u64 {
         let mut freed = 0;
         let guard = epoch::pin();
         let (src_tier, dst_tier) = (&*self.tiers[i], &*self.tiers[i + 1]);
-        let mut batch: Vec<(&Candidate, Extent, Victim)> = Vec::new();
-        for &(c, dst) in moving {
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut batch: Vec<(&Candidate, Victim, PinnedRead<'_>)> = Vec::new();
+        for (c, dst) in moving {
             let seen = {
                 let shard = self.shards[c.shard].0.lock();
-                self.still_evictable(&shard, i, c)
-                    .then(|| Victim::of(shard.entry(c.slot)))
+                self.still_evictable(&shard, i, c).then(|| {
+                    let victim = Victim::of(shard.entry(c.slot));
+                    let src = shard.pin_read(c.slot, victim.src, &guard);
+                    (victim, src.expect("an evictable object is complete"))
+                })
             };
-            let Some(victim) = seen else {
-                dst_tier.retire(dst, &guard);
+            let Some((victim, src)) = seen else {
+                dst_tier.retire(dst.into_extent(), &guard);
                 continue;
             };
-            // SAFETY: `src` was complete when seen under `guard`: not reclaimed before the
-            // guard drops, and nobody writes it.
-            if unsafe { src_tier.host_bytes(&victim.src) }.is_some() {
-                batch.push((c, dst, victim));
+            if src_tier.host_bytes(src).is_some() {
+                fresh.push(dst);
+                batch.push((c, victim, src));
                 continue;
             }
             freed += match self.demote(i, c, dst) {
@@ -257,21 +260,21 @@ impl Inner {
                 Demotion::Failed => 0,
             };
         }
-        let writes: Vec<ObjectWrite<'_>> = batch
-            .iter()
-            .map(|(_, dst, v)| ObjectWrite {
-                extent: *dst,
+        let mut writes: Vec<ObjectWrite<'_>> = fresh
+            .into_iter()
+            .zip(&batch)
+            .map(|(dst, (_, v, src))| ObjectWrite {
+                extent: dst.pin(&guard),
                 key: &v.key,
-                // SAFETY: as above; checked to be host memory.
-                value: unsafe { src_tier.host_bytes(&v.src) }.expect("checked above"),
+                value: src_tier.host_bytes(*src).expect("checked above"),
                 checksum: v.checksum,
             })
             .collect();
-        // SAFETY: each value is its source extent's bytes, unwritten and unreclaimed while
-        // `guard` lives; each destination is a fresh extent only this call indexes.
-        let results = unsafe { dst_tier.store_objects(&writes) };
+        let dsts: Vec<Extent> = writes.iter().map(|w| w.extent.extent()).collect();
+        let results = dst_tier.store_objects(&mut writes);
         drop(writes);
-        for ((c, dst, Victim { src, .. }), result) in batch.into_iter().zip(results) {
+        for (((c, Victim { src, .. }, _), dst), result) in batch.into_iter().zip(dsts).zip(results)
+        {
             if let Err(e) = result {
                 tracing::warn!(
                     "demoting an object to the {} tier failed: {e}",
@@ -352,27 +355,24 @@ impl Inner {
 
     /// Copies the victim into `dst` (tier i+1) without holding the shard lock, then swaps
     /// its location if it is still evictable; otherwise gives `dst` back.
-    fn demote(&self, i: usize, c: &Candidate, dst: Extent) -> Demotion {
+    fn demote(&self, i: usize, c: &Candidate, dst: Fresh) -> Demotion {
         let guard = epoch::pin();
-        let victim = {
+        let dst_tier = &*self.tiers[dst.extent().tier as usize];
+        let (victim, src) = {
             let shard = self.shards[c.shard].0.lock();
             if !self.still_evictable(&shard, i, c) {
                 drop(shard);
-                self.tiers[dst.tier as usize].retire(dst, &guard);
+                dst_tier.retire(dst.into_extent(), &guard);
                 return Demotion::Changed;
             }
-            Victim::of(shard.entry(c.slot))
+            let victim = Victim::of(shard.entry(c.slot));
+            let src = shard.pin_read(c.slot, victim.src, &guard);
+            (victim, src.expect("an evictable object is complete"))
         };
-        // SAFETY: `src` was complete when seen under `guard`, so it is not reclaimed before
-        // the guard drops and nobody writes it; `dst` is a fresh extent nobody else indexes.
-        let copied = unsafe {
-            copy_object(
-                &*self.tiers[i],
-                &victim,
-                &*self.tiers[dst.tier as usize],
-                &dst,
-            )
-        };
+        let dst = dst.pin(&guard);
+        let dst_extent = dst.extent();
+        let copied = copy_object(&*self.tiers[i], src, &victim, dst_tier, dst);
+        let dst = dst_extent;
         if let Err(e) = &copied {
             tracing::warn!(
                 "demoting an object to the {} tier failed: {e}",
@@ -547,48 +547,39 @@ impl Victim {
     }
 }
 
-/// Copies a whole object from its extent (`victim.src`) into another tier's.
-///
-/// # Safety
-/// `victim.src` must stay unreclaimed and unwritten for the call, `dst` must be
-/// exclusively the caller's, and both must have the same length.
-unsafe fn copy_object(
+/// Copies a whole object from `src` (its extent) into another tier's extent `dst`, of the
+/// same length.
+fn copy_object(
     src_tier: &dyn Tier,
+    src: PinnedRead<'_>,
     victim: &Victim,
     dst_tier: &dyn Tier,
-    dst: &Extent,
+    mut dst: PinnedWrite<'_>,
 ) -> strata_proto::Result<()> {
-    let src = &victim.src;
-    debug_assert_eq!(src.len, dst.len);
+    debug_assert_eq!(src.extent().len, dst.extent().len);
+    let len = dst.extent().len;
     let staged;
-    // SAFETY: forwarded from this function's contract.
-    let value = match unsafe { src_tier.host_bytes(src) } {
+    let value = match src_tier.host_bytes(src) {
         Some(bytes) => bytes,
-        // SAFETY: `dst` is exclusively the caller's (this function's contract).
-        None if unsafe { dst_tier.host_bytes_mut(dst, 0..dst.len) }.is_some() => {
+        None => {
             // A source that is not host memory (device) copies straight into a host
             // destination (dram): one device-to-host copy, no staging.
-            // SAFETY: as above; the slice is taken again only now that it is needed.
-            let into = unsafe { dst_tier.host_bytes_mut(dst, 0..dst.len) }.expect("checked above");
-            // SAFETY: forwarded from this function's contract.
-            return unsafe { src_tier.read(src, into) };
-        }
-        None => {
-            let mut buf = vec![0u8; src.len as usize];
-            // SAFETY: forwarded.
-            unsafe { src_tier.read(src, &mut buf) }?;
+            if let Some(into) = dst_tier.host_bytes_mut(&mut dst, 0..len) {
+                return src_tier.read(src, into);
+            }
+            let mut buf = vec![0u8; len as usize];
+            src_tier.read(src, &mut buf)?;
             staged = buf;
             &staged[..]
         }
     };
-    let object = ObjectWrite {
-        extent: *dst,
+    let mut object = [ObjectWrite {
+        extent: dst,
         key: &victim.key,
         value,
         checksum: victim.checksum,
-    };
-    // SAFETY: forwarded; the value is exactly `dst.len` bytes.
-    let mut results = unsafe { dst_tier.store_objects(&[object]) };
+    }];
+    let mut results = dst_tier.store_objects(&mut object);
     results.pop().unwrap_or(Ok(()))
 }
 

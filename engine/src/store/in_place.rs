@@ -16,11 +16,11 @@ use strata_proto::msg::Location;
 use strata_proto::{validate_key, Error, ErrorCode, Result};
 
 use super::facade::Store;
-use super::index::{key_hash, State};
+use super::index::key_hash;
 use super::inner::ObjectAt;
 use super::lease::WriterId;
 use super::promote::PROMOTE_AFTER_HITS;
-use crate::tier::Extent;
+use crate::tier::{Extent, PinnedRead};
 
 fn out_of_extent(range: &Range<u64>, len: u64) -> Error {
     let msg = format!(
@@ -55,12 +55,10 @@ impl Store {
         }
         // Pin first: if the check below finds the object in place, its extent cannot be
         // reclaimed before the pin drops.
-        let _pin = epoch::pin();
-        let extent = self.find_in_place(key, at)?;
-        let tier = &self.inner.tiers[extent.tier as usize];
-        // SAFETY: `extent` is a complete value's (checked under `_pin`), so it is not
-        // reclaimed while pinned, and complete values are never written.
-        let Some(bytes) = (unsafe { tier.host_bytes(&extent) }) else {
+        let pin = epoch::pin();
+        let extent = self.find_in_place(key, at, &pin)?;
+        let tier = &self.inner.tiers[extent.extent().tier as usize];
+        let Some(bytes) = tier.host_bytes(extent) else {
             return Ok(None);
         };
         Ok(Some(f(&bytes[range.start as usize..range.end as usize])))
@@ -73,11 +71,11 @@ impl Store {
         if buf.len() as u64 != at.len {
             return Err(out_of_extent(&(0..buf.len() as u64), at.len));
         }
-        let _pin = epoch::pin();
-        let extent = self.find_in_place(key, at)?;
+        let pin = epoch::pin();
+        let pinned = self.find_in_place(key, at, &pin)?;
+        let extent = pinned.extent();
         let tier = &self.inner.tiers[extent.tier as usize];
-        // SAFETY: as in `with_value_bytes`; `buf` is exactly the extent's length.
-        let read = unsafe { tier.read(&extent, buf) };
+        let read = tier.read(pinned, buf);
         if read.is_ok() && !self.inner.read_in_place(extent.tier) {
             self.read_through_io(key, extent, buf);
         }
@@ -139,42 +137,44 @@ impl Store {
     ) -> Result<Option<R>> {
         validate_key(key)?;
         let pin = epoch::pin();
-        let extent = self
+        let mut extent = self
             .inner
             .writable_extent(key, writer, &pin)
             .map_err(super::lease::reservation_gone)?;
-        if range.start > range.end || range.end > extent.len {
-            return Err(out_of_extent(&range, extent.len));
+        let len = extent.extent().len;
+        if range.start > range.end || range.end > len {
+            return Err(out_of_extent(&range, len));
         }
-        let tier = &self.inner.tiers[extent.tier as usize];
-        // SAFETY: the reservation is `writer`'s and live under `pin`, so its extent is not
-        // reclaimed while pinned; a pending value has no readers, and its writer's
-        // transfers write disjoint ranges (the data plane hands each range to one
-        // connection).
-        let Some(bytes) = (unsafe { tier.host_bytes_mut(&extent, range) }) else {
+        let tier = &self.inner.tiers[extent.extent().tier as usize];
+        let Some(bytes) = tier.host_bytes_mut(&mut extent, range) else {
             return Ok(None);
         };
         Ok(Some(f(bytes)))
     }
 
-    /// The extent of `key`'s complete value, if it lies exactly at `at`.
-    fn find_in_place(&self, key: &[u8], at: &Location) -> Result<Extent> {
+    /// The extent of `key`'s complete value, pinned for reading under `guard`, if it lies
+    /// exactly at `at`.
+    fn find_in_place<'g>(
+        &self,
+        key: &[u8],
+        at: &Location,
+        guard: &'g epoch::Guard,
+    ) -> Result<PinnedRead<'g>> {
         validate_key(key)?;
         let hash = key_hash(key);
         let shard = self.inner.shard(hash);
-        let e = shard.find(hash, key).map(|slot| shard.entry(slot));
+        let slot = shard.find(hash, key).ok_or_else(moved)?;
+        let e = shard.entry(slot);
         let same = |x: &Extent| {
             (x.tier, u32::from(x.segment), x.offset, x.len)
                 == (at.tier, at.segment, at.offset, at.len)
         };
         // Its own extent, or the shadow a promotion left where the lease found it.
-        e.filter(|e| e.state == State::Complete)
-            .and_then(|e| {
-                [Some(e.extent), e.shadow()]
-                    .into_iter()
-                    .flatten()
-                    .find(same)
-            })
-            .ok_or_else(moved)
+        let found = [Some(e.extent), e.shadow()]
+            .into_iter()
+            .flatten()
+            .find(same)
+            .ok_or_else(moved)?;
+        shard.pin_read(slot, found, guard).ok_or_else(moved)
     }
 }

@@ -21,8 +21,10 @@
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crossbeam_epoch::Guard;
+
 use super::counters::OpCounters;
-use crate::tier::{Extent, MAX_TIERS};
+use crate::tier::{Extent, OwnedPinnedRead, PinnedRead, PinnedWrite, MAX_TIERS};
 
 pub(crate) const NIL: u32 = u32::MAX;
 /// `Extent::tier` of a pending entry that has no extent yet.
@@ -200,6 +202,59 @@ impl Shard {
 
     pub fn entry_mut(&mut self, slot: u32) -> &mut Entry {
         &mut self.entries[slot as usize]
+    }
+
+    /// `at`, pinned for reading under `guard`: if the entry at `slot` is a complete object
+    /// whose bytes are at `at` (its extent or its shadow).
+    pub fn pin_read<'g>(&self, slot: u32, at: Extent, guard: &'g Guard) -> Option<PinnedRead<'g>> {
+        self.readable(slot, at).then(|| {
+            // SAFETY: the object is complete and holds `at` now, under this shard's lock.
+            // An extent is retired only after it leaves the index under this lock, so any
+            // retire of `at` comes after this moment, while `guard` is pinned: its free
+            // waits for `guard`. Complete values are never written.
+            unsafe { PinnedRead::new(at, guard) }
+        })
+    }
+
+    /// [`Shard::pin_read`], the token owning `guard`; `guard` back when the entry does not
+    /// hold a complete object at `at`.
+    pub fn pin_read_owned(
+        &self,
+        slot: u32,
+        at: Extent,
+        guard: Guard,
+    ) -> Result<OwnedPinnedRead, Guard> {
+        if !self.readable(slot, at) {
+            return Err(guard);
+        }
+        // SAFETY: as in `pin_read`.
+        Ok(unsafe { OwnedPinnedRead::new(at, guard) })
+    }
+
+    fn readable(&self, slot: u32, at: Extent) -> bool {
+        self.entries
+            .get(slot as usize)
+            .is_some_and(|e| e.state == State::Complete && e.holds(&at))
+    }
+
+    /// The reservation at `slot`, pinned for `writer` under `guard`: if it is pending,
+    /// `writer`'s, and has its space.
+    pub fn pin_write<'g>(
+        &self,
+        slot: u32,
+        writer: u64,
+        guard: &'g Guard,
+    ) -> Option<PinnedWrite<'g>> {
+        let e = self.entries.get(slot as usize)?;
+        if e.state != State::Pending || e.tag != writer || e.extent.tier == NO_TIER {
+            return None;
+        }
+        // SAFETY: the reservation is `writer`'s now, under this shard's lock; its extent is
+        // retired only after it leaves the index under this lock (so after `guard` was
+        // pinned), and a pending object has no readers. Only its writer asks for this
+        // token; a writer that moves pieces over several connections (the data plane)
+        // sends each byte range over one of them.
+        Some(unsafe { PinnedWrite::new(e.extent, guard) })
     }
 
     /// The slot of `slot` if it still holds generation `generation`.

@@ -10,11 +10,10 @@
 
 use std::sync::Arc;
 
-use crossbeam_epoch::Guard;
 use strata_proto::{Error, ErrorCode, Result};
 
 use super::inner::{Inner, ObjectAt};
-use crate::tier::{Extent, Tier};
+use crate::tier::{Extent, OwnedPinnedRead, Tier};
 
 /// Identifies the writer of a reservation; only it may commit or revoke.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,13 +44,12 @@ pub struct ReadLease {
 /// Not `Send`: it holds this thread's epoch pin.
 ///
 /// Keep it short-lived (copy, then drop): while any epoch pin is held, no retired extent in
-/// the process is reclaimed, so a put that must evict waits for it (up to a second) before
-/// evicting more.
+/// the process is reclaimed, so a put that needs that space waits for it (up to the put
+/// timeout), and a put made on the thread that holds the guard is refused at once.
 pub struct ReadGuard<'a> {
-    _pin: Guard,
+    pinned: OwnedPinnedRead,
     inner: &'a Inner,
     at: ObjectAt,
-    extent: Extent,
     checksum: u64,
     /// Move the object up a tier once a copy has succeeded.
     promote: bool,
@@ -59,25 +57,23 @@ pub struct ReadGuard<'a> {
 
 impl<'a> ReadGuard<'a> {
     pub(crate) fn new(
-        pin: Guard,
+        pinned: OwnedPinnedRead,
         inner: &'a Inner,
         at: ObjectAt,
-        extent: Extent,
         checksum: u64,
         promote: bool,
     ) -> ReadGuard<'a> {
         ReadGuard {
-            _pin: pin,
+            pinned,
             inner,
             at,
-            extent,
             checksum,
             promote,
         }
     }
 
     fn tier(&self) -> &'a dyn Tier {
-        &*self.inner.tiers[self.extent.tier as usize]
+        &*self.inner.tiers[self.pinned.extent().tier as usize]
     }
 
     /// xxh3-64 of the value recorded at commit (0 if the store computes none).
@@ -87,7 +83,7 @@ impl<'a> ReadGuard<'a> {
 
     /// The value's length in bytes.
     pub fn len(&self) -> u64 {
-        self.extent.len
+        self.pinned.extent().len
     }
 
     /// Always false: values have at least one byte.
@@ -98,16 +94,15 @@ impl<'a> ReadGuard<'a> {
     /// The bytes in place, when the tier is host memory (no copy). `None` for a tier read
     /// through I/O (ssd): use [`ReadGuard::copy_to`], which blocks on the device.
     pub fn bytes(&self) -> Option<&[u8]> {
-        // SAFETY: the extent was complete when looked up after `_pin` was taken, so it is not
-        // reclaimed before the pin drops, and complete values are never written.
-        unsafe { self.tier().host_bytes(&self.extent) }
+        self.tier().host_bytes(self.pinned.get())
     }
 
     /// Copies the value into the front of `buf`; returns its length. From a tier that
     /// verifies what it reads, damaged bytes fail with `Corrupt` and the object is dropped
     /// from the store; an object read again on a lower tier is moved up afterwards.
     pub fn copy_to(&self, buf: &mut [u8]) -> Result<usize> {
-        let len = self.extent.len as usize;
+        let extent = self.pinned.extent();
+        let len = extent.len as usize;
         let Some(dst) = buf.get_mut(..len) else {
             let msg = format!(
                 "buffer of {} bytes is too small for a value of {len} bytes",
@@ -115,17 +110,16 @@ impl<'a> ReadGuard<'a> {
             );
             return Err(Error::new(ErrorCode::InvalidArgument, msg));
         };
-        // SAFETY: as in `bytes`; `dst` is exactly the extent's length.
-        match unsafe { self.tier().read(&self.extent, dst) } {
+        match self.tier().read(self.pinned.get(), dst) {
             Ok(()) => {
                 if self.promote {
-                    let _ = self.inner.promote(self.at, self.extent, dst);
+                    let _ = self.inner.promote(self.at, extent, dst);
                 }
                 Ok(len)
             }
             Err(e) => {
                 if e.code() == ErrorCode::Corrupt {
-                    self.inner.drop_corrupt(self.at, self.extent);
+                    self.inner.drop_corrupt(self.at, extent);
                 }
                 Err(e)
             }

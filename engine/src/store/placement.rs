@@ -9,7 +9,7 @@ use strata_proto::limits::MAX_VALUE_LEN;
 use strata_proto::msg::Placement;
 use strata_proto::{Error, ErrorCode, Result};
 
-use crate::tier::{Extent, TierKind};
+use crate::tier::{Fresh, TierKind};
 
 use super::inner::Inner;
 
@@ -33,7 +33,7 @@ impl Inner {
     /// Finds an extent for `len` bytes: the highest tier under its high watermark that has
     /// room, else the first that can hold it, evicting synchronously when it is full.
     /// `placement` narrows the choice to one kind of tier.
-    pub(crate) fn place(&self, len: u64, placement: Placement) -> Result<Extent> {
+    pub(crate) fn place(&self, len: u64, placement: Placement) -> Result<Fresh> {
         let wanted = |kind: TierKind| match placement {
             Placement::Auto => true,
             Placement::Device => kind == TierKind::Device,
@@ -102,7 +102,7 @@ impl Inner {
     /// least `len` bytes are on their way back, the put waits for them rather than evicting
     /// more: the epoch is global, so whatever it evicted next would wait behind the same
     /// reader, and the tier would be emptied for nothing.
-    pub fn allocate_evicting(&self, i: usize, len: u64, wait: Duration) -> Option<Extent> {
+    pub fn allocate_evicting(&self, i: usize, len: u64, wait: Duration) -> Option<Fresh> {
         let tier = &self.tiers[i];
         // Read the clock only once a put has to wait: the common put allocates at once.
         let mut waiting_since: Option<std::time::Instant> = None;

@@ -40,9 +40,9 @@ impl Inner {
             self.wake_maintenance();
         }
         let guard = epoch::pin();
-        // SAFETY: `dst` is freshly allocated and indexed by nobody, so this is its only
-        // writer and it has no reader; `value` is exactly `dst.len` bytes.
-        let copied = unsafe { tier.write(&dst, 0, value) };
+        let mut written = dst.pin(&guard);
+        let copied = tier.write(&mut written, 0, value);
+        let dst = written.extent();
         let shadow_room = !self.read_in_place(src.tier) && !self.above_watermark(src.tier as usize);
         let now = self.clock.now();
         let mut shard = self.shard(at.hash);

@@ -10,7 +10,7 @@ use strata_proto::msg::Placement;
 use strata_proto::{validate_key, Error, ErrorCode, Result};
 
 use crate::clock::nanos;
-use crate::tier::Extent;
+use crate::tier::{Extent, PinnedRead, PinnedWrite};
 
 use super::facade::Store;
 use super::index::{key_hash, Shard, State, NO_TIER};
@@ -172,21 +172,26 @@ impl Inner {
             .live(slot, generation)
             .is_some_and(|e| e.state == State::Pending && e.tag == writer);
         match (placed, ours) {
-            (Ok(extent), true) if self.segment_gone(&extent) => {
+            (Ok(fresh), true) if self.segment_gone(&fresh.extent()) => {
                 // Its device segment was unmounted while space was found (the unmount's
                 // sweep may have passed this shard already): give up the reservation.
                 self.drop_entry(&mut shard, hash, slot, &guard);
+                drop(shard);
+                let extent = fresh.into_extent();
+                self.tiers[extent.tier as usize].retire(extent, &guard);
                 Err(Error::new(
                     ErrorCode::Unavailable,
                     "the device segment chosen for the value was unmounted; retry",
                 ))
             }
-            (Ok(extent), true) => {
+            (Ok(fresh), true) => {
+                let extent = fresh.into_extent();
                 shard.entry_mut(slot).extent = extent;
                 Ok((WriterId(writer), extent))
             }
-            (Ok(extent), false) => {
+            (Ok(fresh), false) => {
                 drop(shard);
+                let extent = fresh.into_extent();
                 self.tiers[extent.tier as usize].retire(extent, &guard);
                 Err(Error::new(
                     ErrorCode::LeaseExpired,
@@ -220,17 +225,20 @@ impl Inner {
         validate_key(key)?;
         let hash = key_hash(key);
         let guard = epoch::pin();
-        let (slot, generation, extent) = {
+        let (slot, generation, written) = {
             let mut shard = self.shard(hash);
             let slot = self.writer_slot(&mut shard, hash, key, writer, &guard)?;
-            let e = shard.entry(slot);
-            (slot, e.generation, e.extent)
+            let written = shard.pin_write(slot, writer.0, &guard);
+            let written = written
+                .ok_or_else(|| Error::new(ErrorCode::Busy, "reservation has no space yet"))?;
+            (slot, shard.entry(slot).generation, written)
         };
-        // Checksum outside the lock: a 16 MiB value takes about a millisecond.
+        // Checksum outside the lock: a 16 MiB value takes about a millisecond. The writer
+        // is committing, so it is done writing: its bytes may be read.
         let checksum = match given {
             _ if !self.config.checksum_on_commit => 0,
             Some(c) => c,
-            None => self.checksum(&extent)?,
+            None => self.checksum(written.into_read())?,
         };
         let mut shard = self.shard(hash);
         match shard.live(slot, generation) {
@@ -302,16 +310,18 @@ impl Inner {
 
     /// Checks that `writer` still holds `key`'s reservation (its extent cannot be reclaimed
     /// while `guard` stays pinned) and returns the extent.
-    pub fn writable_extent(
+    pub fn writable_extent<'g>(
         &self,
         key: &[u8],
         writer: WriterId,
-        guard: &epoch::Guard,
-    ) -> Result<Extent> {
+        guard: &'g epoch::Guard,
+    ) -> Result<PinnedWrite<'g>> {
         let hash = key_hash(key);
         let mut shard = self.shard(hash);
         let slot = self.writer_slot(&mut shard, hash, key, writer, guard)?;
-        Ok(shard.entry(slot).extent)
+        shard
+            .pin_write(slot, writer.0, guard)
+            .ok_or_else(|| Error::new(ErrorCode::Busy, "reservation has no space yet"))
     }
 
     /// Copies `data` into `writer`'s reserved value for `key` at `offset`.
@@ -326,31 +336,18 @@ impl Inner {
         // Pin, then confirm the reservation is still ours: if it is, its extent cannot be
         // reclaimed (and so reused by another writer) until this pin drops.
         let pin = epoch::pin();
-        let extent = self.writable_extent(key, writer, &pin)?;
-        let end = offset.checked_add(data.len() as u64);
-        if end.is_none_or(|end| end > extent.len) {
-            let msg = format!(
-                "write of {} bytes at {offset} runs past the {}-byte value",
-                data.len(),
-                extent.len
-            );
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        }
-        // SAFETY: confirmed live under `pin`; the reservation is exclusively this writer's,
-        // pending objects have no readers, and the range was bounds-checked above.
-        unsafe { self.tiers[extent.tier as usize].write(&extent, offset, data) }
+        let mut extent = self.writable_extent(key, writer, &pin)?;
+        let tier = extent.extent().tier as usize;
+        self.tiers[tier].write(&mut extent, offset, data)
     }
 
-    pub(crate) fn checksum(&self, extent: &Extent) -> Result<u64> {
-        let tier = &self.tiers[extent.tier as usize];
-        // SAFETY: the caller holds an epoch guard pinned while the reservation was live, and
-        // the writer has finished writing (it is committing).
-        if let Some(bytes) = unsafe { tier.host_bytes(extent) } {
+    pub(crate) fn checksum(&self, extent: PinnedRead<'_>) -> Result<u64> {
+        let tier = &self.tiers[extent.extent().tier as usize];
+        if let Some(bytes) = tier.host_bytes(extent) {
             return Ok(xxhash_rust::xxh3::xxh3_64(bytes));
         }
-        let mut value = vec![0u8; extent.len as usize];
-        // SAFETY: as above.
-        unsafe { tier.read(extent, &mut value) }?;
+        let mut value = vec![0u8; extent.extent().len as usize];
+        tier.read(extent, &mut value)?;
         Ok(xxhash_rust::xxh3::xxh3_64(&value))
     }
 }

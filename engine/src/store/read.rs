@@ -93,14 +93,16 @@ impl Store {
                     slot,
                     generation: e.generation,
                 };
+                let Ok(pinned) = shard.pin_read_owned(slot, extent, guard) else {
+                    unreachable!("a visible object is complete at its extent");
+                };
                 shard.counters.get_hits += 1;
                 shard.counters.get_bytes += extent.len;
                 drop(shard);
                 Ok(Some(ReadGuard::new(
-                    guard,
+                    pinned,
                     &self.inner,
                     at,
-                    extent,
                     checksum,
                     promote,
                 )))

@@ -12,7 +12,7 @@ use crossbeam_epoch as epoch;
 use strata_proto::{ErrorCode, Result};
 
 use super::facade::Store;
-use super::index::{key_hash, State};
+use super::index::key_hash;
 use super::inner::ObjectAt;
 use super::promote::PROMOTE_AFTER_HITS;
 use crate::tier::{Extent, SharedSegment};
@@ -51,26 +51,27 @@ impl Store {
         let hash = key_hash(key);
         // Pin before the lookup: the extent cannot be reclaimed while it is read.
         let pin = epoch::pin();
-        let at = {
+        let (at, pinned) = {
             let shard = self.inner.shard(hash);
             let Some(slot) = shard.find(hash, key) else {
                 return Ok(None);
             };
             let e = shard.entry(slot);
-            if e.state != State::Complete || e.extent != extent {
+            if e.extent != extent {
                 return Ok(None);
             }
-            ObjectAt {
+            let Some(pinned) = shard.pin_read(slot, extent, &pin) else {
+                return Ok(None);
+            };
+            let at = ObjectAt {
                 hash,
                 slot,
                 generation: e.generation,
-            }
+            };
+            (at, pinned)
         };
         let mut value = vec![0u8; extent.len as usize];
-        // SAFETY: the object was found at `extent` after the pin, so the extent is not
-        // reclaimed while the pin lives; complete values are never written; `value` is
-        // exactly the extent's length.
-        let read = unsafe { self.inner.tiers[extent.tier as usize].read(&extent, &mut value) };
+        let read = self.inner.tiers[extent.tier as usize].read(pinned, &mut value);
         drop(pin);
         match read {
             Ok(()) => Ok(self.inner.promote(at, extent, &value)),

@@ -23,7 +23,7 @@ use parking_lot::{Mutex, RwLock};
 use strata_device::{Backend, Device, DeviceError, DeviceMemory, IpcHandle};
 use strata_proto::{Error, ErrorCode, Result};
 
-use super::{Extent, Tier, TierKind};
+use super::{length_mismatch, Extent, Fresh, PinnedRead, PinnedWrite, Tier, TierKind};
 use crate::alloc::{AllocStats, BlockId, OffsetAllocator};
 
 /// Segments one device tier can have over the server's life (numbers are not reused).
@@ -334,7 +334,7 @@ impl Tier for DeviceTier {
             .unwrap_or(0)
     }
 
-    fn allocate(&self, len: u64) -> Option<Extent> {
+    fn allocate(&self, len: u64) -> Option<Fresh> {
         let table = self.segments.read();
         let n = table.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
@@ -346,13 +346,13 @@ impl Tier for DeviceTier {
             }
             let a = s.allocator.lock().allocate(len)?;
             s.used.fetch_add(a.size, Ordering::Relaxed);
-            Some(Extent {
+            Some(Fresh::new(Extent {
                 tier: self.index,
                 segment: number as u16,
                 block: a.block.raw(),
                 offset: a.offset,
                 len,
-            })
+            }))
         })
     }
 
@@ -400,19 +400,30 @@ impl Tier for DeviceTier {
         Some(self)
     }
 
-    unsafe fn host_bytes(&self, _extent: &Extent) -> Option<&[u8]> {
+    fn host_bytes<'a>(&'a self, _extent: PinnedRead<'a>) -> Option<&'a [u8]> {
         None
     }
 
-    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
+    fn read(&self, extent: PinnedRead<'_>, dst: &mut [u8]) -> Result<()> {
+        let extent = extent.extent();
+        if dst.len() as u64 != extent.len {
+            return Err(length_mismatch("read", dst.len(), &extent, 0));
+        }
         let segment = self.segment(extent.segment)?;
         segment
             .memory
-            .read(extent.offset, &mut dst[..extent.len as usize])
+            .read(extent.offset, dst)
             .map_err(device_error)
     }
 
-    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) -> Result<()> {
+    fn write(&self, extent: &mut PinnedWrite<'_>, offset: u64, src: &[u8]) -> Result<()> {
+        let extent = extent.extent();
+        if offset
+            .checked_add(src.len() as u64)
+            .is_none_or(|end| end > extent.len)
+        {
+            return Err(length_mismatch("write", src.len(), &extent, offset));
+        }
         let segment = self.segment(extent.segment)?;
         segment
             .memory

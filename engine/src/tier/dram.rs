@@ -14,7 +14,10 @@ use crossbeam_epoch::Guard;
 use memmap2::{MmapOptions, MmapRaw};
 use strata_proto::Result;
 
-use super::{Extent, SegmentAllocators, SharedSegment, Tier, TierKind};
+use super::{
+    length_mismatch, Extent, Fresh, PinnedRead, PinnedWrite, SegmentAllocators, SharedSegment,
+    Tier, TierKind,
+};
 use crate::alloc::{AllocStats, OffsetAllocator};
 
 struct Segment {
@@ -76,6 +79,17 @@ impl DramTier {
         len.div_ceil(self.alignment) * self.alignment
     }
 
+    /// `extent`, after checking it is this tier's: a token for another tier's extent is a
+    /// bug, and would address the wrong mapping.
+    fn own(&self, extent: Extent) -> Extent {
+        assert_eq!(
+            extent.tier, self.index,
+            "an extent of tier {} given to tier {}",
+            extent.tier, self.index
+        );
+        extent
+    }
+
     fn base(&self, extent: &Extent) -> *mut u8 {
         let seg = &self.segments[extent.segment as usize];
         debug_assert!(extent.offset + extent.len <= seg.map.len() as u64);
@@ -105,15 +119,15 @@ impl Tier for DramTier {
         self.segment_size.min(self.capacity())
     }
 
-    fn allocate(&self, len: u64) -> Option<Extent> {
+    fn allocate(&self, len: u64) -> Option<Fresh> {
         let (segment, a) = self.allocators.allocate(len)?;
-        Some(Extent {
+        Some(Fresh::new(Extent {
             tier: self.index,
             segment,
             block: a.block.raw(),
             offset: a.offset,
             len,
-        })
+        }))
     }
 
     fn retire(&self, extent: Extent, guard: &Guard) {
@@ -148,48 +162,47 @@ impl Tier for DramTier {
             .collect()
     }
 
-    unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]> {
-        // SAFETY: the extent lies inside a live mapping (allocator invariant) and, per this
-        // method's contract, is neither reclaimed nor written while the slice lives.
-        Some(unsafe { std::slice::from_raw_parts(self.base(extent), extent.len as usize) })
+    fn host_bytes<'a>(&'a self, extent: PinnedRead<'a>) -> Option<&'a [u8]> {
+        let extent = self.own(extent.extent());
+        // SAFETY: the extent is this tier's (checked by `own`), so it lies inside a live
+        // mapping (allocator invariant); the token proves it is neither reclaimed nor
+        // written while its guard, and so the slice, lives.
+        Some(unsafe { std::slice::from_raw_parts(self.base(&extent), extent.len as usize) })
     }
 
-    #[allow(clippy::mut_from_ref)] // the range is the caller's alone (the trait's contract)
-    unsafe fn host_bytes_mut(&self, extent: &Extent, range: Range<u64>) -> Option<&mut [u8]> {
-        if range.start > range.end || range.end > extent.len {
+    fn host_bytes_mut<'a>(
+        &'a self,
+        extent: &'a mut PinnedWrite<'_>,
+        range: Range<u64>,
+    ) -> Option<&'a mut [u8]> {
+        let whole = self.own(extent.extent());
+        if range.start > range.end || range.end > whole.len {
             return None;
         }
-        let start = self.base(extent).wrapping_add(range.start as usize);
-        // SAFETY: the range lies inside the extent (checked above), which lies inside a live
-        // mapping; per the contract nobody else reads or writes it while the slice lives.
+        let start = self.base(&whole).wrapping_add(range.start as usize);
+        // SAFETY: the range lies inside the extent (checked above), which is this tier's and
+        // so inside a live mapping; the token, borrowed mutably for the slice's life, proves
+        // its holder is the only writer and that nobody reads it.
         Some(unsafe { std::slice::from_raw_parts_mut(start, (range.end - range.start) as usize) })
     }
 
-    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
-        debug_assert_eq!(dst.len() as u64, extent.len);
-        // SAFETY: source range is the extent inside a live mapping; nobody writes it
-        // (contract); `dst` is a distinct Rust buffer of the extent's length.
-        unsafe {
-            strata_copy::copy_raw(
-                self.base(extent),
-                dst.as_mut_ptr(),
-                dst.len().min(extent.len as usize),
-            )
+    fn read(&self, extent: PinnedRead<'_>, dst: &mut [u8]) -> Result<()> {
+        let len = extent.extent().len;
+        if dst.len() as u64 != len {
+            return Err(length_mismatch("read", dst.len(), &extent.extent(), 0));
         }
+        let src = self.host_bytes(extent).expect("dram is host memory");
+        strata_copy::copy(dst, src);
         Ok(())
     }
 
-    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) -> Result<()> {
-        debug_assert!(offset + src.len() as u64 <= extent.len);
-        // SAFETY: destination range is inside the caller's own pending extent in a live
-        // mapping, with no concurrent reader or writer (contract); `src` is distinct memory.
-        unsafe {
-            strata_copy::copy_raw(
-                src.as_ptr(),
-                self.base(extent).add(offset as usize),
-                src.len(),
-            )
-        }
+    fn write(&self, extent: &mut PinnedWrite<'_>, offset: u64, src: &[u8]) -> Result<()> {
+        let whole = extent.extent();
+        let end = offset.checked_add(src.len() as u64);
+        let Some(dst) = end.and_then(|end| self.host_bytes_mut(extent, offset..end)) else {
+            return Err(length_mismatch("write", src.len(), &whole, offset));
+        };
+        strata_copy::copy(dst, src);
         Ok(())
     }
 }

@@ -12,14 +12,18 @@
 
 pub mod device;
 pub mod dram;
+mod pinned;
 pub mod ssd;
+
+pub(crate) use pinned::OwnedPinnedRead;
+pub use pinned::{Fresh, PinnedRead, PinnedWrite};
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_epoch::Guard;
 use parking_lot::Mutex;
-use strata_proto::Result;
+use strata_proto::{Error, ErrorCode, Result};
 
 use crate::alloc::{AllocStats, Allocation, BlockId, OffsetAllocator};
 
@@ -91,10 +95,10 @@ pub struct TierStats {
 }
 
 /// One whole object for [`Tier::store_objects`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct ObjectWrite<'a> {
     /// The extent allocated for it in the destination tier.
-    pub extent: Extent,
+    pub extent: PinnedWrite<'a>,
     pub key: &'a [u8],
     /// Exactly `extent.len` bytes.
     pub value: &'a [u8],
@@ -155,7 +159,7 @@ pub trait Tier: Send + Sync {
     /// The largest value this tier could ever hold (one segment).
     fn max_value_len(&self) -> u64;
     /// Reserves an extent for `len` bytes, or `None` if no free extent is large enough.
-    fn allocate(&self, len: u64) -> Option<Extent>;
+    fn allocate(&self, len: u64) -> Option<Fresh>;
     /// Frees `extent` once every reader pinned before this call has unpinned.
     fn retire(&self, extent: Extent, guard: &Guard);
     /// Allocator figures summed over segments.
@@ -199,57 +203,51 @@ pub trait Tier: Send + Sync {
         Vec::new()
     }
 
-    /// The extent's bytes, if this tier is host-addressable.
-    ///
-    /// # Safety
-    /// `extent` must come from this tier's `allocate` and not be reclaimed while the slice
-    /// lives: the caller holds an epoch guard pinned before the extent could be retired, and
-    /// nobody writes the extent meanwhile (it is complete, or the caller is its writer and
-    /// has finished writing).
-    unsafe fn host_bytes(&self, extent: &Extent) -> Option<&[u8]>;
+    /// The extent's bytes, if this tier is host-addressable; for as long as both the tier
+    /// and the token's guard are borrowed.
+    fn host_bytes<'a>(&'a self, extent: PinnedRead<'a>) -> Option<&'a [u8]>;
 
     /// Bytes `range` of the extent for writing, if this tier is host-addressable: a
     /// demotion copies straight into them (one device-to-host copy, no staging), and the
     /// data plane receives from a socket into them. `None` also when `range` does not lie
-    /// within the extent.
-    ///
-    /// # Safety
-    /// As [`Tier::write`] for `range`: the caller is its only user for the slice's life
-    /// (writers of disjoint ranges of one reservation may hold theirs at once).
-    #[allow(clippy::mut_from_ref)] // the range is the caller's alone (contract above)
-    unsafe fn host_bytes_mut(&self, extent: &Extent, range: Range<u64>) -> Option<&mut [u8]> {
+    /// within the extent. The slice borrows the token mutably: one at a time per token.
+    fn host_bytes_mut<'a>(
+        &'a self,
+        extent: &'a mut PinnedWrite<'_>,
+        range: Range<u64>,
+    ) -> Option<&'a mut [u8]> {
         let _ = (extent, range);
         None
     }
 
-    /// Copies the whole value into `dst` (exactly `extent.len` bytes). A tier that checks
-    /// what it reads fails with `Corrupt` rather than hand out bytes that do not match.
-    ///
-    /// # Safety
-    /// As [`Tier::host_bytes`].
-    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()>;
+    /// Copies the whole value into `dst` (exactly `extent.len` bytes, or `InvalidArgument`).
+    /// A tier that checks what it reads fails with `Corrupt` rather than hand out bytes that
+    /// do not match.
+    fn read(&self, extent: PinnedRead<'_>, dst: &mut [u8]) -> Result<()>;
 
-    /// Copies `src` into the extent starting at `offset` (a put's piece).
-    ///
-    /// # Safety
-    /// `extent` must come from this tier's `allocate`, be unreclaimed for the whole call (epoch
-    /// guard as above), and the caller must be its only writer with no concurrent reader (a
-    /// pending reservation); it has checked `offset + src.len() <= extent.len`.
-    unsafe fn write(&self, extent: &Extent, offset: u64, src: &[u8]) -> Result<()>;
+    /// Copies `src` into the extent starting at `offset` (a put's piece); `InvalidArgument`
+    /// when it would run past the extent.
+    fn write(&self, extent: &mut PinnedWrite<'_>, offset: u64, src: &[u8]) -> Result<()>;
 
     /// Writes whole objects into extents freshly allocated for them (demotion, promotion);
     /// one result per object, in order. A tier that does I/O submits them together.
-    ///
-    /// # Safety
-    /// Each extent must come from this tier's `allocate`, be exclusively the caller's and
-    /// unreclaimed for the call, and each value exactly `extent.len` bytes.
-    unsafe fn store_objects(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
+    fn store_objects(&self, objects: &mut [ObjectWrite<'_>]) -> Vec<Result<()>> {
         objects
-            .iter()
-            // SAFETY: forwarded from this method's contract; the value fills the extent.
-            .map(|o| unsafe { self.write(&o.extent, 0, o.value) })
+            .iter_mut()
+            .map(|o| self.write(&mut o.extent, 0, o.value))
             .collect()
     }
+}
+
+/// The error of a copy whose length does not match the extent's.
+pub(crate) fn length_mismatch(what: &str, got: usize, extent: &Extent, offset: u64) -> Error {
+    Error::new(
+        ErrorCode::InvalidArgument,
+        format!(
+            "{what} of {got} bytes at {offset} does not fit the {}-byte value",
+            extent.len
+        ),
+    )
 }
 
 /// The offset allocators of a tier's segments, with the tier-wide byte counts. A retired

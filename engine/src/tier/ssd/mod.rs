@@ -37,7 +37,10 @@ pub use io::{
 pub use record::{record_len, RecordHeader, Superblock, BLOCK};
 pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
 
-use super::{Extent, ObjectWrite, RecoveredObject, SegmentAllocators, SharedFile, Tier, TierKind};
+use super::{
+    Extent, Fresh, ObjectWrite, PinnedRead, PinnedWrite, RecoveredObject, SegmentAllocators,
+    SharedFile, Tier, TierKind,
+};
 use crate::alloc::AllocStats;
 
 use psync::PsyncEngine;
@@ -332,13 +335,15 @@ impl SsdTier {
         let mut results: Vec<Result<()>> = objects
             .iter()
             .map(|o| {
-                if o.value.len() as u64 == o.extent.len && o.extent.tier == self.index {
+                if o.value.len() as u64 == o.extent.extent().len
+                    && o.extent.extent().tier == self.index
+                {
                     return Ok(());
                 }
                 let msg = format!(
                     "ssd write of {} bytes into an extent of {} bytes",
                     o.value.len(),
-                    o.extent.len
+                    o.extent.extent().len
                 );
                 Err(Error::new(ErrorCode::Internal, msg))
             })
@@ -366,7 +371,8 @@ impl SsdTier {
 
     /// The write of `o`'s value, followed by the write of its header block.
     fn record_ops(&self, o: &ObjectWrite<'_>) -> IoOp {
-        let file = o.extent.segment as usize;
+        let extent = o.extent.extent();
+        let file = extent.segment as usize;
         let len = o.value.len();
         let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
         let mut value = self.buffers.take(padded as usize);
@@ -378,14 +384,14 @@ impl SsdTier {
         RecordHeader {
             file_id: self.file_ids[file],
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
-            value_len: o.extent.len,
+            value_len: extent.len,
             value_checksum: o.checksum.unwrap_or_else(|| xxh3_64(o.value)),
             key: o.key.to_vec(),
         }
         .encode(head.as_mut_slice());
-        IoOp::write(file, o.extent.offset + BLOCK, padded as usize, value).followed_by(IoOp::write(
+        IoOp::write(file, extent.offset + BLOCK, padded as usize, value).followed_by(IoOp::write(
             file,
-            o.extent.offset,
+            extent.offset,
             BLOCK as usize,
             head,
         ))
@@ -517,15 +523,15 @@ impl Tier for SsdTier {
         self.file_sizes.iter().max().map_or(0, |s| s - 2 * BLOCK)
     }
 
-    fn allocate(&self, len: u64) -> Option<Extent> {
+    fn allocate(&self, len: u64) -> Option<Fresh> {
         let (segment, a) = self.allocators.allocate(record_len(len))?;
-        Some(Extent {
+        Some(Fresh::new(Extent {
             tier: self.index,
             segment,
             block: a.block.raw(),
             offset: a.offset + BLOCK, // The allocator's space starts after the superblock.
             len,
-        })
+        }))
     }
 
     fn retire(&self, extent: Extent, guard: &Guard) {
@@ -604,24 +610,24 @@ impl Tier for SsdTier {
             .collect()
     }
 
-    unsafe fn host_bytes(&self, _extent: &Extent) -> Option<&[u8]> {
+    fn host_bytes<'a>(&'a self, _extent: PinnedRead<'a>) -> Option<&'a [u8]> {
         None
     }
 
-    unsafe fn read(&self, extent: &Extent, dst: &mut [u8]) -> Result<()> {
-        self.read_records(&mut [(*extent, dst)])
+    fn read(&self, extent: PinnedRead<'_>, dst: &mut [u8]) -> Result<()> {
+        self.read_records(&mut [(extent.extent(), dst)])
             .pop()
             .expect("one result per record")
     }
 
-    unsafe fn write(&self, _extent: &Extent, _offset: u64, _src: &[u8]) -> Result<()> {
+    fn write(&self, _extent: &mut PinnedWrite<'_>, _offset: u64, _src: &[u8]) -> Result<()> {
         Err(Error::new(
             ErrorCode::Internal,
             "the ssd tier takes whole objects (demotion), not pieces of a put",
         ))
     }
 
-    unsafe fn store_objects(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
+    fn store_objects(&self, objects: &mut [ObjectWrite<'_>]) -> Vec<Result<()>> {
         self.write_records(objects)
     }
 }

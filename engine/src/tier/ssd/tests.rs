@@ -40,23 +40,19 @@ fn store(tier: &SsdTier, keys: &[&str], len_of: impl Fn(usize) -> usize) -> Vec<
         .enumerate()
         .map(|(i, k)| value(k, len_of(i)))
         .collect();
-    let extents: Vec<Extent> = values
-        .iter()
-        .map(|v| tier.allocate(v.len() as u64).expect("space"))
-        .collect();
-    let objects: Vec<ObjectWrite<'_>> = keys
+    let guard = epoch::pin();
+    let mut objects: Vec<ObjectWrite<'_>> = keys
         .iter()
         .zip(&values)
-        .zip(&extents)
-        .map(|((k, v), e)| ObjectWrite {
-            extent: *e,
+        .map(|(k, v)| ObjectWrite {
+            extent: tier.allocate(v.len() as u64).expect("space").pin(&guard),
             key: k.as_bytes(),
             value: v,
             checksum: None,
         })
         .collect();
-    // SAFETY: fresh extents, each value exactly its extent's length.
-    for r in unsafe { tier.store_objects(&objects) } {
+    let extents = objects.iter().map(|o| o.extent.extent()).collect();
+    for r in tier.store_objects(&mut objects) {
         r.unwrap();
     }
     extents
@@ -64,8 +60,8 @@ fn store(tier: &SsdTier, keys: &[&str], len_of: impl Fn(usize) -> usize) -> Vec<
 
 fn read(tier: &SsdTier, extent: &Extent) -> strata_proto::Result<Vec<u8>> {
     let mut out = vec![0u8; extent.len as usize];
-    // SAFETY: the extent is live and complete (the tests never free it while reading).
-    unsafe { tier.read(extent, &mut out) }.map(|()| out)
+    let read = tier.read_records(&mut [(*extent, &mut out[..])]).pop();
+    read.expect("one result per record").map(|()| out)
 }
 
 /// Retires `extent` and waits (bounded) for its tombstone and free.
@@ -150,7 +146,7 @@ fn reopening_recovers_records_and_skips_torn_removed_and_superseded_ones() {
             store(&tier, &["dup"], |_| 7);
             free(&tier, extents[3]);
             // A torn record: its value is written, its header only half (damaged).
-            let torn = tier.allocate(10_000).unwrap();
+            let torn = tier.allocate(10_000).unwrap().into_extent();
             let f = data_file(dir.path(), torn.segment as usize);
             f.write_all_at(&value("torn", 10_000), torn.offset + BLOCK)
                 .unwrap();
@@ -196,7 +192,7 @@ fn reopening_recovers_records_and_skips_torn_removed_and_superseded_ones() {
         assert_eq!(tier.used(), used);
         let mut again = Vec::new();
         while let Some(e) = tier.allocate(10_000) {
-            again.push(e);
+            again.push(e.into_extent());
         }
         assert!(
             again
