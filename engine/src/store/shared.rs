@@ -44,7 +44,7 @@ impl Store {
     /// leases it: a lease per promotion kept dram so full of leased copies that puts were
     /// refused (docs/benchmarks.md). The reader may still copy it rather than read the
     /// record a second time, checking the bytes against the checksum, since nothing stops
-    /// the copy's memory from being reused meanwhile (`net::handlers`). `Corrupt` when
+    /// the copy's memory from being reused meanwhile (the server's request core, `net::request`). `Corrupt` when
     /// the record failed its checksum: the object is dropped, and the reader must not
     /// read it.
     pub fn promote_for_file_reader(&self, key: &[u8], extent: Extent) -> Result<Option<Extent>> {

@@ -44,7 +44,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
-use super::handlers::Session;
+use super::session::{DataCredentials, Session};
 use crate::metrics::{Metrics, LOST};
 use strata_engine::{Store, WriterId};
 
@@ -63,15 +63,6 @@ pub struct DataPlaneConfig {
     pub tls: bool,
     /// Bound on one transfer (request head to last byte).
     pub transfer_timeout: Duration,
-}
-
-/// What a session proves on its data connections.
-pub(crate) struct DataCredentials {
-    pub session: u64,
-    pub secret: [u8; SECRET_LEN],
-    /// A data connection proved this session: from now on its leases are signed (a
-    /// session that never uses the data plane, such as a same-host client, pays nothing).
-    pub admitted: AtomicBool,
 }
 
 /// The data plane's listener and what it knows of the QUIC sessions.

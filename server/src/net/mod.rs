@@ -9,7 +9,8 @@
 //! a grace period, then close every connection with [`wire::CLOSE_SHUTDOWN`].
 
 pub mod data;
-mod handlers;
+mod request;
+mod session;
 pub mod shm;
 mod stream;
 pub mod tls;
@@ -32,10 +33,11 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::{Health, Metrics, MetricsEndpoint, UPKEEP_INTERVAL};
 use data::DataPlane;
 pub use data::DataPlaneConfig;
-use handlers::{Session, Shared};
+use request::{Failure, Shared};
+use session::Session;
 use shm::ShmExport;
 use strata_engine::Store;
-use stream::{reply_error, Failure};
+use stream::reply_error;
 pub use tls::TlsSource;
 
 /// How the service listens and whom it lets in.
@@ -292,7 +294,7 @@ async fn serve_connection(
         streams.spawn(async move {
             let started = Instant::now();
             let mut op = None;
-            let served = handlers::serve(&shared, &session, &mut send, &mut recv, &mut op).await;
+            let served = stream::serve(&shared, &session, &mut send, &mut recv, &mut op).await;
             let error = match &served {
                 Ok(()) => None,
                 Err(Failure::Reply(e) | Failure::Refuse(e)) => Some(e.code().name()),
@@ -316,7 +318,7 @@ async fn serve_connection(
             }
         });
     }
-    session.close(&shared);
+    shared.close_session(&session);
     drop(open);
     shared.connections.fetch_sub(1, Ordering::Relaxed);
 }

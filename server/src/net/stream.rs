@@ -1,43 +1,23 @@
-//! Reading and writing one request's frames on a QUIC stream (the layout is documented in
-//! `strata_proto::wire`).
+//! One request on a QUIC stream: read its frame head and header, hand them and the rest
+//! of the stream (its payload) to the request core ([`super::request`]), and send what it
+//! answers (the layout is documented in `strata_proto::wire`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{ReadExactError, RecvStream, SendStream};
 use rkyv::util::AlignedVec;
+use strata_proto::wire::Opcode;
 use strata_proto::wire::{self, RequestHead, REQUEST_HEAD_LEN};
 use strata_proto::{Error, ErrorCode};
 
-/// Bytes of payload gathered before they are copied into the store: big enough that the
-/// per-copy index check is noise, small enough to stay in cache.
-const STAGING_LEN: usize = 256 << 10;
+use super::request::{self, protocol, Failure, Payload, Response, Shared};
+use super::session::Session;
 
 /// How long a client may take to send a request's head and header once it opened the
 /// stream. Payloads are bounded by the reservation deadline instead.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why a request did not complete.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Answer with this error frame; the stream is still usable.
-    Reply(Error),
-    /// Answer with this error frame, then close the whole connection (wrong auth token).
-    Refuse(Error),
-    /// The stream or connection broke (reset by the peer, connection lost): nobody to
-    /// answer.
-    Broken,
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Failure {
-        Failure::Reply(e)
-    }
-}
-
-fn protocol(msg: String) -> Failure {
-    Failure::Reply(Error::new(ErrorCode::Protocol, msg))
-}
 
 /// Reads the fixed request head.
 pub(crate) async fn read_head(recv: &mut RecvStream) -> Result<RequestHead, Failure> {
@@ -74,52 +54,6 @@ pub(crate) async fn read_header(recv: &mut RecvStream, len: u32) -> Result<Align
     }
 }
 
-/// Refuses a header on an operation that takes none.
-pub(crate) fn expect_no_header(header: &AlignedVec) -> Result<(), Failure> {
-    if header.is_empty() {
-        Ok(())
-    } else {
-        Err(protocol(format!(
-            "this operation takes no header, got {} bytes",
-            header.len()
-        )))
-    }
-}
-
-/// Receives exactly `len` payload bytes and hands them to `sink(offset, bytes)` in pieces
-/// of up to [`STAGING_LEN`]; then checks the sender finished the stream right after.
-pub(crate) async fn receive_payload(
-    recv: &mut RecvStream,
-    len: u64,
-    mut sink: impl FnMut(u64, &[u8]) -> Result<(), Error>,
-) -> Result<(), Failure> {
-    let mut staging = vec![0u8; STAGING_LEN.min(len as usize)];
-    let mut offset = 0u64;
-    while offset < len {
-        let want = staging.len().min((len - offset) as usize);
-        match recv.read_exact(&mut staging[..want]).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(n)) => {
-                return Err(protocol(format!(
-                    "payload ended after {} of the {len} bytes announced",
-                    offset + n as u64
-                )))
-            }
-            Err(ReadExactError::ReadError(_)) => return Err(Failure::Broken),
-        }
-        sink(offset, &staging[..want])?;
-        offset += want as u64;
-    }
-    let mut probe = [0u8; 1];
-    match recv.read(&mut probe).await {
-        Ok(None) => Ok(()),
-        Ok(Some(_)) => Err(protocol(format!(
-            "payload is longer than the {len} bytes announced"
-        ))),
-        Err(_) => Err(Failure::Broken),
-    }
-}
-
 /// Sends a complete response frame and finishes the stream.
 pub(crate) async fn reply(send: &mut SendStream, frame: &[u8]) -> Result<(), Failure> {
     send.write_all(frame).await.map_err(|_| Failure::Broken)?;
@@ -144,4 +78,42 @@ pub(crate) async fn reply_with_payload(
 pub(crate) async fn reply_error(send: &mut SendStream, recv: &mut RecvStream, error: &Error) {
     let _ = recv.stop(wire::STOP_ANSWERED.into());
     let _ = reply(send, &wire::encode_error(error)).await;
+}
+
+impl Payload for RecvStream {
+    async fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Failure> {
+        match self.read_exact(buf).await {
+            Ok(()) => Ok(buf.len()),
+            Err(ReadExactError::FinishedEarly(n)) => Ok(n),
+            Err(ReadExactError::ReadError(_)) => Err(Failure::Broken),
+        }
+    }
+
+    async fn at_end(&mut self) -> Result<bool, Failure> {
+        let mut probe = [0u8; 1];
+        match self.read(&mut probe).await {
+            Ok(None) => Ok(true),
+            Ok(Some(_)) => Ok(false),
+            Err(_) => Err(Failure::Broken),
+        }
+    }
+}
+
+/// Serves one request stream from head to answer; `op` is set once the opcode is known.
+pub(crate) async fn serve(
+    shared: &Shared,
+    session: &Arc<Session>,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    op: &mut Option<Opcode>,
+) -> Result<(), Failure> {
+    let head = read_head(recv).await?;
+    let opcode = head.check()?;
+    *op = Some(opcode);
+    request::admit(shared, session, opcode, head.header_len)?;
+    let header = read_header(recv, head.header_len).await?;
+    match request::answer(shared, session, opcode, &header, recv).await? {
+        Response::Frame(frame) => reply(send, &frame).await,
+        Response::WithPayload(frame, value) => reply_with_payload(send, frame, value).await,
+    }
 }

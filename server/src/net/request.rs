@@ -5,13 +5,10 @@
 //! headers are validated by bytecheck before any field is read, and the engine checks
 //! keys, lengths and batch sizes.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
-use quinn::{RecvStream, SendStream};
 use rkyv::util::AlignedVec;
 use strata_device::IpcHandle;
 use strata_proto::limits::{check_paired, MAX_VALUE_LEN};
@@ -29,15 +26,99 @@ use strata_proto::msg::{
 };
 use strata_proto::wire::{access, encode_bare_response, encode_response, Opcode};
 use strata_proto::{Error, ErrorCode};
-use tokio_util::sync::CancellationToken;
 
-use super::data::{DataCredentials, DataPlane};
+use super::data::DataPlane;
+use super::session::Session;
 use super::shm::ShmExport;
-use super::stream::{
-    expect_no_header, read_head, read_header, receive_payload, reply, reply_with_payload, Failure,
-};
 use crate::metrics::Metrics;
 use strata_engine::{Extent, PutOptions, Store, TierKind, WriteReservation, WriterId};
+
+/// Why a request did not complete.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Answer with this error frame; the stream is still usable.
+    Reply(Error),
+    /// Answer with this error frame, then close the whole connection (wrong auth token).
+    Refuse(Error),
+    /// The stream or connection broke (reset by the peer, connection lost): nobody to
+    /// answer.
+    Broken,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Reply(e)
+    }
+}
+
+pub(crate) fn protocol(msg: String) -> Failure {
+    Failure::Reply(Error::new(ErrorCode::Protocol, msg))
+}
+
+/// Refuses a header on an operation that takes none.
+pub(crate) fn expect_no_header(header: &AlignedVec) -> Result<(), Failure> {
+    if header.is_empty() {
+        Ok(())
+    } else {
+        Err(protocol(format!(
+            "this operation takes no header, got {} bytes",
+            header.len()
+        )))
+    }
+}
+
+/// A request's answer, ready to send: a response frame, and after it, for a get, the
+/// value (sent without a copy).
+#[derive(Debug)]
+pub(crate) enum Response {
+    Frame(Vec<u8>),
+    WithPayload(Vec<u8>, Bytes),
+}
+
+/// Where a request's payload comes from: the rest of its QUIC stream, or a buffer in the
+/// tests.
+pub(crate) trait Payload {
+    /// Fills `buf` from the payload; the bytes it holds when the payload ends first
+    /// (`Ok(n)` with `n < buf.len()`). `Failure::Broken` when the stream broke.
+    async fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Failure>;
+
+    /// Whether the payload has ended (no byte follows what was read).
+    async fn at_end(&mut self) -> Result<bool, Failure>;
+}
+
+/// Bytes of payload gathered before they are copied into the store: big enough that the
+/// per-copy index check is noise, small enough to stay in cache.
+const STAGING_LEN: usize = 256 << 10;
+
+/// Receives exactly `len` payload bytes and hands them to `sink(offset, bytes)` in pieces
+/// of up to [`STAGING_LEN`]; then checks the payload ended right after.
+pub(crate) async fn receive_payload<P: Payload>(
+    payload: &mut P,
+    len: u64,
+    mut sink: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+) -> Result<(), Failure> {
+    let mut staging = vec![0u8; STAGING_LEN.min(len as usize)];
+    let mut offset = 0u64;
+    while offset < len {
+        let want = staging.len().min((len - offset) as usize);
+        let got = payload.fill(&mut staging[..want]).await?;
+        if got < want {
+            return Err(protocol(format!(
+                "payload ended after {} of the {len} bytes announced",
+                offset + got as u64
+            )));
+        }
+        sink(offset, &staging[..want])?;
+        offset += want as u64;
+    }
+    if payload.at_end().await? {
+        Ok(())
+    } else {
+        Err(protocol(format!(
+            "payload is longer than the {len} bytes announced"
+        )))
+    }
+}
 
 /// Largest handshake header an unauthenticated connection may send (a version string and
 /// a token).
@@ -56,86 +137,38 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
-/// Per-connection state.
-#[derive(Default)]
-pub(crate) struct Session {
-    authenticated: AtomicBool,
-    /// Reservations made by put_start on this connection. They belong to it: when the
-    /// connection ends they are dropped, which revokes the uncommitted ones at once rather
-    /// than at their deadline.
-    reservations: Mutex<HashMap<u64, WriteReservation>>,
-    /// The session's data-plane number and secret, once its handshake asked for them.
-    pub data: OnceLock<DataCredentials>,
-    /// Cancelled when the QUIC connection ends: its data connections close too.
-    pub closed: CancellationToken,
-    /// This session's client mapped the dram tier through the shared-memory transport
-    /// (it redeemed its ticket): it copies dram values itself.
-    pub shm_mapped: Arc<AtomicBool>,
-    /// This session's client asked for the device segments' IPC handles: it copies device
-    /// values itself.
-    device_mapped: AtomicBool,
-}
-
-impl Session {
-    /// Whether this session holds `writer`'s reservation on `key`.
-    pub fn holds(&self, key: &[u8], writer: u64) -> bool {
-        self.reservations
-            .lock()
-            .get(&writer)
-            .is_some_and(|r| r.key() == key)
-    }
-
-    /// Revokes `writer`'s reservation now, if this session holds it.
-    pub fn revoke(&self, writer: u64) {
-        let taken = self.reservations.lock().remove(&writer);
-        drop(taken); // revokes it
-    }
-
-    /// Whether this session's client copies the values of a tier of `kind` itself.
-    fn copies_itself(&self, kind: Option<TierKind>) -> bool {
-        match kind {
-            // The shared-memory transport hands out the ssd files with the segments.
-            Some(TierKind::Dram | TierKind::Ssd) => self.shm_mapped.load(Ordering::Relaxed),
-            Some(TierKind::Device) => self.device_mapped.load(Ordering::Relaxed),
-            _ => false,
-        }
-    }
-
+impl Shared {
     /// Counts `len` bytes this session's client copies itself into (`inbound`) or out of
     /// tier `tier`, if it does.
-    fn count_direct(&self, shared: &Shared, tier: u8, len: u64, inbound: bool) {
-        let kind = shared.store.tier_kind(tier);
-        if self.copies_itself(kind) {
-            if let Some(counter) = kind.and_then(|k| shared.metrics.bytes.direct(k, inbound)) {
+    fn count_direct(&self, session: &Session, tier: u8, len: u64, inbound: bool) {
+        let kind = self.store.tier_kind(tier);
+        if session.copies_itself(kind) {
+            if let Some(counter) = kind.and_then(|k| self.metrics.bytes.direct(k, inbound)) {
                 counter.increment(len);
             }
         }
     }
 
     /// Ends the session: its data connections close and its reservations are revoked.
-    pub fn close(&self, shared: &Shared) {
-        self.closed.cancel();
-        let reservations = std::mem::take(&mut *self.reservations.lock());
+    pub fn close_session(&self, session: &Session) {
+        session.closed.cancel();
+        let reservations = std::mem::take(&mut *session.reservations.lock());
         drop(reservations);
-        if let (Some(data), Some(c)) = (&shared.data, self.data.get()) {
+        if let (Some(data), Some(c)) = (&self.data, session.data.get()) {
             data.forget(c.session);
         }
     }
 }
 
-/// Serves one request stream from head to answer; `op` is set once the opcode is known.
-pub(crate) async fn serve(
+/// Admits a request by its frame head alone, before its header is read: an
+/// unauthenticated session may send only a handshake, and a small one, so it cannot make
+/// the server buffer up to `MAX_HEADER_LEN` per stream.
+pub(crate) fn admit(
     shared: &Shared,
-    session: &Arc<Session>,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    op: &mut Option<Opcode>,
+    session: &Session,
+    opcode: Opcode,
+    header_len: u32,
 ) -> Result<(), Failure> {
-    let head = read_head(recv).await?;
-    let opcode = head.check()?;
-    *op = Some(opcode);
-    // Judge the connection before reading the header: an unauthenticated peer must not
-    // make the server buffer up to MAX_HEADER_LEN per stream.
     if shared.auth_token.is_some() && !session.authenticated.load(Ordering::Acquire) {
         if opcode != Opcode::Handshake {
             return Err(Error::new(
@@ -144,27 +177,39 @@ pub(crate) async fn serve(
             )
             .into());
         }
-        if head.header_len > MAX_HANDSHAKE_LEN {
+        if header_len > MAX_HANDSHAKE_LEN {
             let msg = format!("a handshake header is at most {MAX_HANDSHAKE_LEN} bytes");
             return Err(Error::new(ErrorCode::TooLarge, msg).into());
         }
     }
-    let header = read_header(recv, head.header_len).await?;
+    Ok(())
+}
+
+/// Answers one admitted request of `session`: its decoded `header`, and its `payload`
+/// (the value of a put) read as the operation needs it. Knows no socket: the QUIC stream
+/// layer feeds it and sends what it returns, and the tests call it directly.
+pub(crate) async fn answer<P: Payload>(
+    shared: &Shared,
+    session: &Arc<Session>,
+    opcode: Opcode,
+    header: &AlignedVec,
+    payload: &mut P,
+) -> Result<Response, Failure> {
     let store = &*shared.store;
     match opcode {
-        Opcode::Handshake => handshake(shared, session, send, &header).await,
+        Opcode::Handshake => handshake(shared, session, header).await,
         Opcode::Ping => {
-            let ping = access::<Ping>(&header)?;
+            let ping = access::<Ping>(header)?;
             let echo = Ping {
                 nonce: ping.nonce.to_native(),
             };
-            reply(send, &encode_response(&echo)).await
+            Ok(Response::Frame(encode_response(&echo)))
         }
-        Opcode::Put => put(shared, send, recv, &header).await,
-        Opcode::PutStart => put_start(store, session, send, &header).await,
-        Opcode::PutWrite => put_write(shared, send, recv, &header).await,
+        Opcode::Put => put(shared, payload, header).await,
+        Opcode::PutStart => put_start(store, session, header).await,
+        Opcode::PutWrite => put_write(shared, payload, header).await,
         Opcode::PutEnd | Opcode::PutRevoke => {
-            let req = access::<WriterRequest>(&header)?;
+            let req = access::<WriterRequest>(header)?;
             let finish = Finish {
                 commit: opcode == Opcode::PutEnd,
                 checksum: None,
@@ -176,52 +221,56 @@ pub(crate) async fn serve(
                 req.writer.to_native(),
                 finish,
             )?;
-            reply(send, &encode_bare_response()).await
+            Ok(Response::Frame(encode_bare_response().to_vec()))
         }
-        Opcode::BatchPutStart => batch_put_start(store, session, send, &header).await,
-        Opcode::BatchPutFinish => batch_put_finish(shared, session, send, &header).await,
-        Opcode::Get => get(shared, send, &header).await,
-        Opcode::GetLocations => get_locations(shared, session, send, &header).await,
+        Opcode::BatchPutStart => batch_put_start(store, session, header).await,
+        Opcode::BatchPutFinish => batch_put_finish(shared, session, header).await,
+        Opcode::Get => get(shared, header).await,
+        Opcode::GetLocations => get_locations(shared, session, header).await,
         Opcode::Exists => {
-            let req = access::<KeyRequest>(&header)?;
+            let req = access::<KeyRequest>(header)?;
             let present = store.exists(req.key.as_slice())?;
-            reply(send, &encode_response(&ExistsResponse { present })).await
+            Ok(Response::Frame(encode_response(&ExistsResponse {
+                present,
+            })))
         }
-        Opcode::BatchExists => batch_exists(store, send, &header).await,
-        Opcode::PrefixLen => prefix_len(shared, send, &header).await,
+        Opcode::BatchExists => batch_exists(store, header).await,
+        Opcode::PrefixLen => prefix_len(shared, header).await,
         Opcode::Remove => {
-            let req = access::<RemoveRequest>(&header)?;
+            let req = access::<RemoveRequest>(header)?;
             store.remove(req.key.as_slice(), req.force)?;
-            reply(send, &encode_bare_response()).await
+            Ok(Response::Frame(encode_bare_response().to_vec()))
         }
         Opcode::RemoveAll => {
-            let req = access::<RemoveAllRequest>(&header)?;
+            let req = access::<RemoveAllRequest>(header)?;
             let removed = store.remove_all(req.force);
-            reply(send, &encode_response(&RemoveAllResponse { removed })).await
+            Ok(Response::Frame(encode_response(&RemoveAllResponse {
+                removed,
+            })))
         }
         Opcode::Stats => {
-            expect_no_header(&header)?;
+            expect_no_header(header)?;
             let stats = stats(shared);
-            reply(send, &encode_response(&stats)).await
+            Ok(Response::Frame(encode_response(&stats)))
         }
         Opcode::DeviceSegments => {
-            expect_no_header(&header)?;
+            expect_no_header(header)?;
             let segments = device_segments(store)?;
             session.device_mapped.store(true, Ordering::Relaxed);
-            reply(send, &encode_response(&segments)).await
+            Ok(Response::Frame(encode_response(&segments)))
         }
         Opcode::MountSegment => {
-            let req = access::<MountSegmentRequest>(&header)?;
+            let req = access::<MountSegmentRequest>(header)?;
             let segment = mount_segment(store, req)?;
-            reply(send, &encode_response(&segment)).await
+            Ok(Response::Frame(encode_response(&segment)))
         }
         Opcode::SegmentHeartbeat => {
-            let req = access::<SegmentRef>(&header)?;
+            let req = access::<SegmentRef>(header)?;
             store.heartbeat_segment(req.segment.to_native())?;
-            reply(send, &encode_bare_response()).await
+            Ok(Response::Frame(encode_bare_response().to_vec()))
         }
         Opcode::UnmountSegment => {
-            let segment = access::<SegmentRef>(&header)?.segment.to_native();
+            let segment = access::<SegmentRef>(header)?.segment.to_native();
             // Waits for leases on the segment's objects: off the reactor.
             let store = Arc::clone(&shared.store);
             let report = tokio::task::spawn_blocking(move || store.unmount_segment(segment))
@@ -231,7 +280,7 @@ pub(crate) async fn serve(
                 moved: report.moved,
                 dropped: report.dropped,
             };
-            reply(send, &encode_response(&answer)).await
+            Ok(Response::Frame(encode_response(&answer)))
         }
         Opcode::DataGet | Opcode::DataPut => {
             let msg = format!("{} is served on the data plane only", opcode.name());
@@ -282,9 +331,8 @@ fn mount_segment(store: &Store, req: &ArchivedMountSegmentRequest) -> Result<Seg
 async fn handshake(
     shared: &Shared,
     session: &Arc<Session>,
-    send: &mut SendStream,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let req = access::<HandshakeRequest>(header)?;
     if let Some(expected) = &shared.auth_token {
         let given = req.auth_token.as_ref().map(|t| t.as_str()).unwrap_or("");
@@ -311,7 +359,7 @@ async fn handshake(
             hello.data_plane = Some(data.offer(session)?);
         }
     }
-    reply(send, &encode_response(&hello)).await
+    Ok(Response::Frame(encode_response(&hello)))
 }
 
 fn placement(p: &ArchivedPlacement) -> Placement {
@@ -351,30 +399,28 @@ fn reserve(store: &Store, header: &AlignedVec) -> Result<WriteReservation, Error
     store.put_start(req.key.as_slice(), len, options)
 }
 
-async fn put(
+async fn put<P: Payload>(
     shared: &Shared,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    payload: &mut P,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let mut reservation = reserve(&shared.store, header)?;
     let len = reservation.len();
     // Dropped on any early return below, which revokes it: a torn put is never visible.
-    receive_payload(recv, len, |offset, bytes| {
+    receive_payload(payload, len, |offset, bytes| {
         reservation.write_at(offset, bytes)
     })
     .await?;
     reservation.commit()?;
     shared.metrics.bytes.quic_in.increment(len);
-    reply(send, &encode_bare_response()).await
+    Ok(Response::Frame(encode_bare_response().to_vec()))
 }
 
 async fn put_start(
     store: &Store,
     session: &Session,
-    send: &mut SendStream,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let reservation = reserve(store, header)?;
     let response = PutStartResponse {
         writer: reservation.writer().get(),
@@ -385,21 +431,20 @@ async fn put_start(
         .reservations
         .lock()
         .insert(reservation.writer().get(), reservation);
-    reply(send, &encode_response(&response)).await
+    Ok(Response::Frame(encode_response(&response)))
 }
 
-async fn put_write(
+async fn put_write<P: Payload>(
     shared: &Shared,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    payload: &mut P,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let store = &*shared.store;
     let req = access::<PutWriteRequest>(header)?;
     let key = req.key.as_slice();
     let writer = WriterId::from_raw(req.writer.to_native());
     let base = req.offset.to_native();
-    receive_payload(recv, req.len.to_native(), |offset, bytes| {
+    receive_payload(payload, req.len.to_native(), |offset, bytes| {
         let at = base
             .checked_add(offset)
             .ok_or_else(|| Error::new(ErrorCode::InvalidArgument, "write offset overflows"))?;
@@ -407,7 +452,7 @@ async fn put_write(
     })
     .await?;
     shared.metrics.bytes.quic_in.increment(req.len.to_native());
-    reply(send, &encode_bare_response()).await
+    Ok(Response::Frame(encode_bare_response().to_vec()))
 }
 
 /// How to end a reservation.
@@ -436,7 +481,7 @@ fn finish_one(
                 (true, None) => r.commit(),
                 (false, _) => return r.revoke(),
             }?;
-            session.count_direct(shared, extent.tier, extent.len, true);
+            shared.count_direct(session, extent.tier, extent.len, true);
             Ok(())
         }
         other => {
@@ -458,9 +503,8 @@ fn finish_one(
 async fn batch_put_start(
     store: &Store,
     session: &Session,
-    send: &mut SendStream,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let req = access::<BatchPutStartRequest>(header)?;
     let keys = req.keys.keys()?;
     check_paired(keys.len(), req.lens.len())?;
@@ -492,15 +536,16 @@ async fn batch_put_start(
             }
         })
         .collect();
-    reply(send, &encode_response(&BatchPutStartResponse { results })).await
+    Ok(Response::Frame(encode_response(&BatchPutStartResponse {
+        results,
+    })))
 }
 
 async fn batch_put_finish(
     shared: &Shared,
     session: &Session,
-    send: &mut SendStream,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let req = access::<BatchPutFinishRequest>(header)?;
     let keys = req.keys.keys()?;
     check_paired(keys.len(), req.writers.len())?;
@@ -524,10 +569,12 @@ async fn batch_put_finish(
             });
         }
     }
-    reply(send, &encode_response(&BatchPutFinishResponse { errors })).await
+    Ok(Response::Frame(encode_response(&BatchPutFinishResponse {
+        errors,
+    })))
 }
 
-async fn get(shared: &Shared, send: &mut SendStream, header: &AlignedVec) -> Result<(), Failure> {
+async fn get(shared: &Shared, header: &AlignedVec) -> Result<Response, Failure> {
     let store = &shared.store;
     let req = access::<KeyRequest>(header)?;
     // Copy out under the read guard (an epoch pin, which cannot be held across an await),
@@ -560,15 +607,14 @@ async fn get(shared: &Shared, send: &mut SendStream, header: &AlignedVec) -> Res
         checksum,
     };
     shared.metrics.bytes.quic_out.increment(value.len() as u64);
-    reply_with_payload(send, encode_response(&response), value).await
+    Ok(Response::WithPayload(encode_response(&response), value))
 }
 
 async fn get_locations(
     shared: &Shared,
     session: &Session,
-    send: &mut SendStream,
     header: &AlignedVec,
-) -> Result<(), Failure> {
+) -> Result<Response, Failure> {
     let store = &*shared.store;
     let req = access::<BatchKeysRequest>(header)?;
     let keys = req.keys.keys()?;
@@ -600,7 +646,7 @@ async fn get_locations(
                 let grant =
                     signer.map(|(data, c)| data.grant(c.session, key, &location, lease.expires_at));
                 if grant.is_none() {
-                    session.count_direct(shared, location.tier, location.len, false);
+                    shared.count_direct(session, location.tier, location.len, false);
                 }
                 LeaseResult::Leased(Lease {
                     location,
@@ -614,7 +660,7 @@ async fn get_locations(
         })
         .collect();
     let response = GetLocationsResponse { results };
-    reply(send, &encode_response(&response)).await
+    Ok(Response::Frame(encode_response(&response)))
 }
 
 /// For a client that reads leased ssd records from the tier's files itself: counts each
@@ -658,11 +704,7 @@ async fn promote_for_file_readers(
     copies
 }
 
-async fn batch_exists(
-    store: &Store,
-    send: &mut SendStream,
-    header: &AlignedVec,
-) -> Result<(), Failure> {
+async fn batch_exists(store: &Store, header: &AlignedVec) -> Result<Response, Failure> {
     let req = access::<BatchKeysRequest>(header)?;
     let keys = req.keys.keys()?;
     let mut present = Vec::with_capacity(keys.len());
@@ -680,14 +722,10 @@ async fn batch_exists(
         }
     }
     let response = BatchExistsResponse { present, errors };
-    reply(send, &encode_response(&response)).await
+    Ok(Response::Frame(encode_response(&response)))
 }
 
-async fn prefix_len(
-    shared: &Shared,
-    send: &mut SendStream,
-    header: &AlignedVec,
-) -> Result<(), Failure> {
+async fn prefix_len(shared: &Shared, header: &AlignedVec) -> Result<Response, Failure> {
     let store = &*shared.store;
     let req = access::<PrefixLenRequest>(header)?;
     let groups = req.groups()?;
@@ -703,7 +741,7 @@ async fn prefix_len(
         len: matched.len as u64,
         lease_remaining_ns: matched.leased_until.map(|t| t.saturating_sub(now)),
     };
-    reply(send, &encode_response(&response)).await
+    Ok(Response::Frame(encode_response(&response)))
 }
 
 fn stats(shared: &Shared) -> StatsResponse {
@@ -745,5 +783,288 @@ fn stats(shared: &Shared) -> StatsResponse {
         corrupt: c.corrupt,
         unmounted_objects: c.unmounted_objects,
         connections: shared.connections.load(Ordering::Relaxed),
+    }
+}
+
+/// The request core on its own: decoded requests in, response frames out, no socket.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rkyv::util::AlignedVec;
+    use strata_engine::{StoreConfig, TierConfig};
+    use strata_proto::msg::{HandshakeRequest, Limits};
+    use strata_proto::wire::{
+        decode, decode_error, encode_request, RequestHead, ResponseHead, Status,
+    };
+    use strata_proto::wire::{PROTOCOL_VERSION, REQUEST_HEAD_LEN, RESPONSE_HEAD_LEN};
+
+    /// A payload held in memory, as a client would send it after the header.
+    struct Sent {
+        bytes: Vec<u8>,
+        at: usize,
+    }
+
+    impl Sent {
+        fn of(bytes: &[u8]) -> Sent {
+            Sent {
+                bytes: bytes.to_vec(),
+                at: 0,
+            }
+        }
+    }
+
+    impl Payload for Sent {
+        async fn fill(&mut self, buf: &mut [u8]) -> Result<usize, Failure> {
+            let n = buf.len().min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+
+        async fn at_end(&mut self) -> Result<bool, Failure> {
+            Ok(self.at == self.bytes.len())
+        }
+    }
+
+    fn shared(auth_token: Option<&str>) -> Shared {
+        let store = Store::open(StoreConfig {
+            tiers: vec![TierConfig::dram(16 << 20)],
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let hello = HandshakeResponse {
+            server_version: "test".into(),
+            protocol: PROTOCOL_VERSION,
+            host_id: "host".into(),
+            lease_ttl_ms: 10_000,
+            put_timeout_ms: 30_000,
+            limits: Limits {
+                max_key_len: 1024,
+                max_batch_keys: 1024,
+                max_prefix_groups: 1024,
+                max_group_keys: 64,
+                max_header_len: 1 << 20,
+                max_value_len: store.max_value_len(),
+            },
+            instance: 7,
+            shm: None,
+            device: None,
+            data_plane: None,
+        };
+        Shared {
+            store: Arc::new(store),
+            auth_token: auth_token.map(str::to_owned),
+            hello,
+            connections: AtomicU64::new(0),
+            shm: None,
+            data: None,
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    /// Answers a request `frame` as the stream layer would: its head admitted, its header
+    /// decoded, `payload` after it.
+    async fn call(
+        shared: &Shared,
+        session: &Arc<Session>,
+        frame: Vec<u8>,
+        payload: &[u8],
+    ) -> Result<Response, Failure> {
+        let head: [u8; REQUEST_HEAD_LEN] = frame[..REQUEST_HEAD_LEN].try_into().unwrap();
+        let head = RequestHead::decode(head);
+        let opcode = head.check()?;
+        admit(shared, session, opcode, head.header_len)?;
+        let mut header = AlignedVec::new();
+        header.extend_from_slice(&frame[REQUEST_HEAD_LEN..]);
+        answer(shared, session, opcode, &header, &mut Sent::of(payload)).await
+    }
+
+    /// The frame's status and header body.
+    fn frame(response: &Response) -> (Status, &[u8]) {
+        let bytes = match response {
+            Response::Frame(f) | Response::WithPayload(f, _) => f,
+        };
+        let head: [u8; RESPONSE_HEAD_LEN] = bytes[..RESPONSE_HEAD_LEN].try_into().unwrap();
+        (
+            ResponseHead::decode(head).unwrap().status,
+            &bytes[RESPONSE_HEAD_LEN..],
+        )
+    }
+
+    fn failed_with(result: Result<Response, Failure>) -> ErrorCode {
+        match result {
+            Err(Failure::Reply(e) | Failure::Refuse(e)) => e.code(),
+            Err(Failure::Broken) => panic!("broken"),
+            Ok(r) => {
+                let (status, body) = frame(&r);
+                assert_eq!(status, Status::Error, "expected a failure, got {r:?}");
+                decode_error(body).code()
+            }
+        }
+    }
+
+    fn put(key: &[u8], len: u64) -> PutRequest {
+        PutRequest {
+            key: key.to_vec(),
+            len,
+            pin: false,
+            placement: Placement::Auto,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_put_then_a_get_return_the_bytes_with_their_checksum() {
+        let shared = shared(None);
+        let session = Arc::new(Session::default());
+        let value: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        let r = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Put, &put(b"k", 300_000)),
+            &value,
+        )
+        .await;
+        assert_eq!(frame(&r.unwrap()).0, Status::Ok);
+
+        let got = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Get, &KeyRequest { key: b"k".to_vec() }),
+            &[],
+        )
+        .await
+        .unwrap();
+        let Response::WithPayload(head, bytes) = &got else {
+            panic!("a get answers with the value: {got:?}");
+        };
+        let meta = decode::<GetResponse>(&head[RESPONSE_HEAD_LEN..]).unwrap();
+        assert_eq!(meta.len, 300_000);
+        assert_eq!(meta.checksum, xxhash_rust::xxh3::xxh3_64(&value));
+        assert!(bytes[..] == value[..]);
+
+        let r = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Ping, &Ping { nonce: 42 }),
+            &[],
+        )
+        .await
+        .unwrap();
+        assert_eq!(decode::<Ping>(frame(&r).1).unwrap().nonce, 42);
+    }
+
+    #[tokio::test]
+    async fn a_payload_shorter_or_longer_than_announced_stores_nothing() {
+        let shared = shared(None);
+        let session = Arc::new(Session::default());
+        let short = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Put, &put(b"short", 10)),
+            &[1; 9],
+        )
+        .await;
+        assert_eq!(failed_with(short), ErrorCode::Protocol);
+        let long = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Put, &put(b"long", 10)),
+            &[1; 11],
+        )
+        .await;
+        assert_eq!(failed_with(long), ErrorCode::Protocol);
+        for key in [&b"short"[..], b"long"] {
+            assert!(!shared.store.exists(key).unwrap());
+        }
+        assert_eq!(
+            shared.store.stats().pending,
+            0,
+            "the torn puts were revoked"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_without_the_token_may_only_hand_it_over() {
+        let shared = shared(Some("s3cret"));
+        let session = Arc::new(Session::default());
+        let ping = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Ping, &Ping { nonce: 1 }),
+            &[],
+        )
+        .await;
+        assert_eq!(failed_with(ping), ErrorCode::Unauthorized);
+        // Judged by the head alone: a large header is refused before it is read.
+        assert!(admit(&shared, &session, Opcode::Handshake, MAX_HANDSHAKE_LEN + 1).is_err());
+
+        let hello = |token: &str| HandshakeRequest {
+            client_version: "test".into(),
+            auth_token: Some(token.into()),
+            data_plane: false,
+        };
+        let wrong = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Handshake, &hello("guess")),
+            &[],
+        )
+        .await;
+        assert!(
+            matches!(wrong, Err(Failure::Refuse(ref e)) if e.code() == ErrorCode::Unauthorized)
+        );
+        let right = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Handshake, &hello("s3cret")),
+            &[],
+        )
+        .await;
+        let answer = decode::<HandshakeResponse>(frame(&right.unwrap()).1).unwrap();
+        assert_eq!(answer.instance, 7);
+        let ping = call(
+            &shared,
+            &session,
+            encode_request(Opcode::Ping, &Ping { nonce: 2 }),
+            &[],
+        )
+        .await;
+        assert_eq!(frame(&ping.unwrap()).0, Status::Ok);
+    }
+
+    #[tokio::test]
+    async fn reservations_belong_to_their_session_and_end_with_it() {
+        let shared = shared(None);
+        let session = Arc::new(Session::default());
+        let r = call(
+            &shared,
+            &session,
+            encode_request(Opcode::PutStart, &put(b"pending", 4096)),
+            &[],
+        )
+        .await
+        .unwrap();
+        let started = decode::<PutStartResponse>(frame(&r).1).unwrap();
+        assert!(session.holds(b"pending", started.writer));
+        assert_eq!(shared.store.stats().pending, 1);
+        shared.close_session(&session);
+        assert_eq!(
+            shared.store.stats().pending,
+            0,
+            "closing the session revoked it"
+        );
+
+        let data = call(
+            &shared,
+            &session,
+            encode_request(Opcode::DataGet, &KeyRequest { key: b"k".to_vec() }),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            failed_with(data),
+            ErrorCode::Protocol,
+            "data-plane ops are not QUIC's"
+        );
     }
 }
