@@ -16,12 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_client::{Client, ClientConfig, Placement};
-use strata_engine::device::Backend;
-use strata_engine::{DeviceOptions, PutOptions, Store, StoreConfig, TierConfig};
+use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::fastest;
 use crate::engine::pattern;
-use crate::quic::{runtime, serve_tiers, timed};
+use crate::harness::{device_tier, loopback_tls, runtime, serve_tiers, timed};
 use crate::report::{histogram, Record, Report};
 
 pub struct DeviceParams {
@@ -54,20 +53,6 @@ impl DeviceParams {
     }
 }
 
-/// A host-sim device tier of `capacity` bytes in one segment.
-pub(crate) fn device_tier(capacity: u64) -> TierConfig {
-    let mut tier = TierConfig::device(
-        capacity,
-        DeviceOptions {
-            backend: Backend::HostSim,
-            index: 0,
-            heartbeat_timeout: Duration::from_secs(5),
-        },
-    );
-    tier.segment_size = capacity;
-    tier
-}
-
 /// Values in each read working set.
 const WORKING_SET: usize = 8;
 
@@ -75,7 +60,7 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls = crate::quic::loopback_tls(dir.path());
+    let tls = loopback_tls(dir.path());
     let served = serve_tiers(
         &server_rt,
         p.device_capacity,

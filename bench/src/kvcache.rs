@@ -33,8 +33,8 @@ use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::CopyWay;
 use crate::engine::round3;
+use crate::harness::{runtime, serve_tiers};
 use crate::peers::RedisServer;
-use crate::quic::{runtime, serve_tiers};
 use crate::report::{Record, Report};
 use crate::threads::{torn_down, Threads};
 use crate::values::Values;
@@ -771,7 +771,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls = crate::quic::loopback_tls(dir.path());
+    let tls = crate::harness::loopback_tls(dir.path());
     let capacity = store_capacity(data);
     // The engine in-process: what the store costs with no transport at all.
     if wanted("strata-embedded") {
@@ -790,7 +790,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
     if !transports.is_empty() {
         let threads = Threads::now();
         // The TCP data plane too, for the transport a client on another host would use.
-        let data_plane = crate::quic::loopback_data_plane();
+        let data_plane = crate::harness::loopback_data_plane();
         let served = serve_tiers(
             &server_rt,
             0,
@@ -906,7 +906,7 @@ fn device_phases(
         Ok(device) => device,
         Err(e) => return println!("strata-device: skipped (the host-sim device: {e})"),
     };
-    let tls = crate::quic::loopback_tls(&dir.join("device"));
+    let tls = crate::harness::loopback_tls(&dir.join("device"));
     let socket = Some(dir.join("device.sock"));
     // Both tiers written through at start, as the other systems' dram is: a GPU's
     // allocation is backed at once, host-sim's shared memory only once touched.
@@ -914,7 +914,7 @@ fn device_phases(
         tiers: vec![
             TierConfig {
                 populate: true,
-                ..crate::device::device_tier(capacity)
+                ..crate::harness::device_tier(capacity)
             },
             TierConfig {
                 populate: true,
@@ -923,7 +923,7 @@ fn device_phases(
         ],
         ..StoreConfig::default()
     };
-    let served = crate::quic::serve_store(server_rt, store, tls, socket, None);
+    let served = crate::harness::serve_store(server_rt, store, tls, socket, None);
     let clients: Vec<Arc<Client>> = (0..p.instances)
         .map(|_| served.client(client_rt, Transport::Auto))
         .collect();
@@ -1047,7 +1047,7 @@ fn raw_quic_ceiling(
             crate::quic::RAW_MAX
         );
     }
-    let tls = crate::quic::loopback_tls(&dir.join("raw-quic"));
+    let tls = crate::harness::loopback_tls(&dir.join("raw-quic"));
     let addr = server_rt.block_on(async { crate::quic::spawn_raw_server(&tls) });
     let cert = match &tls {
         strata_server::net::TlsSource::SelfSigned { dir, .. } => {

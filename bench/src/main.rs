@@ -6,6 +6,7 @@
 mod ceiling;
 mod device;
 mod engine;
+mod harness;
 mod heap;
 mod kvcache;
 mod memory;

@@ -31,9 +31,9 @@ use strata_engine::{
     IoFigures, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
 };
 
+use crate::harness::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::memory::MemoryWatch;
 use crate::peers::{Memcached, MemcachedServer};
-use crate::quic::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::report::{histogram, Record, Report};
 use crate::threads::{torn_down, Threads};
 use crate::values::Values;

@@ -24,7 +24,7 @@ use strata_client::{Client, ClientConfig, Transport};
 
 use crate::ceiling::fastest;
 use crate::engine::{pattern, round3};
-use crate::quic::{runtime, serve, timed};
+use crate::harness::{runtime, serve, timed};
 use crate::report::{Record, Report};
 
 /// What to run.
@@ -77,7 +77,7 @@ pub fn run(p: &ShmParams, report: &mut Report) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_rt = runtime(2);
     let client_rt = runtime(2);
-    let tls = crate::quic::loopback_tls(dir.path());
+    let tls = crate::harness::loopback_tls(dir.path());
     let served = serve(&server_rt, 3 << 30, tls, Some(dir.path().join("shm.sock")));
     let base = ClientConfig {
         server: served.addr.to_string(),

@@ -26,8 +26,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 use crate::engine::{pattern, round3};
+use crate::harness::{runtime, serve_tiers, timed};
 use crate::peers::RedisServer;
-use crate::quic::{runtime, serve_tiers, timed};
 use crate::report::{Record, Report};
 
 /// What to run.
@@ -128,7 +128,7 @@ pub fn serve_child() {
     let mut out = std::io::stdout().lock();
     for (tag, tls) in [("strata", false), ("strata-tls", true)] {
         let sub = dir.path().join(tag);
-        let source = crate::quic::loopback_tls(&sub);
+        let source = crate::harness::loopback_tls(&sub);
         let served = serve_tiers(&rt, 0, 1 << 30, source, None, Some(data_plane(tls)));
         writeln!(out, "{tag} {} {}", served.addr, served.cert.display()).unwrap();
         std::mem::forget(served); // serves until the process exits

@@ -1,8 +1,6 @@
 //! [`Client`]: every store operation as an async method.
 
-use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,11 +19,12 @@ use strata_proto::msg::{
 use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
 
+use crate::buffers::Buffers;
 use crate::cache::{LeasedLocation, LocationCache};
 use crate::config::{ClientConfig, Transport};
 use crate::connection::{read_error, read_response, Connector, Link, Payload, ServerInfo};
-use crate::transport::Path;
-use strata_device::MemoryKind;
+use crate::stats::{Counters, TransportStats};
+use crate::transport::Route;
 
 /// The store's figures, as `strata stats` prints them.
 pub type ServerStats = StatsResponse;
@@ -50,10 +49,6 @@ pub struct PrefixMatch {
     pub leased_until: Option<Instant>,
 }
 
-/// A memory region registered with [`Client::register_buffer`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BufferId(u64);
-
 /// A client of one strata server. Cheap to clone; clones share the connection, the
 /// location cache and the registered buffers.
 ///
@@ -68,158 +63,8 @@ pub(crate) struct Inner {
     pub config: ClientConfig,
     pub connector: Arc<Connector>,
     pub cache: LocationCache,
-    buffers: Mutex<Buffers>,
+    pub buffers: Mutex<Buffers>,
     pub counters: Counters,
-}
-
-/// How this client moved value bytes, since it connected.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TransportStats {
-    /// Values read by copying from shared memory.
-    pub shm_gets: u64,
-    /// Bytes of those.
-    pub shm_get_bytes: u64,
-    /// Values written by copying into shared memory.
-    pub shm_puts: u64,
-    /// Bytes of those.
-    pub shm_put_bytes: u64,
-    /// Values read straight from the server's ssd files (same host).
-    pub ssd_file_gets: u64,
-    /// Bytes of those.
-    pub ssd_file_get_bytes: u64,
-    /// Values read from QUIC streams.
-    pub quic_gets: u64,
-    /// Bytes of those.
-    pub quic_get_bytes: u64,
-    /// Values written to QUIC streams.
-    pub quic_puts: u64,
-    /// Bytes of those.
-    pub quic_put_bytes: u64,
-    /// Values read by device copies (from the device tier's imported segments).
-    pub device_gets: u64,
-    /// Bytes of those.
-    pub device_get_bytes: u64,
-    /// Values written by device copies.
-    pub device_puts: u64,
-    /// Bytes of those.
-    pub device_put_bytes: u64,
-    /// Values read over the TCP data plane.
-    pub tcp_gets: u64,
-    /// Bytes of those.
-    pub tcp_get_bytes: u64,
-    /// Values written over the TCP data plane.
-    pub tcp_puts: u64,
-    /// Bytes of those.
-    pub tcp_put_bytes: u64,
-    /// Direct reads refused because the lease ended before the copy did.
-    pub lease_expired: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub shm_gets: AtomicU64,
-    pub shm_get_bytes: AtomicU64,
-    pub shm_puts: AtomicU64,
-    pub shm_put_bytes: AtomicU64,
-    pub ssd_file_gets: AtomicU64,
-    pub ssd_file_get_bytes: AtomicU64,
-    pub quic_gets: AtomicU64,
-    pub quic_get_bytes: AtomicU64,
-    pub quic_puts: AtomicU64,
-    pub quic_put_bytes: AtomicU64,
-    pub device_gets: AtomicU64,
-    pub device_get_bytes: AtomicU64,
-    pub device_puts: AtomicU64,
-    pub device_put_bytes: AtomicU64,
-    pub tcp_gets: AtomicU64,
-    pub tcp_get_bytes: AtomicU64,
-    pub tcp_puts: AtomicU64,
-    pub tcp_put_bytes: AtomicU64,
-    pub lease_expired: AtomicU64,
-}
-
-impl Counters {
-    pub fn count(pair: (&AtomicU64, &AtomicU64), bytes: usize) {
-        pair.0.fetch_add(1, Ordering::Relaxed);
-        pair.1.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// The counters of reads by `path` (none: QUIC).
-    pub fn gets_by(&self, path: Option<Path>) -> (&AtomicU64, &AtomicU64) {
-        match path {
-            Some(Path::Shm) => (&self.shm_gets, &self.shm_get_bytes),
-            Some(Path::SsdFile) => (&self.ssd_file_gets, &self.ssd_file_get_bytes),
-            Some(Path::Device) => (&self.device_gets, &self.device_get_bytes),
-            Some(Path::Tcp) => (&self.tcp_gets, &self.tcp_get_bytes),
-            None => (&self.quic_gets, &self.quic_get_bytes),
-        }
-    }
-
-    /// The counters of writes by `path`.
-    pub fn puts_by(&self, path: Path) -> (&AtomicU64, &AtomicU64) {
-        match path {
-            // No put goes to a file (`Direct::covers_for_write`); were one to, it went by
-            // this host's shared memory transport.
-            Path::Shm | Path::SsdFile => (&self.shm_puts, &self.shm_put_bytes),
-            Path::Device => (&self.device_puts, &self.device_put_bytes),
-            Path::Tcp => (&self.tcp_puts, &self.tcp_put_bytes),
-        }
-    }
-
-    fn snapshot(&self) -> TransportStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TransportStats {
-            shm_gets: get(&self.shm_gets),
-            shm_get_bytes: get(&self.shm_get_bytes),
-            shm_puts: get(&self.shm_puts),
-            shm_put_bytes: get(&self.shm_put_bytes),
-            ssd_file_gets: get(&self.ssd_file_gets),
-            ssd_file_get_bytes: get(&self.ssd_file_get_bytes),
-            quic_gets: get(&self.quic_gets),
-            quic_get_bytes: get(&self.quic_get_bytes),
-            quic_puts: get(&self.quic_puts),
-            quic_put_bytes: get(&self.quic_put_bytes),
-            device_gets: get(&self.device_gets),
-            device_get_bytes: get(&self.device_get_bytes),
-            device_puts: get(&self.device_puts),
-            device_put_bytes: get(&self.device_put_bytes),
-            tcp_gets: get(&self.tcp_gets),
-            tcp_get_bytes: get(&self.tcp_get_bytes),
-            tcp_puts: get(&self.tcp_puts),
-            tcp_put_bytes: get(&self.tcp_put_bytes),
-            lease_expired: get(&self.lease_expired),
-        }
-    }
-}
-
-#[derive(Default)]
-struct Buffers {
-    next: u64,
-    by_start: BTreeMap<usize, Registered>,
-}
-
-/// A region registered with [`Client::register_buffer`], by its start address.
-struct Registered {
-    end: usize,
-    id: BufferId,
-    kind: MemoryKind,
-}
-
-fn fits(len: u64, room: usize) -> Result<()> {
-    if len > room as u64 {
-        let msg =
-            format!("a value of {len} bytes does not fit the {room} bytes left in the buffer");
-        return Err(Error::new(ErrorCode::InvalidArgument, msg));
-    }
-    Ok(())
-}
-
-fn no_device_transport() -> Error {
-    Error::new(
-        ErrorCode::InvalidArgument,
-        "copies into or out of device buffers need the device transport (a server with a \
-         device tier on this host, and a backend that opens here)",
-    )
 }
 
 pub(crate) fn timed_out(what: &str, after: Duration) -> Error {
@@ -257,13 +102,7 @@ impl Client {
     /// [`Transport::Quic`].
     pub async fn transport(&self) -> Result<Transport> {
         let link = self.inner.connector.link().await?;
-        Ok(if link.shm.is_some() {
-            Transport::Shm
-        } else if link.data.is_some() {
-            Transport::Tcp
-        } else {
-            Transport::Quic
-        })
+        Ok(link.route.transport())
     }
 
     /// Waits until this process's page tables cover the server's shared segments. The
@@ -274,7 +113,7 @@ impl Client {
     /// shared memory.
     pub async fn shm_prefaulted(&self) -> Result<()> {
         let link = self.inner.connector.link().await?;
-        if let Some(segments) = &link.shm {
+        if let Some(segments) = link.route.shm() {
             segments.prefaulted().await;
         }
         Ok(())
@@ -424,13 +263,13 @@ impl Client {
         placement: Placement,
     ) -> Result<()> {
         let link = self.inner.connector.link().await?;
-        if let Some(mover) = link.mover() {
+        if !matches!(link.route, Route::Quic) {
             let bytes = match &value {
                 Payload::Borrowed(b) => *b,
                 Payload::Owned(b) => &b[..],
             };
             let item = [(key, bytes)];
-            let op = self.direct_put(&link, mover, &item, pin, placement);
+            let op = self.direct_put(&link, &item, pin, placement);
             let mut results = self.bounded_batch("put", 1, op).await;
             return results.pop().unwrap_or_else(|| Err(missing_answer()));
         }
@@ -468,14 +307,14 @@ impl Client {
         items: &[(K, V)],
     ) -> Vec<Result<()>> {
         if let Ok(link) = self.inner.connector.link().await {
-            if let Some(mover) = link.mover() {
+            if !matches!(link.route, Route::Quic) {
                 let mut out = Vec::with_capacity(items.len());
                 for chunk in items.chunks(MAX_BATCH_KEYS) {
                     let pairs: Vec<(&[u8], &[u8])> = chunk
                         .iter()
                         .map(|(k, v)| (k.as_ref(), v.as_ref()))
                         .collect();
-                    let op = self.direct_put(&link, mover, &pairs, false, Placement::Auto);
+                    let op = self.direct_put(&link, &pairs, false, Placement::Auto);
                     out.extend(self.bounded_batch("batch_put", pairs.len(), op).await);
                 }
                 return out;
@@ -553,15 +392,16 @@ impl Client {
     pub async fn get(&self, key: &[u8]) -> Result<Bytes> {
         self.bounded("get", async {
             let link = self.inner.connector.link().await?;
-            if let Some(segments) = &link.direct {
-                if let Some(lease) = self.shm_lease(&link, segments, key).await? {
-                    let mut value = vec![0u8; lease.location.len as usize];
-                    self.shm_read(segments, key, &lease, &mut value).await?;
-                    return Ok(Bytes::from(value));
+            match &link.route {
+                Route::Local(segments) => {
+                    if let Some(lease) = self.shm_lease(&link, segments, key).await? {
+                        let mut value = vec![0u8; lease.location.len as usize];
+                        self.shm_read(segments, key, &lease, &mut value).await?;
+                        return Ok(Bytes::from(value));
+                    }
                 }
-            }
-            if let Some(data) = &link.data {
-                return self.tcp_get(&link, data, key).await;
+                Route::Tcp(data) => return self.tcp_get(&link, data, key).await,
+                Route::Quic => {}
             }
             let (mut recv, response) = self.get_request(key).await?;
             let mut value = vec![0u8; response.len as usize];
@@ -587,17 +427,20 @@ impl Client {
     pub async fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<usize> {
         self.bounded("get", async {
             let link = self.inner.connector.link().await?;
-            if let Some(segments) = &link.direct {
-                if let Some(lease) = self.shm_lease(&link, segments, key).await? {
-                    return self.shm_read(segments, key, &lease, buf).await;
+            match &link.route {
+                Route::Local(segments) => {
+                    if let Some(lease) = self.shm_lease(&link, segments, key).await? {
+                        return self.shm_read(segments, key, &lease, buf).await;
+                    }
                 }
-            }
-            if let Some(data) = &link.data {
-                let mut bufs = [buf];
-                let mut results = self
-                    .tcp_batch_get_into(&link, data, &[key], &mut bufs)
-                    .await;
-                return results.pop().unwrap_or_else(|| Err(missing_answer()));
+                Route::Tcp(data) => {
+                    let mut bufs = [buf];
+                    let mut results = self
+                        .tcp_batch_get_into(&link, data, &[key], &mut bufs)
+                        .await;
+                    return results.pop().unwrap_or_else(|| Err(missing_answer()));
+                }
+                Route::Quic => {}
             }
             self.quic_get_into(key, buf).await
         })
@@ -660,13 +503,16 @@ impl Client {
             return vec![Err(e); keys.len()];
         }
         if let Ok(link) = self.inner.connector.link().await {
-            if let Some(segments) = &link.direct {
-                let op = self.shm_batch_get_into(&link, segments, keys, bufs);
-                return self.bounded_batch("batch_get", keys.len(), op).await;
-            }
-            if let Some(data) = &link.data {
-                let op = self.tcp_batch_get_into(&link, data, keys, bufs);
-                return self.bounded_batch("batch_get", keys.len(), op).await;
+            match &link.route {
+                Route::Local(segments) => {
+                    let op = self.shm_batch_get_into(&link, segments, keys, bufs);
+                    return self.bounded_batch("batch_get", keys.len(), op).await;
+                }
+                Route::Tcp(data) => {
+                    let op = self.tcp_batch_get_into(&link, data, keys, bufs);
+                    return self.bounded_batch("batch_get", keys.len(), op).await;
+                }
+                Route::Quic => {}
             }
         }
         // Made before streaming, as in batch_put_from, so the future stays `Send`.
@@ -883,333 +729,6 @@ impl Client {
             ));
         }
         Ok(start.elapsed())
-    }
-
-    /// Registers the memory region `[addr, addr + len)` (for example an engine's KV-cache
-    /// pool) for direct copies, saying whether it is host memory or device memory of the
-    /// device the server's device tier is on. [`Client::get_into_buffer`] and
-    /// [`Client::put_from_buffer`] then pick the copy kind: device-to-device into a device
-    /// buffer, device-to-host into a host buffer. Overlapping regions are refused.
-    ///
-    /// # Safety
-    /// The region must be valid memory of `kind` (device memory: of the server's device
-    /// tier's backend and device) for as long as it stays registered, and must not be
-    /// accessed by anything else while a copy into or out of it runs.
-    pub unsafe fn register_buffer(
-        &self,
-        addr: usize,
-        len: usize,
-        kind: MemoryKind,
-    ) -> Result<BufferId> {
-        let end = addr.checked_add(len).filter(|_| len > 0).ok_or_else(|| {
-            Error::new(
-                ErrorCode::InvalidArgument,
-                format!("cannot register {len} bytes at {addr:#x}"),
-            )
-        })?;
-        let mut buffers = self.inner.buffers.lock();
-        let before = buffers.by_start.range(..end).next_back();
-        if before.is_some_and(|(_, r)| r.end > addr) {
-            let msg = format!("region {addr:#x}..{end:#x} overlaps a registered buffer");
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        }
-        buffers.next += 1;
-        let id = BufferId(buffers.next);
-        buffers.by_start.insert(addr, Registered { end, id, kind });
-        Ok(id)
-    }
-
-    /// The registered region `id` as (address, length, kind).
-    fn buffer(&self, id: BufferId) -> Result<(usize, usize, MemoryKind)> {
-        let buffers = self.inner.buffers.lock();
-        buffers
-            .by_start
-            .iter()
-            .find(|(_, r)| r.id == id)
-            .map(|(&start, r)| (start, r.end - start, r.kind))
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorCode::NotFound,
-                    format!("buffer {id:?} is not registered"),
-                )
-            })
-    }
-
-    /// Copies the value of `key` into registered buffer `id` at `offset`; returns its
-    /// length. A device-tier value is copied by the device module (device-to-device or
-    /// device-to-host as the buffer's kind says); any other value arrives by shared memory
-    /// or QUIC and, for a device buffer, is copied host-to-device.
-    pub async fn get_into_buffer(&self, key: &[u8], id: BufferId, offset: usize) -> Result<usize> {
-        let region = self.buffer(id)?;
-        let (addr, len, kind) = region;
-        let room = len.saturating_sub(offset);
-        let dst = addr + offset.min(len);
-        self.bounded("get", async {
-            let link = self.inner.connector.link().await?;
-            if let Some(device) = &link.device {
-                let lease = self
-                    .leases_on(&link, &[key])
-                    .await
-                    .pop()
-                    .unwrap_or_else(|| Err(missing_answer()))?;
-                self.import_device_segments(&link, [&lease.location]).await;
-                if device.covers(&lease.location) {
-                    return self.copy_from_device(device, key, &lease, region, offset);
-                }
-            }
-            match kind {
-                MemoryKind::Host => {
-                    // SAFETY: registered host memory, valid and unshared during the copy
-                    // (the registration's contract), `room` bytes from `dst`.
-                    let buf = unsafe { std::slice::from_raw_parts_mut(dst as *mut u8, room) };
-                    self.get_into(key, buf).await
-                }
-                MemoryKind::Device => {
-                    let Some(device) = &link.device else {
-                        return Err(no_device_transport());
-                    };
-                    let value = self.get(key).await?;
-                    fits(value.len() as u64, room)?;
-                    // SAFETY: `dst` is registered device memory with room for the value
-                    // (checked); the source is a live host buffer of that length.
-                    unsafe {
-                        device.device().copy_raw(
-                            dst as u64,
-                            value.as_ptr() as u64,
-                            value.len() as u64,
-                            strata_device::CopyKind::HostToDevice,
-                        )
-                    }
-                    .map_err(crate::transport::device::device_error)?;
-                    Ok(value.len())
-                }
-            }
-        })
-        .await
-    }
-
-    /// [`Client::get_into_buffer`] for a batch, as an engine loads a stored prefix into
-    /// its KV-cache pool: value `i` goes to `offsets[i]` of buffer `id`; per-key results,
-    /// one failure never failing the others. The leases for the whole batch come in one
-    /// round trip (per [`MAX_BATCH_KEYS`] keys) and device-tier values are copied by the
-    /// device module; a value on another tier comes as [`Client::get_into_buffer`] brings
-    /// it. The copies may run side by side, so a value whose range would overlap an
-    /// earlier one's is refused (`InvalidArgument`) rather than raced with it.
-    pub async fn batch_get_into_buffer<K: AsRef<[u8]>>(
-        &self,
-        keys: &[K],
-        id: BufferId,
-        offsets: &[usize],
-    ) -> Vec<Result<usize>> {
-        if let Err(e) = strata_proto::limits::check_paired(keys.len(), offsets.len()) {
-            return vec![Err(e); keys.len()];
-        }
-        let region = match self.buffer(id) {
-            Ok(region) => region,
-            Err(e) => return vec![Err(e); keys.len()],
-        };
-        let op = async {
-            let link = match self.inner.connector.link().await {
-                Ok(link) => link,
-                Err(e) => return vec![Err(e); keys.len()],
-            };
-            let leases = match &link.device {
-                Some(_) => self.leases_on(&link, keys).await,
-                None => vec![Err(no_device_transport()); keys.len()],
-            };
-            let leased = leases.iter().filter_map(|l| l.as_ref().ok());
-            self.import_device_segments(&link, leased.map(|l| &l.location))
-                .await;
-            let mut out: Vec<Option<Result<usize>>> = vec![None; keys.len()];
-            // Copies may run side by side: refuse a value whose range overlaps another's.
-            let mut by_offset: Vec<(usize, usize)> = (leases.iter().enumerate())
-                .filter_map(|(i, l)| Some((i, l.as_ref().ok()?.location.len as usize)))
-                .collect();
-            by_offset.sort_unstable_by_key(|&(i, _)| offsets[i]);
-            let mut end = 0;
-            for (i, len) in by_offset {
-                if offsets[i] < end {
-                    let msg = format!(
-                        "the value for offset {} overlaps another value of the batch",
-                        offsets[i]
-                    );
-                    out[i] = Some(Err(Error::new(ErrorCode::InvalidArgument, msg)));
-                } else {
-                    end = offsets[i].saturating_add(len);
-                }
-            }
-            let mut copies = Vec::new();
-            for (i, lease) in leases.into_iter().enumerate() {
-                match (&link.device, lease) {
-                    _ if out[i].is_some() => {}
-                    (Some(device), Ok(lease)) if device.covers(&lease.location) => {
-                        copies.push((i, keys[i].as_ref(), lease));
-                    }
-                    (Some(_), Err(e)) => out[i] = Some(Err(e)),
-                    _ => {}
-                }
-            }
-            let bytes = copies.iter().map(|(_, _, l)| l.location.len as usize).sum();
-            if let Some(device) = &link.device {
-                // Off the reactor, on several threads when the batch is large: a
-                // prefix's copies would otherwise hold a runtime worker for milliseconds.
-                let threads = self.inner.config.shm_copy_threads;
-                let copied = crate::direct::copy_all(copies, bytes, threads, |(i, key, lease)| {
-                    (
-                        i,
-                        self.copy_from_device(device, key, &lease, region, offsets[i]),
-                    )
-                });
-                for (i, result) in copied {
-                    out[i] = Some(result);
-                }
-            }
-            let mut results = Vec::with_capacity(keys.len());
-            for (i, done) in out.into_iter().enumerate() {
-                results.push(match done {
-                    Some(result) => result,
-                    // Not on the device tier, or no device transport: one at a time.
-                    None => self.get_into_buffer(keys[i].as_ref(), id, offsets[i]).await,
-                });
-            }
-            results
-        };
-        self.bounded_batch("batch_get", keys.len(), op).await
-    }
-
-    /// Copies the device-tier value `lease` names into the registered `region` at
-    /// `offset`, with the module's copy (device-to-device or device-to-host as the
-    /// region's kind says).
-    fn copy_from_device(
-        &self,
-        device: &crate::transport::device::DeviceSegments,
-        key: &[u8],
-        lease: &LeasedLocation,
-        (addr, len, kind): (usize, usize, MemoryKind),
-        offset: usize,
-    ) -> Result<usize> {
-        fits(lease.location.len, len.saturating_sub(offset))?;
-        let dst = addr + offset.min(len);
-        // SAFETY: the registered region is valid memory of `kind` (the registration's
-        // contract) and the value fits at `offset` (checked).
-        let copied =
-            unsafe { device.read_raw(&lease.location, dst as u64, kind, lease.valid_until) };
-        let c = &self.inner.counters;
-        if let Ok(n) = copied {
-            Counters::count((&c.device_gets, &c.device_get_bytes), n);
-        } else {
-            self.inner.cache.invalidate(key);
-        }
-        copied
-    }
-
-    /// Stores `len` bytes at `offset` of registered buffer `id` under `key`. Into the
-    /// device tier the module copies them (device-to-device from a device buffer);
-    /// elsewhere a device buffer is first copied to the host.
-    pub async fn put_from_buffer(
-        &self,
-        key: &[u8],
-        id: BufferId,
-        offset: usize,
-        len: usize,
-    ) -> Result<()> {
-        let (addr, size, kind) = self.buffer(id)?;
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!("{len} bytes at {offset} run past the {size}-byte buffer"),
-            ));
-        }
-        let src = addr + offset;
-        let link = self.inner.connector.link().await?;
-        match (kind, &link.device) {
-            (MemoryKind::Host, _) => {
-                // SAFETY: registered host memory, valid and not written during the put.
-                let value = unsafe { std::slice::from_raw_parts(src as *const u8, len) };
-                self.put_from(key, value).await
-            }
-            (MemoryKind::Device, None) => Err(no_device_transport()),
-            (MemoryKind::Device, Some(device)) => {
-                let reservation = match self.put_start(key, len as u64).await {
-                    Err(e) if e.code() == ErrorCode::AlreadyExists => return Ok(()),
-                    other => other?,
-                };
-                self.import_device_segments(&link, [&reservation.location])
-                    .await;
-                if !device.covers(&reservation.location) {
-                    // Not in the device tier: the bytes go by the host.
-                    self.put_revoke(key, reservation.writer).await?;
-                    let mut staged = vec![0u8; len];
-                    // SAFETY: `src` is registered device memory of `len` bytes; `staged` is
-                    // a live host buffer of that length.
-                    unsafe {
-                        device.device().copy_raw(
-                            staged.as_mut_ptr() as u64,
-                            src as u64,
-                            len as u64,
-                            strata_device::CopyKind::DeviceToHost,
-                        )
-                    }
-                    .map_err(crate::transport::device::device_error)?;
-                    return self.put_from(key, &staged).await;
-                }
-                let margin = self.inner.config.lease_margin;
-                // SAFETY: registered device memory holding `len` bytes at `src`.
-                let written = unsafe {
-                    device.write_raw(
-                        &reservation.location,
-                        src as u64,
-                        kind,
-                        reservation.deadline,
-                        margin,
-                    )
-                };
-                let result = match written {
-                    Ok(()) => self.put_end(key, reservation.writer).await,
-                    Err(e) => Err(e),
-                };
-                match &result {
-                    Ok(()) => {
-                        let c = &self.inner.counters;
-                        Counters::count((&c.device_puts, &c.device_put_bytes), len);
-                    }
-                    Err(_) => {
-                        let _ = self.put_revoke(key, reservation.writer).await;
-                    }
-                }
-                result
-            }
-        }
-    }
-
-    /// Forgets a region registered with [`Client::register_buffer`].
-    pub fn unregister_buffer(&self, id: BufferId) -> Result<()> {
-        let mut buffers = self.inner.buffers.lock();
-        let start = buffers
-            .by_start
-            .iter()
-            .find(|(_, r)| r.id == id)
-            .map(|(&s, _)| s);
-        match start {
-            Some(s) => {
-                buffers.by_start.remove(&s);
-                Ok(())
-            }
-            None => Err(Error::new(
-                ErrorCode::NotFound,
-                format!("buffer {id:?} is not registered"),
-            )),
-        }
-    }
-
-    /// The registered regions as `(addr, len)`, by address.
-    pub fn registered_buffers(&self) -> Vec<(usize, usize)> {
-        let buffers = self.inner.buffers.lock();
-        buffers
-            .by_start
-            .iter()
-            .map(|(&s, r)| (s, r.end - s))
-            .collect()
     }
 }
 

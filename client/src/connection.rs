@@ -16,39 +16,20 @@ use strata_proto::wire::{self, decode, Opcode, ResponseHead, Status, RESPONSE_HE
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::config::{default_cert_path, ClientConfig, Transport};
-use crate::direct::Mover;
 use crate::transport::device::DeviceSegments;
 use crate::transport::shm::SharedSegments;
 use crate::transport::tcp::{DataPlane, DataPlaneSettings};
-use crate::transport::Direct;
+use crate::transport::{Direct, Route};
 
 /// What the server said about itself in the handshake.
 pub type ServerInfo = HandshakeResponse;
 
-/// A live connection and what the server said about itself on it.
+/// A live connection: what the server said about itself on it, and how it moves value
+/// bytes.
 pub(crate) struct Link {
     pub conn: Connection,
     pub info: ServerInfo,
-    /// The server's segments, mapped, when this link moves bytes through shared memory.
-    pub shm: Option<Arc<SharedSegments>>,
-    /// The server's device tier opened in this process, when on the same host.
-    pub device: Option<Arc<DeviceSegments>>,
-    /// shm and device together, when either is on.
-    pub direct: Option<Direct>,
-    /// The TCP data plane, when this link moves bytes over it (no direct transport, and
-    /// the server runs one that answers).
-    pub data: Option<Arc<DataPlane>>,
-}
-
-impl Link {
-    /// How a put on this link moves its bytes itself, if it does.
-    pub fn mover(&self) -> Option<Mover<'_>> {
-        match (&self.direct, &self.data) {
-            (Some(direct), _) => Some(Mover::Direct(direct)),
-            (None, Some(data)) => Some(Mover::Tcp(data)),
-            (None, None) => None,
-        }
-    }
+    pub route: Route,
 }
 
 /// The client's endpoint and its current link; reconnects when the link is gone.
@@ -248,22 +229,15 @@ impl Connector {
             let info = decode::<HandshakeResponse>(&header)?;
             let shm = self.map_segments(&info).await?;
             let device = self.open_device(&info);
-            let direct = (shm.is_some() || device.is_some()).then(|| Direct {
-                shm: shm.clone(),
-                device: device.clone(),
-            });
-            let data = match direct {
-                Some(_) => None,
-                None => self.open_data_plane(&info).await?,
+            let direct = (shm.is_some() || device.is_some()).then_some(Direct { shm, device });
+            let route = match direct {
+                Some(direct) => Route::Local(direct),
+                None => match self.open_data_plane(&info).await? {
+                    Some(data) => Route::Tcp(data),
+                    None => Route::Quic,
+                },
             };
-            Ok(Link {
-                conn,
-                info,
-                shm,
-                device,
-                direct,
-                data,
-            })
+            Ok(Link { conn, info, route })
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(result) => result,

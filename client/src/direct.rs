@@ -20,10 +20,10 @@ use strata_proto::{Error, ErrorCode, Result};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use crate::cache::LeasedLocation;
-use crate::client::{exchange_on, missing_answer, Client, Counters};
+use crate::client::{exchange_on, missing_answer, Client};
 use crate::connection::Link;
-use crate::transport::tcp::DataPlane;
-use crate::transport::{Direct, Path};
+use crate::stats::Counters;
+use crate::transport::{Direct, Path, Route};
 
 /// A copy at least this large runs off the async reactor ([`off_reactor`]).
 const BLOCKING_COPY: usize = 1 << 20;
@@ -200,15 +200,6 @@ pub(crate) struct Reserved {
 /// and the path to count it under (none: already counted).
 pub(crate) type Moved = (Reserved, Result<u64>, Option<Path>);
 
-/// How a [`Client::direct_put`] moves value bytes.
-#[derive(Clone, Copy)]
-pub(crate) enum Mover<'a> {
-    /// Copies in this process (shared memory, device).
-    Direct(&'a Direct),
-    /// The TCP data plane.
-    Tcp(&'a DataPlane),
-}
-
 impl Client {
     /// The lease on `key` when its bytes can be copied from `segments`; `None` when they
     /// lie in a tier this process cannot map (the caller then reads through the server).
@@ -308,11 +299,11 @@ impl Client {
                 "the lease came from a server instance that is gone",
             ));
         }
-        if let (None, Some(data)) = (&link.direct, &link.data) {
+        if let Route::Tcp(data) = &link.route {
             let op = self.tcp_read_leased(data, lease, buf);
             return self.bounded("read_leased", op).await;
         }
-        let Some(segments) = &link.direct else {
+        let Some(segments) = link.route.local() else {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
                 "reading at a leased location needs the shared-memory transport or the \
@@ -398,7 +389,6 @@ impl Client {
     pub(crate) async fn direct_put(
         &self,
         link: &Arc<Link>,
-        mover: Mover<'_>,
         items: &[(&[u8], &[u8])],
         pin: bool,
         placement: strata_proto::msg::Placement,
@@ -448,9 +438,16 @@ impl Client {
             }
         }
 
-        let written = match mover {
-            Mover::Direct(segments) => self.copy_in(link, segments, items, reserved).await,
-            Mover::Tcp(data) => self.send_in(data, items, reserved).await,
+        let written = match &link.route {
+            Route::Local(segments) => self.copy_in(link, segments, items, reserved).await,
+            Route::Tcp(data) => self.send_in(data, items, reserved).await,
+            Route::Quic => {
+                let e = Error::new(ErrorCode::Internal, "a QUIC route moves no bytes itself");
+                reserved
+                    .into_iter()
+                    .map(|r| (r, Err(e.clone()), None))
+                    .collect()
+            }
         };
 
         // The copy runs off the reactor, where the caller's timeout cannot interrupt it:
@@ -554,7 +551,9 @@ impl Client {
         link: &Link,
         locations: impl IntoIterator<Item = &'l strata_proto::msg::Location>,
     ) {
-        let Some(device) = &link.device else { return };
+        let Some(device) = link.route.device() else {
+            return;
+        };
         if !locations.into_iter().any(|l| device.missing(l)) {
             return;
         }

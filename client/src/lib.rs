@@ -24,10 +24,16 @@
 //!
 //! Rooms: [`Client`] (operations), [`ClientConfig`] (how to reach the server),
 //! [`BlockHasher`] and [`KeyFormatter`] (block keys), `cache` (the lease cache),
-//! `connection` (QUIC, TLS, reconnects). Errors are [`Error`]s carrying the server's
+//! `connection` (QUIC, TLS, reconnects, and each connection's `transport::Route`: how it
+//! moves value bytes, chosen once), `transport` (shared memory, ssd files, device
+//! memory, the TCP data plane; `transport::reader` is what the three same-host readers
+//! share), `direct` and `tcp` (the operations over a same-host or TCP route), `stats`
+//! ([`TransportStats`]), `buffers` and `registered` (registered memory and the copies into
+//! and out of it). Errors are [`Error`]s carrying the server's
 //! stable [`ErrorCode`] and message.
 #![deny(missing_docs)]
 
+mod buffers;
 mod cache;
 pub mod cli;
 mod client;
@@ -35,16 +41,20 @@ mod config;
 mod connection;
 mod direct;
 mod hash;
+mod registered;
 mod segment;
+mod stats;
 mod tcp;
 mod transport;
 
+pub use buffers::BufferId;
 pub use cache::LeasedLocation;
-pub use client::{BufferId, Client, PrefixMatch, Reservation, ServerStats, TransportStats};
+pub use client::{Client, PrefixMatch, Reservation, ServerStats};
 pub use config::{default_cert_path, ClientConfig, Transport, DEFAULT_SERVER};
 pub use connection::ServerInfo;
 pub use hash::{BlockHash, BlockHasher, KeyFormatter};
 pub use segment::MountedSegment;
+pub use stats::TransportStats;
 pub use strata_device as device;
 pub use strata_device::MemoryKind;
 pub use strata_proto::msg::{Location, Placement, TierStats, UnmountResponse};

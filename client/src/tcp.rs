@@ -12,11 +12,13 @@ use bytes::Bytes;
 use strata_proto::{ErrorCode, Result};
 
 use crate::cache::LeasedLocation;
-use crate::client::{missing_answer, Client, Counters};
+use crate::client::{missing_answer, Client};
 use crate::connection::Link;
 use crate::direct::{Moved, Reserved};
+use crate::stats::Counters;
+use crate::transport::reader::{check_value_fits, destination};
 use crate::transport::tcp::{DataPlane, Job};
-use crate::transport::{destination, Path};
+use crate::transport::Path;
 
 /// Whether a failed data-plane read is worth one more try over QUIC.
 fn retry_over_quic(code: ErrorCode) -> bool {
@@ -188,7 +190,7 @@ impl Client {
     ) -> Vec<Moved> {
         let mut outcome: Vec<Result<()>> = reserved
             .iter()
-            .map(|r| crate::transport::check_value_fits(&r.location, items[r.index].1))
+            .map(|r| check_value_fits(&r.location, items[r.index].1))
             .collect();
         let mut jobs = Vec::new();
         let mut owner = Vec::new();

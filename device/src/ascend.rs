@@ -13,8 +13,9 @@ use std::ffi::{c_char, c_void, CStr};
 
 use std::sync::Mutex;
 
+use crate::device::{CopyKind, Device, IpcHandle};
+use crate::error::{DeviceError, Result};
 use crate::vendor::{load, symbol};
-use crate::{CopyKind, Device, DeviceError, IpcHandle, Result};
 
 const BACKEND: &str = "ascend";
 const LIBRARIES: &[&str] = &["libascendcl.so"];

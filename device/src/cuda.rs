@@ -8,8 +8,9 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
+use crate::device::{CopyKind, Device, IpcHandle};
+use crate::error::{DeviceError, Result};
 use crate::vendor::{load, symbol, symbol_of};
-use crate::{CopyKind, Device, DeviceError, IpcHandle, Result};
 
 const BACKEND: &str = "cuda";
 const LIBRARIES: &[&str] = &["libcuda.so.1", "libcuda.so"];

@@ -12,7 +12,9 @@
 mod abi;
 pub mod ascend;
 pub mod cuda;
+mod device;
 mod error;
+pub mod fixtures;
 mod memory;
 mod plugin;
 mod vendor;
@@ -21,80 +23,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use abi::{ABI_VERSION, IPC_HANDLE_BYTES};
+pub use device::{CopyKind, Device, IpcHandle};
 pub use error::{DeviceError, Result};
 pub use memory::{DeviceMemory, MemoryKind};
 pub use plugin::PluginLibrary;
-
-/// Which side of a copy is device memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(i32)]
-pub enum CopyKind {
-    HostToDevice = 1,
-    DeviceToHost = 2,
-    DeviceToDevice = 3,
-}
-
-/// An exported allocation: bytes another process on this host can import.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct IpcHandle(pub [u8; IPC_HANDLE_BYTES]);
-
-impl IpcHandle {
-    /// The handle from bytes received over the wire; `None` if the length is wrong.
-    pub fn from_bytes(bytes: &[u8]) -> Option<IpcHandle> {
-        Some(IpcHandle(bytes.try_into().ok()?))
-    }
-}
-
-impl std::fmt::Debug for IpcHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IpcHandle(")?;
-        for b in &self.0[..16] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "..)")
-    }
-}
-
-/// A device opened through some backend. Implementations are internally synchronised:
-/// every method may be called from any thread, concurrently.
-///
-/// Device pointers are opaque numbers. The raw methods that dereference memory are
-/// `unsafe`; [`DeviceMemory`] wraps them with ownership and bounds checks.
-pub trait Device: Send + Sync + 'static {
-    /// The backend's short name ("host-sim", "cuda", "ascend", or a plugin's own).
-    fn backend(&self) -> &str;
-    /// The device's index on its host.
-    fn index(&self) -> u32;
-    /// Allocates `size` bytes of device memory.
-    fn alloc_raw(&self, size: u64) -> Result<u64>;
-    /// Frees memory from [`Device::alloc_raw`].
-    ///
-    /// # Safety
-    /// `ptr` came from `alloc_raw` of this device, is not freed yet, and no copy on it is
-    /// running or will run.
-    unsafe fn free_raw(&self, ptr: u64) -> Result<()>;
-    /// Copies `len` bytes from `src` to `dst`, synchronously.
-    ///
-    /// # Safety
-    /// The device side(s) named by `kind` lie inside live device memory of this device
-    /// (allocated or imported); the host side(s) are valid host memory of this process for
-    /// `len` bytes (readable for the source, writable and not aliased by a Rust reference
-    /// for the destination).
-    unsafe fn copy_raw(&self, dst: u64, src: u64, len: u64, kind: CopyKind) -> Result<()>;
-    /// Exports an allocation from `alloc_raw` for other processes on this host.
-    fn export_raw(&self, ptr: u64) -> Result<IpcHandle>;
-    /// Maps an exported allocation into this process; returns its pointer and, when the
-    /// backend knows it, its size.
-    fn import_raw(&self, handle: &IpcHandle) -> Result<(u64, Option<u64>)>;
-    /// Unmaps memory from [`Device::import_raw`].
-    ///
-    /// # Safety
-    /// `ptr` came from `import_raw` of this device, is not closed yet, and no copy on it is
-    /// running or will run.
-    unsafe fn close_imported_raw(&self, ptr: u64) -> Result<()>;
-    /// Waits until all work issued on the device so far has finished.
-    fn synchronize(&self) -> Result<()>;
-}
 
 /// How to reach a device: which backend, as a flag or config names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -146,12 +78,4 @@ impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.spec())
     }
-}
-
-/// Where the build put the plugin fixtures, for tests that load them by path.
-pub mod fixtures {
-    /// The host-sim plugin as built (tests load it by path, as a vendor plugin would be).
-    pub const HOST_SIM_PLUGIN: &str = env!("STRATA_HOST_SIM_PLUGIN");
-    /// The host-sim source stamped with ABI version 999: must be refused.
-    pub const ABI_MISMATCH_PLUGIN: &str = env!("STRATA_ABI_MISMATCH_PLUGIN");
 }

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::{CopyKind, Device, DeviceError, IpcHandle, Result};
+use crate::device::{CopyKind, Device, IpcHandle};
+use crate::error::{DeviceError, Result};
 
 /// Whether a caller's buffer is host memory or device memory of the same device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,7 +10,8 @@ use std::sync::{Arc, OnceLock};
 use crate::abi::{
     EntryFn, RawDevice, RawIpcHandle, VTable, ABI_VERSION, ENTRY_SYMBOL, IPC_HANDLE_BYTES,
 };
-use crate::{CopyKind, Device, DeviceError, IpcHandle, Result};
+use crate::device::{CopyKind, Device, IpcHandle};
+use crate::error::{DeviceError, Result};
 
 /// A loaded device module: the library and its checked vtable.
 pub struct PluginLibrary {

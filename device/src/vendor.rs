@@ -1,7 +1,7 @@
 //! Loading a vendor runtime at run time: the library and its symbols, with errors that
 //! name what is missing.
 
-use crate::{DeviceError, Result};
+use crate::error::{DeviceError, Result};
 
 /// Opens the first of `names` that loads; the error names every one tried and `hint`.
 pub(crate) fn load(

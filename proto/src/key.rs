@@ -1,7 +1,7 @@
 use std::fmt;
 
+use crate::error::{Error, ErrorCode};
 use crate::limits::MAX_KEY_LEN;
-use crate::{Error, ErrorCode};
 
 /// Checks that `bytes` is a valid key: 1 to [`MAX_KEY_LEN`] bytes of anything.
 pub fn validate_key(bytes: &[u8]) -> Result<(), Error> {

@@ -25,12 +25,12 @@ pub const MAX_VALUE_LEN: u64 = 1 << 40;
 pub const MAX_HEADER_LEN: u32 = 16 << 20;
 
 /// Checks that a batch read pairs every key with a buffer: `InvalidArgument` otherwise.
-pub fn check_paired(keys: usize, buffers: usize) -> crate::Result<()> {
+pub fn check_paired(keys: usize, buffers: usize) -> crate::error::Result<()> {
     if keys == buffers {
         return Ok(());
     }
-    Err(crate::Error::new(
-        crate::ErrorCode::InvalidArgument,
+    Err(crate::error::Error::new(
+        crate::error::ErrorCode::InvalidArgument,
         format!("{keys} keys but {buffers} buffers"),
     ))
 }

@@ -16,6 +16,8 @@ use strata_proto::msg::{DeviceOffer, DeviceSegmentInfo, Location};
 use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::reader::{check_value_fits, checksum_mismatch, lease_expired, read_leased, LocalReader};
+
 /// Bytes hashed per step while staging a device read for its checksum.
 const CHECK_CHUNK: usize = 4 << 20;
 
@@ -25,13 +27,6 @@ pub(crate) fn device_error(e: strata_device::DeviceError) -> Error {
         _ => ErrorCode::Unavailable,
     };
     Error::new(code, e.to_string())
-}
-
-fn lease_expired() -> Error {
-    Error::new(
-        ErrorCode::LeaseExpired,
-        "the read lease ended before the device copy did; the bytes may have been overwritten",
-    )
 }
 
 /// The device tier's segments as this process sees them.
@@ -110,7 +105,7 @@ impl DeviceSegments {
     }
 
     /// Copies the value at `location` into the front of host buffer `dst` (device to
-    /// host), then checks the lease and, when `checksum` is given, the bytes.
+    /// host), then checks the lease and, when `checksum` is given (non-zero), the bytes.
     pub fn read(
         &self,
         location: &Location,
@@ -118,27 +113,8 @@ impl DeviceSegments {
         valid_until: Instant,
         checksum: Option<u64>,
     ) -> Result<usize> {
-        let len = location.len as usize;
-        let memory = self
-            .segment(location)
-            .ok_or_else(|| Self::outside(location))?;
-        let dst = super::destination(dst, len)?;
-        if Instant::now() >= valid_until {
-            return Err(lease_expired());
-        }
-        memory.read(location.offset, dst).map_err(device_error)?;
-        if Instant::now() >= valid_until {
-            return Err(lease_expired());
-        }
-        if let Some(expected) = checksum.filter(|&c| c != 0) {
-            let mut h = Xxh3::new();
-            dst.chunks(CHECK_CHUNK).for_each(|c| h.update(c));
-            let got = h.digest();
-            if got != expected {
-                return Err(super::checksum_mismatch("device memory", got, expected));
-            }
-        }
-        Ok(len)
+        let checksum = checksum.filter(|&c| c != 0);
+        read_leased(self, location, dst, valid_until, checksum)
     }
 
     /// Copies host `src` into the reserved `location` (host to device) if the reservation
@@ -150,7 +126,7 @@ impl DeviceSegments {
         deadline: Instant,
         margin: Duration,
     ) -> Result<u64> {
-        super::check_value_fits(location, src)?;
+        check_value_fits(location, src)?;
         let memory = self
             .segment(location)
             .ok_or_else(|| Self::outside(location))?;
@@ -220,5 +196,32 @@ impl DeviceSegments {
         let len = location.len as usize;
         // SAFETY: forwarded from this method's contract.
         unsafe { memory.write_from_raw(location.offset, src, len, kind) }.map_err(device_error)
+    }
+}
+
+impl LocalReader for DeviceSegments {
+    fn covers(&self, location: &Location) -> bool {
+        DeviceSegments::covers(self, location)
+    }
+
+    fn outside(&self, location: &Location) -> Error {
+        DeviceSegments::outside(location)
+    }
+
+    fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
+        let memory = self
+            .segment(location)
+            .ok_or_else(|| Self::outside(location))?;
+        memory.read(location.offset, dst).map_err(device_error)?;
+        // Hashed after the device copy, which the CPU does not take part in.
+        Ok(hash.then(|| {
+            let mut h = Xxh3::new();
+            dst.chunks(CHECK_CHUNK).for_each(|c| h.update(c));
+            h.digest()
+        }))
+    }
+
+    fn mismatch(&self, _location: &Location, got: u64, expected: u64) -> Error {
+        checksum_mismatch("device memory", got, expected)
     }
 }

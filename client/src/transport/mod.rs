@@ -11,6 +11,7 @@
 //! copied in this process and has it do the copy.
 
 pub(crate) mod device;
+pub(crate) mod reader;
 pub(crate) mod shm;
 pub(crate) mod ssd;
 pub(crate) mod tcp;
@@ -19,12 +20,58 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strata_proto::msg::Location;
-use strata_proto::{Error, ErrorCode, Result};
+use strata_proto::Result;
 
 use crate::cache::LeasedLocation;
+use crate::config::Transport;
 
 use device::DeviceSegments;
 use shm::SharedSegments;
+use tcp::DataPlane;
+
+/// How one connection moves value bytes: chosen once, when it connects (the most direct
+/// that works, or the one `ClientConfig::transport` forces), and held for its life. Every
+/// operation matches on it instead of asking again which transports are up.
+pub(crate) enum Route {
+    /// Same host: the server's segments (and ssd files, and device tier) are read and
+    /// written in this process. An object on a tier this process cannot reach still
+    /// comes through QUIC.
+    Local(Direct),
+    /// Another host: the server's TCP data plane, proven by this connection's session.
+    Tcp(Arc<DataPlane>),
+    /// Value bytes on this connection's QUIC streams.
+    Quic,
+}
+
+impl Route {
+    /// The local readers, on a same-host route.
+    pub fn local(&self) -> Option<&Direct> {
+        match self {
+            Route::Local(direct) => Some(direct),
+            _ => None,
+        }
+    }
+
+    /// The mapped dram segments, on a same-host route that has them.
+    pub fn shm(&self) -> Option<&Arc<SharedSegments>> {
+        self.local().and_then(|d| d.shm.as_ref())
+    }
+
+    /// The server's device tier opened in this process, on a same-host route that has it.
+    pub fn device(&self) -> Option<&Arc<DeviceSegments>> {
+        self.local().and_then(|d| d.device.as_ref())
+    }
+
+    /// The transport as a user names it: `Shm` once the dram segments are mapped (a
+    /// device-only local route moves dram values over QUIC), `Tcp`, else `Quic`.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Route::Local(d) if d.shm.is_some() => Transport::Shm,
+            Route::Tcp(_) => Transport::Tcp,
+            _ => Transport::Quic,
+        }
+    }
+}
 
 /// Which direct path moved a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,37 +195,6 @@ impl Direct {
             (None, None) => unreachable!("a Direct has at least one transport"),
         }
     }
-}
-
-/// Refuses a write whose value is not the reservation's length.
-pub(crate) fn check_value_fits(location: &Location, src: &[u8]) -> Result<()> {
-    if location.len != src.len() as u64 {
-        let msg = format!(
-            "reservation of {} bytes for a value of {}",
-            location.len,
-            src.len()
-        );
-        return Err(Error::new(ErrorCode::Protocol, msg));
-    }
-    Ok(())
-}
-
-/// The front of `dst` a value of `len` bytes is copied into, or why it does not fit.
-pub(crate) fn destination(dst: &mut [u8], len: usize) -> Result<&mut [u8]> {
-    let room = dst.len();
-    dst.get_mut(..len).ok_or_else(|| {
-        let msg = format!("buffer of {room} bytes is too small for a value of {len} bytes");
-        Error::new(ErrorCode::InvalidArgument, msg)
-    })
-}
-
-/// The error of a direct read whose bytes do not hash to the recorded checksum.
-pub(crate) fn checksum_mismatch(memory: &str, got: u64, expected: u64) -> Error {
-    let msg = format!(
-        "value read from {memory} does not match its checksum ({got:#x}, stored \
-         {expected:#x}): was it removed with force?"
-    );
-    Error::new(ErrorCode::Internal, msg)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use strata_proto::shm::{decode_reply, Reply, MAX_FDS_PER_PACKET, MAX_PACKET_LEN}
 use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::reader::{check_value_fits, checksum_mismatch, read_leased, LocalReader};
 use super::ssd::SsdFiles;
 
 /// Bytes copied between two checks (and hashed while still in cache); large enough that
@@ -237,43 +238,8 @@ impl SharedSegments {
         valid_until: Instant,
         checksum: Option<u64>,
     ) -> Result<usize> {
-        let len = location.len as usize;
-        let src = self.span(location).ok_or_else(|| Self::outside(location))?;
-        let dst = super::destination(dst, len)?;
-        if Instant::now() >= valid_until {
-            return Err(lease_expired());
-        }
-        let mut hasher = checksum.filter(|&c| c != 0).map(|_| Xxh3::new());
-        for (i, part) in dst.chunks_mut(CHUNK).enumerate() {
-            let (from, to) = (src.wrapping_add(i * CHUNK), part.as_mut_ptr());
-            // SAFETY: `span` checked that the whole location lies inside a mapping that
-            // lives as long as `self`; this chunk is within it. `part` is a distinct,
-            // exclusively borrowed Rust buffer. Another process may write these pages only
-            // if the lease lapsed: the copy then holds garbage, which the lease check below
-            // turns into an error before anyone sees it.
-            unsafe {
-                match hasher {
-                    // The hash reads what was copied: an ordinary copy leaves it in cache.
-                    Some(_) => std::ptr::copy_nonoverlapping(from, to, part.len()),
-                    None => strata_copy::copy_raw(from, to, part.len()),
-                }
-            }
-            if let Some(h) = hasher.as_mut() {
-                h.update(part);
-            }
-        }
-        // The lease is judged after the copy: only bytes copied while it held are sound.
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        if Instant::now() >= valid_until {
-            return Err(lease_expired());
-        }
-        if let (Some(h), Some(expected)) = (hasher, checksum) {
-            let got = h.digest();
-            if got != expected {
-                return Err(super::checksum_mismatch("shared memory", got, expected));
-            }
-        }
-        Ok(len)
+        let checksum = checksum.filter(|&c| c != 0);
+        read_leased(self, location, dst, valid_until, checksum)
     }
 
     /// Copies `src` into the reserved `location` (whose length must be `src.len()`) and
@@ -286,7 +252,7 @@ impl SharedSegments {
         deadline: Instant,
         margin: Duration,
     ) -> Result<u64> {
-        super::check_value_fits(location, src)?;
+        check_value_fits(location, src)?;
         let dst = self.span(location).ok_or_else(|| Self::outside(location))?;
         let mut hasher = Xxh3::new();
         for (i, part) in src.chunks(CHUNK).enumerate() {
@@ -308,11 +274,43 @@ impl SharedSegments {
     }
 }
 
-pub(crate) fn lease_expired() -> Error {
-    Error::new(
-        ErrorCode::LeaseExpired,
-        "the read lease ended before the copy did; the bytes may have been overwritten",
-    )
+impl LocalReader for SharedSegments {
+    fn covers(&self, location: &Location) -> bool {
+        SharedSegments::covers(self, location)
+    }
+
+    fn outside(&self, location: &Location) -> Error {
+        SharedSegments::outside(location)
+    }
+
+    fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
+        let src = self.span(location).ok_or_else(|| Self::outside(location))?;
+        let mut hasher = hash.then(Xxh3::new);
+        for (i, part) in dst.chunks_mut(CHUNK).enumerate() {
+            let (from, to) = (src.wrapping_add(i * CHUNK), part.as_mut_ptr());
+            // SAFETY: `span` checked that the whole location lies inside a mapping that
+            // lives as long as `self`, and `dst` is exactly the location's length, so this
+            // chunk is within it. `part` is a distinct, exclusively borrowed Rust buffer.
+            // Another process may write these pages only if the lease lapsed: the copy then
+            // holds garbage, which the lease check after it turns into an error before
+            // anyone sees it.
+            unsafe {
+                match hasher {
+                    // The hash reads what was copied: an ordinary copy leaves it in cache.
+                    Some(_) => std::ptr::copy_nonoverlapping(from, to, part.len()),
+                    None => strata_copy::copy_raw(from, to, part.len()),
+                }
+            }
+            if let Some(h) = hasher.as_mut() {
+                h.update(part);
+            }
+        }
+        Ok(hasher.map(|h| h.digest()))
+    }
+
+    fn mismatch(&self, _location: &Location, got: u64, expected: u64) -> Error {
+        checksum_mismatch("shared memory", got, expected)
+    }
 }
 
 #[cfg(test)]

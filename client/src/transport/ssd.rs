@@ -25,6 +25,8 @@ use strata_proto::msg::{FileInfo, Location};
 use strata_proto::{Error, ErrorCode, Result};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::reader::{read_leased, LocalReader};
+
 /// Bounce buffers kept for reuse (one per concurrent read; past that they are freed).
 const KEPT_BOUNCE_BUFFERS: usize = 8;
 
@@ -91,7 +93,7 @@ impl SsdFiles {
 
     /// Reads the value at `location` into the front of `dst` (blocks on the disk), then
     /// checks that its lease (ending at `valid_until`) still holds and that the bytes hash
-    /// to `checksum`.
+    /// to `checksum` (always: a record on disk may be torn or damaged).
     pub fn read(
         &self,
         location: &Location,
@@ -99,47 +101,7 @@ impl SsdFiles {
         valid_until: Instant,
         checksum: u64,
     ) -> Result<usize> {
-        let len = location.len as usize;
-        let (f, start, padded) = self.span(location).ok_or_else(|| {
-            let msg = format!("location {location:?} is outside the ssd files");
-            Error::new(ErrorCode::Protocol, msg)
-        })?;
-        let dst = super::destination(dst, len)?;
-        if Instant::now() >= valid_until {
-            return Err(super::shm::lease_expired());
-        }
-        let align = f.info.align as usize;
-        let direct = padded == len && dst.as_ptr().align_offset(align) == 0;
-        let mut bounce = Vec::new();
-        let read = if direct {
-            f.file.read_exact_at(dst, start)
-        } else {
-            bounce = self.take_bounce(padded + align);
-            let at = bounce.as_ptr().align_offset(align);
-            f.file.read_exact_at(&mut bounce[at..at + padded], start)
-        };
-        read.map_err(|e| {
-            let msg = format!("reading ssd file {}/{}: {e}", f.info.tier, f.info.segment);
-            Error::new(ErrorCode::Unavailable, msg)
-        })?;
-        // The lease is judged after the read: only bytes read while it held are sound.
-        if Instant::now() >= valid_until {
-            self.give_back(bounce);
-            return Err(super::shm::lease_expired());
-        }
-        if !direct {
-            let at = bounce.as_ptr().align_offset(align);
-            dst.copy_from_slice(&bounce[at..at + len]);
-            self.give_back(bounce);
-        }
-        let got = xxh3_64(dst);
-        if got != checksum {
-            let msg = format!(
-                "the ssd record at {location:?} hashes to {got:#x}, its lease says {checksum:#x}"
-            );
-            return Err(Error::new(ErrorCode::Corrupt, msg));
-        }
-        Ok(len)
+        read_leased(self, location, dst, valid_until, Some(checksum))
     }
 
     /// A buffer of at least `len` bytes (its contents are overwritten by the read).
@@ -159,6 +121,50 @@ impl SsdFiles {
         if kept.len() < KEPT_BOUNCE_BUFFERS {
             kept.push(buffer);
         }
+    }
+}
+
+impl LocalReader for SsdFiles {
+    fn covers(&self, location: &Location) -> bool {
+        SsdFiles::covers(self, location)
+    }
+
+    fn outside(&self, location: &Location) -> Error {
+        let msg = format!("location {location:?} is outside the ssd files");
+        Error::new(ErrorCode::Protocol, msg)
+    }
+
+    fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
+        let len = location.len as usize;
+        let (f, start, padded) = self.span(location).ok_or_else(|| self.outside(location))?;
+        let align = f.info.align as usize;
+        // O_DIRECT reads whole aligned blocks into aligned memory: straight into `dst` when
+        // it is both, else through a bounce buffer.
+        let direct = padded == len && dst.as_ptr().align_offset(align) == 0;
+        let read = if direct {
+            f.file.read_exact_at(dst, start)
+        } else {
+            let mut bounce = self.take_bounce(padded + align);
+            let at = bounce.as_ptr().align_offset(align);
+            let read = f.file.read_exact_at(&mut bounce[at..at + padded], start);
+            if read.is_ok() {
+                dst.copy_from_slice(&bounce[at..at + len]);
+            }
+            self.give_back(bounce);
+            read
+        };
+        read.map_err(|e| {
+            let msg = format!("reading ssd file {}/{}: {e}", f.info.tier, f.info.segment);
+            Error::new(ErrorCode::Unavailable, msg)
+        })?;
+        Ok(hash.then(|| xxh3_64(dst)))
+    }
+
+    fn mismatch(&self, location: &Location, got: u64, expected: u64) -> Error {
+        let msg = format!(
+            "the ssd record at {location:?} hashes to {got:#x}, its lease says {expected:#x}"
+        );
+        Error::new(ErrorCode::Corrupt, msg)
     }
 }
 

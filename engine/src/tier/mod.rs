@@ -12,11 +12,11 @@
 
 pub mod device;
 pub mod dram;
-mod pinned;
+mod extent;
 pub mod ssd;
 
-pub(crate) use pinned::OwnedPinnedRead;
-pub use pinned::{Fresh, PinnedRead, PinnedWrite};
+pub(crate) use extent::OwnedPinnedRead;
+pub use extent::{Extent, Fresh, PinnedRead, PinnedWrite};
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,21 +50,6 @@ impl TierKind {
             TierKind::Ssd => "ssd",
         }
     }
-}
-
-/// Where one value lives: a block of a segment of a tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Extent {
-    /// Index of the tier in the store's tier stack (0 = top).
-    pub tier: u8,
-    /// Segment within the tier.
-    pub segment: u16,
-    /// The allocator's block handle (to free it).
-    pub block: u32,
-    /// Byte offset of the value within the segment.
-    pub offset: u64,
-    /// Length of the value in bytes (the block may be larger: alignment).
-    pub len: u64,
 }
 
 /// A tier's figures, as reported by `Store::stats`.

@@ -15,7 +15,7 @@
 //! in scope when the store opens: open it inside [`Metrics::scope`].
 
 pub mod catalog;
-mod http;
+pub(crate) mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,7 +26,6 @@ use parking_lot::Mutex;
 use strata_proto::wire::Opcode;
 
 use catalog::*;
-pub(crate) use http::MetricsEndpoint;
 use strata_engine::{Store, TierKind};
 
 /// How often recorded histogram samples are folded into their buckets when nobody

@@ -30,7 +30,8 @@ use strata_proto::{Error, ErrorCode, Result};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::metrics::{Health, Metrics, MetricsEndpoint, UPKEEP_INTERVAL};
+use crate::metrics::http::MetricsEndpoint;
+use crate::metrics::{Health, Metrics, UPKEEP_INTERVAL};
 use data::DataPlane;
 pub use data::DataPlaneConfig;
 use request::{Failure, Shared};

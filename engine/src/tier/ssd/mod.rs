@@ -34,6 +34,7 @@ use xxhash_rust::xxh3::xxh3_64;
 pub use io::{
     BufPool, IoBuf, IoDone, IoEngine, IoEngineKind, IoKind, IoOp, IoStats, SSD_IO_DURATION,
 };
+use record::file_name;
 pub use record::{record_len, RecordHeader, Superblock, BLOCK};
 pub use recovery::{scan_file, RecoveryMode, ScannedRecord};
 
@@ -120,11 +121,6 @@ pub struct IoFigures {
     pub recovered_records: u64,
     /// Records found at open and left out (torn, failing verification, superseded).
     pub skipped_records: u64,
-}
-
-/// File name of tier file `i`.
-fn file_name(i: usize) -> String {
-    format!("strata-{i:03}.ssd")
 }
 
 /// The ssd tier.
@@ -303,8 +299,19 @@ impl SsdTier {
             skipped_count: 0,
             _lock: lock,
         };
-        let allocators = recovery::recover(&mut tier, &lens, opts.recovery)?;
-        tier.allocators = Arc::new(SegmentAllocators::new(allocators));
+        let files = recovery::TierFiles {
+            index: tier.index,
+            dir: &tier.dir,
+            sizes: &tier.file_sizes,
+            engine: &*tier.engine,
+        };
+        let found = recovery::recover(files, &lens, opts.recovery)?;
+        tier.file_ids = found.file_ids;
+        tier.sequence = found.next_sequence.into();
+        tier.recovered_count = found.objects.len() as u64;
+        tier.skipped_count = found.skipped;
+        *tier.recovered.get_mut() = found.objects;
+        tier.allocators = Arc::new(SegmentAllocators::new(found.allocators));
         tracing::info!(
             dir = %tier.dir.display(),
             capacity,

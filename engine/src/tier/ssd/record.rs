@@ -161,6 +161,11 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// The name of the tier's `i`-th file in its directory.
+pub(super) fn file_name(i: usize) -> String {
+    format!("strata-{i:03}.ssd")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

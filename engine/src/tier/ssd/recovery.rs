@@ -20,9 +20,8 @@ use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::io::{IoBuf, IoOp};
-use super::record::{record_len, HeaderError, RecordHeader, Superblock, BLOCK};
-use super::{file_name, SsdTier};
+use super::io::{IoBuf, IoEngine, IoOp};
+use super::record::{file_name, record_len, HeaderError, RecordHeader, Superblock, BLOCK};
 use crate::alloc::OffsetAllocator;
 use crate::tier::{Extent, RecoveredObject};
 
@@ -170,21 +169,44 @@ pub fn scan_file(path: &Path, verify: bool) -> io::Result<(Superblock, Vec<Scann
     Ok((sb, records))
 }
 
-/// Recovers every file of `tier` (whose `file_ids` it fills in) and returns the files'
-/// allocators with the recovered records' space taken; the records themselves are left in
-/// `tier.recovered` for the engine to index.
+/// The tier's files as recovery sees them.
+pub(super) struct TierFiles<'a> {
+    /// The tier's index in the store.
+    pub index: u8,
+    pub dir: &'a Path,
+    /// Each file's configured size.
+    pub sizes: &'a [u64],
+    pub engine: &'a dyn IoEngine,
+}
+
+/// What recovery found: for the tier to take over.
+pub(super) struct Recovery {
+    /// Each file's allocator, the recovered records' space taken.
+    pub allocators: Vec<OffsetAllocator>,
+    /// Each file's id (kept, or new for a file started empty).
+    pub file_ids: Vec<u64>,
+    /// The records to index, oldest first.
+    pub objects: Vec<RecoveredObject>,
+    /// The sequence number the next record takes.
+    pub next_sequence: u64,
+    /// Records skipped: damaged, torn, or older copies of a key.
+    pub skipped: u64,
+}
+
+/// Recovers every file of the tier (`lens`: each file's length on disk), as `mode` says.
 pub(super) fn recover(
-    tier: &mut SsdTier,
+    files: TierFiles<'_>,
     lens: &[u64],
     mode: RecoveryMode,
-) -> io::Result<Vec<OffsetAllocator>> {
+) -> io::Result<Recovery> {
+    let mut file_ids = vec![0u64; files.sizes.len()];
     let mut found: Vec<(usize, ScannedRecord)> = Vec::new();
     let mut skipped = 0u64;
-    for (i, &size) in tier.file_sizes.clone().iter().enumerate() {
-        let path = tier.dir.join(file_name(i));
+    for (i, &size) in files.sizes.iter().enumerate() {
+        let path = files.dir.join(file_name(i));
         let existing = if lens[i] >= BLOCK {
             let buf = run_one(
-                tier,
+                files.engine,
                 IoOp::read(i, 0, BLOCK as usize, IoBuf::new(BLOCK as usize)),
             )?;
             Superblock::decode(buf.as_slice())
@@ -213,11 +235,11 @@ pub(super) fn recover(
         };
         match reuse {
             Some(file_id) => {
-                tier.file_ids[i] = file_id;
+                file_ids[i] = file_id;
                 let plain = File::open(&path)?;
                 let mut read = |offset: u64, len: u64| {
                     run_one(
-                        tier,
+                        files.engine,
                         IoOp::read(i, offset, len as usize, IoBuf::new(len as usize)),
                     )
                 };
@@ -235,18 +257,18 @@ pub(super) fn recover(
                 let mut id = [0u8; 8];
                 getrandom::fill(&mut id)
                     .map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
-                tier.file_ids[i] = u64::from_le_bytes(id);
+                file_ids[i] = u64::from_le_bytes(id);
                 // Drop the old contents (and their disk blocks), then size the file sparse.
                 let plain = std::fs::OpenOptions::new().write(true).open(&path)?;
                 plain.set_len(0)?;
                 plain.set_len(size)?;
                 let mut block = IoBuf::new(BLOCK as usize);
                 Superblock {
-                    file_id: tier.file_ids[i],
+                    file_id: file_ids[i],
                     file_size: size,
                 }
                 .encode(block.as_mut_slice());
-                run_one(tier, IoOp::write(i, 0, BLOCK as usize, block))?;
+                run_one(files.engine, IoOp::write(i, 0, BLOCK as usize, block))?;
             }
         }
     }
@@ -278,13 +300,13 @@ pub(super) fn recover(
             ));
         }
     }
-    for d in tier.engine.run(discard) {
+    for d in files.engine.run(discard) {
         d.result?;
     }
 
     let mut allocators = Vec::new();
     let mut recovered = Vec::new();
-    for (i, &size) in tier.file_sizes.iter().enumerate() {
+    for (i, &size) in files.sizes.iter().enumerate() {
         let mut mine: Vec<&ScannedRecord> = found
             .iter()
             .enumerate()
@@ -302,7 +324,7 @@ pub(super) fn recover(
             recovered.push(RecoveredObject {
                 key: r.header.key.clone().into_boxed_slice(),
                 extent: Extent {
-                    tier: tier.index,
+                    tier: files.index,
                     segment: i as u16,
                     block: b.block.raw(),
                     offset: r.offset,
@@ -322,14 +344,16 @@ pub(super) fn recover(
         .max()
         .unwrap_or(0)
         + 1;
-    tier.sequence = next.max(top).into();
-    tier.recovered_count = recovered.len() as u64;
-    tier.skipped_count = skipped;
-    *tier.recovered.get_mut() = recovered;
-    Ok(allocators)
+    Ok(Recovery {
+        allocators,
+        file_ids,
+        objects: recovered,
+        next_sequence: next.max(top),
+        skipped,
+    })
 }
 
-fn run_one(tier: &SsdTier, op: IoOp) -> io::Result<IoBuf> {
-    let done = tier.engine.run(vec![op]).pop().expect("one completion");
+fn run_one(engine: &dyn IoEngine, op: IoOp) -> io::Result<IoBuf> {
+    let done = engine.run(vec![op]).pop().expect("one completion");
     done.result.map(|()| done.buf)
 }

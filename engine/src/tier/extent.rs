@@ -1,4 +1,5 @@
-//! Extents a tier may be asked to read or write, as typed tokens.
+//! Where a value lives ([`Extent`]), and the typed tokens that let a tier read or write
+//! one.
 //!
 //! A tier's bytes may be touched only while they cannot be reclaimed (an epoch guard
 //! pinned before the extent could be retired) and only as the object's state allows: a
@@ -21,7 +22,20 @@ use std::marker::PhantomData;
 
 use crossbeam_epoch::Guard;
 
-use super::Extent;
+/// Where one value lives: a block of a segment of a tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// Index of the tier in the store's tier stack (0 = top).
+    pub tier: u8,
+    /// Segment within the tier.
+    pub segment: u16,
+    /// The allocator's block handle (to free it).
+    pub block: u32,
+    /// Byte offset of the value within the segment.
+    pub offset: u64,
+    /// Length of the value in bytes (the block may be larger: alignment).
+    pub len: u64,
+}
 
 /// A complete object's extent, readable (and never written) while the guard `'g` lives.
 #[derive(Clone, Copy, Debug)]
