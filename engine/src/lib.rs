@@ -13,7 +13,7 @@
 //! recorder (the server's exporter) gets them.
 //!
 //! Rooms: `store` (the [`Store`] and everything it does, one concept a file: see
-//! `docs/engine.md`), [`tier`] (where bytes live), `alloc` (the offset allocator),
+//! `docs/engine.md`), `tier` (where bytes live; public only with the `internals` feature), `alloc` (the offset allocator),
 //! [`config`], [`clock`], [`private_files`] (the modes of everything the engine and the
 //! server write).
 
@@ -22,7 +22,14 @@ pub mod clock;
 pub mod config;
 pub mod private_files;
 mod store;
+// The tiers' own interfaces (the `Tier` trait, the ssd record format and I/O engines) are
+// internals: an embedder uses the `Store`. The bench and the end-to-end tests measure and
+// inspect the tiers themselves, and turn on the `internals` feature for that.
+#[cfg(feature = "internals")]
 pub mod tier;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unused_imports)]
+mod tier;
 
 pub use clock::{Clock, ManualClock};
 pub use config::{StoreConfig, TierConfig};

@@ -68,16 +68,17 @@ fn run(args: ServerArgs) -> strata_engine::Result<()> {
     let metrics = Arc::new(Metrics::new());
     // In the registry's scope, so the engine's own handles (ssd latencies) count there.
     let store = Arc::new(metrics.scope(|| Store::open(settings.store))?);
-    if let Some((_, device)) = store.device_tier() {
+    let stats = store.stats();
+    if let Some((i, device)) = store.device_tier() {
         let d = device.device();
         tracing::info!(
             backend = d.backend(),
             index = d.index(),
             "device tier of {} bytes",
-            strata_engine::tier::Tier::capacity(device)
+            stats.tiers[i as usize].capacity
         );
     }
-    for t in store.stats().tiers {
+    for t in stats.tiers {
         if let Some(io) = t.io {
             tracing::info!(
                 engine = io.engine,
