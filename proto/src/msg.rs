@@ -607,6 +607,7 @@ pub struct RemoveAllResponse {
 
 /// One tier's figures.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TierStats {
     /// `device`, `dram` or `ssd`.
     pub kind: String,
@@ -632,6 +633,7 @@ pub struct TierStats {
 
 /// [`Opcode::Stats`](crate::wire::Opcode::Stats) response (the request has no header).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StatsResponse {
     /// Per tier, top first.
     pub tiers: Vec<TierStats>,

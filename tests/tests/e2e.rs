@@ -570,6 +570,41 @@ fn the_command_line_client_round_trips_and_reports_exit_codes() {
     assert_eq!(code(&stats), Some(0));
     let text = String::from_utf8_lossy(&stats.stdout);
     assert!(text.contains("\"objects\":1"), "{text}");
+    // Every field of the stats message, by its name there.
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "connections",
+            "corrupt",
+            "demotions",
+            "evicted_bytes",
+            "evictions",
+            "expired_reservations",
+            "get_bytes",
+            "get_hits",
+            "get_misses",
+            "index_bytes",
+            "key_bytes",
+            "no_space",
+            "objects",
+            "pending",
+            "promotions",
+            "put_bytes",
+            "puts",
+            "removes",
+            "tiers",
+            "unmounted_objects",
+        ]
+    );
+    assert!(json["tiers"][0]["capacity"].as_u64().unwrap() > 0, "{text}");
     assert_eq!(code(&strata(&["ping"])), Some(0));
     assert_eq!(code(&strata(&["rm", "blk"])), Some(0));
     assert_eq!(code(&strata(&["rm", "blk"])), Some(1));
