@@ -49,6 +49,7 @@ pub(crate) struct Inner {
 
 /// The shard and its lock for a hash: the middle bits pick the shard, so hashbrown (which
 /// uses the low bits for the bucket and the top seven as a tag) still sees well-mixed bits.
+#[inline]
 pub(super) fn shard_of(hash: u64, mask: u64) -> usize {
     ((hash >> 32) & mask) as usize
 }
@@ -82,23 +83,32 @@ pub(super) fn batch_too_large(n: usize) -> Error {
     )
 }
 
+// The operations that call these live in other files (put, read, prefix, ...), so without
+// `#[inline]` they may land in another codegen unit and stop being inlined: splitting the
+// store into files cost the hot prefix lookup a third of its rate until these were marked
+// (docs/bench/history.md, engine refactor).
 impl Inner {
+    /// The shard of `hash`, locked.
+    #[inline]
     pub fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
         self.shards[shard_of(hash, self.shard_mask)].0.lock()
     }
 
     /// Whether a lease holder reads objects of tier `t` in place (shared memory), rather
     /// than asking the server for the bytes.
+    #[inline]
     pub fn read_in_place(&self, t: u8) -> bool {
         self.tiers[t as usize].accepts_puts()
     }
 
     /// The next number of the logical recency clock.
+    #[inline]
     pub(crate) fn next_access(&self) -> u64 {
         self.access_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The slot of a complete object, or the error a reader should see.
+    #[inline]
     pub(crate) fn visible(&self, shard: &mut Shard, hash: u64, key: &[u8]) -> Result<u32> {
         match shard.find(hash, key) {
             Some(slot) if shard.entry(slot).state == State::Complete => Ok(slot),
@@ -121,6 +131,7 @@ impl Inner {
     /// Calls `f` once per shard with that shard locked and the indices (into `hashes`) of
     /// `items` that live in it, in ascending order. One lock per shard instead of one per
     /// key lets the CPU overlap the cache misses of neighbouring lookups.
+    #[inline]
     pub(crate) fn for_each_by_shard(
         &self,
         hashes: &[u64],
