@@ -73,3 +73,40 @@ fn every_relative_link_resolves_inside_the_repository() {
         "only {checked} links found: is the parser broken?"
     );
 }
+
+#[test]
+fn the_engine_doc_names_every_file_of_the_engine() {
+    let root = repo_root();
+    let doc = std::fs::read_to_string(root.join("docs/engine.md")).unwrap();
+    let mut missing = Vec::new();
+    let mut dirs = vec![root.join("engine/src")];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".rs") || name == "tests.rs" {
+                continue;
+            }
+            seen += 1;
+            // A file is named by its path, or by its name in its folder's row.
+            let rel = path
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if !doc.contains(&rel) && !doc.contains(&format!("`{name}`")) {
+                missing.push(rel);
+            }
+        }
+    }
+    assert!(seen >= 20, "only {seen} engine files found");
+    assert!(
+        missing.is_empty(),
+        "docs/engine.md does not name: {missing:?}"
+    );
+}
