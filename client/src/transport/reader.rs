@@ -100,6 +100,7 @@ pub(crate) fn checksum_mismatch(memory: &str, got: u64, expected: u64) -> Error 
 
 #[cfg(test)]
 mod tests {
+    use super::super::shm::tests::at;
     use super::*;
     use std::cell::Cell;
     use std::time::Duration;
@@ -125,15 +126,6 @@ mod tests {
         }
         fn mismatch(&self, _: &Location, _: u64, _: u64) -> Error {
             Error::new(ErrorCode::Corrupt, "mismatch")
-        }
-    }
-
-    fn at(offset: u64, len: u64) -> Location {
-        Location {
-            tier: 0,
-            segment: 0,
-            offset,
-            len,
         }
     }
 
