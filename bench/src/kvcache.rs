@@ -28,14 +28,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use strata_client::device::{Backend as DeviceBackend, DeviceMemory};
-use strata_client::{BlockHasher, BufferId, Client, KeyFormatter, MemoryKind, Transport};
-use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
+use strata_client::{BlockHasher, Client, KeyFormatter, MemoryKind, Transport};
+use strata_engine::{Store, StoreConfig, TierConfig};
 
 use crate::ceiling::CopyWay;
 use crate::engine::round3;
 use crate::harness::{runtime, serve_tiers};
 use crate::peers::RedisServer;
 use crate::report::{Record, Report};
+use crate::systems::{DeviceInstance, System, STRATA_TRANSPORTS};
 use crate::threads::{torn_down, Threads};
 use crate::values::Values;
 
@@ -175,179 +176,6 @@ fn requests(p: &KvParams) -> Vec<Request> {
         .collect()
 }
 
-/// A system under test, as an engine instance sees it.
-#[derive(Clone)]
-enum Backend {
-    /// The engine in this process: no transport at all.
-    Embedded(Arc<Store>),
-    Strata(Arc<Client>),
-    /// A strata client whose engine keeps its KV cache in device memory: loads go
-    /// device-to-device into each task's pool.
-    Device(DeviceInstance),
-    /// Values as strings; lookups as pipelined EXISTS, loads as pipelined GET.
-    Redis(redis::aio::MultiplexedConnection),
-}
-
-/// An engine instance whose KV-cache pool is device memory (the host-sim backend: shared
-/// memory behind the device module's C ABI, its copies memcpy). The blocks sit in the
-/// server's device tier; a load takes the batch's leases in one round trip and the module
-/// copies each block device-to-device into the task's pool.
-#[derive(Clone)]
-struct DeviceInstance {
-    client: Arc<Client>,
-    /// Every task's pool (one request's blocks), shared by the instances.
-    pools: Arc<Vec<DeviceMemory>>,
-    /// The pools as registered with this instance's client, by task.
-    ids: Arc<Vec<BufferId>>,
-}
-
-impl Backend {
-    /// The strata client behind this instance, if it has one.
-    fn client(&self) -> Option<&Arc<Client>> {
-        match self {
-            Backend::Strata(c) => Some(c),
-            Backend::Device(d) => Some(&d.client),
-            Backend::Embedded(_) | Backend::Redis(_) => None,
-        }
-    }
-}
-
-impl Backend {
-    /// Leading blocks all of whose rank keys are stored.
-    async fn lookup(&self, groups: &[Vec<String>]) -> usize {
-        match self {
-            Backend::Embedded(s) => s.prefix_len(groups, false).expect("prefix_len").len,
-            Backend::Strata(_) | Backend::Device(_) => {
-                let c = self.client().expect("a strata client");
-                c.prefix_len(groups).await.expect("prefix_len")
-            }
-            Backend::Redis(conn) => {
-                let mut pipe = redis::pipe();
-                for key in groups.iter().flatten() {
-                    pipe.exists(key);
-                }
-                let found: Vec<bool> = pipe
-                    .query_async(&mut conn.clone())
-                    .await
-                    .expect("redis EXISTS");
-                let ranks = groups.first().map_or(1, Vec::len).max(1);
-                found
-                    .chunks(ranks)
-                    .take_while(|g| g.iter().all(|&f| f))
-                    .count()
-            }
-        }
-    }
-
-    /// Value bytes this instance's client has sent to its server, over every transport;
-    /// `None` for a backend that is not a strata client.
-    fn bytes_put(&self) -> Option<u64> {
-        let c = self.client()?;
-        let t = c.transport_stats();
-        Some(t.shm_put_bytes + t.quic_put_bytes + t.device_put_bytes + t.tcp_put_bytes)
-    }
-
-    /// Stores `keys`; returns how many it stored. A block found stored or being stored by
-    /// another request is skipped, moves no bytes, and is not counted. The client cannot
-    /// tell a key it found stored from one it stored (it answers `Ok` to both, as the
-    /// brief has clients do), so for it the phase counts the bytes its transports moved.
-    async fn store(&self, keys: &[&str], values: &Values) -> usize {
-        use strata_client::ErrorCode::{AlreadyExists, Busy};
-        let stored = |result: &strata_client::Result<()>| match result {
-            Ok(()) => true,
-            // Another request stored the shared block first, or is storing it now (prompts
-            // sharing a prefix, looked up before either stored it): an engine skips it.
-            Err(e) if e.code() == AlreadyExists || e.code() == Busy => false,
-            Err(e) => panic!("store: {e}"),
-        };
-        match self {
-            Backend::Embedded(s) => {
-                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
-                s.batch_put(&items, PutOptions::default())
-                    .iter()
-                    .filter(|r| stored(r))
-                    .count()
-            }
-            Backend::Strata(_) | Backend::Device(_) => {
-                // From host memory, as for every system: the rows compare loads.
-                let c = self.client().expect("a strata client");
-                let items: Vec<(&str, &[u8])> = keys.iter().map(|&k| (k, values.of(k))).collect();
-                c.batch_put_from(&items)
-                    .await
-                    .iter()
-                    .filter(|r| stored(r))
-                    .count()
-            }
-            Backend::Redis(conn) => {
-                let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.set(key, values.of(key)).ignore();
-                }
-                let () = pipe
-                    .query_async(&mut conn.clone())
-                    .await
-                    .expect("redis SET");
-                keys.len() // SET stores (overwrites) every one
-            }
-        }
-    }
-
-    /// Loads `keys` into task `task`'s buffers (the engine's own: `bufs` in host memory,
-    /// or its device pool), checking each holds its key's value.
-    async fn load(&self, keys: &[&str], task: usize, bufs: &mut [Vec<u8>], values: &Values) {
-        if let Backend::Device(d) = self {
-            let block = values.of(keys.first().copied().unwrap_or_default()).len();
-            let offsets: Vec<usize> = (0..keys.len()).map(|k| k * block).collect();
-            let results = d
-                .client
-                .batch_get_into_buffer(keys, d.ids[task], &offsets)
-                .await;
-            let pool = &d.pools[task];
-            for ((result, key), offset) in results.into_iter().zip(keys).zip(offsets) {
-                assert_eq!(result.expect("load"), block);
-                let read = |at: usize, buf: &mut [u8]| {
-                    pool.read((offset + at) as u64, buf).expect("device read");
-                };
-                assert!(
-                    values.check_by(key, read),
-                    "{key}: loaded other bytes than stored"
-                );
-            }
-            return;
-        }
-        let bufs = &mut bufs[..keys.len()];
-        let lens: Vec<usize> = bufs.iter().map(Vec::len).collect();
-        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-        let results = match self {
-            Backend::Embedded(s) => s.batch_get_into(keys, &mut slices),
-            Backend::Strata(c) => c.batch_get_into(keys, &mut slices).await,
-            Backend::Device(_) => unreachable!("loaded above"),
-            Backend::Redis(conn) => {
-                let mut pipe = redis::pipe();
-                for key in keys {
-                    pipe.get(key);
-                }
-                let got: Vec<Vec<u8>> = pipe
-                    .query_async(&mut conn.clone())
-                    .await
-                    .expect("redis GET");
-                for (buf, value) in slices.iter_mut().zip(&got) {
-                    buf.copy_from_slice(value);
-                }
-                vec![Ok(lens[0]); keys.len()]
-            }
-        };
-        for ((result, len), (key, buf)) in results.into_iter().zip(lens).zip(keys.iter().zip(bufs))
-        {
-            assert_eq!(result.expect("load"), len);
-            assert!(
-                values.check(key, buf),
-                "{key}: loaded other bytes than stored"
-            );
-        }
-    }
-}
-
 /// The phases, in order: name, whether it stores (else it loads), and how many instances
 /// along from its home a request is served by.
 const PHASES: [(&str, bool, usize); 3] = [
@@ -423,7 +251,7 @@ fn pools(tasks: usize, buffers: usize, block: usize) -> Pools {
 /// they are handed back when the phase ends).
 fn phase(
     rt: &tokio::runtime::Runtime,
-    instances: &[Backend],
+    instances: &[System],
     shift: usize,
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
@@ -434,7 +262,7 @@ fn phase(
     let block = p.block_bytes() as usize;
     let values = Arc::new(Values::new(block as u64));
     let taken = std::mem::take(pools);
-    let bytes_put = || -> Option<u64> { instances.iter().map(Backend::bytes_put).sum() };
+    let bytes_put = || -> Option<u64> { instances.iter().map(System::bytes_put).sum() };
     let put_before = bytes_put();
     let mut total = rt.block_on(async {
         let started = Instant::now();
@@ -779,14 +607,10 @@ pub fn run(p: &KvParams, report: &mut Report) {
         embedded_phases(&client_rt, capacity, &requests, p, &mut ceiling, report);
         torn_down("strata-embedded", &threads);
     }
-    let transports: Vec<_> = [
-        ("strata-shm", Transport::Shm),
-        ("strata-tcp", Transport::Tcp),
-        ("strata-quic", Transport::Quic),
-    ]
-    .into_iter()
-    .filter(|(system, _)| wanted(system))
-    .collect();
+    let transports: Vec<_> = STRATA_TRANSPORTS
+        .into_iter()
+        .filter(|(system, _)| wanted(system))
+        .collect();
     if !transports.is_empty() {
         let threads = Threads::now();
         // The TCP data plane too, for the transport a client on another host would use.
@@ -807,7 +631,7 @@ pub fn run(p: &KvParams, report: &mut Report) {
                 clients[0].remove_all(true).await.expect("remove_all");
                 prefaulted(&clients).await;
             });
-            let instances: Vec<Backend> = clients.iter().cloned().map(Backend::Strata).collect();
+            let instances: Vec<System> = clients.iter().cloned().map(System::Strata).collect();
             phases(
                 &client_rt,
                 system,
@@ -858,10 +682,10 @@ pub fn run(p: &KvParams, report: &mut Report) {
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .expect("connect to redis");
-                Backend::Redis(conn)
+                System::Redis(conn)
             })
         };
-        let instances: Vec<Backend> = (0..p.instances).map(|_| connect()).collect();
+        let instances: Vec<System> = (0..p.instances).map(|_| connect()).collect();
         phases(
             &client_rt,
             "redis",
@@ -943,7 +767,7 @@ fn device_phases(
             })
             .collect(),
     );
-    let instances: Vec<Backend> = clients
+    let instances: Vec<System> = clients
         .iter()
         .map(|c| {
             let ids = pools
@@ -962,7 +786,7 @@ fn device_phases(
                     .expect("register the device pool")
                 })
                 .collect();
-            Backend::Device(DeviceInstance {
+            System::Device(DeviceInstance {
                 client: Arc::clone(c),
                 pools: Arc::clone(&pools),
                 ids: Arc::new(ids),
@@ -1016,7 +840,7 @@ fn embedded_phases(
         .expect("embedded store"),
     );
     // One store, as every instance on a host shares its server.
-    let instances = vec![Backend::Embedded(Arc::clone(&embedded)); p.instances];
+    let instances = vec![System::Embedded(Arc::clone(&embedded)); p.instances];
     phases(
         client_rt,
         "strata-embedded",
@@ -1096,7 +920,7 @@ fn raw_quic_ceiling(
 fn phases(
     rt: &tokio::runtime::Runtime,
     system: &'static str,
-    instances: &[Backend],
+    instances: &[System],
     requests: &Arc<Vec<Request>>,
     p: &KvParams,
     ceiling: &mut Ceiling,
@@ -1107,7 +931,7 @@ fn phases(
     let most_keys = most_keys(requests);
     let mut no_buffers = pools(p.concurrency, 0, block);
     // A device instance loads into its device pools instead.
-    let on_host = !matches!(instances.first(), Some(Backend::Device(_)));
+    let on_host = !matches!(instances.first(), Some(System::Device(_)));
     let mut load_buffers = pools(p.concurrency, if on_host { most_keys } else { 0 }, block);
     let measured: Vec<_> = PHASES
         .into_iter()

@@ -17,6 +17,7 @@ mod quic;
 mod report;
 mod shm;
 mod ssd;
+mod systems;
 mod tcp;
 mod threads;
 mod values;

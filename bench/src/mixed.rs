@@ -26,15 +26,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
-use strata_client::{Client, ErrorCode, Transport};
-use strata_engine::{
-    IoFigures, PutOptions, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig,
-};
+use strata_engine::{IoFigures, RecoveryMode, SsdOptions, Store, StoreConfig, TierConfig};
 
 use crate::harness::{loopback_data_plane, loopback_tls, runtime, serve_store};
 use crate::memory::MemoryWatch;
 use crate::peers::{Memcached, MemcachedServer};
 use crate::report::{histogram, Record, Report};
+use crate::systems::{System, STRATA_TRANSPORTS};
 use crate::threads::{torn_down, Threads};
 use crate::values::Values;
 
@@ -168,77 +166,6 @@ impl FoyerIo {
         match self {
             FoyerIo::Psync => Box::new(foyer::PsyncIoEngineConfig::new()),
             FoyerIo::Uring => Box::new(foyer::UringIoEngineConfig::new()),
-        }
-    }
-}
-
-/// A system under test.
-enum System {
-    Embedded(Arc<Store>),
-    Strata(Arc<Client>),
-    /// One connection per task.
-    Memcached(Vec<tokio::sync::Mutex<Memcached>>),
-    Foyer(foyer::HybridCache<String, Vec<u8>>),
-}
-
-impl System {
-    /// Gets `key` into `buf`; false on a miss.
-    async fn get(&self, task: usize, key: &str, buf: &mut [u8]) -> bool {
-        match self {
-            System::Embedded(store) => match store.get_into(key.as_bytes(), buf) {
-                Ok(_) => true,
-                Err(e) if e.code() == ErrorCode::NotFound => false,
-                Err(e) => panic!("embedded get: {e}"),
-            },
-            System::Strata(client) => match client.get_into(key.as_bytes(), buf).await {
-                Ok(_) => true,
-                Err(e) if e.code() == ErrorCode::NotFound => false,
-                Err(e) => panic!("strata get: {e}"),
-            },
-            System::Memcached(conns) => conns[task]
-                .lock()
-                .await
-                .get_into(key, buf)
-                .await
-                .expect("memcached get"),
-            System::Foyer(cache) => match cache.get(key).await.expect("foyer get") {
-                Some(entry) => {
-                    buf.copy_from_slice(entry.value());
-                    true
-                }
-                None => false,
-            },
-        }
-    }
-
-    /// Puts `key`; false where the system refused it for want of space.
-    async fn put(&self, task: usize, key: &str, value: &[u8]) -> bool {
-        let refused = |e: strata_client::Error, what: &str| match e.code() {
-            ErrorCode::NoSpace => false,
-            ErrorCode::AlreadyExists => true,
-            _ => panic!("{what} put: {e}"),
-        };
-        match self {
-            System::Embedded(store) => {
-                match store.put(key.as_bytes(), value, PutOptions::default()) {
-                    Ok(()) => true,
-                    Err(e) => refused(e, "embedded"),
-                }
-            }
-            System::Strata(client) => match client.put_from(key.as_bytes(), value).await {
-                Ok(()) => true,
-                Err(e) => refused(e, "strata"),
-            },
-            System::Memcached(conns) => conns[task]
-                .lock()
-                .await
-                .set(key, value)
-                .await
-                .expect("memcached set"),
-            System::Foyer(cache) => {
-                cache.insert(key.to_string(), value.to_vec());
-                true
-            }
         }
     }
 }
@@ -488,7 +415,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
             }
             conns
         });
-        let system = Arc::new(System::Memcached(conns));
+        let system = Arc::new(System::Memcached(Arc::new(conns)));
         let subject = Subject {
             name: "memcached-extstore",
             system: &system,
@@ -598,11 +525,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         torn_down("strata-embedded", &threads);
     }
 
-    for (name, transport) in [
-        ("strata-shm", Transport::Shm),
-        ("strata-tcp", Transport::Tcp),
-        ("strata-quic", Transport::Quic),
-    ] {
+    for (name, transport) in STRATA_TRANSPORTS {
         if !wanted(name) {
             continue;
         }

@@ -190,6 +190,24 @@ impl Memcached {
         }
     }
 
+    /// Whether `key` is stored, without moving its value (a meta get with no flags:
+    /// `HD` on a hit, `EN` on a miss).
+    pub async fn contains(&mut self, key: &str) -> std::io::Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(format!("mg {key}\r\n").as_bytes())
+            .await?;
+        self.stream.flush().await?;
+        match self.read_line().await? {
+            b"HD" => Ok(true),
+            b"EN" => Ok(false),
+            l => Err(std::io::Error::other(format!(
+                "memcached mg: {}",
+                String::from_utf8_lossy(l)
+            ))),
+        }
+    }
+
     /// Reads `key`'s value into `buf` (which must be its length); false on a miss.
     pub async fn get_into(&mut self, key: &str, buf: &mut [u8]) -> std::io::Result<bool> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
