@@ -30,17 +30,7 @@ pub fn read_token_file(path: &Path) -> Result<String> {
             "auth token file {shown} is not a regular file"
         )));
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & OTHERS != 0 {
-            return Err(invalid(format!(
-                "auth token file {shown} has mode {mode:04o}: other users can read it; \
-                 make it private to its owner (chmod 600 {shown})"
-            )));
-        }
-    }
+    refuse_if_others_may_read(path, &meta, &format!("auth token file {shown}"))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| invalid(format!("auth token file {shown}: {e}")))?;
     let token = text.trim_end();
@@ -53,6 +43,32 @@ pub fn read_token_file(path: &Path) -> Result<String> {
         )));
     }
     Ok(token.to_owned())
+}
+
+/// Refuses a file holding a secret (a token file, a config file with a token in it) that
+/// users other than its owner and group may access; `subject` names it in the error.
+pub fn check_secret_file(path: &Path, subject: &str) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| invalid(format!("{subject}: {e}")))?;
+    refuse_if_others_may_read(path, &meta, subject)
+}
+
+#[cfg(unix)]
+fn refuse_if_others_may_read(path: &Path, meta: &std::fs::Metadata, subject: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & OTHERS != 0 {
+        return Err(invalid(format!(
+            "{subject} has mode {mode:04o}: other users can read it; make it private to its \
+             owner (chmod 600 {})",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_if_others_may_read(_: &Path, _: &std::fs::Metadata, _: &str) -> Result<()> {
+    Ok(())
 }
 
 /// The token given either directly or as a file, never both. `names` are the two

@@ -453,17 +453,8 @@ fn read_file(path: &Path) -> Result<ServerArgs> {
         .map_err(|e| invalid(format!("config file {}: {e}", path.display())))?;
     if args.auth_token.is_some() {
         // The file is then a token file: held to the same rule.
-        let mode = std::fs::metadata(path)
-            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
-            .map_err(|e| invalid(format!("config file {}: {e}", path.display())))?;
-        if mode & 0o007 != 0 {
-            return Err(invalid(format!(
-                "config file {} holds auth-token but has mode {mode:04o}: other users can \
-                 read it; make it private to its owner (chmod 600 {})",
-                path.display(),
-                path.display()
-            )));
-        }
+        let subject = format!("config file {} holds auth-token but", path.display());
+        strata_proto::token::check_secret_file(path, &subject)?;
     }
     Ok(args)
 }

@@ -338,6 +338,18 @@ pub fn try_http_get(url: &str) -> Result<(u16, String), String> {
 
 pub use strata_server::metrics::series_value as metric;
 
+/// A test that cannot run here says why and returns (the caller returns right after);
+/// under `STRATA_REQUIRE_EXTERNAL=1` (CI, which provides everything) it fails instead.
+pub fn skip_or_fail(why: &str) {
+    let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "cannot run: {why}, and STRATA_REQUIRE_EXTERNAL=1 (provide it, or unset the variable \
+         to skip)"
+    );
+    eprintln!("skipped: {why}");
+}
+
 /// The path of external program `name` (of Debian package `package`), found on PATH. Where it is missing the test
 /// should skip: this prints why and returns `None` — unless `STRATA_REQUIRE_EXTERNAL=1`
 /// (CI, which installs it), where a missing program fails the test.
@@ -348,13 +360,9 @@ pub fn external_program(name: &str, package: &str) -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     if found.is_none() {
-        let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "{name} is not installed and STRATA_REQUIRE_EXTERNAL=1: install it \
-             (Debian: apt-get install {package}) or unset the variable to skip"
-        );
-        eprintln!("skipped: {name} is not installed (Debian: apt-get install {package})");
+        skip_or_fail(&format!(
+            "{name} is not installed (Debian: apt-get install {package})"
+        ));
     }
     found
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use strata_client::{Client, ClientConfig, ErrorCode};
 use strata_engine::private_files::shared_paths;
 use strata_tests::{
-    block_value, cli_binary, run_bounded, server_binary, ssd_files, ServerProcess, StartOptions,
+    block_value, cli_binary, run_bounded, server_binary, skip_or_fail, ssd_files, ServerProcess,
+    StartOptions,
 };
 
 const MIB: usize = 1 << 20;
@@ -144,16 +145,11 @@ async fn a_data_dir_left_open_is_tightened_at_start_with_a_warning() {
 }
 
 fn running_as_root() -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        skip_or_fail("this test switches to another uid, which needs root");
     }
-    let required = std::env::var("STRATA_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "this test switches to another uid, which needs root, and STRATA_REQUIRE_EXTERNAL=1"
-    );
-    eprintln!("skipped: switching to another uid needs root");
-    false
+    root
 }
 
 /// Runs `cat path` as [`OTHER_UID`]: whether it read the file, and what it said.

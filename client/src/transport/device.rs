@@ -200,14 +200,6 @@ impl DeviceSegments {
 }
 
 impl LocalReader for DeviceSegments {
-    fn covers(&self, location: &Location) -> bool {
-        DeviceSegments::covers(self, location)
-    }
-
-    fn outside(&self, location: &Location) -> Error {
-        DeviceSegments::outside(location)
-    }
-
     fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
         let memory = self
             .segment(location)

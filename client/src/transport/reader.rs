@@ -11,15 +11,10 @@ use strata_proto::{Error, ErrorCode, Result};
 
 /// A same-host reader of a server's memory or files.
 pub(crate) trait LocalReader {
-    /// Whether `location` lies wholly in what this reader reaches.
-    fn covers(&self, location: &Location) -> bool;
-
-    /// The error of a location it does not cover.
-    fn outside(&self, location: &Location) -> Error;
-
-    /// Copies the value at `location` (which it covers) into `dst`, exactly its length.
-    /// With `hash`, also returns the xxh3-64 of what it copied, taken the cheapest way
-    /// this reader has (as it copies, or after).
+    /// Copies the value at `location` into `dst`, exactly its length (a `Protocol` error
+    /// when `location` does not lie wholly in what this reader reaches: it finds where the
+    /// value is once, here). With `hash`, also returns the xxh3-64 of what it copied,
+    /// taken the cheapest way this reader has (as it copies, or after).
     fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>>;
 
     /// The error of bytes that do not hash to the lease's checksum.
@@ -37,11 +32,7 @@ pub(crate) fn read_leased(
     valid_until: Instant,
     checksum: Option<u64>,
 ) -> Result<usize> {
-    let len = location.len as usize;
-    if !reader.covers(location) {
-        return Err(reader.outside(location));
-    }
-    let dst = destination(dst, len)?;
+    let dst = destination(dst, location.len as usize)?;
     if Instant::now() >= valid_until {
         return Err(lease_expired());
     }
@@ -56,7 +47,7 @@ pub(crate) fn read_leased(
             return Err(reader.mismatch(location, got, expected));
         }
     }
-    Ok(len)
+    Ok(dst.len())
 }
 
 /// The error of a copy that outlived its lease.
@@ -112,13 +103,10 @@ mod tests {
     }
 
     impl LocalReader for Bytes {
-        fn covers(&self, location: &Location) -> bool {
-            location.offset + location.len <= self.data.len() as u64
-        }
-        fn outside(&self, _: &Location) -> Error {
-            Error::new(ErrorCode::Protocol, "outside")
-        }
         fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
+            if location.offset + location.len > self.data.len() as u64 {
+                return Err(Error::new(ErrorCode::Protocol, "outside"));
+            }
             self.copies.set(self.copies.get() + 1);
             let start = location.offset as usize;
             dst.copy_from_slice(&self.data[start..start + dst.len()]);

@@ -275,14 +275,6 @@ impl SharedSegments {
 }
 
 impl LocalReader for SharedSegments {
-    fn covers(&self, location: &Location) -> bool {
-        SharedSegments::covers(self, location)
-    }
-
-    fn outside(&self, location: &Location) -> Error {
-        SharedSegments::outside(location)
-    }
-
     fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
         let src = self.span(location).ok_or_else(|| Self::outside(location))?;
         let mut hasher = hash.then(Xxh3::new);

@@ -125,18 +125,12 @@ impl SsdFiles {
 }
 
 impl LocalReader for SsdFiles {
-    fn covers(&self, location: &Location) -> bool {
-        SsdFiles::covers(self, location)
-    }
-
-    fn outside(&self, location: &Location) -> Error {
-        let msg = format!("location {location:?} is outside the ssd files");
-        Error::new(ErrorCode::Protocol, msg)
-    }
-
     fn copy(&self, location: &Location, dst: &mut [u8], hash: bool) -> Result<Option<u64>> {
         let len = location.len as usize;
-        let (f, start, padded) = self.span(location).ok_or_else(|| self.outside(location))?;
+        let (f, start, padded) = self.span(location).ok_or_else(|| {
+            let msg = format!("location {location:?} is outside the ssd files");
+            Error::new(ErrorCode::Protocol, msg)
+        })?;
         let align = f.info.align as usize;
         // O_DIRECT reads whole aligned blocks into aligned memory: straight into `dst` when
         // it is both, else through a bounce buffer.
