@@ -288,6 +288,22 @@ impl Client {
         self.inner.buffers.lock().unregister(id)
     }
 
+    /// The registered region holding all of `[addr, addr + len)`: its id, the offset of
+    /// `addr` in it, and its memory kind. `InvalidArgument` (naming the address) when no
+    /// one region holds the range.
+    pub fn registered_containing(
+        &self,
+        addr: usize,
+        len: usize,
+    ) -> Result<(BufferId, usize, MemoryKind)> {
+        self.inner.buffers.lock().containing(addr, len)
+    }
+
+    /// The id of the registered region that starts at `addr` (`NotFound` if none does).
+    pub fn registered_at(&self, addr: usize) -> Result<BufferId> {
+        self.inner.buffers.lock().starting_at(addr)
+    }
+
     /// The registered regions as `(addr, len)`, by address.
     pub fn registered_buffers(&self) -> Vec<(usize, usize)> {
         self.inner.buffers.lock().list()

@@ -1,0 +1,396 @@
+//! Where a value's bytes come from or go, as a Python caller names it: an object with the
+//! buffer protocol (`bytearray`, `memoryview`, a numpy array; `bytes` as a source only), a
+//! raw address and size inside a registered buffer (a torch tensor's `data_ptr()`), or a
+//! list of such (address, size) pieces (a block's K and V slices across layers).
+//!
+//! The buffer protocol is called through its C functions directly: they are in every
+//! CPython since 3.0, but in the limited API (abi3) only from 3.11, so PyO3's wrapper is
+//! not there for a wheel that also serves 3.9 and 3.10. The `Py_buffer` layout below has
+//! not changed since Python 3.3.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyList, PyTuple};
+use strata_client::{BufferId, Client, MemoryKind};
+use strata_proto::Error;
+
+use crate::errors::invalid;
+
+/// CPython's `Py_buffer`.
+#[repr(C)]
+struct PyBufferView {
+    buf: *mut c_void,
+    obj: *mut ffi::PyObject,
+    len: isize,
+    itemsize: isize,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut isize,
+    strides: *mut isize,
+    suboffsets: *mut isize,
+    internal: *mut c_void,
+}
+
+/// `PyBUF_SIMPLE`: one contiguous run of bytes, or an error from the exporter.
+const PYBUF_SIMPLE: c_int = 0;
+/// `PyBUF_WRITABLE`.
+const PYBUF_WRITABLE: c_int = 0x0001;
+
+extern "C" {
+    fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut PyBufferView, flags: c_int) -> c_int;
+    fn PyBuffer_Release(view: *mut PyBufferView);
+}
+
+/// A Python object's memory, exported through the buffer protocol: the exporter keeps it
+/// where it is (a `bytearray` cannot resize, a numpy array cannot be freed) until this is
+/// dropped.
+pub struct Exported {
+    // Boxed: the exporter may keep a pointer to the view it filled in.
+    view: Box<PyBufferView>,
+    writable: bool,
+}
+
+// SAFETY: the view names memory the exporter keeps valid until release; its Python object
+// pointer is only used by `Drop`, which takes the GIL first.
+unsafe impl Send for Exported {}
+
+impl Exported {
+    /// Exports `obj`'s bytes; `writable` asks for memory that may be written.
+    pub fn new(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Exported> {
+        let mut view = Box::new(PyBufferView {
+            buf: std::ptr::null_mut(),
+            obj: std::ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: std::ptr::null_mut(),
+            shape: std::ptr::null_mut(),
+            strides: std::ptr::null_mut(),
+            suboffsets: std::ptr::null_mut(),
+            internal: std::ptr::null_mut(),
+        });
+        let flags = if writable {
+            PYBUF_WRITABLE
+        } else {
+            PYBUF_SIMPLE
+        };
+        // SAFETY: `obj` is a live object (we hold the GIL and a reference); `view` is a
+        // zeroed Py_buffer the call fills in, or leaves unowned when it fails.
+        let rc = unsafe { PyObject_GetBuffer(obj.as_ptr(), &mut *view, flags) };
+        if rc != 0 {
+            return Err(PyErr::fetch(obj.py()));
+        }
+        Ok(Exported { view, writable })
+    }
+
+    /// Where the bytes start.
+    pub fn addr(&self) -> usize {
+        self.view.buf as usize
+    }
+
+    /// How many bytes there are.
+    pub fn len(&self) -> usize {
+        self.view.len.max(0) as usize
+    }
+
+    /// The bytes, to read.
+    pub fn bytes(&self) -> &[u8] {
+        if self.len() == 0 {
+            return &[];
+        }
+        // SAFETY: PyBUF_SIMPLE gave `len` contiguous bytes at `buf`, valid until release.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
+    }
+
+    /// The bytes, to write (exported writable).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        assert!(self.writable, "exported read-only");
+        if self.len() == 0 {
+            return &mut [];
+        }
+        // SAFETY: PyBUF_WRITABLE gave `len` contiguous writable bytes at `buf`, valid until
+        // release; `&mut self` keeps this the only slice made from this export.
+        unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), self.len()) }
+    }
+}
+
+impl Drop for Exported {
+    fn drop(&mut self) {
+        Python::attach(|_| {
+            // SAFETY: the view was filled in by a successful PyObject_GetBuffer and is
+            // released once, with the GIL held.
+            unsafe { PyBuffer_Release(&mut *self.view) }
+        });
+    }
+}
+
+/// One key's bytes, as the caller named them.
+pub enum Region {
+    /// An object with the buffer protocol (the first `len` bytes of it).
+    Object { export: Exported, len: usize },
+    /// `len` bytes at `addr`, inside a registered host buffer.
+    Host { addr: usize, len: usize },
+    /// `len` bytes at `offset` of registered device buffer `id`.
+    Device {
+        id: BufferId,
+        offset: usize,
+        len: usize,
+    },
+    /// Pieces `(addr, len)` in order, each inside a registered host buffer.
+    Pieces(Vec<(usize, usize)>),
+}
+
+impl Region {
+    /// Reads `obj` (with `size`, when the caller gave one) as a region: an int address
+    /// needs `size`; a 2-tuple of ints is (address, size); a list is pieces of
+    /// (address, size); anything else must have the buffer protocol, writable when the
+    /// region is to be written.
+    pub fn parse(
+        client: &Client,
+        obj: &Bound<'_, PyAny>,
+        size: Option<usize>,
+        writable: bool,
+    ) -> Result<Region, PyErr> {
+        let py = obj.py();
+        let raise = |e: Error| crate::errors::raise(py, &e);
+        if obj.is_instance_of::<PyInt>() {
+            let addr: usize = obj.extract().map_err(|_| raise(invalid("bad address")))?;
+            let Some(len) = size else {
+                return Err(raise(invalid(format!(
+                    "an address ({addr:#x}) needs a size"
+                ))));
+            };
+            return Region::registered(client, addr, len).map_err(raise);
+        }
+        if obj.is_instance_of::<PyList>() {
+            let pieces = pieces(obj).map_err(raise)?;
+            let mut kept = Vec::with_capacity(pieces.len());
+            for (addr, len) in pieces {
+                match Region::registered(client, addr, len).map_err(raise)? {
+                    Region::Host { addr, len } => kept.push((addr, len)),
+                    _ => {
+                        return Err(raise(invalid(format!(
+                            "piece {addr:#x}+{len} is device memory: a value in pieces of \
+                             device memory is not supported; register host memory, or \
+                             pass the device range as one (address, size)"
+                        ))))
+                    }
+                }
+            }
+            return Ok(Region::Pieces(kept));
+        }
+        if let Ok(tuple) = obj.cast::<PyTuple>() {
+            if tuple.len() == 2 && size.is_none() {
+                let (addr, len): (usize, usize) = tuple
+                    .extract()
+                    .map_err(|_| raise(invalid("an (address, size) pair of two ints")))?;
+                return Region::registered(client, addr, len).map_err(raise);
+            }
+        }
+        let export = Exported::new(obj, writable).map_err(|e| {
+            let what = obj
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+            let need = if writable {
+                "a writable buffer (bytearray, memoryview, numpy array)"
+            } else {
+                "bytes-like"
+            };
+            raise(invalid(format!(
+                "a {what} cannot be used here: {need}, an address with a size, or a list \
+                 of (address, size) pieces is needed ({e})"
+            )))
+        })?;
+        let len = match size {
+            Some(n) if n > export.len() => {
+                return Err(raise(invalid(format!(
+                    "size {n} is larger than the {}-byte buffer",
+                    export.len()
+                ))))
+            }
+            Some(n) => n,
+            None => export.len(),
+        };
+        Ok(Region::Object { export, len })
+    }
+
+    /// The registered region `[addr, addr + len)`, by its kind.
+    fn registered(client: &Client, addr: usize, len: usize) -> Result<Region, Error> {
+        let (id, offset, kind) = client.registered_containing(addr, len)?;
+        Ok(match kind {
+            MemoryKind::Host => Region::Host { addr, len },
+            MemoryKind::Device => Region::Device { id, offset, len },
+        })
+    }
+
+    /// The host byte ranges a write into this region touches, as (start, end).
+    pub fn host_ranges(&self) -> Vec<(usize, usize)> {
+        match self {
+            Region::Object { export, len } => vec![(export.addr(), export.addr() + len)],
+            Region::Host { addr, len } => vec![(*addr, addr + len)],
+            Region::Device { .. } => Vec::new(),
+            Region::Pieces(pieces) => pieces.iter().map(|&(a, n)| (a, a + n)).collect(),
+        }
+    }
+
+    /// The bytes, to read from, when they are one host range.
+    pub fn source(&self) -> Option<&[u8]> {
+        match self {
+            Region::Object { export, len } => Some(&export.bytes()[..*len]),
+            // SAFETY: the range lies inside a registered host buffer (checked when it was
+            // parsed), which the registration promises is valid memory while registered.
+            Region::Host { addr, len } => Some(unsafe { host_slice(*addr, *len) }),
+            Region::Device { .. } | Region::Pieces(_) => None,
+        }
+    }
+
+    /// The bytes, to write into, when they are one host range.
+    pub fn destination(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Region::Object { export, len } => Some(&mut export.bytes_mut()[..*len]),
+            // SAFETY: as in `source`; the batch calls refuse overlapping destinations, so
+            // this is the only slice over these bytes while it lives.
+            Region::Host { addr, len } => Some(unsafe { host_slice_mut(*addr, *len) }),
+            Region::Device { .. } | Region::Pieces(_) => None,
+        }
+    }
+}
+
+/// The pieces of a list of (address, size).
+fn pieces(obj: &Bound<'_, PyAny>) -> Result<Vec<(usize, usize)>, Error> {
+    let list = obj
+        .cast::<PyList>()
+        .map_err(|_| invalid("pieces are a list"))?;
+    if list.is_empty() {
+        return Err(invalid(
+            "a list of pieces needs at least one (address, size)",
+        ));
+    }
+    list.iter()
+        .map(|item| {
+            item.extract::<(usize, usize)>()
+                .map_err(|_| invalid("each piece is an (address, size) pair of ints"))
+        })
+        .collect()
+}
+
+/// Gathers host `pieces` into one buffer, in order.
+pub fn gather(pieces: &[(usize, usize)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pieces.iter().map(|p| p.1).sum());
+    for &(addr, len) in pieces {
+        // SAFETY: each piece lies inside a registered host buffer (checked at parse).
+        out.extend_from_slice(unsafe { host_slice(addr, len) });
+    }
+    out
+}
+
+/// Scatters the first `n` bytes of `staged` over host `pieces`, in order.
+pub fn scatter(staged: &[u8], n: usize, pieces: &[(usize, usize)]) {
+    let mut rest = &staged[..n.min(staged.len())];
+    for &(addr, len) in pieces {
+        let take = len.min(rest.len());
+        if take == 0 {
+            break;
+        }
+        // SAFETY: each piece lies inside a registered host buffer (checked at parse) and
+        // the batch refused destinations overlapping it.
+        unsafe { host_slice_mut(addr, take) }.copy_from_slice(&rest[..take]);
+        rest = &rest[take..];
+    }
+}
+
+/// # Safety
+/// `[addr, addr + len)` must be valid memory for as long as the slice is used.
+unsafe fn host_slice<'a>(addr: usize, len: usize) -> &'a [u8] {
+    if len == 0 {
+        return &[];
+    }
+    // SAFETY: the caller's promise.
+    unsafe { std::slice::from_raw_parts(addr as *const u8, len) }
+}
+
+/// # Safety
+/// `[addr, addr + len)` must be valid, writable memory that nothing else reads or writes
+/// for as long as the slice is used.
+unsafe fn host_slice_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
+    if len == 0 {
+        return &mut [];
+    }
+    // SAFETY: the caller's promise.
+    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
+}
+
+/// For each region, whether one of its host ranges overlaps one of an earlier region's:
+/// the copies of a batch run side by side, so such a destination is refused, not raced.
+pub fn overlapping(regions: &[Option<&Region>]) -> Vec<bool> {
+    let mut ranges: Vec<(usize, usize, usize)> = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        if let Some(r) = region {
+            ranges.extend(r.host_ranges().into_iter().map(|(s, e)| (s, e, i)));
+        }
+    }
+    ranges.retain(|&(s, e, _)| e > s);
+    ranges.sort_unstable();
+    let mut out = vec![false; regions.len()];
+    let mut reach: Option<(usize, usize)> = None; // (end, owner) of the furthest range so far
+    for (start, end, i) in ranges {
+        if let Some((far, owner)) = reach {
+            if start < far && owner != i {
+                out[i.max(owner)] = true;
+            }
+        }
+        if reach.is_none_or(|(far, _)| end > far) {
+            reach = Some((end, i));
+        }
+    }
+    out
+}
+
+/// Checks that `[addr, addr + len)` is mapped readable and writable in this process
+/// (`/proc/self/maps`), so a wrong address is refused at registration rather than
+/// crashing the first copy.
+pub fn check_mapped(addr: usize, len: usize) -> Result<(), Error> {
+    let end = addr
+        .checked_add(len)
+        .filter(|_| len > 0)
+        .ok_or_else(|| invalid(format!("cannot register {len} bytes at {addr:#x}")))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|e| {
+        invalid(format!(
+            "cannot read /proc/self/maps to check {addr:#x}: {e}"
+        ))
+    })?;
+    let mut covered = addr;
+    let mut spans: Vec<(usize, usize, bool)> = maps
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, stop) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let stop = usize::from_str_radix(stop, 16).ok()?;
+            Some((start, stop, perms.starts_with("rw")))
+        })
+        .collect();
+    spans.sort_unstable();
+    for (start, stop, writable) in spans {
+        if stop <= covered || !writable {
+            continue;
+        }
+        if start > covered {
+            break;
+        }
+        covered = stop;
+        if covered >= end {
+            return Ok(());
+        }
+    }
+    Err(invalid(format!(
+        "{len} bytes at {addr:#x} are not all mapped writable in this process \
+         (first unmapped byte at {covered:#x})"
+    )))
+}
