@@ -4,6 +4,7 @@
 //! the report format of the design brief.
 
 mod ceiling;
+mod client_ops;
 mod device;
 mod engine;
 mod harness;
@@ -170,6 +171,26 @@ enum Workload {
         #[arg(long, value_enum, default_value = "psync")]
         foyer_io: mixed::FoyerIo,
     },
+    /// The Rust client's half of the Python package's benchmark (python/bench/compare.py runs it
+    /// beside the same calls through the package): against the server at --server, a batch
+    /// load of 16 x 4 MiB values into one buffer, batch_exists and prefix_len of 1024 keys.
+    Client {
+        /// The server (host:port).
+        #[arg(long)]
+        server: String,
+        /// Its certificate.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// auto, shm, tcp or quic.
+        #[arg(long, default_value = "auto")]
+        transport: String,
+        /// Seconds per timed loop (default 2, or 0.2 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Prefix of the keys (python/bench/compare.py passes its own).
+        #[arg(long, default_value = "bench-")]
+        key_prefix: String,
+    },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
     ServeTcp,
@@ -262,6 +283,30 @@ fn main() {
                 params.seconds = s;
             }
             tcp::run(&params, &mut report);
+        }
+        Workload::Client {
+            server,
+            ca,
+            transport,
+            seconds,
+            key_prefix,
+        } => {
+            let transport = transport.parse().unwrap_or_else(|e: String| {
+                eprintln!("strata-bench client: {e}");
+                std::process::exit(2);
+            });
+            let params = client_ops::ClientOpsParams {
+                server,
+                ca,
+                transport,
+                seconds: seconds.unwrap_or(if cli.quick { 0.2 } else { 2.0 }),
+                values: 16,
+                value_size: 4 << 20,
+                lookup_keys: 1024,
+                ranks: 8,
+                key_prefix,
+            };
+            client_ops::run(&params, &mut report);
         }
         Workload::ServeTcp | Workload::Chart { .. } => unreachable!("handled before the report"),
         Workload::Kvcache {

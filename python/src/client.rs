@@ -17,7 +17,7 @@ use strata_proto::{Error, ErrorCode};
 use tokio::runtime::Runtime;
 
 use crate::errors::{exception_object, invalid, IntoPy};
-use crate::keys::{about, keys, shown};
+use crate::keys::{about, shown, Keys};
 use crate::region::{gather, overlapping, scatter, Region};
 use crate::runtime::{self, wait};
 
@@ -128,7 +128,7 @@ impl Client {
     fn load(
         &self,
         py: Python<'_>,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         mut regions: Vec<Result<Region, PyErr>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
@@ -150,7 +150,7 @@ impl Client {
             if refused[i] {
                 results[i] = Some(Err(invalid(format!(
                     "the destination of {} overlaps another destination of the batch",
-                    shown(&keys[i])
+                    shown(keys[i])
                 ))));
                 continue;
             }
@@ -162,7 +162,7 @@ impl Client {
                 }
                 other => other.destination().expect("a host region"),
             };
-            host_keys.push(&keys[i]);
+            host_keys.push(keys[i]);
             host_bufs.push(buf);
             host_index.push(i);
         }
@@ -170,12 +170,12 @@ impl Client {
             let host = client.batch_get_into(&host_keys, &mut host_bufs).await;
             let mut loaded = Vec::with_capacity(device.len());
             for &(i, id, offset, len) in &device {
-                loaded.push((i, load_device(client, &keys[i], id, offset, len).await));
+                loaded.push((i, load_device(client, keys[i], id, offset, len).await));
             }
             (host, loaded)
         });
         for (i, result) in host_index.into_iter().zip(host).chain(device) {
-            results[i] = Some(result.map_err(|e| about(&keys[i], e)));
+            results[i] = Some(result.map_err(|e| about(keys[i], e)));
         }
         // The pieces' values arrived staged: spread them over their pieces.
         let spreads: Vec<_> = (regions.iter().enumerate())
@@ -210,7 +210,7 @@ impl Client {
     fn store(
         &self,
         py: Python<'_>,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         regions: Vec<Result<Region, PyErr>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
@@ -223,7 +223,7 @@ impl Client {
                 Err(_) => {}
                 Ok(Region::Pieces(p)) => pieces.push((i, p.as_slice())),
                 Ok(Region::Device { id, offset, len }) => device.push((i, *id, *offset, *len)),
-                Ok(other) => host.push((i, &keys[i], other.source().expect("a host region"))),
+                Ok(other) => host.push((i, keys[i], other.source().expect("a host region"))),
             }
         }
         let (stored, device) = wait(py, &self.runtime, async {
@@ -234,7 +234,7 @@ impl Client {
             let mut items: Vec<(&[u8], &[u8])> = host.iter().map(|h| (h.1, h.2)).collect();
             for (i, value) in &gathered {
                 index.push(*i);
-                items.push((&keys[*i], value));
+                items.push((keys[*i], value));
             }
             let stored: Vec<_> = index
                 .into_iter()
@@ -242,12 +242,12 @@ impl Client {
                 .collect();
             let mut done = Vec::with_capacity(device.len());
             for &(i, id, offset, len) in &device {
-                done.push((i, client.put_from_buffer(&keys[i], id, offset, len).await));
+                done.push((i, client.put_from_buffer(keys[i], id, offset, len).await));
             }
             (stored, done)
         });
         for (i, result) in stored.into_iter().chain(device) {
-            results[i] = Some(result.map_err(|e| about(&keys[i], e)));
+            results[i] = Some(result.map_err(|e| about(keys[i], e)));
         }
         Ok(regions
             .into_iter()
@@ -278,7 +278,7 @@ impl Client {
     fn regions(
         &self,
         py: Python<'_>,
-        keys: &[Vec<u8>],
+        keys: &[&[u8]],
         objects: &Bound<'_, PyAny>,
         writable: bool,
     ) -> PyResult<Vec<Result<Region, PyErr>>> {
@@ -410,7 +410,8 @@ impl Client {
         source: &Bound<'_, PyAny>,
         size: Option<usize>,
     ) -> PyResult<()> {
-        let key = crate::keys::key(key).or_raise(py)?;
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
         let region = Region::parse(self.live(py)?, source, size, false)?;
         Client::single(py, self.store(py, &[key], vec![Ok(region)])?).map(|_| ())
     }
@@ -418,9 +419,10 @@ impl Client {
     /// The value of `key` as bytes.
     fn get<'py>(&self, py: Python<'py>, key: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
         let client = self.live(py)?;
-        let key = crate::keys::key(key).or_raise(py)?;
-        let value = wait(py, &self.runtime, client.get(&key))
-            .map_err(|e| about(&key, e))
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
+        let value = wait(py, &self.runtime, client.get(key))
+            .map_err(|e| about(key, e))
             .or_raise(py)?;
         Ok(PyBytes::new(py, &value))
     }
@@ -435,7 +437,8 @@ impl Client {
         destination: &Bound<'_, PyAny>,
         size: Option<usize>,
     ) -> PyResult<Py<PyAny>> {
-        let key = crate::keys::key(key).or_raise(py)?;
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
         let region = Region::parse(self.live(py)?, destination, size, true)?;
         Client::single(py, self.load(py, &[key], vec![Ok(region)])?)
     }
@@ -447,7 +450,8 @@ impl Client {
         keys: &Bound<'_, PyAny>,
         buffers: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let keys = crate::keys::keys(keys).or_raise(py)?;
+        let owned = Keys::many(keys).or_raise(py)?;
+        let keys = owned.slices();
         let regions = self.regions(py, &keys, buffers, true)?;
         self.load(py, &keys, regions)
     }
@@ -459,7 +463,8 @@ impl Client {
         keys: &Bound<'_, PyAny>,
         buffers: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        let keys = crate::keys::keys(keys).or_raise(py)?;
+        let owned = Keys::many(keys).or_raise(py)?;
+        let keys = owned.slices();
         let regions = self.regions(py, &keys, buffers, false)?;
         self.store(py, &keys, regions)
     }
@@ -467,16 +472,18 @@ impl Client {
     /// Whether `key` is stored.
     fn exists(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let client = self.live(py)?;
-        let key = crate::keys::key(key).or_raise(py)?;
-        wait(py, &self.runtime, client.exists(&key))
-            .map_err(|e| about(&key, e))
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
+        wait(py, &self.runtime, client.exists(key))
+            .map_err(|e| about(key, e))
             .or_raise(py)
     }
 
     /// Per key whether it is stored (or the exception), in one round trip per 1024 keys.
     fn batch_exists(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
-        let keys = crate::keys::keys(keys).or_raise(py)?;
+        let owned = Keys::many(keys).or_raise(py)?;
+        let keys = owned.slices();
         let answers = wait(py, &self.runtime, client.batch_exists(&keys));
         Ok(answers
             .into_iter()
@@ -500,14 +507,12 @@ impl Client {
         lease: bool,
     ) -> PyResult<usize> {
         let client = self.live(py)?;
-        let groups: Vec<Vec<Vec<u8>>> = groups
+        let owned: Vec<Keys<'_>> = groups
             .try_iter()
             .map_err(|_| crate::errors::raise(py, &invalid("groups is a list of lists of keys")))?
-            .map(|g| {
-                let g = g?;
-                keys(&g).or_raise(py)
-            })
+            .map(|g| Keys::many(&g?).or_raise(py))
             .collect::<PyResult<_>>()?;
+        let groups: Vec<Vec<&[u8]>> = owned.iter().map(Keys::slices).collect();
         wait(py, &self.runtime, async {
             if lease {
                 client.prefix_len_leased(&groups).await.map(|m| m.len)
@@ -521,15 +526,16 @@ impl Client {
     /// The size in bytes of the value of `key` (takes a read lease, as a load would).
     fn size(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<u64> {
         let client = self.live(py)?;
-        let key = crate::keys::key(key).or_raise(py)?;
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
         let lease = wait(py, &self.runtime, async {
             client
-                .get_locations(&[&key])
+                .get_locations(&[key])
                 .await
                 .pop()
                 .expect("one answer")
         })
-        .map_err(|e| about(&key, e))
+        .map_err(|e| about(key, e))
         .or_raise(py)?;
         Ok(lease.location.len)
     }
@@ -538,9 +544,10 @@ impl Client {
     #[pyo3(signature = (key, force=false))]
     fn remove(&self, py: Python<'_>, key: &Bound<'_, PyAny>, force: bool) -> PyResult<()> {
         let client = self.live(py)?;
-        let key = crate::keys::key(key).or_raise(py)?;
-        wait(py, &self.runtime, client.remove(&key, force))
-            .map_err(|e| about(&key, e))
+        let owned = Keys::one(key).or_raise(py)?;
+        let key = owned.slices()[0];
+        wait(py, &self.runtime, client.remove(key, force))
+            .map_err(|e| about(key, e))
             .or_raise(py)
     }
 
@@ -553,7 +560,8 @@ impl Client {
         force: bool,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
-        let keys = crate::keys::keys(keys).or_raise(py)?;
+        let owned = Keys::many(keys).or_raise(py)?;
+        let keys = owned.slices();
         let concurrency = client.config().batch_concurrency.max(1);
         let results: Vec<Result<(), Error>> = wait(py, &self.runtime, async {
             let removals: Vec<_> = keys.iter().map(|k| client.remove(k, force)).collect();

@@ -130,3 +130,19 @@ def client(server: Server) -> Iterator[strata.Client]:
 def prefix() -> str:
     """A key prefix of this test's own."""
     return f"t-{uuid.uuid4().hex[:12]}-"
+
+
+@pytest.fixture
+def start_server() -> Iterator:
+    """Starts servers of this test's own (``start_server(args, data_dir=None)``); all are
+    stopped at its end."""
+    started: List[Server] = []
+
+    def start(args: Optional[List[str]] = None, data_dir: Optional[Path] = None) -> Server:
+        s = Server(args, data_dir)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()

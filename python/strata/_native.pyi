@@ -1,0 +1,142 @@
+"""Type stubs of ``strata._native``, the Rust half of the package (re-exported by ``strata``)."""
+
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+from typing_extensions import Buffer
+
+from .errors import Error
+
+DEFAULT_SERVER: str
+__version__: str
+
+Key = Union[str, bytes]
+#: (address, size) inside a registered buffer.
+Range = Tuple[int, int]
+#: What a value's bytes come from or go to: an object with the buffer protocol
+#: (``bytes`` as a source only), one (address, size), or a list of (address, size) pieces.
+Region = Union[Buffer, Range, List[Range]]
+
+class Client:
+    """A connection to one strata server, shared by every thread that uses it.
+
+    Every argument not given falls back to the environment variable the ``strata``
+    command line reads: ``STRATA_SERVER`` (else ``127.0.0.1:50088``), ``STRATA_AUTH_TOKEN``
+    or ``STRATA_AUTH_TOKEN_FILE``, ``STRATA_CA`` (else the certificate a local server keeps
+    in the default data dir), ``STRATA_SERVER_NAME``, ``STRATA_TRANSPORT`` (else
+    ``"auto"``), ``STRATA_TIMEOUT`` (else 10 seconds).
+
+    ``transport``: ``"auto"`` (shared memory with a server on this host, else the TCP data
+    plane, else QUIC), ``"shm"``, ``"tcp"`` or ``"quic"``. ``timeout`` bounds every call
+    (seconds); ``connect_timeout`` bounds connecting (default: ``timeout``).
+
+    Raises ``strata.ConnectionError`` (no server), ``strata.Timeout``,
+    ``strata.Unauthorized`` (wrong or missing token), ``strata.InvalidArgument`` (a bad
+    setting). Every call releases the GIL while it waits or copies.
+    """
+
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        token_file: Optional[str] = None,
+        ca: Optional[str] = None,
+        server_name: Optional[str] = None,
+        transport: Optional[str] = None,
+        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = None,
+    ) -> None: ...
+    @property
+    def address(self) -> str:
+        """The server address this client was made for."""
+    @property
+    def transport(self) -> str:
+        """How value bytes travel now: ``"shm"``, ``"tcp"`` or ``"quic"``."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    def put(self, key: Key, value: Buffer) -> None:
+        """Stores ``value`` under ``key``. An existing key is success: values are
+        immutable, the same key names the same bytes."""
+    def put_from(self, key: Key, source: Region | int, size: Optional[int] = None) -> None:
+        """Stores the bytes of ``source``: a bytes-like object (its first ``size`` bytes
+        when given), an address with ``size`` inside a registered buffer, or a list of
+        (address, size) pieces, stored as one value in order."""
+    def get(self, key: Key) -> bytes:
+        """The value of ``key``. Raises ``strata.NotFound`` when it is not stored."""
+    def get_into(self, key: Key, destination: Region | int, size: Optional[int] = None) -> int:
+        """Copies the value of ``key`` into ``destination`` (a writable buffer, an address
+        with ``size`` inside a registered buffer, or a list of (address, size) pieces filled
+        in order) and returns its length. ``strata.InvalidArgument`` when it does not fit."""
+    def batch_get_into(self, keys: Sequence[Key], buffers: Sequence[Region]) -> List[Union[int, Error]]:
+        """Loads each key into its buffer (paired by position). Per key: the length, or
+        the exception for that key (a failed key never fails the others). Destinations
+        that overlap an earlier one of the batch are refused."""
+    def batch_put_from(self, keys: Sequence[Key], buffers: Sequence[Region]) -> List[Optional[Error]]:
+        """Stores each key from its buffer. Per key: None, or the exception for that key."""
+    def exists(self, key: Key) -> bool:
+        """Whether ``key`` is stored (complete). Takes no lease."""
+    def batch_exists(self, keys: Sequence[Key]) -> List[Union[bool, Error]]:
+        """Per key whether it is stored, in one round trip per 1024 keys."""
+    def prefix_len(self, groups: Sequence[Sequence[Key]], lease: bool = False) -> int:
+        """The number of leading groups whose keys are all stored; a group is every
+        tensor-parallel rank's key of one block. With ``lease``, the matched objects are
+        leased so the loads that follow cannot miss."""
+    def size(self, key: Key) -> int:
+        """The length of the value of ``key`` (takes a read lease, as a load would)."""
+    def remove(self, key: Key, force: bool = False) -> None:
+        """Removes ``key``. A leased object raises ``strata.Leased`` unless ``force``."""
+    def batch_remove(self, keys: Sequence[Key], force: bool = False) -> List[Optional[Error]]:
+        """Removes each key. Per key: None, or the exception for that key."""
+    def remove_all(self, force: bool = False) -> int:
+        """Removes every object (leased ones only with ``force``); returns how many."""
+    def register_buffer(self, address: int, size: int, *, device: bool = False) -> None:
+        """Registers ``[address, address + size)`` so the calls accept raw addresses in it
+        (a torch tensor's ``data_ptr()``). Host memory must be mapped writable in this
+        process (checked); ``device=True`` names memory of the server's device tier's
+        device. The memory must stay valid while registered."""
+    def unregister_buffer(self, address: int) -> None:
+        """Forgets the buffer registered at ``address`` (``strata.NotFound`` if none)."""
+    def stats(self) -> Dict[str, Any]:
+        """The server's figures, as ``strata stats --json`` prints them."""
+    def transport_stats(self) -> Dict[str, int]:
+        """How this client has moved value bytes since it connected, by path."""
+    def ping(self) -> float:
+        """One round trip with no work; returns its seconds."""
+    def close(self) -> None:
+        """Closes the connection; later calls raise ``strata.ConnectionError``."""
+    def __enter__(self) -> "Client": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
+class BlockHasher:
+    """Chained 128-bit hashes of full blocks of tokens (strata block hash v1), identical
+    to the Rust client's and published with test vectors (tests/block_hash_vectors.json)."""
+
+    def __init__(self, seed: int = 0, block_size: int = 128, extra_keys: Sequence[Key] = ()) -> None: ...
+    @property
+    def block_size(self) -> int:
+        """Tokens per block."""
+    def root(self) -> int:
+        """The parent of the first block."""
+    def hash_block(self, parent: int, tokens: Sequence[int]) -> int:
+        """The hash of one block of ``tokens`` whose parent block hashed to ``parent``."""
+    def block_hashes(self, tokens: Sequence[int]) -> List[int]:
+        """The hash of every full block of ``tokens``, in order."""
+    @staticmethod
+    def hex(hash: int) -> str:
+        """A hash as 32 lower-case hex digits, as it appears in keys."""
+
+class KeyFormatter:
+    """Keys ``"{model}@tp_rank:{rank}@{hex}"`` for block hashes."""
+
+    def __init__(self, model: str) -> None: ...
+    def key(self, rank: int, hash: int) -> str:
+        """The key of rank ``rank``'s part of the block hashed to ``hash``."""
+    def group(self, ranks: int, hash: int) -> List[str]:
+        """The keys of all ``ranks`` ranks of one block: one ``prefix_len`` group."""
