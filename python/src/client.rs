@@ -507,12 +507,17 @@ impl Client {
         lease: bool,
     ) -> PyResult<usize> {
         let client = self.live(py)?;
-        let owned: Vec<Keys<'_>> = groups
-            .try_iter()
-            .map_err(|_| crate::errors::raise(py, &invalid("groups is a list of lists of keys")))?
-            .map(|g| Keys::many(&g?).or_raise(py))
-            .collect::<PyResult<_>>()?;
-        let groups: Vec<Vec<&[u8]>> = owned.iter().map(Keys::slices).collect();
+        let (owned, ends) = Keys::grouped(groups).or_raise(py)?;
+        let keys = owned.slices();
+        let mut start = 0;
+        let groups: Vec<&[&[u8]]> = ends
+            .iter()
+            .map(|&end| {
+                let group = &keys[start..end];
+                start = end;
+                group
+            })
+            .collect();
         wait(py, &self.runtime, async {
             if lease {
                 client.prefix_len_leased(&groups).await.map(|m| m.len)

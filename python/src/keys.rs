@@ -40,6 +40,41 @@ impl<'py> Keys<'py> {
 
     /// Each key of a sequence.
     pub fn many(obj: &Bound<'py, PyAny>) -> Result<Keys<'py>, Error> {
+        let n = obj.len().unwrap_or(0);
+        let mut keys = Keys {
+            _owners: Vec::with_capacity(n),
+            spans: Vec::with_capacity(n),
+        };
+        keys.extend(obj)?;
+        Ok(keys)
+    }
+
+    /// Each key of a sequence of groups, in one flat list, and where each group ends in
+    /// it: one borrow for a whole prefix lookup, however many groups it has.
+    pub fn grouped(obj: &Bound<'py, PyAny>) -> Result<(Keys<'py>, Vec<usize>), Error> {
+        let not_groups = || {
+            Error::new(
+                ErrorCode::InvalidArgument,
+                "groups is a list of lists of keys",
+            )
+        };
+        if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
+            return Err(not_groups());
+        }
+        let mut keys = Keys {
+            _owners: Vec::new(),
+            spans: Vec::new(),
+        };
+        let mut ends = Vec::with_capacity(obj.len().unwrap_or(0));
+        for group in obj.try_iter().map_err(|_| not_groups())? {
+            let group = group.map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
+            keys.extend(&group)?;
+            ends.push(keys.spans.len());
+        }
+        Ok((keys, ends))
+    }
+
+    fn extend(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Error> {
         if obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBytes>() {
             return Err(Error::new(
                 ErrorCode::InvalidArgument,
@@ -49,16 +84,11 @@ impl<'py> Keys<'py> {
         let iter = obj.try_iter().map_err(|_| {
             Error::new(ErrorCode::InvalidArgument, "keys is a list of str or bytes")
         })?;
-        let n = obj.len().unwrap_or(0);
-        let mut keys = Keys {
-            _owners: Vec::with_capacity(n),
-            spans: Vec::with_capacity(n),
-        };
         for item in iter {
             let item = item.map_err(|e| Error::new(ErrorCode::InvalidArgument, e.to_string()))?;
-            keys.push(&item)?;
+            self.push(&item)?;
         }
-        Ok(keys)
+        Ok(())
     }
 
     fn push(&mut self, obj: &Bound<'py, PyAny>) -> Result<(), Error> {

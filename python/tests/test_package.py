@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import strata
+import strata.mooncake
 from strata import errors
 
 STUBS = Path(strata.__file__).with_name("_native.pyi")
