@@ -322,3 +322,23 @@ def test_block_hasher_matches_the_published_vectors():
         for i, h in enumerate(hashes):
             parent = hasher.hash_block(parent, case["tokens"][i * bs : (i + 1) * bs])
             assert parent == h
+
+
+def test_memory_wrongly_registered_as_device_memory_is_refused_by_the_device_module(client, prefix):
+    # The server's device tier is host-sim, which checks every device pointer against its
+    # allocations: host memory registered as device memory fails the copy with a clear
+    # error, and the put is revoked, never half stored.
+    pool = np.zeros(1 << 20, dtype=np.uint8)
+    base = pool.ctypes.data
+    client.register_buffer(base, pool.nbytes, device=True)
+    try:
+        with pytest.raises(strata.Error, match="not inside an allocation"):
+            client.put_from(prefix + "dev", base, 64 * 1024)
+        assert not client.exists(prefix + "dev")
+        # Pieces of device memory are refused with a reason before anything moves.
+        client.put(prefix + "host", b"h" * 300)
+        with pytest.raises(strata.InvalidArgument, match="device memory"):
+            client.get_into(prefix + "host", [(base, 100), (base + 200, 200)])
+        assert client.get(prefix + "host") == b"h" * 300
+    finally:
+        client.unregister_buffer(base)
