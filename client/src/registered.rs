@@ -288,6 +288,18 @@ impl Client {
         self.inner.buffers.lock().unregister(id)
     }
 
+    /// The device module this client copies device memory with: the backend and device of
+    /// the server's device tier, when the server is on this host and has one (`None`
+    /// otherwise). Callers that copy pieces of registered device memory themselves use it,
+    /// so their copies and the client's go through the same module.
+    pub async fn device(&self) -> Result<Option<std::sync::Arc<dyn strata_device::Device>>> {
+        let link = self.inner.connector.link().await?;
+        Ok(link
+            .route
+            .device()
+            .map(|segments| segments.device().clone()))
+    }
+
     /// The registered region holding all of `[addr, addr + len)`: its id, the offset of
     /// `addr` in it, and its memory kind. `InvalidArgument` (naming the address) when no
     /// one region holds the range.

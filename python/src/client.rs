@@ -13,12 +13,15 @@ use futures_util::stream::{self, StreamExt};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use strata_client::{ClientConfig, MemoryKind, Transport};
+use strata_device::Device;
 use strata_proto::{Error, ErrorCode};
 use tokio::runtime::Runtime;
 
 use crate::errors::{exception_object, invalid, IntoPy};
 use crate::keys::{about, shown, Keys};
-use crate::region::{gather, overlapping, scatter, Region};
+use crate::region::{
+    any_device, device_ranges_as_pieces, gather, overlapping, scatter, Piece, Region,
+};
 use crate::runtime::{self, wait};
 
 /// A connection to one strata server, shared by every thread that uses it.
@@ -30,6 +33,9 @@ pub struct Client {
     pid: u32,
     closed: AtomicBool,
     address: String,
+    /// The device module `Client(device=...)` named, for pieces of device memory when the
+    /// server has no device tier on this host.
+    own_device: Option<Arc<dyn Device>>,
 }
 
 /// The environment variable `name`, if set and not empty.
@@ -124,6 +130,37 @@ impl Client {
         ))
     }
 
+    /// The device module that copies pieces of registered device memory: the one of the
+    /// server's device tier when the connection has it (the module the client's own
+    /// device copies use), else the one `Client(device=...)` opened.
+    async fn copier(&self, client: &strata_client::Client) -> Option<Arc<dyn Device>> {
+        match client.device().await {
+            Ok(Some(device)) => Some(device),
+            _ => self.own_device.clone(),
+        }
+    }
+
+    /// Single device ranges go by the client's device transport when the server has a
+    /// device tier here (device-to-device where the value is there); otherwise they are
+    /// staged like pieces, by the module `Client(device=...)` opened.
+    fn route_device_ranges(
+        &self,
+        py: Python<'_>,
+        client: &strata_client::Client,
+        regions: &mut [Result<Region, PyErr>],
+    ) {
+        if !regions
+            .iter()
+            .any(|r| matches!(r, Ok(Region::Device { .. })))
+        {
+            return;
+        }
+        let routed = wait(py, &self.runtime, client.device());
+        if !matches!(routed, Ok(Some(_))) && self.own_device.is_some() {
+            device_ranges_as_pieces(regions);
+        }
+    }
+
     /// Loads each key's value into its region; per-key results.
     fn load(
         &self,
@@ -132,11 +169,15 @@ impl Client {
         mut regions: Vec<Result<Region, PyErr>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
+        self.route_device_ranges(py, client, &mut regions);
         let refused = overlapping(&regions.iter().map(|r| r.as_ref().ok()).collect::<Vec<_>>());
+        let needs_device = regions
+            .iter()
+            .any(|r| matches!(r, Ok(Region::Pieces(p)) if any_device(p)));
         let mut staging: Vec<Vec<u8>> = regions
             .iter()
             .map(|r| match r {
-                Ok(Region::Pieces(pieces)) => vec![0u8; pieces.iter().map(|p| p.1).sum()],
+                Ok(Region::Pieces(pieces)) => vec![0u8; pieces.iter().map(|p| p.len).sum()],
                 _ => Vec::new(),
             })
             .collect();
@@ -156,7 +197,9 @@ impl Client {
             }
             let buf = match region {
                 Region::Pieces(_) => stage.as_mut_slice(),
-                Region::Device { id, offset, len } => {
+                Region::Device {
+                    id, offset, len, ..
+                } => {
                     device.push((i, *id, *offset, *len));
                     continue;
                 }
@@ -166,13 +209,17 @@ impl Client {
             host_bufs.push(buf);
             host_index.push(i);
         }
-        let (host, device) = wait(py, &self.runtime, async {
+        let (host, device, copier) = wait(py, &self.runtime, async {
             let host = client.batch_get_into(&host_keys, &mut host_bufs).await;
             let mut loaded = Vec::with_capacity(device.len());
             for &(i, id, offset, len) in &device {
                 loaded.push((i, load_device(client, keys[i], id, offset, len).await));
             }
-            (host, loaded)
+            let copier = match needs_device {
+                true => self.copier(client).await,
+                false => None,
+            };
+            (host, loaded, copier)
         });
         for (i, result) in host_index.into_iter().zip(host).chain(device) {
             results[i] = Some(result.map_err(|e| about(keys[i], e)));
@@ -181,16 +228,21 @@ impl Client {
         let spreads: Vec<_> = (regions.iter().enumerate())
             .filter_map(|(i, region)| match (region, &results[i]) {
                 (Ok(Region::Pieces(pieces)), Some(Ok(n))) => {
-                    Some((&staging[i][..], *n, &pieces[..]))
+                    Some((i, &staging[i][..], *n, &pieces[..]))
                 }
                 _ => None,
             })
             .collect();
-        py.detach(|| {
-            for (staged, n, pieces) in spreads {
-                scatter(staged, n, pieces);
-            }
+        let spread: Vec<(usize, Result<(), Error>)> = py.detach(|| {
+            (spreads.into_iter())
+                .map(|(i, staged, n, pieces)| (i, scatter(staged, n, pieces, copier.as_deref())))
+                .collect()
         });
+        for (i, outcome) in spread {
+            if let Err(e) = outcome {
+                results[i] = Some(Err(about(keys[i], e)));
+            }
+        }
         Ok(regions
             .into_iter()
             .zip(results)
@@ -211,35 +263,50 @@ impl Client {
         &self,
         py: Python<'_>,
         keys: &[&[u8]],
-        regions: Vec<Result<Region, PyErr>>,
+        mut regions: Vec<Result<Region, PyErr>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
+        self.route_device_ranges(py, client, &mut regions);
         let mut results: Vec<Option<Result<(), Error>>> = vec![None; keys.len()];
         let mut host: Vec<(usize, &[u8], &[u8])> = Vec::new();
-        let mut pieces: Vec<(usize, &[(usize, usize)])> = Vec::new();
+        let mut pieces: Vec<(usize, &[Piece])> = Vec::new();
         let mut device = Vec::new();
         for (i, region) in regions.iter().enumerate() {
             match region {
                 Err(_) => {}
                 Ok(Region::Pieces(p)) => pieces.push((i, p.as_slice())),
-                Ok(Region::Device { id, offset, len }) => device.push((i, *id, *offset, *len)),
+                Ok(Region::Device {
+                    id, offset, len, ..
+                }) => device.push((i, *id, *offset, *len)),
                 Ok(other) => host.push((i, keys[i], other.source().expect("a host region"))),
             }
         }
+        let needs_device = pieces.iter().any(|(_, p)| any_device(p));
         let (stored, device) = wait(py, &self.runtime, async {
             // Pieces are gathered into one value each (one copy), then stored with the rest.
-            let gathered: Vec<(usize, Vec<u8>)> =
-                pieces.iter().map(|&(i, p)| (i, gather(p))).collect();
+            let copier = match needs_device {
+                true => self.copier(client).await,
+                false => None,
+            };
+            let mut gathered = Vec::with_capacity(pieces.len());
+            let mut failed = Vec::new();
+            for &(i, p) in &pieces {
+                match gather(p, copier.as_deref()) {
+                    Ok(value) => gathered.push((i, value)),
+                    Err(e) => failed.push((i, Err(e))),
+                }
+            }
             let mut index: Vec<usize> = host.iter().map(|h| h.0).collect();
             let mut items: Vec<(&[u8], &[u8])> = host.iter().map(|h| (h.1, h.2)).collect();
             for (i, value) in &gathered {
                 index.push(*i);
                 items.push((keys[*i], value));
             }
-            let stored: Vec<_> = index
+            let mut stored: Vec<_> = index
                 .into_iter()
                 .zip(client.batch_put_from(&items).await)
                 .collect();
+            stored.extend(failed);
             let mut done = Vec::with_capacity(device.len());
             for &(i, id, offset, len) in &device {
                 done.push((i, client.put_from_buffer(keys[i], id, offset, len).await));
@@ -330,7 +397,7 @@ async fn load_device(
 impl Client {
     /// Connects to a strata server. See `strata.Client` in `strata/_native.pyi`.
     #[new]
-    #[pyo3(signature = (address=None, *, token=None, token_file=None, ca=None, server_name=None, transport=None, timeout=None, connect_timeout=None))]
+    #[pyo3(signature = (address=None, *, token=None, token_file=None, ca=None, server_name=None, transport=None, timeout=None, connect_timeout=None, device=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -342,7 +409,12 @@ impl Client {
         transport: Option<String>,
         timeout: Option<f64>,
         connect_timeout: Option<f64>,
+        device: Option<String>,
     ) -> PyResult<Client> {
+        let own_device = match device.or_else(|| env("STRATA_DEVICE")) {
+            Some(spec) => Some(crate::device::open(&spec).or_raise(py)?),
+            None => None,
+        };
         let config = config(
             address,
             token,
@@ -363,6 +435,7 @@ impl Client {
             pid: std::process::id(),
             closed: AtomicBool::new(false),
             address,
+            own_device,
         })
     }
 

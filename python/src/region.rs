@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PyTuple};
 use strata_client::{BufferId, Client, MemoryKind};
+use strata_device::{CopyKind, Device};
 use strata_proto::Error;
 
 use crate::errors::invalid;
@@ -128,20 +129,30 @@ impl Drop for Exported {
     }
 }
 
+/// One piece of a value spread over registered memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Piece {
+    pub addr: usize,
+    pub len: usize,
+    /// In registered device memory (copied by the device module), else host memory.
+    pub device: bool,
+}
+
 /// One key's bytes, as the caller named them.
 pub enum Region {
     /// An object with the buffer protocol (the first `len` bytes of it).
     Object { export: Exported, len: usize },
     /// `len` bytes at `addr`, inside a registered host buffer.
     Host { addr: usize, len: usize },
-    /// `len` bytes at `offset` of registered device buffer `id`.
+    /// `len` bytes at `addr`, `offset` bytes into registered device buffer `id`.
     Device {
         id: BufferId,
+        addr: usize,
         offset: usize,
         len: usize,
     },
-    /// Pieces `(addr, len)` in order, each inside a registered host buffer.
-    Pieces(Vec<(usize, usize)>),
+    /// Pieces in order, each inside a registered buffer.
+    Pieces(Vec<Piece>),
 }
 
 impl Region {
@@ -170,16 +181,9 @@ impl Region {
             let pieces = pieces(obj).map_err(raise)?;
             let mut kept = Vec::with_capacity(pieces.len());
             for (addr, len) in pieces {
-                match Region::registered(client, addr, len).map_err(raise)? {
-                    Region::Host { addr, len } => kept.push((addr, len)),
-                    _ => {
-                        return Err(raise(invalid(format!(
-                            "piece {addr:#x}+{len} is device memory: a value in pieces of \
-                             device memory is not supported; register host memory, or \
-                             pass the device range as one (address, size)"
-                        ))))
-                    }
-                }
+                let region = Region::registered(client, addr, len).map_err(raise)?;
+                let device = !matches!(region, Region::Host { .. });
+                kept.push(Piece { addr, len, device });
             }
             return Ok(Region::Pieces(kept));
         }
@@ -224,7 +228,12 @@ impl Region {
         let (id, offset, kind) = client.registered_containing(addr, len)?;
         Ok(match kind {
             MemoryKind::Host => Region::Host { addr, len },
-            MemoryKind::Device => Region::Device { id, offset, len },
+            MemoryKind::Device => Region::Device {
+                id,
+                addr,
+                offset,
+                len,
+            },
         })
     }
 
@@ -234,7 +243,10 @@ impl Region {
             Region::Object { export, len } => vec![(export.addr(), export.addr() + len)],
             Region::Host { addr, len } => vec![(*addr, addr + len)],
             Region::Device { .. } => Vec::new(),
-            Region::Pieces(pieces) => pieces.iter().map(|&(a, n)| (a, a + n)).collect(),
+            Region::Pieces(pieces) => (pieces.iter())
+                .filter(|p| !p.device)
+                .map(|p| (p.addr, p.addr + p.len))
+                .collect(),
         }
     }
 
@@ -279,29 +291,91 @@ fn pieces(obj: &Bound<'_, PyAny>) -> Result<Vec<(usize, usize)>, Error> {
         .collect()
 }
 
-/// Gathers host `pieces` into one buffer, in order.
-pub fn gather(pieces: &[(usize, usize)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pieces.iter().map(|p| p.1).sum());
-    for &(addr, len) in pieces {
-        // SAFETY: each piece lies inside a registered host buffer (checked at parse).
-        out.extend_from_slice(unsafe { host_slice(addr, len) });
-    }
-    out
+/// Whether any piece is device memory (the copies then need a device module).
+pub fn any_device(pieces: &[Piece]) -> bool {
+    pieces.iter().any(|p| p.device)
 }
 
-/// Scatters the first `n` bytes of `staged` over host `pieces`, in order.
-pub fn scatter(staged: &[u8], n: usize, pieces: &[(usize, usize)]) {
+/// Gathers `pieces` into one buffer, in order: host pieces by memcpy, device pieces by
+/// the device module's device-to-host copy.
+pub fn gather(pieces: &[Piece], device: Option<&dyn Device>) -> Result<Vec<u8>, Error> {
+    let mut out = vec![0u8; pieces.iter().map(|p| p.len).sum()];
+    let mut at = 0;
+    for piece in pieces {
+        let dst = &mut out[at..at + piece.len];
+        if piece.device {
+            let device = device.ok_or_else(no_device)?;
+            // SAFETY: the piece lies inside registered device memory of this module's
+            // device (the registration's promise); `dst` is a live host slice of its length.
+            unsafe {
+                device.copy_raw(
+                    dst.as_mut_ptr() as u64,
+                    piece.addr as u64,
+                    piece.len as u64,
+                    CopyKind::DeviceToHost,
+                )
+            }
+            .map_err(|e| device_failed(piece, e))?;
+        } else {
+            // SAFETY: each host piece lies inside a registered host buffer (checked at parse).
+            dst.copy_from_slice(unsafe { host_slice(piece.addr, piece.len) });
+        }
+        at += piece.len;
+    }
+    Ok(out)
+}
+
+/// Scatters the first `n` bytes of `staged` over `pieces`, in order.
+pub fn scatter(
+    staged: &[u8],
+    n: usize,
+    pieces: &[Piece],
+    device: Option<&dyn Device>,
+) -> Result<(), Error> {
     let mut rest = &staged[..n.min(staged.len())];
-    for &(addr, len) in pieces {
-        let take = len.min(rest.len());
+    for piece in pieces {
+        let take = piece.len.min(rest.len());
         if take == 0 {
             break;
         }
-        // SAFETY: each piece lies inside a registered host buffer (checked at parse) and
-        // the batch refused destinations overlapping it.
-        unsafe { host_slice_mut(addr, take) }.copy_from_slice(&rest[..take]);
+        if piece.device {
+            let device = device.ok_or_else(no_device)?;
+            // SAFETY: the piece lies inside registered device memory of this module's
+            // device; the source is a live host slice of `take` bytes.
+            unsafe {
+                device.copy_raw(
+                    piece.addr as u64,
+                    rest.as_ptr() as u64,
+                    take as u64,
+                    CopyKind::HostToDevice,
+                )
+            }
+            .map_err(|e| device_failed(piece, e))?;
+        } else {
+            // SAFETY: each host piece lies inside a registered host buffer (checked at
+            // parse) and the batch refused destinations overlapping it.
+            unsafe { host_slice_mut(piece.addr, take) }.copy_from_slice(&rest[..take]);
+        }
         rest = &rest[take..];
     }
+    Ok(())
+}
+
+fn no_device() -> Error {
+    invalid(
+        "pieces in device memory need a device module: a server with a device tier on this \
+         host, or Client(device=\"backend:index\")",
+    )
+}
+
+fn device_failed(piece: &Piece, e: strata_device::DeviceError) -> Error {
+    Error::new(
+        strata_proto::ErrorCode::InvalidArgument,
+        format!(
+            "copying the device piece {:#x}+{}: {e}",
+            piece.addr, piece.len
+        ),
+    )
 }
 
 /// # Safety
@@ -393,4 +467,19 @@ pub fn check_mapped(addr: usize, len: usize) -> Result<(), Error> {
         "{len} bytes at {addr:#x} are not all mapped writable in this process \
          (first unmapped byte at {covered:#x})"
     )))
+}
+
+/// Device ranges as one-piece pieces: how a client whose server has no device tier on this
+/// host moves them, staged through host memory by its own device module.
+pub fn device_ranges_as_pieces(regions: &mut [Result<Region, PyErr>]) {
+    for region in regions.iter_mut() {
+        if let Ok(Region::Device { addr, len, .. }) = region {
+            let piece = Piece {
+                addr: *addr,
+                len: *len,
+                device: true,
+            };
+            *region = Ok(Region::Pieces(vec![piece]));
+        }
+    }
 }

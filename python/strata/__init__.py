@@ -13,7 +13,7 @@ does. ``strata.mooncake.MooncakeDistributedStore`` runs code written for Mooncak
 Errors: ``strata.Error`` and its subclasses (``strata.errors``). Guide: docs/python.md.
 """
 
-from ._native import DEFAULT_SERVER, BlockHasher, Client, KeyFormatter, __version__
+from ._native import DEFAULT_SERVER, BlockHasher, Client, DeviceMemory, KeyFormatter, __version__
 from .aio import AsyncClient
 from .errors import (
     AlreadyExists,
@@ -40,6 +40,7 @@ __all__ = [
     "AsyncClient",
     "BlockHasher",
     "Client",
+    "DeviceMemory",
     "KeyFormatter",
     "__version__",
     "AlreadyExists",

@@ -28,7 +28,10 @@ class Client:
 
     ``transport``: ``"auto"`` (shared memory with a server on this host, else the TCP data
     plane, else QUIC), ``"shm"``, ``"tcp"`` or ``"quic"``. ``timeout`` bounds every call
-    (seconds); ``connect_timeout`` bounds connecting (default: ``timeout``).
+    (seconds); ``connect_timeout`` bounds connecting (default: ``timeout``). ``device``
+    (``STRATA_DEVICE``) names a device module, ``backend[:index]`` (``ascend:0``,
+    ``cuda:1``, ``host-sim``), that copies pieces of registered device memory when the
+    server has no device tier on this host.
 
     Raises ``strata.ConnectionError`` (no server), ``strata.Timeout``,
     ``strata.Unauthorized`` (wrong or missing token), ``strata.InvalidArgument`` (a bad
@@ -46,6 +49,7 @@ class Client:
         transport: Optional[str] = None,
         timeout: Optional[float] = None,
         connect_timeout: Optional[float] = None,
+        device: Optional[str] = None,
     ) -> None: ...
     @property
     def address(self) -> str:
@@ -95,7 +99,8 @@ class Client:
         """Registers ``[address, address + size)`` so the calls accept raw addresses in it
         (a torch tensor's ``data_ptr()``). Host memory must be mapped writable in this
         process (checked); ``device=True`` names memory of the server's device tier's
-        device. The memory must stay valid while registered."""
+        device (or of ``Client(device=...)``'s). The memory must stay valid while
+        registered."""
     def unregister_buffer(self, address: int) -> None:
         """Forgets the buffer registered at ``address`` (``strata.NotFound`` if none)."""
     def stats(self) -> Dict[str, Any]:
@@ -140,3 +145,19 @@ class KeyFormatter:
         """The key of rank ``rank``'s part of the block hashed to ``hash``."""
     def group(self, ranks: int, hash: int) -> List[str]:
         """The keys of all ``ranks`` ranks of one block: one ``prefix_len`` group."""
+
+class DeviceMemory:
+    """Memory of a device module, freed with this object: what an engine's KV cache is on
+    a GPU or NPU, allocated here (on ``host-sim`` for tests, or as a staging area)."""
+
+    def __init__(self, size: int, device: str = "host-sim") -> None: ...
+    @property
+    def address(self) -> int:
+        """The device address of the first byte."""
+    @property
+    def size(self) -> int:
+        """Bytes allocated."""
+    def write(self, offset: int, data: Buffer) -> None:
+        """Copies ``data`` to ``offset`` (host to device)."""
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes from ``offset`` (device to host)."""

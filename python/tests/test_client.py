@@ -334,11 +334,63 @@ def test_memory_wrongly_registered_as_device_memory_is_refused_by_the_device_mod
     try:
         with pytest.raises(strata.Error, match="not inside an allocation"):
             client.put_from(prefix + "dev", base, 64 * 1024)
+        with pytest.raises(strata.Error, match="not inside an allocation"):
+            client.put_from(prefix + "dev", [(base, 100), (base + 200, 200)])
         assert not client.exists(prefix + "dev")
-        # Pieces of device memory are refused with a reason before anything moves.
-        client.put(prefix + "host", b"h" * 300)
-        with pytest.raises(strata.InvalidArgument, match="device memory"):
-            client.get_into(prefix + "host", [(base, 100), (base + 200, 200)])
-        assert client.get(prefix + "host") == b"h" * 300
     finally:
         client.unregister_buffer(base)
+
+
+def test_device_memory_single_ranges_and_pieces(client, prefix):
+    # Memory of the host-sim device module, allocated here as an engine allocates HBM.
+    mem = strata.DeviceMemory(1 << 20)
+    base = mem.address
+    client.register_buffer(base, mem.size, device=True)
+    try:
+        v = value(64 * 1024, 21)
+        mem.write(0, v)
+        before = client.transport_stats()
+        client.put_from(prefix + "one", base, len(v))
+        assert client.get(prefix + "one") == v
+        assert client.get_into(prefix + "one", base + 512 * 1024, len(v)) == len(v)
+        assert mem.read(512 * 1024, len(v)) == v
+        with pytest.raises(strata.InvalidArgument, match="does not fit"):
+            client.get_into(prefix + "one", base, len(v) - 1)
+        # A value in pieces of device memory (a block's K and V slices across layers).
+        pieces = [(base + 4096 * i, 1000) for i in range(0, 16, 2)]
+        w = value(8000, 22)
+        for i, (addr, n) in enumerate(pieces):
+            mem.write(addr - base, w[i * 1000:(i + 1) * 1000])
+        assert client.batch_put_from([prefix + "pieces"], [pieces]) == [None]
+        assert client.get(prefix + "pieces") == w
+        out = [(base + 700 * 1024 + 3000 * i, 1000) for i in range(8)]
+        assert client.batch_get_into([prefix + "pieces"], [out]) == [8000]
+        assert b"".join(mem.read(a - base, n) for a, n in out) == w
+        after = client.transport_stats()
+        assert after["device_puts"] >= before["device_puts"] + 1
+        assert after["device_gets"] >= before["device_gets"] + 1
+    finally:
+        client.unregister_buffer(base)
+
+
+def test_device_pieces_without_a_device_tier_use_the_module_the_client_names(start_server, prefix):
+    s = start_server(["--device-plugin", "off"])
+    mem = strata.DeviceMemory(1 << 16)
+    with s.client() as plain:
+        plain.register_buffer(mem.address, mem.size, device=True)
+        with pytest.raises(strata.InvalidArgument, match="device module"):
+            plain.put_from(prefix + "x", [(mem.address, 10), (mem.address + 100, 10)])
+    with s.client(device="host-sim:0") as c:
+        c.register_buffer(mem.address, mem.size, device=True)
+        mem.write(0, b"a" * 10)
+        mem.write(100, b"b" * 10)
+        c.put_from(prefix + "x", [(mem.address, 10), (mem.address + 100, 10)])
+        assert c.get(prefix + "x") == b"a" * 10 + b"b" * 10
+        assert c.get_into(prefix + "x", [(mem.address + 200, 5), (mem.address + 300, 15)]) == 20
+        assert mem.read(200, 5) + mem.read(300, 15) == b"a" * 10 + b"b" * 10
+        # A single device range too, staged by the same module.
+        c.put_from(prefix + "y", mem.address, 10)
+        assert c.get_into(prefix + "y", mem.address + 400, 10) == 10
+        assert mem.read(400, 10) == b"a" * 10
+    with pytest.raises(strata.ConnectionError, match="device pigeon"):
+        s.client(device="pigeon")
