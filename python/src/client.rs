@@ -552,7 +552,7 @@ impl Client {
             .or_raise(py)
     }
 
-    /// Per key whether it is stored (or the exception), in one round trip per 1024 keys.
+    /// Per key whether it is stored (or the exception), in one round trip per 65,536 keys.
     fn batch_exists(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
         let client = self.live(py)?;
         let owned = Keys::many(keys).or_raise(py)?;
@@ -616,6 +616,29 @@ impl Client {
         .map_err(|e| about(key, e))
         .or_raise(py)?;
         Ok(lease.location.len)
+    }
+
+    /// Leases each key as a load would (the server keeps it in place until the lease
+    /// ends); per key the value's size, or the exception.
+    fn batch_lease(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<Py<PyAny>>> {
+        let client = self.live(py)?;
+        let owned = Keys::many(keys).or_raise(py)?;
+        let keys = owned.slices();
+        let leases = wait(py, &self.runtime, client.get_locations(&keys));
+        Ok(leases
+            .into_iter()
+            .zip(&keys)
+            .map(|(lease, key)| match lease.map_err(|e| about(key, e)) {
+                Ok(lease) => lease
+                    .location
+                    .len
+                    .into_pyobject(py)
+                    .expect("an int")
+                    .into_any()
+                    .unbind(),
+                Err(e) => exception_object(py, &e),
+            })
+            .collect())
     }
 
     /// Removes `key`; a leased object only with `force`.

@@ -82,13 +82,16 @@ class Client:
     def exists(self, key: Key) -> bool:
         """Whether ``key`` is stored (complete). Takes no lease."""
     def batch_exists(self, keys: Sequence[Key]) -> List[Union[bool, Error]]:
-        """Per key whether it is stored, in one round trip per 1024 keys."""
+        """Per key whether it is stored, in one round trip per 65,536 keys."""
     def prefix_len(self, groups: Sequence[Sequence[Key]], lease: bool = False) -> int:
         """The number of leading groups whose keys are all stored; a group is every
         tensor-parallel rank's key of one block. With ``lease``, the matched objects are
         leased so the loads that follow cannot miss."""
     def size(self, key: Key) -> int:
         """The length of the value of ``key`` (takes a read lease, as a load would)."""
+    def batch_lease(self, keys: Sequence[Key]) -> List[Union[int, Error]]:
+        """Leases each key as a load would: the server keeps it in place until the lease
+        ends (its ``--default-kv-lease-ttl``). Per key the value's size, or the exception."""
     def remove(self, key: Key, force: bool = False) -> None:
         """Removes ``key``. A leased object raises ``strata.Leased`` unless ``force``."""
     def batch_remove(self, keys: Sequence[Key], force: bool = False) -> List[Optional[Error]]:
