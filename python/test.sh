@@ -12,7 +12,9 @@ if [ ! -x "$venv/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-  'maturin>=1.7,<2' 'pytest>=7' pytest-timeout numpy
+  'maturin>=1.7,<2' 'pytest>=7' pytest-timeout numpy ruff
+# Python's own compiler checks: undefined names, unused imports, syntax.
+"$venv/bin/ruff" check -q --select F,E9 python/
 cargo build -q -p strata-server --bin strata-server -p strata-bench --bin strata-bench
 # The wheel a user's `pip install ./python` builds, in the test profile (the workspace's
 # dependencies are already built so), installed as a user installs it.
