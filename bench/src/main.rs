@@ -190,6 +190,21 @@ enum Workload {
         /// Prefix of the keys (python/bench/compare.py passes its own).
         #[arg(long, default_value = "bench-")]
         key_prefix: String,
+        /// Values in each batch load.
+        #[arg(long, default_value_t = 16)]
+        values: usize,
+        /// Bytes of each value.
+        #[arg(long, default_value_t = 4 << 20)]
+        value_size: usize,
+        /// Keys in each lookup.
+        #[arg(long, default_value_t = 1024)]
+        lookup_keys: usize,
+        /// Keys of one position in prefix_len (the TP ranks, or a page's K and V).
+        #[arg(long, default_value_t = 8)]
+        ranks: usize,
+        /// prefix_len takes leases, as a lookup before a load does.
+        #[arg(long)]
+        lease: bool,
     },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
@@ -290,6 +305,11 @@ fn main() {
             transport,
             seconds,
             key_prefix,
+            values,
+            value_size,
+            lookup_keys,
+            ranks,
+            lease,
         } => {
             let transport = transport.parse().unwrap_or_else(|e: String| {
                 eprintln!("strata-bench client: {e}");
@@ -300,10 +320,11 @@ fn main() {
                 ca,
                 transport,
                 seconds: seconds.unwrap_or(if cli.quick { 0.2 } else { 2.0 }),
-                values: 16,
-                value_size: 4 << 20,
-                lookup_keys: 1024,
-                ranks: 8,
+                values: values.max(1),
+                value_size: value_size.max(1),
+                lookup_keys: lookup_keys.max(1),
+                ranks: ranks.max(1),
+                lease,
                 key_prefix,
             };
             client_ops::run(&params, &mut report);

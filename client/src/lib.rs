@@ -29,7 +29,7 @@
 //! memory, the TCP data plane; `transport::reader` is what the three same-host readers
 //! share), `direct` and `tcp` (the operations over a same-host or TCP route), `stats`
 //! ([`TransportStats`]), `buffers` and `registered` (registered memory and the copies into
-//! and out of it). Errors are [`Error`]s carrying the server's
+//! and out of it), `pieces` (loads spread over pieces of host or device memory). Errors are [`Error`]s carrying the server's
 //! stable [`ErrorCode`] and message.
 #![deny(missing_docs)]
 
@@ -41,6 +41,7 @@ mod config;
 mod connection;
 mod direct;
 mod hash;
+mod pieces;
 mod registered;
 mod segment;
 mod stats;
@@ -53,6 +54,7 @@ pub use client::{Client, PrefixMatch, Reservation, ServerStats};
 pub use config::{default_cert_path, ClientConfig, Transport, DEFAULT_SERVER};
 pub use connection::ServerInfo;
 pub use hash::{BlockHash, BlockHasher, KeyFormatter};
+pub use pieces::Piece;
 pub use segment::MountedSegment;
 pub use stats::TransportStats;
 pub use strata_device as device;

@@ -45,12 +45,12 @@ def value(i: int) -> np.ndarray:
     return (((i * 31) ^ (j * 7)) & 0xFF).astype(np.uint8)
 
 
-def start_server(binary: Path, data_dir: str):
+def start_server(binary: Path, data_dir: str, extra=()):
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     env["STRATA_LOG"] = "warn"
     process = subprocess.Popen(
         [str(binary), "--host", "127.0.0.1", "--port", "0", "--metrics-addr", "off",
-         "--data-port", "0", "--data-dir", data_dir, "--dram-capacity", "1GiB"],
+         "--data-port", "0", "--data-dir", data_dir, "--dram-capacity", "1GiB", *extra],
         stdout=subprocess.PIPE, text=True, env=env,
     )
     address = cert = None
@@ -129,10 +129,10 @@ def python_round(client, phase, pool, load_keys, lookup_keys, seconds):
     return records
 
 
-def rust_round(bench_bin, address, cert, transport, seconds, prefix):
+def rust_round(bench_bin, address, cert, transport, seconds, prefix, extra=()):
     out = subprocess.run(
         [str(bench_bin), "--json", "-", "client", "--server", address, "--ca", cert,
-         "--transport", transport, "--seconds", str(seconds), "--key-prefix", prefix],
+         "--transport", transport, "--seconds", str(seconds), "--key-prefix", prefix, *extra],
         check=True, capture_output=True, text=True,
     ).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

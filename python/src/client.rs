@@ -20,7 +20,7 @@ use tokio::runtime::Runtime;
 use crate::errors::{exception_object, invalid, IntoPy};
 use crate::keys::{about, shown, Keys};
 use crate::region::{
-    any_device, device_ranges_as_pieces, gather, overlapping, scatter, Piece, Region,
+    any_device, device_ranges_as_pieces, gather, overlapping, Piece, Region,
 };
 use crate::runtime::{self, wait};
 
@@ -174,19 +174,15 @@ impl Client {
         let needs_device = regions
             .iter()
             .any(|r| matches!(r, Ok(Region::Pieces(p)) if any_device(p)));
-        let mut staging: Vec<Vec<u8>> = regions
-            .iter()
-            .map(|r| match r {
-                Ok(Region::Pieces(pieces)) => vec![0u8; pieces.iter().map(|p| p.len).sum()],
-                _ => Vec::new(),
-            })
-            .collect();
         let mut results: Vec<Option<Result<usize, Error>>> = vec![None; keys.len()];
         let mut host_keys: Vec<&[u8]> = Vec::new();
         let mut host_bufs: Vec<&mut [u8]> = Vec::new();
         let mut host_index: Vec<usize> = Vec::new();
         let mut device = Vec::new();
-        for (i, (region, stage)) in regions.iter_mut().zip(staging.iter_mut()).enumerate() {
+        let mut spread_keys: Vec<&[u8]> = Vec::new();
+        let mut spread_pieces: Vec<Vec<strata_client::Piece>> = Vec::new();
+        let mut spread_index: Vec<usize> = Vec::new();
+        for (i, region) in regions.iter_mut().enumerate() {
             let Ok(region) = region else { continue };
             if refused[i] {
                 results[i] = Some(Err(invalid(format!(
@@ -196,7 +192,12 @@ impl Client {
                 continue;
             }
             let buf = match region {
-                Region::Pieces(_) => stage.as_mut_slice(),
+                Region::Pieces(pieces) => {
+                    spread_keys.push(keys[i]);
+                    spread_pieces.push(pieces.iter().map(Piece::for_client).collect());
+                    spread_index.push(i);
+                    continue;
+                }
                 Region::Device {
                     id, offset, len, ..
                 } => {
@@ -209,7 +210,7 @@ impl Client {
             host_bufs.push(buf);
             host_index.push(i);
         }
-        let (host, device, copier) = wait(py, &self.runtime, async {
+        let (host, device, spread) = wait(py, &self.runtime, async {
             let host = client.batch_get_into(&host_keys, &mut host_bufs).await;
             let mut loaded = Vec::with_capacity(device.len());
             for &(i, id, offset, len) in &device {
@@ -219,29 +220,21 @@ impl Client {
                 true => self.copier(client).await,
                 false => None,
             };
-            (host, loaded, copier)
+            // SAFETY: every piece lies inside a registered buffer of its kind (checked at
+            // parse), which the registration promises is valid while registered; host
+            // pieces overlapping another destination were refused above.
+            let spread = unsafe {
+                client
+                    .batch_get_into_pieces(&spread_keys, &spread_pieces, copier)
+                    .await
+            };
+            (host, loaded, spread)
         });
-        for (i, result) in host_index.into_iter().zip(host).chain(device) {
+        let answered = (host_index.into_iter().zip(host))
+            .chain(device)
+            .chain(spread_index.into_iter().zip(spread));
+        for (i, result) in answered {
             results[i] = Some(result.map_err(|e| about(keys[i], e)));
-        }
-        // The pieces' values arrived staged: spread them over their pieces.
-        let spreads: Vec<_> = (regions.iter().enumerate())
-            .filter_map(|(i, region)| match (region, &results[i]) {
-                (Ok(Region::Pieces(pieces)), Some(Ok(n))) => {
-                    Some((i, &staging[i][..], *n, &pieces[..]))
-                }
-                _ => None,
-            })
-            .collect();
-        let spread: Vec<(usize, Result<(), Error>)> = py.detach(|| {
-            (spreads.into_iter())
-                .map(|(i, staged, n, pieces)| (i, scatter(staged, n, pieces, copier.as_deref())))
-                .collect()
-        });
-        for (i, outcome) in spread {
-            if let Err(e) = outcome {
-                results[i] = Some(Err(about(keys[i], e)));
-            }
         }
         Ok(regions
             .into_iter()

@@ -138,6 +138,21 @@ pub struct Piece {
     pub device: bool,
 }
 
+impl Piece {
+    /// The piece as the client's loads name it.
+    pub fn for_client(&self) -> strata_client::Piece {
+        strata_client::Piece {
+            addr: self.addr,
+            len: self.len,
+            kind: if self.device {
+                MemoryKind::Device
+            } else {
+                MemoryKind::Host
+            },
+        }
+    }
+}
+
 /// One key's bytes, as the caller named them.
 pub enum Region {
     /// An object with the buffer protocol (the first `len` bytes of it).
@@ -237,15 +252,14 @@ impl Region {
         })
     }
 
-    /// The host byte ranges a write into this region touches, as (start, end).
-    pub fn host_ranges(&self) -> Vec<(usize, usize)> {
+    /// The byte ranges a write into this region touches, as (device memory, start, end).
+    pub fn ranges(&self) -> Vec<(bool, usize, usize)> {
         match self {
-            Region::Object { export, len } => vec![(export.addr(), export.addr() + len)],
-            Region::Host { addr, len } => vec![(*addr, addr + len)],
-            Region::Device { .. } => Vec::new(),
+            Region::Object { export, len } => vec![(false, export.addr(), export.addr() + len)],
+            Region::Host { addr, len } => vec![(false, *addr, addr + len)],
+            Region::Device { addr, len, .. } => vec![(true, *addr, addr + len)],
             Region::Pieces(pieces) => (pieces.iter())
-                .filter(|p| !p.device)
-                .map(|p| (p.addr, p.addr + p.len))
+                .map(|p| (p.device, p.addr, p.addr + p.len))
                 .collect(),
         }
     }
@@ -325,42 +339,6 @@ pub fn gather(pieces: &[Piece], device: Option<&dyn Device>) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-/// Scatters the first `n` bytes of `staged` over `pieces`, in order.
-pub fn scatter(
-    staged: &[u8],
-    n: usize,
-    pieces: &[Piece],
-    device: Option<&dyn Device>,
-) -> Result<(), Error> {
-    let mut rest = &staged[..n.min(staged.len())];
-    for piece in pieces {
-        let take = piece.len.min(rest.len());
-        if take == 0 {
-            break;
-        }
-        if piece.device {
-            let device = device.ok_or_else(no_device)?;
-            // SAFETY: the piece lies inside registered device memory of this module's
-            // device; the source is a live host slice of `take` bytes.
-            unsafe {
-                device.copy_raw(
-                    piece.addr as u64,
-                    rest.as_ptr() as u64,
-                    take as u64,
-                    CopyKind::HostToDevice,
-                )
-            }
-            .map_err(|e| device_failed(piece, e))?;
-        } else {
-            // SAFETY: each host piece lies inside a registered host buffer (checked at
-            // parse) and the batch refused destinations overlapping it.
-            unsafe { host_slice_mut(piece.addr, take) }.copy_from_slice(&rest[..take]);
-        }
-        rest = &rest[take..];
-    }
-    Ok(())
-}
-
 fn no_device() -> Error {
     invalid(
         "pieces in device memory need a device module: a server with a device tier on this \
@@ -399,27 +377,29 @@ unsafe fn host_slice_mut<'a>(addr: usize, len: usize) -> &'a mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }
 
-/// For each region, whether one of its host ranges overlaps one of an earlier region's:
-/// the copies of a batch run side by side, so such a destination is refused, not raced.
+/// For each region, whether one of its ranges overlaps one of another region's (host and
+/// device memory apart): the copies of a batch run side by side, so the later such
+/// destination is refused, not raced.
 pub fn overlapping(regions: &[Option<&Region>]) -> Vec<bool> {
-    let mut ranges: Vec<(usize, usize, usize)> = Vec::new();
+    let mut ranges: Vec<(bool, usize, usize, usize)> = Vec::new();
     for (i, region) in regions.iter().enumerate() {
         if let Some(r) = region {
-            ranges.extend(r.host_ranges().into_iter().map(|(s, e)| (s, e, i)));
+            ranges.extend(r.ranges().into_iter().map(|(d, s, e)| (d, s, e, i)));
         }
     }
-    ranges.retain(|&(s, e, _)| e > s);
+    ranges.retain(|&(_, s, e, _)| e > s);
     ranges.sort_unstable();
     let mut out = vec![false; regions.len()];
-    let mut reach: Option<(usize, usize)> = None; // (end, owner) of the furthest range so far
-    for (start, end, i) in ranges {
-        if let Some((far, owner)) = reach {
-            if start < far && owner != i {
+    // (memory, end, owner) of the furthest range so far
+    let mut reach: Option<(bool, usize, usize)> = None;
+    for (device, start, end, i) in ranges {
+        if let Some((memory, far, owner)) = reach {
+            if memory == device && start < far && owner != i {
                 out[i.max(owner)] = true;
             }
         }
-        if reach.is_none_or(|(far, _)| end > far) {
-            reach = Some((end, i));
+        if reach.is_none_or(|(memory, far, _)| memory != device || end > far) {
+            reach = Some((device, end, i));
         }
     }
     out

@@ -145,11 +145,18 @@ def test_leases_and_the_exact_exists(env, prefix):
     assert worker.exists(keys) == [1, 1]
 
 
-def test_block_of_strips_only_the_rank():
-    a = key("", 0, "ab" * 16)
-    b = key("", 3, "ab" * 16)
-    c = key("", 0, "cd" * 16)
-    assert vllm_ascend.block_of(a) == vllm_ascend.block_of(b) != vllm_ascend.block_of(c)
+def test_keys_not_grouped_by_block_are_answered_key_by_key(env, prefix):
+    worker = StrataBackend(None)
+    cache = RankCache(blocks=2)
+    worker.register_buffer(*cache.ptrs_lengths())
+    stored = [key(prefix, 0, "a" * 32), key(prefix, 1, "b" * 32)]
+    for k, b in zip(stored, range(2)):
+        addrs, sizes = cache.block(b)
+        worker.put([k], [addrs], [sizes])
+    # Rank-major order: block a, block b, block a again: no prefix to take.
+    query = [key(prefix, 0, "a" * 32), key(prefix, 0, "b" * 32), key(prefix, 1, "a" * 32),
+             key(prefix, 1, "b" * 32)]
+    assert worker.batch_is_exist(query) == [1, 0, 0, 1]
 
 
 def test_without_a_server_the_backend_fails_at_start(monkeypatch, server):

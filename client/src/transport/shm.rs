@@ -223,6 +223,13 @@ impl SharedSegments {
         Some(map.as_mut_ptr().wrapping_add(location.offset as usize))
     }
 
+    /// Where the value at `location` starts in this process, when it lies wholly inside a
+    /// mapped segment: for callers that copy it out themselves (into device memory) under
+    /// a lease they check before and after, as [`read_leased`] does.
+    pub fn source(&self, location: &Location) -> Option<*const u8> {
+        self.span(location).map(|p| p as *const u8)
+    }
+
     fn outside(location: &Location) -> Error {
         let msg = format!("location {location:?} is outside the mapped segments");
         Error::new(ErrorCode::Protocol, msg)

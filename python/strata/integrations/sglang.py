@@ -101,6 +101,7 @@ class StrataHiCacheStorage(_Base):
             tag.append(model.replace("/", "-"))
         self.prefix = "".join(f"{t}/" for t in tag)
         self.lease = bool(extra.get("lease", True))
+        self.suffixes = self._suffixes()
         options = {k: extra[k] for k in ("token", "token_file", "ca", "transport") if extra.get(k)}
         if extra.get("timeout") is not None:
             options["timeout"] = float(extra["timeout"])
@@ -112,16 +113,19 @@ class StrataHiCacheStorage(_Base):
 
     # -- keys ------------------------------------------------------------------------
 
-    def _objects(self, page_key: str) -> List[str]:
-        """The strata keys of one page, in the order get_page_buffer_meta lists its
-        pointers."""
-        base = f"{self.prefix}{page_key}"
-        if self.is_mla:
-            stage = f"@pp_rank:{self.pp_rank}" if self.pp_size > 1 else ""
-            return [f"{base}@mla{stage}@k"]
+    def _suffixes(self) -> List[str]:
+        """What follows a page's key in the strata keys of its objects, in the order
+        get_page_buffer_meta lists their pointers."""
         stage = f"@pp_rank:{self.pp_rank}" if self.pp_size > 1 else ""
-        rank = f"{base}@tp_rank:{self.tp_rank}{stage}"
+        if self.is_mla:
+            return [f"@mla{stage}@k"]
+        rank = f"@tp_rank:{self.tp_rank}{stage}"
         return [f"{rank}@k", f"{rank}@v"]
+
+    def _objects(self, page_key: str) -> List[str]:
+        """The strata keys of one page's objects."""
+        base = self.prefix + page_key
+        return [base + s for s in self.suffixes]
 
     # -- memory ----------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Any, List, Optional
 
 from .. import errors
@@ -53,15 +52,6 @@ except ImportError:  # Without vllm-ascend: the same contract, so it can be test
 
         def batch_is_exist(self, keys: List[str]) -> List[int]:
             return self.exists(keys)  # type: ignore[attr-defined]
-
-
-#: The parts of a vllm-ascend key that name a rank; the rest names the block.
-_RANK_PARTS = re.compile(r"@pcp\d+@dcp\d+|@head_or_tp_rank:\d+")
-
-
-def block_of(key: str) -> str:
-    """The block a key belongs to: the key without its rank parts."""
-    return _RANK_PARTS.sub("", key)
 
 
 class StrataBackend(_Base):
@@ -100,16 +90,18 @@ class StrataBackend(_Base):
         """The scheduler's lookup: keys of consecutive blocks, each block's keys over every
         rank. Answered by one leased prefix lookup on the server: the keys of the blocks
         stored on every rank are 1 (and stay leased until the workers load them, so a block
-        counted here cannot be evicted before its load), the rest 0."""
+        counted here cannot be evicted before its load), the rest 0. Keys not grouped by
+        block are answered key by key."""
+        # A block's keys (every rank's, every layer's) end in its hash and come together.
         groups: List[List[str]] = []
-        last = None
+        hashes: List[str] = []
         for key in keys:
-            block = block_of(key)
-            if block != last:
+            block = key[key.rfind("@") + 1:]
+            if not hashes or block != hashes[-1]:
                 groups.append([])
-                last = block
+                hashes.append(block)
             groups[-1].append(key)
-        if len({block_of(g[0]) for g in groups}) != len(groups):
+        if len(set(hashes)) != len(hashes):
             return self.exists(keys)  # not grouped by block: answer key by key
         try:
             matched = self.client.prefix_len(groups, lease=True)

@@ -1,0 +1,198 @@
+//! Loads of values spread over pieces of memory: a block whose K and V slices of every
+//! layer lie apart in an engine's KV cache, host or device. From the server's shared
+//! memory each piece is copied straight from the mapped segment (device pieces by the
+//! device module's host-to-device copy), under the lease checked before and after, as
+//! every shared-memory read is; a value anywhere else arrives whole in host memory first
+//! and is then spread.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use strata_device::{CopyKind, Device, MemoryKind};
+use strata_proto::{Error, ErrorCode, Result};
+
+use crate::cache::LeasedLocation;
+use crate::client::Client;
+use crate::transport::reader::lease_expired;
+use crate::transport::shm::SharedSegments;
+
+/// One piece of memory a value is spread over, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// Where the piece starts (a host address, or a device address of `kind` Device).
+    pub addr: usize,
+    /// Its length in bytes.
+    pub len: usize,
+    /// Host memory, or device memory copied by the device module.
+    pub kind: MemoryKind,
+}
+
+impl Client {
+    /// Copies the value of each key over its `pieces`, in order; per key the value's
+    /// length (`InvalidArgument` when the pieces are shorter), one failure never failing
+    /// the others. The leases of the whole batch come in one round trip.
+    ///
+    /// # Safety
+    /// Every piece must be valid, writable memory of its kind for the whole call (device
+    /// pieces: of `device`'s device), not accessed by anything else meanwhile, and no two
+    /// pieces may overlap.
+    pub async unsafe fn batch_get_into_pieces<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        pieces: &[Vec<Piece>],
+        device: Option<Arc<dyn Device>>,
+    ) -> Vec<Result<usize>> {
+        if let Err(e) = strata_proto::limits::check_paired(keys.len(), pieces.len()) {
+            return vec![Err(e); keys.len()];
+        }
+        let device = device.as_deref();
+        let link = match self.inner.connector.link().await {
+            Ok(link) => link,
+            Err(e) => return vec![Err(e); keys.len()],
+        };
+        let mut out: Vec<Option<Result<usize>>> = vec![None; keys.len()];
+        if let Some(segments) = link.route.shm() {
+            let leases = self.leases_on(&link, keys).await;
+            let mut copies = Vec::new();
+            let mut bytes = 0usize;
+            for (i, lease) in leases.into_iter().enumerate() {
+                match lease {
+                    Err(e) => out[i] = Some(Err(e)),
+                    Ok(lease) if segments.source(&lease.location).is_some() => {
+                        bytes = bytes.saturating_add(lease.location.len as usize);
+                        copies.push((i, lease));
+                    }
+                    Ok(_) => {} // on another tier: staged below
+                }
+            }
+            let threads = self.inner.config.shm_copy_threads;
+            let copied = crate::direct::copy_all(copies, bytes, threads, |(i, lease)| {
+                // SAFETY: the caller's promise for the pieces; the lease is checked.
+                let result = unsafe { spread(segments, &lease, &pieces[i], device) };
+                (i, lease, result)
+            });
+            for (i, lease, result) in copied {
+                match &result {
+                    Ok(n) => {
+                        let c = &self.inner.counters;
+                        crate::stats::Counters::count((&c.shm_gets, &c.shm_get_bytes), *n);
+                    }
+                    Err(_) => self.inner.cache.invalidate(&lease.key),
+                }
+                out[i] = Some(result);
+            }
+        }
+        // Anything not copied straight: the whole value into host memory, then spread.
+        let mut results = Vec::with_capacity(keys.len());
+        for (i, done) in out.into_iter().enumerate() {
+            results.push(match done {
+                Some(result) => result,
+                None => {
+                    let staged = self.get(keys[i].as_ref()).await;
+                    // SAFETY: the caller's promise for the pieces.
+                    staged.and_then(|value| unsafe { scatter(&value, &pieces[i], device) })
+                }
+            });
+        }
+        results
+    }
+}
+
+/// Copies the leased value from the mapped segment over `pieces`.
+///
+/// # Safety
+/// As [`Client::batch_get_into_pieces`] for the pieces.
+unsafe fn spread(
+    segments: &SharedSegments,
+    lease: &LeasedLocation,
+    pieces: &[Piece],
+    device: Option<&dyn Device>,
+) -> Result<usize> {
+    let len = lease.location.len as usize;
+    fits(len, pieces)?;
+    let src = segments
+        .source(&lease.location)
+        .ok_or_else(|| Error::new(ErrorCode::Protocol, "the value left the mapped segments"))?;
+    if Instant::now() >= lease.valid_until {
+        return Err(lease_expired());
+    }
+    let mut at = 0usize;
+    for piece in pieces {
+        let take = piece.len.min(len - at);
+        if take == 0 {
+            break;
+        }
+        // SAFETY: `source` checked that the whole value lies in a mapping that lives as
+        // long as `segments`, and `at + take <= len`. The destination is the caller's
+        // promise. Bytes the server rewrote meanwhile (only after the lease lapsed) are
+        // caught by the lease check below before the caller sees them.
+        unsafe { copy_piece(src.add(at), piece, take, device) }?;
+        at += take;
+    }
+    // The lease is judged after the copies, which must not be reordered past it.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    if Instant::now() >= lease.valid_until {
+        return Err(lease_expired());
+    }
+    Ok(len)
+}
+
+/// Spreads `value` over `pieces`.
+///
+/// # Safety
+/// As [`Client::batch_get_into_pieces`] for the pieces.
+unsafe fn scatter(value: &[u8], pieces: &[Piece], device: Option<&dyn Device>) -> Result<usize> {
+    fits(value.len(), pieces)?;
+    let mut at = 0usize;
+    for piece in pieces {
+        let take = piece.len.min(value.len() - at);
+        if take == 0 {
+            break;
+        }
+        // SAFETY: `value[at..at + take]` is a live host slice; the destination is the
+        // caller's promise.
+        unsafe { copy_piece(value[at..].as_ptr(), piece, take, device) }?;
+        at += take;
+    }
+    Ok(value.len())
+}
+
+fn fits(len: usize, pieces: &[Piece]) -> Result<()> {
+    let room: usize = pieces.iter().map(|p| p.len).sum();
+    if len > room {
+        let msg = format!("a value of {len} bytes does not fit pieces of {room} bytes in all");
+        return Err(Error::new(ErrorCode::InvalidArgument, msg));
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes from host memory at `src` into `piece`.
+///
+/// # Safety
+/// `src` must be readable for `len` bytes and `piece` writable for them (device memory of
+/// `device`'s device for a device piece).
+unsafe fn copy_piece(
+    src: *const u8,
+    piece: &Piece,
+    len: usize,
+    device: Option<&dyn Device>,
+) -> Result<()> {
+    match piece.kind {
+        MemoryKind::Host => {
+            // SAFETY: the function's contract.
+            unsafe { strata_copy::copy_raw(src, piece.addr as *mut u8, len) };
+            Ok(())
+        }
+        MemoryKind::Device => {
+            let device = device.ok_or_else(|| {
+                Error::new(
+                    ErrorCode::InvalidArgument,
+                    "a device piece needs a device module to copy it",
+                )
+            })?;
+            // SAFETY: the function's contract.
+            unsafe { device.copy_raw(piece.addr as u64, src as u64, len as u64, CopyKind::HostToDevice) }
+                .map_err(crate::transport::device::device_error)
+        }
+    }
+}
