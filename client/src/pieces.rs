@@ -191,8 +191,15 @@ unsafe fn copy_piece(
                 )
             })?;
             // SAFETY: the function's contract.
-            unsafe { device.copy_raw(piece.addr as u64, src as u64, len as u64, CopyKind::HostToDevice) }
-                .map_err(crate::transport::device::device_error)
+            unsafe {
+                device.copy_raw(
+                    piece.addr as u64,
+                    src as u64,
+                    len as u64,
+                    CopyKind::HostToDevice,
+                )
+            }
+            .map_err(crate::transport::device::device_error)
         }
     }
 }

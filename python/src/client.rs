@@ -19,9 +19,7 @@ use tokio::runtime::Runtime;
 
 use crate::errors::{exception_object, invalid, IntoPy};
 use crate::keys::{about, shown, Keys};
-use crate::region::{
-    any_device, device_ranges_as_pieces, gather, overlapping, Piece, Region,
-};
+use crate::region::{any_device, device_ranges_as_pieces, gather, overlapping, Piece, Region};
 use crate::runtime::{self, wait};
 
 /// A connection to one strata server, shared by every thread that uses it.

@@ -36,3 +36,19 @@ def test_the_benchmark_compares_both_clients_call_for_call(tmp_path):
         assert fields <= set(r), r
         assert r["ops"] > 0 and r["phase"] == "shm"
     assert all("ratio_to_rust" in r for r in records if r["system"] == "strata-python")
+
+
+def test_the_integrations_benchmark_runs_every_path(tmp_path):
+    server = Path(os.environ.get("STRATA_SERVER_BIN", ROOT / "target/debug/strata-server"))
+    bench = server.with_name("strata-bench")
+    out = tmp_path / "integrations.jsonl"
+    subprocess.run(
+        [sys.executable, str(ROOT / "python/bench/integrations.py"), "--quick",
+         "--server-bin", str(server), "--bench-bin", str(bench), "--json", str(out)],
+        check=True, timeout=300,
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    seen = {(r["system"], r["op"]) for r in records}
+    for system in ("strata-rust", "sglang", "vllm-ascend"):
+        assert {(system, "load"), (system, "lookup")} <= seen, system
+    assert all(r["ops"] > 0 and "ratio_to_rust" in r for r in records)

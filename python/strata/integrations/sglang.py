@@ -183,7 +183,8 @@ class StrataHiCacheStorage(_Base):
         (the default) the pages found stay until the load that follows."""
         if not keys:
             return 0
-        groups = [self._objects(k) for k in keys]
+        prefix, suffixes = self.prefix, self.suffixes
+        groups = [[prefix + k + s for s in suffixes] for k in keys]
         try:
             return self.client.prefix_len(groups, lease=self.lease)
         except errors.Error as e:
