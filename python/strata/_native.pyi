@@ -87,6 +87,16 @@ class Client:
         """The number of leading groups whose keys are all stored; a group is every
         tensor-parallel rank's key of one block. With ``lease``, the matched objects are
         leased so the loads that follow cannot miss."""
+    def prefix_len_expanded(
+        self, keys: Sequence[Key], suffixes: Optional[Sequence[Key]] = None, prefix: str = "", lease: bool = False
+    ) -> int:
+        """``prefix_len`` of positions whose keys are ``prefix + keys[i] + s`` for each
+        ``s`` of ``suffixes`` (a page's K and V objects, every rank's part): the keys are
+        made in Rust, which spares a lookup the time Python takes to make them."""
+    def prefix_keys_by_tail(self, keys: Sequence[Key], separator: str = "@", lease: bool = False) -> Optional[int]:
+        """The number of leading keys whose positions are all stored, a position being a
+        run of consecutive keys with the same text after their last ``separator`` (a
+        block's hash after every rank's part). None when the keys are not grouped so."""
     def size(self, key: Key) -> int:
         """The length of the value of ``key`` (takes a read lease, as a load would)."""
     def batch_lease(self, keys: Sequence[Key]) -> List[Union[int, Error]]:

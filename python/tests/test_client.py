@@ -392,3 +392,19 @@ def test_device_pieces_without_a_device_tier_use_the_module_the_client_names(sta
         assert mem.read(400, 10) == b"a" * 10
     with pytest.raises(strata.ConnectionError, match="device pigeon"):
         s.client(device="pigeon")
+
+
+def test_prefix_lookups_that_make_or_group_their_keys(client, prefix):
+    pages = [f"p{i}" for i in range(6)]
+    stored = [f"{prefix}{p}{s}" for p in pages[:4] for s in ("@k", "@v")] + [f"{prefix}p4@k"]
+    client.batch_put_from(stored, [b"x"] * len(stored))
+    assert client.prefix_len_expanded(pages, ["@k", "@v"], prefix) == 4
+    assert client.prefix_len_expanded(pages, ["@k"], prefix, lease=True) == 5
+    assert client.prefix_len_expanded([f"{prefix}p0@k"]) == 1
+    keys = [f"{prefix}r{r}@{p}" for p in pages for r in range(2)]
+    client.batch_put_from(keys[:6], [b"y"] * 6)  # pages 0-2 on both ranks
+    assert client.prefix_keys_by_tail(keys) == 6
+    assert client.prefix_keys_by_tail(keys, lease=True) == 6
+    assert client.prefix_keys_by_tail([]) == 0
+    # Not grouped by tail (page 0 comes back): no prefix to take.
+    assert client.prefix_keys_by_tail([keys[0], keys[2], keys[1]]) is None

@@ -183,10 +183,9 @@ class StrataHiCacheStorage(_Base):
         (the default) the pages found stay until the load that follows."""
         if not keys:
             return 0
-        prefix, suffixes = self.prefix, self.suffixes
-        groups = [[prefix + k + s for s in suffixes] for k in keys]
         try:
-            return self.client.prefix_len(groups, lease=self.lease)
+            # The object keys are made in Rust: in Python they cost a third of the lookup.
+            return self.client.prefix_len_expanded(keys, self.suffixes, self.prefix, lease=self.lease)
         except errors.Error as e:
             log.warning("strata batch_exists: %s", e)
             return 0

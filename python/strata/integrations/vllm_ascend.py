@@ -93,22 +93,13 @@ class StrataBackend(_Base):
         counted here cannot be evicted before its load), the rest 0. Keys not grouped by
         block are answered key by key."""
         # A block's keys (every rank's, every layer's) end in its hash and come together.
-        groups: List[List[str]] = []
-        hashes: List[str] = []
-        for key in keys:
-            block = key[key.rfind("@") + 1:]
-            if not hashes or block != hashes[-1]:
-                groups.append([])
-                hashes.append(block)
-            groups[-1].append(key)
-        if len(set(hashes)) != len(hashes):
-            return self.exists(keys)  # not grouped by block: answer key by key
         try:
-            matched = self.client.prefix_len(groups, lease=True)
+            hits = self.client.prefix_keys_by_tail(keys, "@", lease=True)
         except errors.Error as e:
             log.error("strata lookup of %d keys failed: %s", len(keys), e)
             return [0] * len(keys)
-        hits = sum(len(g) for g in groups[:matched])
+        if hits is None:
+            return self.exists(keys)  # not grouped by block: answer key by key
         return [1] * hits + [0] * (len(keys) - hits)
 
     def put(self, keys: List[str], addrs: List[List[int]], sizes: List[List[int]]) -> None:
