@@ -648,26 +648,24 @@ impl Client {
         let owned = Keys::many(keys).or_raise(py)?;
         let keys = owned.slices();
         let sep = separator.as_bytes();
-        let tail = |key: &[u8]| -> Vec<u8> {
-            match (sep.len()..=key.len())
-                .rev()
-                .find(|&end| key[..end].ends_with(sep))
-            {
-                Some(end) if !sep.is_empty() => key[end..].to_vec(),
-                _ => key.to_vec(),
+        // The text after the last separator (the whole key when there is none).
+        let tail = |key: &'_ [u8]| -> usize {
+            match key.windows(sep.len().max(1)).rposition(|w| w == sep) {
+                Some(at) if !sep.is_empty() => at + sep.len(),
+                _ => 0,
             }
         };
         let mut groups: Vec<&[&[u8]]> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         let mut start = 0;
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<&[u8]> = None;
         for (i, key) in keys.iter().enumerate() {
-            let t = tail(key);
-            if last.as_ref() != Some(&t) {
+            let t = &key[tail(key)..];
+            if last != Some(t) {
                 if i > start {
                     groups.push(&keys[start..i]);
                 }
-                if !seen.insert(t.clone()) {
+                if !seen.insert(t) {
                     return Ok(None);
                 }
                 start = i;
