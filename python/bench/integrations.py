@@ -104,7 +104,7 @@ def sglang_round(address, cert, prefix, phase, seconds, transport):
     backend = StrataHiCacheStorage(config, {})
     pool = HostPool(2 * PAGES)
     backend.register_mem_pool_host(pool)
-    keys = [f"page-{i:04d}" for i in range(PAGES)]
+    keys = [f"{i:064x}" for i in range(PAGES)]  # SGLang's page keys: SHA-256 hex
     assert backend.batch_set_v1(keys, pool.indices(range(PAGES))) == [True] * PAGES
     fresh = pool.indices(range(PAGES, 2 * PAGES))
 
@@ -178,7 +178,9 @@ def main() -> None:
         try:
             phase = strata.Client(address, ca=cert).transport
             for rnd in range(args.rounds):
-                rust = rust_round(args.bench_bin, address, cert, "auto", args.seconds, f"r{rnd}-",
+                # Keys as long as vllm-ascend's (a model tag, rank parts, a 32-hex hash).
+                long_prefix = f"r{rnd}-m@pcp0@dcp0@head_or_tp_rank:0@pp_rank:0@group:0@cache_role:kv@cache_family:default@{0:024x}"
+                rust = rust_round(args.bench_bin, address, cert, "auto", args.seconds, long_prefix,
                                   extra=["--values", str(OBJECTS), "--value-size", str(HALF),
                                          "--lookup-keys", str(OBJECTS), "--ranks", "2", "--lease"])
                 for r in rust:
