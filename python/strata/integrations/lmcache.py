@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .. import errors
-from .._native import Client
+from ._connect import connect
 
 Completion = Tuple[int, bool, str, Optional[List[bool]]]
 
@@ -84,12 +84,8 @@ class StrataConnector:
     ):
         if int(num_workers) < 1:
             raise ValueError(f"num_workers must be at least 1, not {num_workers}")
-        options = {"token": token, "token_file": token_file, "ca": ca, "transport": transport}
-        options = {k: v for k, v in options.items() if v is not None}
-        if timeout is not None:
-            options["timeout"] = float(timeout)
-        # Connect now: a missing server stops LMCache at start.
-        self.client = Client(server, **options)
+        self.client = connect(server, token=token, token_file=token_file, ca=ca,
+                              transport=transport, timeout=timeout)
         self.prefix = key_prefix
         self._ids = itertools.count(1)
         self._done: List[Completion] = []

@@ -29,7 +29,7 @@ import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import errors
-from .._native import Client
+from ._connect import connect
 
 log = logging.getLogger("strata.sglang")
 
@@ -102,12 +102,8 @@ class StrataHiCacheStorage(_Base):
         self.prefix = "".join(f"{t}/" for t in tag)
         self.lease = bool(extra.get("lease", True))
         self.suffixes = self._suffixes()
-        options = {k: extra[k] for k in ("token", "token_file", "ca", "transport") if extra.get(k)}
-        if extra.get("timeout") is not None:
-            options["timeout"] = float(extra["timeout"])
-        # Connect now: a missing server or a wrong token stops the engine at start, not at
-        # its first request.
-        self.client = Client(extra.get("server"), **options)
+        options = {k: extra.get(k) for k in ("token", "token_file", "ca", "transport", "timeout")}
+        self.client = connect(extra.get("server"), **options)
         self.mem_pool_host: Any = None
         self.registered: List[int] = []
 

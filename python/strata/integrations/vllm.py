@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional
 
-from .._native import Client
+from ._connect import connect
 
 log = logging.getLogger("strata.vllm")
 
@@ -115,12 +115,8 @@ class StrataTier(_Base):
             log.warning("strata tier: the offloading spec names no model or layout; keys rely on key_prefix alone")
         digest = hashlib.sha256(json.dumps(namespace, sort_keys=True).encode()).hexdigest()[:16]
         self.prefix = f"{key_prefix}vllm/{digest}/"
-        options = {"token": token, "token_file": token_file, "ca": ca, "transport": transport}
-        options = {k: v for k, v in options.items() if v is not None}
-        if timeout is not None:
-            options["timeout"] = float(timeout)
-        # Connect now: a missing server stops the engine at start.
-        self.client = Client(server, **options)
+        self.client = connect(server, token=token, token_file=token_file, ca=ca,
+                              transport=transport, timeout=timeout)
         self.lookup_ttl = float(lookup_ttl)
         self._pool = ThreadPoolExecutor(int(num_workers), thread_name_prefix="strata-vllm")
         self._lock = threading.Lock()

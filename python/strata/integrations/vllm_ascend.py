@@ -29,7 +29,7 @@ import os
 from typing import Any, List, Optional
 
 from .. import errors
-from .._native import Client
+from ._connect import connect
 from ..mooncake import mooncake_code
 
 log = logging.getLogger("strata.vllm_ascend")
@@ -64,7 +64,7 @@ class StrataBackend(_Base):
         # missing server stops the engine at start, not at its first request.
         self.lazy_init = lazy_init
         self.device_spec: Optional[str] = os.environ.get("STRATA_DEVICE") or None
-        self.store = self.client = Client(device=self.device_spec)
+        self.store = self.client = connect(device=self.device_spec)
 
     @classmethod
     def create_scheduler_client(cls, parallel_config: Any) -> "StrataBackend":
