@@ -1,9 +1,10 @@
 //! Loads of values spread over pieces of memory: a block whose K and V slices of every
 //! layer lie apart in an engine's KV cache, host or device. From the server's shared
 //! memory each piece is copied straight from the mapped segment (device pieces by the
-//! device module's host-to-device copy), under the lease checked before and after, as
-//! every shared-memory read is; a value anywhere else arrives whole in host memory first
-//! and is then spread.
+//! device module's host-to-device copy), and from its device tier straight from the
+//! imported segment (device to device, or to host), under the lease checked before and
+//! after, as every same-host read is; a value anywhere else (an ssd record, a remote
+//! server) arrives whole in host memory first and is then spread.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use strata_proto::{Error, ErrorCode, Result};
 
 use crate::cache::LeasedLocation;
 use crate::client::Client;
+use crate::stats::Counters;
 use crate::transport::reader::lease_expired;
 use crate::transport::shm::SharedSegments;
 
@@ -51,33 +53,54 @@ impl Client {
             Err(e) => return vec![Err(e); keys.len()],
         };
         let mut out: Vec<Option<Result<usize>>> = vec![None; keys.len()];
-        if let Some(segments) = link.route.shm() {
+        if link.route.local().is_some() {
             let leases = self.leases_on(&link, keys).await;
+            let located = leases.iter().filter_map(|l| l.as_ref().ok());
+            self.import_device_segments(&link, located.map(|l| &l.location))
+                .await;
+            let shm = link.route.shm();
+            let tier = link.route.device();
             let mut copies = Vec::new();
             let mut bytes = 0usize;
             for (i, lease) in leases.into_iter().enumerate() {
                 match lease {
                     Err(e) => out[i] = Some(Err(e)),
-                    Ok(lease) if segments.source(&lease.location).is_some() => {
-                        bytes = bytes.saturating_add(lease.location.len as usize);
-                        copies.push((i, lease));
+                    Ok(lease) => {
+                        let in_shm = shm.is_some_and(|s| s.source(&lease.location).is_some());
+                        let in_tier = tier.is_some_and(|d| d.covers(&lease.location));
+                        if in_shm || in_tier {
+                            bytes = bytes.saturating_add(lease.location.len as usize);
+                            copies.push((i, lease, in_shm));
+                        }
+                        // Elsewhere (an ssd record): staged below.
                     }
-                    Ok(_) => {} // on another tier: staged below
                 }
             }
             let threads = self.inner.config.shm_copy_threads;
-            let copied = crate::direct::copy_all(copies, bytes, threads, |(i, lease)| {
-                // SAFETY: the caller's promise for the pieces; the lease is checked.
-                let result = unsafe { spread(segments, &lease, &pieces[i], device) };
-                (i, lease, result)
+            let copied = crate::direct::copy_all(copies, bytes, threads, |(i, lease, in_shm)| {
+                let result = match (in_shm, shm, tier) {
+                    // SAFETY: the caller's promise for the pieces; the lease is checked.
+                    (true, Some(segments), _) => unsafe {
+                        spread(segments, &lease, &pieces[i], device)
+                    },
+                    // SAFETY: as above; device pieces are of the tier's module, the one
+                    // `device` names on this route.
+                    (_, _, Some(tier)) => unsafe {
+                        tier.read_pieces(&lease.location, &pieces[i], lease.valid_until)
+                    },
+                    _ => Err(Error::new(
+                        ErrorCode::Internal,
+                        "no reader for this location",
+                    )),
+                };
+                (i, lease, in_shm, result)
             });
-            for (i, lease, result) in copied {
-                match &result {
-                    Ok(n) => {
-                        let c = &self.inner.counters;
-                        crate::stats::Counters::count((&c.shm_gets, &c.shm_get_bytes), *n);
-                    }
-                    Err(_) => self.inner.cache.invalidate(&lease.key),
+            for (i, lease, in_shm, result) in copied {
+                let c = &self.inner.counters;
+                match (&result, in_shm) {
+                    (Ok(n), true) => Counters::count((&c.shm_gets, &c.shm_get_bytes), *n),
+                    (Ok(n), false) => Counters::count((&c.device_gets, &c.device_get_bytes), *n),
+                    (Err(_), _) => self.inner.cache.invalidate(&lease.key),
                 }
                 out[i] = Some(result);
             }

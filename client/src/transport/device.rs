@@ -171,6 +171,50 @@ impl DeviceSegments {
         Ok(len)
     }
 
+    /// Copies the value at `location` over `pieces` in order, each by the module's copy
+    /// of its kind (device to device, or device to host), then checks the lease; returns
+    /// the value's length.
+    ///
+    /// # Safety
+    /// Each piece is valid writable memory of its kind (device memory of this module's
+    /// device) for its length, not used by anything else during the copies.
+    pub unsafe fn read_pieces(
+        &self,
+        location: &Location,
+        pieces: &[crate::Piece],
+        valid_until: Instant,
+    ) -> Result<usize> {
+        let memory = self
+            .segment(location)
+            .ok_or_else(|| Self::outside(location))?;
+        let len = location.len as usize;
+        let room: usize = pieces.iter().map(|p| p.len).sum();
+        if len > room {
+            let msg = format!("a value of {len} bytes does not fit pieces of {room} bytes in all");
+            return Err(Error::new(ErrorCode::InvalidArgument, msg));
+        }
+        if Instant::now() >= valid_until {
+            return Err(lease_expired());
+        }
+        let mut at = 0usize;
+        for piece in pieces {
+            let take = piece.len.min(len - at);
+            if take == 0 {
+                break;
+            }
+            let offset = location.offset + at as u64;
+            // SAFETY: `segment` checked the whole value lies in the imported segment and
+            // `at + take <= len`; the piece is this method's contract.
+            unsafe { memory.read_to_raw(offset, piece.addr as u64, take, piece.kind) }
+                .map_err(device_error)?;
+            at += take;
+        }
+        if Instant::now() >= valid_until {
+            return Err(lease_expired());
+        }
+        Ok(len)
+    }
+
     /// Copies `location.len` bytes from the caller's memory at `src` into the reserved
     /// `location`.
     ///
