@@ -132,25 +132,19 @@ unsafe fn spread(
     device: Option<&dyn Device>,
 ) -> Result<usize> {
     let len = lease.location.len as usize;
-    fits(len, pieces)?;
+    let spans = spans(len, pieces)?;
     let src = segments
         .source(&lease.location)
         .ok_or_else(|| Error::new(ErrorCode::Protocol, "the value left the mapped segments"))?;
     if Instant::now() >= lease.valid_until {
         return Err(lease_expired());
     }
-    let mut at = 0usize;
-    for piece in pieces {
-        let take = piece.len.min(len - at);
-        if take == 0 {
-            break;
-        }
+    for (piece, at, take) in spans {
         // SAFETY: `source` checked that the whole value lies in a mapping that lives as
         // long as `segments`, and `at + take <= len`. The destination is the caller's
         // promise. Bytes the server rewrote meanwhile (only after the lease lapsed) are
         // caught by the lease check below before the caller sees them.
         unsafe { copy_piece(src.add(at), piece, take, device) }?;
-        at += take;
     }
     // The lease is judged after the copies, which must not be reordered past it.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -165,28 +159,32 @@ unsafe fn spread(
 /// # Safety
 /// As [`Client::batch_get_into_pieces`] for the pieces.
 unsafe fn scatter(value: &[u8], pieces: &[Piece], device: Option<&dyn Device>) -> Result<usize> {
-    fits(value.len(), pieces)?;
-    let mut at = 0usize;
-    for piece in pieces {
-        let take = piece.len.min(value.len() - at);
-        if take == 0 {
-            break;
-        }
+    for (piece, at, take) in spans(value.len(), pieces)? {
         // SAFETY: `value[at..at + take]` is a live host slice; the destination is the
         // caller's promise.
         unsafe { copy_piece(value[at..].as_ptr(), piece, take, device) }?;
-        at += take;
     }
     Ok(value.len())
 }
 
-fn fits(len: usize, pieces: &[Piece]) -> Result<()> {
+/// How a value of `len` bytes fills `pieces`, in order: each piece it reaches, with the
+/// value's offset there and the bytes that go into it. `InvalidArgument` when the pieces
+/// hold less than the value.
+pub(crate) fn spans(
+    len: usize,
+    pieces: &[Piece],
+) -> Result<impl Iterator<Item = (&Piece, usize, usize)> + '_> {
     let room: usize = pieces.iter().map(|p| p.len).sum();
     if len > room {
         let msg = format!("a value of {len} bytes does not fit pieces of {room} bytes in all");
         return Err(Error::new(ErrorCode::InvalidArgument, msg));
     }
-    Ok(())
+    Ok(pieces.iter().scan(0usize, move |at, piece| {
+        let take = piece.len.min(len - *at);
+        let start = *at;
+        *at += take;
+        (take > 0).then_some((piece, start, take))
+    }))
 }
 
 /// Copies `len` bytes from host memory at `src` into `piece`.
@@ -224,5 +222,33 @@ unsafe fn copy_piece(
             }
             .map_err(crate::transport::device::device_error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(addr: usize, len: usize) -> Piece {
+        Piece {
+            addr,
+            len,
+            kind: MemoryKind::Host,
+        }
+    }
+
+    #[test]
+    fn a_value_fills_its_pieces_in_order_and_stops_where_it_ends() {
+        let pieces = [host(100, 4), host(200, 4), host(300, 4)];
+        let got: Vec<_> = spans(6, &pieces)
+            .unwrap()
+            .map(|(p, at, n)| (p.addr, at, n))
+            .collect();
+        assert_eq!(got, [(100, 0, 4), (200, 4, 2)]);
+        assert_eq!(spans(12, &pieces).unwrap().count(), 3);
+        assert_eq!(spans(0, &pieces).unwrap().count(), 0);
+        let e = spans(13, &pieces).err().expect("too small");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert!(e.message().contains("13 bytes"), "{e}");
     }
 }

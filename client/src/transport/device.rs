@@ -188,26 +188,16 @@ impl DeviceSegments {
             .segment(location)
             .ok_or_else(|| Self::outside(location))?;
         let len = location.len as usize;
-        let room: usize = pieces.iter().map(|p| p.len).sum();
-        if len > room {
-            let msg = format!("a value of {len} bytes does not fit pieces of {room} bytes in all");
-            return Err(Error::new(ErrorCode::InvalidArgument, msg));
-        }
+        let spans = crate::pieces::spans(len, pieces)?;
         if Instant::now() >= valid_until {
             return Err(lease_expired());
         }
-        let mut at = 0usize;
-        for piece in pieces {
-            let take = piece.len.min(len - at);
-            if take == 0 {
-                break;
-            }
+        for (piece, at, take) in spans {
             let offset = location.offset + at as u64;
             // SAFETY: `segment` checked the whole value lies in the imported segment and
             // `at + take <= len`; the piece is this method's contract.
             unsafe { memory.read_to_raw(offset, piece.addr as u64, take, piece.kind) }
                 .map_err(device_error)?;
-            at += take;
         }
         if Instant::now() >= valid_until {
             return Err(lease_expired());
