@@ -14,6 +14,7 @@ mod host;
 mod key;
 pub mod limits;
 pub mod msg;
+pub mod placement;
 pub mod shm;
 pub mod token;
 pub mod wire;
