@@ -677,6 +677,65 @@ pub struct StatsResponse {
     pub connections: u64,
 }
 
+/// A member's state in a cluster.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub enum MemberState {
+    /// Serving and placed on: clients put and look up its runs here.
+    Active,
+    /// Stopping: finishes what is in flight, takes no new puts, placed on by no one.
+    Draining,
+}
+
+/// One member of a cluster, as its record in etcd says (docs/cluster.md).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct MemberInfo {
+    /// The stable node id placement ranks by.
+    pub node_id: String,
+    /// `host:port` of its QUIC service, as clients reach it.
+    pub addr: String,
+    /// The host it runs on ([`crate::host_id`]): a client on the same host reads through
+    /// shared memory.
+    pub host_id: String,
+    /// Its share of the keys relative to the other members.
+    pub weight: f64,
+    /// Active or draining.
+    pub state: MemberState,
+    /// Bytes its tiers hold, all together.
+    pub capacity: u64,
+    /// Its TLS certificate (PEM) when self-signed, so a client that trusts the member it
+    /// asked trusts the rest; empty when the operator's CA issued it.
+    pub cert_pem: String,
+    /// Milliseconds since it joined (by its own clock when it registered; the join
+    /// window is minutes, so clock skew of seconds does not matter).
+    pub joined_ms_ago: u64,
+}
+
+/// [`Opcode::ClusterView`](crate::wire::Opcode::ClusterView) response (the request has no
+/// header).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct ClusterViewResponse {
+    /// The cluster's id; empty for a server running alone (then `members` is empty).
+    pub cluster_id: String,
+    /// The etcd revision this view was read at: larger is newer.
+    pub epoch: u64,
+    /// The placement scheme ([`crate::placement::SCHEME`]).
+    pub scheme: String,
+    /// The placement seed.
+    pub seed: u64,
+    /// Positions per run.
+    pub run_blocks: u32,
+    /// Milliseconds after a member joins during which a miss at it is also looked up at
+    /// the run's previous owner.
+    pub join_window_ms: u64,
+    /// The answering member's node id.
+    pub node_id: String,
+    /// Every member, active and draining.
+    pub members: Vec<MemberInfo>,
+}
+
 #[cfg(test)]
 mod error_frame_tests {
     use super::ErrorFrame;

@@ -139,11 +139,13 @@ pub enum Opcode {
     DataGet = 22,
     /// Data plane only: receive bytes into a reserved value; payload is the bytes.
     DataPut = 23,
+    /// The cluster's members and placement settings, as this server sees them.
+    ClusterView = 24,
 }
 
 impl Opcode {
     /// Every opcode, in numeric order.
-    pub const ALL: [Opcode; 23] = [
+    pub const ALL: [Opcode; 24] = [
         Opcode::Handshake,
         Opcode::Ping,
         Opcode::Put,
@@ -167,6 +169,7 @@ impl Opcode {
         Opcode::UnmountSegment,
         Opcode::DataGet,
         Opcode::DataPut,
+        Opcode::ClusterView,
     ];
 
     /// The opcode with this number, if there is one.
@@ -200,6 +203,7 @@ impl Opcode {
             Opcode::UnmountSegment => "unmount_segment",
             Opcode::DataGet => "data_get",
             Opcode::DataPut => "data_put",
+            Opcode::ClusterView => "cluster_view",
         }
     }
 }

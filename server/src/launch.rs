@@ -7,9 +7,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::path::Path;
+
+use crate::cluster::{ClusterConfig, LocalMember, Membership};
 use crate::metrics::Metrics;
-use crate::net::Service;
-use crate::settings::ServerArgs;
+use crate::net::{Service, TlsSource};
+use crate::settings::{ClusterArgs, ServerArgs};
 use clap::{CommandFactory, FromArgMatches};
 use strata_engine::Store;
 
@@ -78,6 +81,8 @@ fn run(args: ServerArgs) -> strata_engine::Result<()> {
             stats.tiers[i as usize].capacity
         );
     }
+    let capacity: u64 = stats.tiers.iter().map(|t| t.capacity).sum();
+    let self_signed = matches!(settings.service.tls, TlsSource::SelfSigned { .. });
     for t in stats.tiers {
         if let Some(io) = t.io {
             tracing::info!(
@@ -107,7 +112,45 @@ fn run(args: ServerArgs) -> strata_engine::Result<()> {
         if let Some(addr) = service.data_addr() {
             tracing::info!("data plane (tcp) listening on {addr}");
         }
-        let drained = service.run(shutdown_signal()).await;
+        let membership = match &settings.cluster {
+            Some(cluster) => {
+                let config = cluster_config(cluster, &settings.data_dir, service.local_addr())?;
+                let me = LocalMember {
+                    host_id: strata_proto::host_id(),
+                    capacity,
+                    // A self-signed certificate travels in the view, so clients that
+                    // trust one member trust them all; an operator's CA needs no help.
+                    cert_pem: if self_signed {
+                        std::fs::read_to_string(service.cert_path())
+                            .map_err(|e| internal(format!("reading the certificate: {e}")))?
+                    } else {
+                        String::new()
+                    },
+                };
+                let state = service.cluster_state();
+                let joined =
+                    tokio::task::spawn_blocking(move || Membership::join(config, me, state))
+                        .await
+                        .map_err(|e| internal(format!("joining the cluster: {e}")))?
+                        .map_err(|e| {
+                            strata_engine::Error::new(strata_engine::ErrorCode::Unavailable, e)
+                        })?;
+                let (members, epoch) = service.cluster_state().summary();
+                tracing::info!(members, epoch, "cluster view");
+                Some((joined, cluster.leave_grace))
+            }
+            None => None,
+        };
+        let shutdown = async move {
+            shutdown_signal().await;
+            if let Some((membership, grace)) = membership {
+                // Out of the view first, so clients stop placing here; then serve what
+                // was leased just before for `grace`, then stop as a server alone does.
+                let _ = tokio::task::spawn_blocking(move || membership.leave()).await;
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let drained = service.run(shutdown).await;
         tracing::info!(drained, "stopped serving");
         Ok::<(), strata_engine::Error>(())
     })?;
@@ -121,6 +164,80 @@ fn run(args: ServerArgs) -> strata_engine::Result<()> {
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The cluster flags completed: the node id (from the flag, or the one this data dir
+/// keeps) and the address clients reach this server at.
+fn cluster_config(
+    args: &ClusterArgs,
+    data_dir: &Path,
+    listen: std::net::SocketAddr,
+) -> strata_engine::Result<ClusterConfig> {
+    let invalid =
+        |m: String| strata_engine::Error::new(strata_engine::ErrorCode::InvalidArgument, m);
+    let node_id = match &args.node_id {
+        Some(id) => id.clone(),
+        None => stored_node_id(data_dir).map_err(|e| internal(format!("node id: {e}")))?,
+    };
+    let advertise = match &args.advertise_addr {
+        Some(a) if a.parse::<std::net::SocketAddr>().is_ok() => a.clone(),
+        Some(a) if a.starts_with('[') || a.matches(':').count() == 1 => a.clone(),
+        // A host alone (or a bare IPv6 address): the port is the one we listen on.
+        Some(a) if a.contains(':') => format!("[{a}]:{}", listen.port()),
+        Some(a) => format!("{a}:{}", listen.port()),
+        None if listen.ip().is_unspecified() => {
+            return Err(invalid(format!(
+                "listening on {listen}: give --advertise-addr, the address clients reach                  this server at"
+            )))
+        }
+        None => listen.to_string(),
+    };
+    Ok(ClusterConfig {
+        etcd_endpoints: args.etcd_endpoints.clone(),
+        cluster_id: args.cluster_id.clone(),
+        node_id,
+        advertise,
+        member_ttl: args.member_ttl,
+        weight: args.weight,
+        run_blocks: args.run_blocks,
+        seed: args.seed,
+        join_window: args.join_window,
+    })
+}
+
+/// The node id kept in `<data dir>/node-id`, made (host name and random hex) at first use,
+/// so a restarted server owns the same runs, and its recovered ssd tier serves them.
+fn stored_node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) => {
+            let id = id.trim().to_owned();
+            crate::cluster::membership::check_id("node id", &id)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let host: String = hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect();
+            let mut random = [0u8; 4];
+            getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let tail = u32::from_le_bytes(random);
+            let id = if host.is_empty() {
+                format!("node-{tail:08x}")
+            } else {
+                format!("{host}-{tail:08x}")
+            };
+            std::fs::write(&path, format!("{id}\n"))?;
+            tracing::info!(node = %id, "made this server's node id, kept in {}", path.display());
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn internal(msg: String) -> strata_engine::Error {

@@ -6,6 +6,7 @@
 //! [`settings`] and its process [`launch`]. The engine's types are the engine crate's:
 //! embedders depend on `strata-engine` alone.
 
+pub mod cluster;
 pub mod launch;
 pub mod metrics;
 pub mod net;

@@ -180,6 +180,68 @@ pub struct ServerArgs {
     /// connection (a put then is revoked) [default: 30000].
     #[arg(long, env = "STRATA_TRANSFER_TIMEOUT")]
     pub transfer_timeout: Option<u64>,
+    /// etcd client URLs, comma-separated (http://127.0.0.1:2379,...): this server joins
+    /// the cluster --cluster-id there (docs/cluster.md). Without it the server runs alone.
+    #[arg(long, env = "STRATA_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Option<String>,
+    /// Which cluster in etcd to join [default: default].
+    #[arg(long, env = "STRATA_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// This server's stable id in the cluster [default: made once and kept in
+    /// <data dir>/node-id].
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// HOST[:PORT] clients reach this server's QUIC service at [default: the listen
+    /// address, which then must not be 0.0.0.0 or ::].
+    #[arg(long, env = "STRATA_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Seconds this server's member record outlives its last renewal in etcd
+    /// [default: 5].
+    #[arg(long, env = "STRATA_MEMBER_TTL")]
+    pub member_ttl: Option<u64>,
+    /// This server's share of the cluster's keys relative to the others [default: 1].
+    #[arg(long, env = "STRATA_WEIGHT")]
+    pub weight: Option<f64>,
+    /// Blocks per placement run, for a cluster this server creates; must match an
+    /// existing cluster's [default: 16, or the cluster's].
+    #[arg(long, env = "STRATA_RUN_BLOCKS")]
+    pub run_blocks: Option<u32>,
+    /// Placement seed, as --run-blocks [default: the cluster's, or a fixed one].
+    #[arg(long, env = "STRATA_PLACEMENT_SEED")]
+    pub placement_seed: Option<u64>,
+    /// Seconds after a member joins during which clients also look a miss up at the
+    /// run's previous owner [default: 600].
+    #[arg(long, env = "STRATA_JOIN_WINDOW")]
+    pub join_window: Option<u64>,
+    /// Milliseconds a leaving member goes on serving after it left the view, for reads
+    /// leased just before [default: 1000].
+    #[arg(long, env = "STRATA_LEAVE_GRACE")]
+    pub leave_grace: Option<u64>,
+}
+
+/// The cluster flags, checked; the node id and advertised port are settled at start.
+#[derive(Clone, Debug)]
+pub struct ClusterArgs {
+    /// etcd client URLs.
+    pub etcd_endpoints: Vec<String>,
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// `--node-id`, if given.
+    pub node_id: Option<String>,
+    /// `--advertise-addr`, if given.
+    pub advertise_addr: Option<String>,
+    /// Member record TTL.
+    pub member_ttl: Duration,
+    /// Weight.
+    pub weight: f64,
+    /// `--run-blocks`, if given.
+    pub run_blocks: Option<u32>,
+    /// `--placement-seed`, if given.
+    pub seed: Option<u64>,
+    /// The join window.
+    pub join_window: Duration,
+    /// Serving after leaving.
+    pub leave_grace: Duration,
 }
 
 /// Everything the binary needs to start, resolved and checked.
@@ -193,6 +255,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Demote dram to ssd on a graceful shutdown.
     pub persist_on_shutdown: bool,
+    /// The cluster to join, if any.
+    pub cluster: Option<ClusterArgs>,
 }
 
 fn invalid(msg: String) -> Error {
@@ -257,6 +321,16 @@ impl ServerArgs {
             data_port: self.data_port.or(file.data_port),
             data_tls: self.data_tls.or(file.data_tls),
             transfer_timeout: self.transfer_timeout.or(file.transfer_timeout),
+            etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
+            cluster_id: self.cluster_id.or(file.cluster_id),
+            node_id: self.node_id.or(file.node_id),
+            advertise_addr: self.advertise_addr.or(file.advertise_addr),
+            member_ttl: self.member_ttl.or(file.member_ttl),
+            weight: self.weight.or(file.weight),
+            run_blocks: self.run_blocks.or(file.run_blocks),
+            placement_seed: self.placement_seed.or(file.placement_seed),
+            join_window: self.join_window.or(file.join_window),
+            leave_grace: self.leave_grace.or(file.leave_grace),
         }
     }
 
@@ -295,6 +369,7 @@ impl ServerArgs {
         };
         store.validate()?;
         let data_plane = self.data_plane(listen)?;
+        let cluster = self.cluster()?;
         let metrics_addr = self.metrics_addr(listen)?;
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
@@ -328,7 +403,71 @@ impl ServerArgs {
             },
             data_dir,
             persist_on_shutdown: self.persist_on_shutdown.unwrap_or(false),
+            cluster,
         })
+    }
+
+    /// The cluster flags, if `--etcd-endpoints` is given; the others alone are refused.
+    fn cluster(&self) -> Result<Option<ClusterArgs>> {
+        let Some(endpoints) = self.etcd_endpoints.as_deref() else {
+            let stray = [
+                ("--cluster-id", self.cluster_id.is_some()),
+                ("--node-id", self.node_id.is_some()),
+                ("--advertise-addr", self.advertise_addr.is_some()),
+                ("--member-ttl", self.member_ttl.is_some()),
+                ("--weight", self.weight.is_some()),
+                ("--run-blocks", self.run_blocks.is_some()),
+                ("--placement-seed", self.placement_seed.is_some()),
+                ("--join-window", self.join_window.is_some()),
+            ];
+            if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(invalid(format!("{flag} needs --etcd-endpoints")));
+            }
+            return Ok(None);
+        };
+        let etcd_endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if etcd_endpoints.is_empty() {
+            return Err(invalid(
+                "--etcd-endpoints takes one or more etcd URLs".into(),
+            ));
+        }
+        let cluster_id = self.cluster_id.clone().unwrap_or_else(|| "default".into());
+        crate::cluster::membership::check_id("--cluster-id", &cluster_id).map_err(invalid)?;
+        if let Some(id) = &self.node_id {
+            crate::cluster::membership::check_id("--node-id", id).map_err(invalid)?;
+        }
+        let member_ttl = self.member_ttl.unwrap_or(5);
+        if !(1..=3600).contains(&member_ttl) {
+            return Err(invalid(format!(
+                "--member-ttl is 1 to 3600 seconds, not {member_ttl}"
+            )));
+        }
+        let weight = self.weight.unwrap_or(1.0);
+        if !(weight.is_finite() && weight > 0.0) {
+            return Err(invalid(format!(
+                "--weight must be a positive number, not {weight}"
+            )));
+        }
+        if self.run_blocks == Some(0) {
+            return Err(invalid("--run-blocks must be at least 1".into()));
+        }
+        Ok(Some(ClusterArgs {
+            etcd_endpoints,
+            cluster_id,
+            node_id: self.node_id.clone(),
+            advertise_addr: self.advertise_addr.clone(),
+            member_ttl: Duration::from_secs(member_ttl),
+            weight,
+            run_blocks: self.run_blocks,
+            seed: self.placement_seed,
+            join_window: Duration::from_secs(self.join_window.unwrap_or(600)),
+            leave_grace: Duration::from_millis(self.leave_grace.unwrap_or(1_000)),
+        }))
     }
 
     /// Where the metrics port listens, if anywhere.

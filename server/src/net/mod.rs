@@ -150,6 +150,7 @@ impl Service {
             shm,
             data,
             metrics,
+            cluster: Arc::default(),
         });
         Ok(Service {
             endpoint,
@@ -188,6 +189,12 @@ impl Service {
     /// The service's metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// The cluster view this service answers `ClusterView` with: hand it to
+    /// [`crate::cluster::Membership::join`] (a server alone leaves it empty).
+    pub fn cluster_state(&self) -> Arc<crate::cluster::ClusterState> {
+        Arc::clone(&self.shared.cluster)
     }
 
     /// The certificate file clients should trust.

@@ -30,6 +30,7 @@ use strata_proto::{Error, ErrorCode};
 use super::data::DataPlane;
 use super::session::Session;
 use super::shm::ShmExport;
+use crate::cluster::ClusterState;
 use crate::metrics::Metrics;
 use strata_engine::{Extent, PutOptions, Store, TierKind, WriteReservation, WriterId};
 
@@ -135,6 +136,8 @@ pub(crate) struct Shared {
     /// The TCP data plane, when on: sessions that ask get an offer and signed leases.
     pub data: Option<Arc<DataPlane>>,
     pub metrics: Arc<Metrics>,
+    /// The cluster's members as this server sees them (empty when it runs alone).
+    pub cluster: Arc<ClusterState>,
 }
 
 impl Shared {
@@ -252,6 +255,10 @@ pub(crate) async fn answer<P: Payload>(
             expect_no_header(header)?;
             let stats = stats(shared);
             Ok(Response::Frame(encode_response(&stats)))
+        }
+        Opcode::ClusterView => {
+            expect_no_header(header)?;
+            Ok(Response::Frame(encode_response(&shared.cluster.view())))
         }
         Opcode::DeviceSegments => {
             expect_no_header(header)?;
@@ -859,6 +866,7 @@ mod tests {
             shm: None,
             data: None,
             metrics: Arc::new(Metrics::new()),
+            cluster: Arc::default(),
         }
     }
 
