@@ -29,6 +29,9 @@ use crate::transport::Route;
 /// The store's figures, as `strata stats` prints them.
 pub type ServerStats = StatsResponse;
 
+/// A server's view of its cluster ([`Client::cluster_view`]).
+pub type ClusterView = strata_proto::msg::ClusterViewResponse;
+
 /// A write reservation made with [`Client::put_start`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation {
@@ -713,6 +716,32 @@ impl Client {
         let frame = encode_bare_request(Opcode::Stats);
         let (_, header) = self.bounded("stats", self.request(&frame, &[])).await?;
         decode::<StatsResponse>(&header)
+    }
+
+    /// The cluster this server belongs to, as it sees it: its members and placement
+    /// settings; the empty view (no members) for a server running alone, and for a
+    /// server too old to know the call.
+    pub async fn cluster_view(&self) -> Result<ClusterView> {
+        let frame = encode_bare_request(Opcode::ClusterView);
+        match self
+            .bounded("cluster_view", self.request(&frame, &[]))
+            .await
+        {
+            Ok((_, header)) => decode::<ClusterView>(&header),
+            Err(e) if e.code() == ErrorCode::Protocol && e.message().contains("unknown opcode") => {
+                Ok(ClusterView {
+                    cluster_id: String::new(),
+                    epoch: 0,
+                    scheme: strata_proto::placement::SCHEME.into(),
+                    seed: 0,
+                    run_blocks: 0,
+                    join_window_ms: 0,
+                    node_id: String::new(),
+                    members: Vec::new(),
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One round trip with no work; returns how long it took.

@@ -50,6 +50,9 @@ pub struct ClientConfig {
     /// that issued its certificate. `None`: the certificate in the default data dir
     /// ([`default_cert_path`]) if there is one, and the system's roots.
     pub ca_cert: Option<PathBuf>,
+    /// Certificates (PEM text) trusted besides `ca_cert`: a cluster member's self-signed
+    /// certificate, as the member view published it.
+    pub trusted_pem: Option<String>,
     /// Name to check the server's certificate against. `None`: the host part of `server`.
     pub server_name: Option<String>,
     /// Token the server requires, if it requires one.
@@ -95,6 +98,7 @@ impl Default for ClientConfig {
         ClientConfig {
             server: DEFAULT_SERVER.to_owned(),
             ca_cert: None,
+            trusted_pem: None,
             server_name: None,
             auth_token: None,
             auth_token_file: None,

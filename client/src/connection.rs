@@ -102,6 +102,15 @@ fn trust(config: &ClientConfig) -> Result<rustls::RootCertStore> {
             roots.add_parsable_certificates(native.certs);
         }
     }
+    if let Some(pem) = &config.trusted_pem {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                let msg = format!("a trusted certificate is not PEM: {e}");
+                Error::new(ErrorCode::InvalidArgument, msg)
+            })?;
+        roots.add_parsable_certificates(certs);
+    }
     if roots.is_empty() {
         return Err(Error::new(
             ErrorCode::InvalidArgument,

@@ -377,3 +377,110 @@ pub fn ssd_files(ssd_dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// A free TCP port on loopback (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A real etcd (Debian's `etcd-server`) on free loopback ports with its data in a temp
+/// dir, for the cluster tests; killed when dropped.
+pub struct EtcdProcess {
+    child: Option<Child>,
+    binary: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdProcess {
+    /// Starts etcd and waits until it answers; `None` (after saying why) where etcd is
+    /// not installed and the run may skip.
+    pub fn start() -> Option<EtcdProcess> {
+        let binary = external_program("etcd", "etcd-server")?;
+        let mut etcd = EtcdProcess {
+            child: None,
+            binary,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        etcd.spawn();
+        Some(etcd)
+    }
+
+    /// The client URL servers are given (`--etcd-endpoints`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&self.binary)
+            .arg("--name")
+            .arg("strata-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .arg("--initial-cluster")
+            .arg(format!("strata-test={peer}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("etcd.log")).expect("etcd log"))
+            .spawn()
+            .expect("spawning etcd");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let url = format!("{}/health", self.endpoint());
+        while !try_http_get(&url).is_ok_and(|(s, body)| s == 200 && body.contains("true")) {
+            assert!(Instant::now() < deadline, "etcd did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to etcd.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("etcd runs").id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+    }
+
+    /// Kills etcd (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,433 @@
+//! A cluster end to end: a real etcd (Debian's `etcd-server`) on free loopback ports and
+//! real `strata-server` processes joining it (docs/cluster.md), with member TTL 2 s and
+//! a kvcache-shaped workload: prompt families of 8 shared blocks, each prompt then 16 to
+//! 48 blocks of its own, two TP ranks per block.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use strata_client::{Client, ClusterClient, ClusterOptions, ErrorCode, MemberState};
+use strata_tests::{block_value, run_bounded, server_binary, EtcdProcess, ServerProcess};
+
+const TTL_S: u64 = 2;
+const VALUE_LEN: usize = 2048;
+const RUN: usize = 16;
+
+/// A member of cluster `cluster` with node id `node`.
+fn member(etcd: &EtcdProcess, cluster: &str, node: &str, extra: &[&str]) -> ServerProcess {
+    let endpoint = etcd.endpoint();
+    let ttl = TTL_S.to_string();
+    let mut args = vec![
+        "--etcd-endpoints",
+        &endpoint,
+        "--cluster-id",
+        cluster,
+        "--node-id",
+        node,
+        "--member-ttl",
+        &ttl,
+        "--device-plugin",
+        "off",
+        "--ssd-path",
+        "off",
+        "--dram-capacity",
+        "128MiB",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+fn options() -> ClusterOptions {
+    ClusterOptions {
+        view_refresh: Duration::from_millis(200),
+        lookup_timeout: Duration::from_millis(1500),
+        retry_after: Duration::from_millis(500),
+    }
+}
+
+/// A client of the cluster `via` belongs to, once its view holds `members` members.
+async fn cluster_client(via: &ServerProcess, members: usize) -> ClusterClient {
+    let client = ClusterClient::connect(via.client_config(), options())
+        .await
+        .expect("connecting to the cluster");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active(&client).len() != members {
+        assert!(
+            Instant::now() < deadline,
+            "the view never held {members} members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.refresh_view().await.expect("refreshing the view");
+    }
+    client
+}
+
+/// A prompt: per position (block) its two TP ranks' keys.
+type Chain = Vec<Vec<String>>;
+
+/// `families` families of `per_family` prompts: 8 blocks shared in a family, then 16 to
+/// 48 of the prompt's own. Keys as an engine names them: model, rank, chained hash.
+fn workload(tag: &str, families: usize, per_family: usize) -> Vec<Chain> {
+    let mut prompts = Vec::new();
+    for f in 0..families {
+        for p in 0..per_family {
+            let own = 16 + (f * 7 + p * 13) % 33;
+            let chain = (0..8 + own)
+                .map(|b| {
+                    let hash = if b < 8 {
+                        format!("{tag}-f{f}-b{b}")
+                    } else {
+                        format!("{tag}-f{f}-p{p}-b{b}")
+                    };
+                    (0..2).map(|r| format!("m@tp{r}@{hash}")).collect()
+                })
+                .collect();
+            prompts.push(chain);
+        }
+    }
+    prompts
+}
+
+fn value_of(key: &str) -> Vec<u8> {
+    block_value(xxhash_rust::xxh3::xxh3_64(key.as_bytes()), VALUE_LEN)
+}
+
+fn values(chain: &[Vec<String>]) -> Vec<Vec<u8>> {
+    chain.iter().flatten().map(|k| value_of(k)).collect()
+}
+
+async fn put_all(client: &ClusterClient, prompts: &[Chain]) {
+    for chain in prompts {
+        for r in client.batch_put_chain(chain, &values(chain)).await {
+            r.expect("put at the owner");
+        }
+    }
+}
+
+/// Loads the first `len` positions of `chain` and checks every byte.
+async fn load_and_check(client: &ClusterClient, chain: &[Vec<String>], len: usize) {
+    let keys: Vec<&String> = chain[..len].iter().flatten().collect();
+    let mut bufs = vec![vec![0u8; VALUE_LEN]; keys.len()];
+    let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    let results = client.batch_get_chain_into(chain, &mut slices).await;
+    for ((key, r), buf) in keys.iter().zip(results).zip(&bufs) {
+        assert_eq!(
+            r.unwrap_or_else(|e| panic!("{key}: {e}")),
+            VALUE_LEN,
+            "{key}"
+        );
+        assert!(buf == &value_of(key), "{key}: wrong bytes");
+    }
+}
+
+/// Prefix blocks found over all prompts, as a fraction of all their blocks.
+async fn found_share(client: &ClusterClient, prompts: &[Chain]) -> f64 {
+    let (mut found, mut all) = (0, 0);
+    for chain in prompts {
+        found += client.prefix_len(chain).await.expect("lookup");
+        all += chain.len();
+    }
+    found as f64 / all as f64
+}
+
+/// The node ids in `client`'s view that are active.
+fn active(client: &ClusterClient) -> Vec<String> {
+    client
+        .view()
+        .members
+        .iter()
+        .filter(|m| m.state == MemberState::Active)
+        .map(|m| m.node_id.clone())
+        .collect()
+}
+
+/// The node ids a server sees, by asking it directly.
+async fn seen_by(server: &ServerProcess) -> Vec<String> {
+    let client = Client::connect(server.client_config()).await.unwrap();
+    let view = client.cluster_view().await.unwrap();
+    view.members.into_iter().map(|m| m.node_id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_equal_one_servers_and_each_run_lives_at_its_owner() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        // No previous-owner lookups: this test counts the servers a lookup asks.
+        .map(|n| member(&etcd, "agree", n, &["--join-window", "0"]))
+        .collect();
+    let alone = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let cluster = cluster_client(&servers[0], 3).await;
+    assert_eq!(active(&cluster), ["n1", "n2", "n3"]);
+    let single = ClusterClient::connect(alone.client_config(), options())
+        .await
+        .unwrap();
+    assert!(
+        single.view().members.is_empty(),
+        "a server alone is a cluster of one"
+    );
+
+    // Stored: whole prompts, prompts cut at any block, and a prompt with one rank's key
+    // missing in the middle of its second run.
+    let prompts = workload("agree", 6, 3);
+    let mut stored: Vec<Chain> = Vec::new();
+    for (i, chain) in prompts.iter().enumerate() {
+        let keep = match i % 3 {
+            0 => chain.len(),
+            1 => 5 + i % 27,
+            _ => chain.len(),
+        };
+        stored.push(chain[..keep.min(chain.len())].to_vec());
+    }
+    put_all(&cluster, &stored).await;
+    put_all(&single, &stored).await;
+    let names = ["n1", "n2", "n3"];
+    let clients: Vec<Client> = connect_each(&servers).await;
+    // The hole: removed from the single server, and from its run's owner in the cluster.
+    let hole = prompts[2][20][1].as_bytes();
+    single.remove(hole, true).await.unwrap();
+    let hole_owner = cluster.owner_of_position(&prompts[2], 20).unwrap();
+    let at = names.iter().position(|n| *n == hole_owner).unwrap();
+    clients[at].remove(hole, true).await.unwrap();
+
+    // Every answer equals the single server's; a lookup asks at most ceil(len / R)
+    // servers, in one round.
+    for chain in &prompts {
+        let want = single.prefix_len(chain).await.unwrap();
+        let got = cluster.prefix_len_leased(chain).await.unwrap();
+        assert_eq!(got.len, want, "prefix of a chain of {}", chain.len());
+        assert!(
+            got.servers <= chain.len().div_ceil(RUN),
+            "{} servers",
+            got.servers
+        );
+        if got.len > 0 {
+            assert!(got.leased_until.is_some());
+            load_and_check(&cluster, chain, got.len).await;
+        }
+    }
+    assert_eq!(cluster.prefix_len(&prompts[2]).await.unwrap(), 20);
+
+    // Each key lives at the owner the client computes, and nowhere else.
+    for chain in stored.iter().take(6) {
+        for (p, group) in chain.iter().enumerate() {
+            let owner = cluster.owner_of_position(chain, p).unwrap();
+            for key in group {
+                if key == &prompts[2][20][1] {
+                    continue;
+                }
+                for (name, c) in names.iter().zip(&clients) {
+                    let here = c.exists(key.as_bytes()).await.unwrap();
+                    assert_eq!(here, *name == owner, "{key} at {name}, owner {owner}");
+                }
+            }
+        }
+    }
+    // Keys outside a chain place by themselves, and still round-trip.
+    for i in 0..50 {
+        let key = format!("single-{i}");
+        cluster.put(key.as_bytes(), &value_of(&key)).await.unwrap();
+        assert_eq!(
+            &cluster.get(key.as_bytes()).await.unwrap()[..],
+            &value_of(&key)[..]
+        );
+        let owner = cluster.owner_of_key(key.as_bytes()).unwrap();
+        let at = names.iter().position(|n| *n == owner).unwrap();
+        assert!(clients[at].exists(key.as_bytes()).await.unwrap());
+    }
+    let counters = cluster.counters();
+    assert!(counters.lookups > 0 && counters.lookup_servers >= counters.lookups);
+}
+
+async fn connect_each(servers: &[ServerProcess]) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for s in servers {
+        clients.push(Client::connect(s.client_config()).await.unwrap());
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_follow_the_members_weights() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    for (cluster_id, weights, want) in [
+        ("equal", ["1", "1", "1"], [1.0 / 3.0; 3]),
+        ("weighted", ["1", "1", "2"], [0.25, 0.25, 0.5]),
+    ] {
+        let servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+            .iter()
+            .zip(weights)
+            .map(|(n, w)| member(&etcd, cluster_id, n, &["--weight", w]))
+            .collect();
+        let client = cluster_client(&servers[0], 3).await;
+        let mut owned: HashMap<String, usize> = HashMap::new();
+        let runs = 30_000;
+        for i in 0..runs {
+            let anchor = format!("m@tp0@run-{i}");
+            *owned
+                .entry(client.owner_of_key(anchor.as_bytes()).unwrap())
+                .or_default() += 1;
+        }
+        for (node, want) in ["n1", "n2", "n3"].iter().zip(want) {
+            let share = owned[*node] as f64 / runs as f64;
+            assert!(
+                (share - want).abs() <= 0.02,
+                "{cluster_id}: {node} owns {share}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_costs_only_its_runs() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| member(&etcd, "loss", n, &[]))
+        .collect();
+    let client = cluster_client(&servers[0], 3).await;
+    let prompts = workload("loss", 48, 2);
+    put_all(&client, &prompts).await;
+    assert_eq!(found_share(&client, &prompts).await, 1.0);
+
+    // What the client placed on n3, before it dies: per prompt, per position.
+    let on_n3: Vec<Vec<bool>> = prompts
+        .iter()
+        .map(|c| {
+            (0..c.len())
+                .map(|p| client.owner_of_position(c, p).as_deref() == Some("n3"))
+                .collect()
+        })
+        .collect();
+    assert!(on_n3.iter().flatten().any(|x| *x));
+
+    let killed_at = Instant::now();
+    servers[2].kill_hard();
+    // No call blocks past its timeout while the dead member is still in the view.
+    let looker = {
+        let (client, chain) = (client.clone(), prompts[0].clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            while killed_at.elapsed() < Duration::from_secs(TTL_S + 2) {
+                let started = Instant::now();
+                client
+                    .prefix_len(&chain)
+                    .await
+                    .expect("a lookup never fails for a lost member");
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        })
+    };
+    let gone = |nodes: Vec<String>| !nodes.contains(&"n3".to_owned());
+    let (mut client_at, mut servers_at) = (None, [None, None]);
+    while client_at.is_none() || servers_at.iter().any(Option::is_none) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(TTL_S + 3),
+            "n3 was never dropped"
+        );
+        if client_at.is_none() && gone(active(&client)) {
+            client_at = Some(killed_at.elapsed());
+        }
+        for (at, s) in servers_at.iter_mut().zip(&servers[..2]) {
+            if at.is_none() && gone(seen_by(s).await) {
+                *at = Some(killed_at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let within = Duration::from_secs(TTL_S + 1);
+    for (who, at) in [
+        ("n1", servers_at[0]),
+        ("n2", servers_at[1]),
+        ("the client", client_at),
+    ] {
+        let at = at.unwrap();
+        assert!(at <= within, "{who} dropped n3 after {at:?}");
+    }
+    let slowest = looker.await.unwrap();
+    assert!(
+        slowest < options().lookup_timeout + Duration::from_millis(500),
+        "a lookup took {slowest:?}"
+    );
+
+    // Keys of live owners: all there, every byte. Lost: exactly n3's share.
+    let share = found_share(&client, &prompts).await;
+    eprintln!("n3 dropped by n1, n2, the client after {servers_at:?}, {client_at:?}; slowest lookup {slowest:?}; prefix blocks still found: {share:.2}");
+    assert!(
+        share >= 0.45,
+        "found {share:.2} of the prefix blocks after the loss"
+    );
+    for (chain, on_n3) in prompts.iter().zip(&on_n3) {
+        let keys: Vec<&String> = chain.iter().flatten().collect();
+        let mut bufs = vec![vec![0u8; VALUE_LEN]; keys.len()];
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+        let results = client.batch_get_chain_into(chain, &mut slices).await;
+        for (p, group) in chain.iter().enumerate() {
+            let was_on_n3 = on_n3[p];
+            for (r, key) in group.iter().enumerate() {
+                let at = p * 2 + r;
+                match &results[at] {
+                    Ok(_) => {
+                        assert!(!was_on_n3, "{key} was on n3 and is still found");
+                        assert!(bufs[at] == value_of(key), "{key}: wrong bytes");
+                    }
+                    Err(e) => {
+                        assert!(was_on_n3, "{key} lost though its owner lives: {e}");
+                        assert_eq!(e.code(), ErrorCode::NotFound, "{key}: {e}");
+                    }
+                }
+            }
+        }
+    }
+    // One re-put pass (at the runs' new owners) and every prefix is whole again.
+    put_all(&client, &prompts).await;
+    assert_eq!(found_share(&client, &prompts).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_node_id_and_a_different_config_are_refused() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let _first = member(&etcd, "dup", "n1", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = etcd.endpoint();
+    let attempt = |extra: &[&str]| {
+        let mut command = Command::new(server_binary());
+        command
+            .args(["--port", "0", "--metrics-addr", "off", "--data-port", "0"])
+            .args(["--device-plugin", "off", "--ssd-path", "off"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args([
+                "--etcd-endpoints",
+                &endpoint,
+                "--cluster-id",
+                "dup",
+                "--member-ttl",
+                "2",
+            ])
+            .args(extra);
+        run_bounded(&mut command, Duration::from_secs(20))
+    };
+    let (status, _, err) = attempt(&["--node-id", "n1"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("node id \"n1\" is already a live member"),
+        "{err}"
+    );
+    let (status, _, err) = attempt(&["--node-id", "n2", "--run-blocks", "8"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("refusing to join"), "{err}");
+    let (status, _, err) = attempt(&["--node-id", "bad/id"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--node-id"), "{err}");
+}
