@@ -255,6 +255,33 @@ impl ServerProcess {
         );
     }
 
+    /// Sends `signal` (`TERM`, `STOP`, ...) without waiting for anything.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+    }
+
+    /// Waits (bounded) for the process to exit after a signal.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting on the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
@@ -450,6 +477,30 @@ impl EtcdProcess {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// How many keys start with `prefix`, as etcd answers now (`None`: it does not).
+    pub fn count_prefix(&self, prefix: &str) -> Option<u64> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut end = prefix.as_bytes().to_vec();
+        *end.last_mut().expect("a non-empty prefix") += 1;
+        let body = serde_json::json!({
+            "key": b64.encode(prefix),
+            "range_end": b64.encode(end),
+            "count_only": true,
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_millis(500)))
+            .build()
+            .into();
+        let mut answer = agent
+            .post(&format!("{}/v3/kv/range", self.endpoint()))
+            .send(body.to_string())
+            .ok()?;
+        let v: serde_json::Value =
+            serde_json::from_str(&answer.body_mut().read_to_string().ok()?).ok()?;
+        Some(v["count"].as_str().map_or(0, |c| c.parse().unwrap_or(0)))
     }
 
     /// Sends `signal` (`STOP`, `CONT`) to etcd.

@@ -14,28 +14,40 @@ const TTL_S: u64 = 2;
 const VALUE_LEN: usize = 2048;
 const RUN: usize = 16;
 
-/// A member of cluster `cluster` with node id `node`.
+/// A member of cluster `cluster` with node id `node` (fresh data dir, no ssd tier unless
+/// `extra` names one).
 fn member(etcd: &EtcdProcess, cluster: &str, node: &str, extra: &[&str]) -> ServerProcess {
-    let endpoint = etcd.endpoint();
-    let ttl = TTL_S.to_string();
-    let mut args = vec![
+    ServerProcess::start(
+        &member_args(etcd, cluster, node, extra)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn member_args(etcd: &EtcdProcess, cluster: &str, node: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "--etcd-endpoints",
-        &endpoint,
+        &etcd.endpoint(),
         "--cluster-id",
         cluster,
         "--node-id",
         node,
         "--member-ttl",
-        &ttl,
+        &TTL_S.to_string(),
         "--device-plugin",
-        "off",
-        "--ssd-path",
         "off",
         "--dram-capacity",
         "128MiB",
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start(&args)
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if !extra.contains(&"--ssd-path") {
+        args.extend(["--ssd-path".to_owned(), "off".to_owned()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 fn options() -> ClusterOptions {
@@ -430,4 +442,255 @@ async fn a_duplicate_node_id_and_a_different_config_are_refused() {
     let (status, _, err) = attempt(&["--node-id", "bad/id"]);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--node-id"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_leaves_at_once_and_leased_reads_complete() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| member(&etcd, "term", n, &[]))
+        .collect();
+    let client = cluster_client(&servers[0], 3).await;
+    let prompts = workload("term", 12, 2);
+    put_all(&client, &prompts).await;
+    // Leased lookups answered before the signal; their loads run after it.
+    let mut matched = Vec::new();
+    for chain in &prompts {
+        let m = client.prefix_len_leased(chain).await.unwrap();
+        assert_eq!(m.len, chain.len());
+        matched.push(m.len);
+    }
+    assert!(prompts
+        .iter()
+        .any(|c| (0..c.len()).any(|p| client.owner_of_position(c, p).as_deref() == Some("n3"))));
+    let signalled = Instant::now();
+    servers[2].signal("TERM");
+    for (chain, len) in prompts.iter().zip(&matched) {
+        load_and_check(&client, chain, *len).await;
+    }
+    let loads_took = signalled.elapsed();
+    let mut n1_dropped = None;
+    while n1_dropped.is_none() {
+        if !seen_by(&servers[0]).await.contains(&"n3".to_owned()) {
+            n1_dropped = Some(signalled.elapsed());
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "n3 stayed in n1's view"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let n1_dropped = n1_dropped.unwrap();
+    eprintln!("loads after SIGTERM took {loads_took:?}; n1 dropped n3 after {n1_dropped:?}");
+    assert!(
+        n1_dropped <= Duration::from_millis(500),
+        "n3 left n1's view after {n1_dropped:?}"
+    );
+    assert_eq!(etcd.count_prefix("/strata/v1/term/members/"), Some(2));
+    let status = servers[2].wait_exit(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "a SIGTERMed member exits cleanly: {status}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_takes_a_quarter_of_the_runs_and_warm_prefixes_keep_hitting() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| member(&etcd, "join", n, &[]))
+        .collect();
+    let client = cluster_client(&servers[0], 3).await;
+    let prompts = workload("join", 24, 2);
+    put_all(&client, &prompts).await;
+    let anchors: Vec<String> = (0..10_000).map(|i| format!("m@tp0@run-{i}")).collect();
+    let before: Vec<String> = anchors
+        .iter()
+        .map(|a| client.owner_of_key(a.as_bytes()).unwrap())
+        .collect();
+    let stats_before = object_counts(&client).await;
+    // A joiner comes later than the members it takes runs from (members that join
+    // within a second of each other count as starting together).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    servers.push(member(&etcd, "join", "n4", &[]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active(&client).len() != 4 {
+        assert!(Instant::now() < deadline, "n4 never showed in the view");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moved = anchors
+        .iter()
+        .zip(&before)
+        .filter(|(a, was)| {
+            let now = client.owner_of_key(a.as_bytes()).unwrap();
+            assert!(
+                now == **was || now == "n4",
+                "a run moved between old members"
+            );
+            now != **was
+        })
+        .count();
+    let share = moved as f64 / anchors.len() as f64;
+    assert!(
+        (share - 0.25).abs() <= 0.05,
+        "{share:.3} of the runs changed owner"
+    );
+    // Warm prefixes still hit in full, loaded from the previous owners; nothing moved.
+    assert_eq!(found_share(&client, &prompts).await, 1.0);
+    for chain in &prompts {
+        load_and_check(&client, chain, chain.len()).await;
+    }
+    assert!(client.counters().second_rank_hits > 0);
+    let stats_after = object_counts(&client).await;
+    assert_eq!(
+        stats_after.get("n4"),
+        Some(&0),
+        "bytes migrated to the joiner"
+    );
+    for node in ["n1", "n2", "n3"] {
+        assert_eq!(
+            stats_after[node], stats_before[node],
+            "{node}'s objects changed"
+        );
+    }
+}
+
+/// Objects per member, from each member's stats.
+async fn object_counts(client: &ClusterClient) -> HashMap<String, u64> {
+    client
+        .member_stats()
+        .await
+        .into_iter()
+        .map(|(m, stats)| (m.node_id, stats.expect("member stats").objects))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_serves_its_recovered_blocks_without_a_re_put() {
+    let Some(etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ssd = dir.path().join("ssd");
+    let n3_args = member_args(
+        &etcd,
+        "restart",
+        "n3",
+        &["--ssd-path", ssd.to_str().unwrap(), "--persist-on-shutdown"],
+    );
+    let n3_args: Vec<&str> = n3_args.iter().map(String::as_str).collect();
+    let mut servers = vec![
+        member(&etcd, "restart", "n1", &[]),
+        member(&etcd, "restart", "n2", &[]),
+        ServerProcess::start_in(dir.path(), "127.0.0.1:0", &n3_args),
+    ];
+    let client = cluster_client(&servers[0], 3).await;
+    let prompts = workload("restart", 12, 2);
+    put_all(&client, &prompts).await;
+    servers[2].signal("TERM");
+    assert!(servers[2].wait_exit(Duration::from_secs(20)).success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active(&client).len() != 2 {
+        assert!(Instant::now() < deadline, "n3 stayed in the view");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        found_share(&client, &prompts).await < 1.0,
+        "n3 held none of the runs"
+    );
+    // Same node id, same data dir (a new port): its ssd tier recovers, its runs come back.
+    servers[2] = ServerProcess::start_in(dir.path(), "127.0.0.1:0", &n3_args);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while active(&client).len() != 3 {
+        assert!(Instant::now() < deadline, "n3 never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(found_share(&client, &prompts).await, 1.0);
+    for chain in &prompts {
+        load_and_check(&client, chain, chain.len()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_changes_nothing_for_live_members() {
+    let Some(mut etcd) = EtcdProcess::start() else {
+        return;
+    };
+    let servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| member(&etcd, "outage", n, &[]))
+        .collect();
+    let client = cluster_client(&servers[0], 3).await;
+    let prompts = workload("outage", 12, 2);
+    put_all(&client, &prompts).await;
+    let members = "/strata/v1/outage/members/";
+    for (outage, stop) in [("SIGSTOP", true), ("kill and restart", false)] {
+        if stop {
+            etcd.signal("STOP");
+        } else {
+            etcd.kill();
+        }
+        let began = Instant::now();
+        let mut rounds = 0;
+        while began.elapsed() < Duration::from_secs(10) {
+            // Every operation against the live members goes on working, and no member
+            // leaves anyone's view.
+            let chain = &prompts[rounds % prompts.len()];
+            assert_eq!(
+                client.prefix_len(chain).await.unwrap(),
+                chain.len(),
+                "{outage}"
+            );
+            load_and_check(&client, chain, chain.len()).await;
+            let key = format!("outage-{outage}-{rounds}");
+            client.put(key.as_bytes(), &value_of(&key)).await.unwrap();
+            assert_eq!(active(&client).len(), 3, "{outage}: a member flapped out");
+            if rounds % 10 == 0 {
+                for s in &servers {
+                    assert_eq!(
+                        seen_by(s).await.len(),
+                        3,
+                        "{outage}: a server lost a member"
+                    );
+                }
+            }
+            rounds += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if stop {
+            etcd.signal("CONT");
+        } else {
+            etcd.restart();
+        }
+        let back = Instant::now();
+        while etcd.count_prefix(members) != Some(3) {
+            assert!(
+                back.elapsed() < Duration::from_secs(5),
+                "{outage}: members never re-registered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = back.elapsed();
+        eprintln!("{outage}: {rounds} rounds of operations, members registered {took:?} after etcd's return");
+        assert!(
+            took <= Duration::from_secs(2),
+            "{outage}: re-registered after {took:?}"
+        );
+        // And they stay: no lease left to lapse a TTL later.
+        tokio::time::sleep(Duration::from_secs(TTL_S + 1)).await;
+        assert_eq!(
+            etcd.count_prefix(members),
+            Some(3),
+            "{outage}: a member lapsed later"
+        );
+        for s in &servers {
+            assert_eq!(seen_by(s).await.len(), 3);
+        }
+    }
 }
