@@ -585,7 +585,7 @@ async fn a_restarted_member_serves_its_recovered_blocks_without_a_re_put() {
         &["--ssd-path", ssd.to_str().unwrap(), "--persist-on-shutdown"],
     );
     let n3_args: Vec<&str> = n3_args.iter().map(String::as_str).collect();
-    let mut servers = vec![
+    let mut servers = [
         member(&etcd, "restart", "n1", &[]),
         member(&etcd, "restart", "n2", &[]),
         ServerProcess::start_in(dir.path(), "127.0.0.1:0", &n3_args),
