@@ -91,6 +91,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the cluster the server belongs to: each member's address, state, weight,
+    /// capacity and fill.
+    Cluster {
+        /// As one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Round trip to the server; print its version and host.
     Ping,
     /// Allocate SIZE bytes of device memory here (through the device module) and mount
@@ -244,10 +251,55 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
         Command::Rm { key, force } => client.remove(key.as_bytes(), force).await?,
         Command::Stats { json } => {
             let stats = client.stats().await?;
+            let view = client.cluster_view().await?;
             if json {
-                println!("{}", stats_json(&stats));
+                let mut value = stats_json(&stats);
+                if !view.members.is_empty() {
+                    value["cluster"] = view_json(&view);
+                }
+                println!("{value}");
             } else {
                 print_stats(&stats);
+                if !view.members.is_empty() {
+                    let active = view
+                        .members
+                        .iter()
+                        .filter(|m| m.state == crate::MemberState::Active)
+                        .count();
+                    println!(
+                        "cluster {} (epoch {}): node {} of {} members, {} active",
+                        view.cluster_id,
+                        view.epoch,
+                        view.node_id,
+                        view.members.len(),
+                        active
+                    );
+                }
+            }
+        }
+        Command::Cluster { json } => {
+            let cluster =
+                crate::ClusterClient::connect(client.config().clone(), Default::default()).await?;
+            let view = cluster.view();
+            let members = cluster.member_stats().await;
+            if json {
+                let mut value = view_json(&view);
+                for (m, (_, stats)) in value["members"]
+                    .as_array_mut()
+                    .into_iter()
+                    .flatten()
+                    .zip(&members)
+                {
+                    m["stats"] = match stats {
+                        Ok(s) => stats_json(s),
+                        Err(e) => serde_json::json!({ "error": e.to_string() }),
+                    };
+                }
+                println!("{value}");
+            } else if view.members.is_empty() {
+                println!("{} runs alone (no cluster)", client.config().server);
+            } else {
+                print_cluster(&view, &members);
             }
         }
         Command::MountSegment {
@@ -296,6 +348,64 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
 /// The stats as JSON: every field of the message, named as there.
 fn stats_json(s: &ServerStats) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
+/// A view as JSON, without the members' certificates.
+fn view_json(view: &crate::ClusterView) -> serde_json::Value {
+    let mut value = serde_json::to_value(view)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    for m in value["members"].as_array_mut().into_iter().flatten() {
+        if let Some(m) = m.as_object_mut() {
+            m.remove("cert_pem");
+        }
+    }
+    value
+}
+
+fn print_cluster(
+    view: &crate::ClusterView,
+    members: &[(crate::MemberInfo, Result<ServerStats, Error>)],
+) {
+    println!(
+        "cluster {} (epoch {}), runs of {} blocks, {} members",
+        view.cluster_id,
+        view.epoch,
+        view.run_blocks,
+        view.members.len()
+    );
+    println!(
+        "{:<20} {:<24} {:<9} {:>6} {:>14} {:>14} {:>6} {:>10} {:>9}",
+        "node", "address", "state", "weight", "capacity", "used", "fill", "objects", "joined"
+    );
+    for (m, stats) in members {
+        let state = match m.state {
+            crate::MemberState::Active => "active",
+            crate::MemberState::Draining => "draining",
+        };
+        let (used, objects) = match stats {
+            Ok(s) => (
+                s.tiers.iter().map(|t| t.used).sum::<u64>().to_string(),
+                s.objects.to_string(),
+            ),
+            Err(_) => ("unreachable".to_owned(), "-".to_owned()),
+        };
+        let fill = used
+            .parse::<u64>()
+            .map(|u| format!("{:.1}%", 100.0 * u as f64 / m.capacity.max(1) as f64))
+            .unwrap_or_else(|_| "-".into());
+        println!(
+            "{:<20} {:<24} {:<9} {:>6} {:>14} {:>14} {:>6} {:>10} {:>8}s",
+            m.node_id,
+            m.addr,
+            state,
+            m.weight,
+            m.capacity,
+            used,
+            fill,
+            objects,
+            m.joined_ms_ago / 1000
+        );
+    }
 }
 
 fn print_stats(s: &ServerStats) {

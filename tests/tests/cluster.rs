@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strata_client::{Client, ClusterClient, ClusterOptions, ErrorCode, MemberState};
-use strata_tests::{block_value, run_bounded, server_binary, EtcdProcess, ServerProcess};
+use strata_tests::{
+    block_value, cli_binary, run_bounded, server_binary, EtcdProcess, ServerProcess,
+};
 
 const TTL_S: u64 = 2;
 const VALUE_LEN: usize = 2048;
@@ -252,6 +254,36 @@ async fn lookups_equal_one_servers_and_each_run_lives_at_its_owner() {
     }
     let counters = cluster.counters();
     assert!(counters.lookups > 0 && counters.lookup_servers >= counters.lookups);
+
+    // The CLI shows the members and each one's fill; `stats` names the cluster.
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(cli_binary());
+        command
+            .arg("--server")
+            .arg(servers[1].addr.to_string())
+            .arg("--ca")
+            .arg(&servers[1].cert)
+            .args(args);
+        let (status, out, err) = run_bounded(&mut command, Duration::from_secs(30));
+        assert!(status.success(), "strata {args:?}: {err}");
+        out
+    };
+    let view: serde_json::Value = serde_json::from_str(&cli(&["cluster", "--json"])).unwrap();
+    assert_eq!(view["cluster_id"], "agree");
+    let listed = view["members"].as_array().unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|m| m["node_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, names);
+    for m in listed {
+        assert!(m["stats"]["objects"].as_u64().unwrap() > 0, "{m}");
+        assert!(m.get("cert_pem").is_none());
+    }
+    let table = cli(&["cluster"]);
+    assert!(table.contains("n3") && table.contains("active"), "{table}");
+    let stats = cli(&["stats"]);
+    assert!(stats.contains("cluster agree"), "{stats}");
 }
 
 async fn connect_each(servers: &[ServerProcess]) -> Vec<Client> {
