@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use strata_client::{Client, ClusterClient, ClusterOptions, ErrorCode, MemberState};
 use strata_tests::{
-    block_value, cli_binary, run_bounded, server_binary, EtcdProcess, ServerProcess,
+    block_value, cli_binary, metric, run_bounded, server_binary, EtcdProcess, ServerProcess,
 };
 
 const TTL_S: u64 = 2;
@@ -284,6 +284,18 @@ async fn lookups_equal_one_servers_and_each_run_lives_at_its_owner() {
     assert!(table.contains("n3") && table.contains("active"), "{table}");
     let stats = cli(&["stats"]);
     assert!(stats.contains("cluster agree"), "{stats}");
+
+    let text = servers[0].scrape();
+    assert_eq!(
+        metric(&text, "strata_cluster_members{state=\"active\"}"),
+        Some(3.0)
+    );
+    assert_eq!(metric(&text, "strata_cluster_etcd_up"), Some(1.0));
+    assert_eq!(
+        metric(&text, "strata_cluster_registrations_total"),
+        Some(1.0)
+    );
+    assert!(metric(&text, "strata_cluster_view_epoch").unwrap() > 0.0);
 }
 
 async fn connect_each(servers: &[ServerProcess]) -> Vec<Client> {
@@ -725,4 +737,7 @@ async fn an_etcd_outage_changes_nothing_for_live_members() {
             assert_eq!(seen_by(s).await.len(), 3);
         }
     }
+    let text = servers[0].scrape();
+    assert!(metric(&text, "strata_cluster_etcd_errors_total").unwrap() > 0.0);
+    assert_eq!(metric(&text, "strata_cluster_etcd_up"), Some(1.0));
 }

@@ -11,6 +11,7 @@
 //! the view only gains members, so members whose leases lapsed while etcd was away (and
 //! are re-registering) do not flap out of the clients' views.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -108,10 +109,17 @@ impl MemberRecord {
     }
 }
 
-/// The member view the service answers `ClusterView` with: empty for a server alone.
+/// The member view the service answers `ClusterView` with (empty for a server alone),
+/// and how membership is faring, for the metrics.
 #[derive(Default)]
 pub struct ClusterState {
     view: RwLock<Option<(Arc<ClusterViewResponse>, Instant)>>,
+    /// The last etcd call was answered.
+    pub etcd_up: AtomicBool,
+    /// etcd calls that got no answer.
+    pub etcd_errors: AtomicU64,
+    /// Member records registered (1 at join, +1 per re-registration).
+    pub registrations: AtomicU64,
 }
 
 impl ClusterState {
@@ -145,6 +153,21 @@ impl ClusterState {
         match &*self.view.read() {
             Some((v, _)) => (v.members.len(), v.epoch),
             None => (0, 0),
+        }
+    }
+
+    /// Active and draining members in the view, and its epoch.
+    pub fn counts(&self) -> (usize, usize, u64) {
+        match &*self.view.read() {
+            Some((v, _)) => {
+                let active = v
+                    .members
+                    .iter()
+                    .filter(|m| m.state == MemberState::Active)
+                    .count();
+                (active, v.members.len() - active, v.epoch)
+            }
+            None => (0, 0, 0),
         }
     }
 
@@ -269,6 +292,8 @@ impl Membership {
             lease = format_args!("{lease:x}"),
             "joined the cluster"
         );
+        state.registrations.fetch_add(1, Ordering::Relaxed);
+        state.etcd_up.store(true, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             etcd,
             config,
@@ -414,12 +439,14 @@ impl Keeper {
                 self.renew(shared);
             }
             if let Err(e) = self.poll(shared) {
-                self.outage(&e);
+                self.outage(shared, &e);
             }
         }
     }
 
-    fn outage(&mut self, e: &EtcdError) {
+    fn outage(&mut self, shared: &Shared, e: &EtcdError) {
+        shared.state.etcd_errors.fetch_add(1, Ordering::Relaxed);
+        shared.state.etcd_up.store(false, Ordering::Relaxed);
         if !self.in_outage {
             tracing::warn!("etcd unreachable, serving with the last cluster view: {e}");
         }
@@ -427,6 +454,7 @@ impl Keeper {
     }
 
     fn back(&mut self, shared: &Shared) {
+        shared.state.etcd_up.store(true, Ordering::Relaxed);
         if self.in_outage {
             tracing::info!("etcd answers again");
             self.in_outage = false;
@@ -452,7 +480,7 @@ impl Keeper {
                 }
             }
             Err(e) => {
-                self.outage(&e);
+                self.outage(shared, &e);
                 // Try again at the next poll: the lease may still be saved.
                 self.next_renewal = Instant::now();
             }
@@ -478,6 +506,7 @@ impl Keeper {
             ));
         }
         *shared.lease.lock().unwrap() = lease;
+        shared.state.registrations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             lease = format_args!("{lease:x}"),
             "registered again after the lease lapsed"

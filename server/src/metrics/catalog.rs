@@ -69,6 +69,20 @@ catalog! {
     PREFIX_HITS = "strata_prefix_hit_blocks_total", Counter, [],
         "Blocks of the stored prefixes found; divided by blocks asked, the prefix hit ratio.";
 
+    // The cluster (docs/cluster.md): this server's view of it, and its etcd.
+    CLUSTER_MEMBERS = "strata_cluster_members", Gauge, ["state"],
+        "Members in this server's view of its cluster, by state (active, draining); 0 for \
+         a server alone.";
+    CLUSTER_VIEW_EPOCH = "strata_cluster_view_epoch", Gauge, [],
+        "The etcd revision this server's member view was read at (0 alone).";
+    CLUSTER_ETCD_UP = "strata_cluster_etcd_up", Gauge, [],
+        "1 when this server's last etcd call was answered, 0 when it was not (or alone).";
+    CLUSTER_ETCD_ERRORS = "strata_cluster_etcd_errors_total", Counter, [],
+        "etcd calls (renewals, member reads) that got no answer.";
+    CLUSTER_REGISTRATIONS = "strata_cluster_registrations_total", Counter, [],
+        "Times this server registered its member record: once at start, once more after \
+         each lapse of its lease (etcd away longer than the member TTL).";
+
     // The engine.
     STORE_GETS = "strata_store_gets_total", Counter, ["result"],
         "Reads of whole values by key, by result (hit or miss).";

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub(crate) tcp_connections: ConnectionMetrics,
     /// One scrape samples the engine at a time (absolute counters must not go back).
     sampling: Mutex<()>,
+    /// The cluster view the service answers with (sampled at scrape time).
+    cluster: Mutex<Option<std::sync::Arc<crate::cluster::ClusterState>>>,
 }
 
 struct OpMetrics {
@@ -197,6 +199,7 @@ impl Metrics {
             quic_connections: connections("quic"),
             tcp_connections: connections("tcp"),
             sampling: Mutex::new(()),
+            cluster: Mutex::new(None),
             recorder,
             handle,
         }
@@ -241,6 +244,11 @@ impl Metrics {
         self.handle.render()
     }
 
+    /// Samples `state` (the service's cluster view) at each scrape.
+    pub(crate) fn watch_cluster(&self, state: std::sync::Arc<crate::cluster::ClusterState>) {
+        *self.cluster.lock() = Some(state);
+    }
+
     /// Copies the engine's own figures into the registry.
     fn sample(&self, store: &Store) {
         let _one_at_a_time = self.sampling.lock();
@@ -279,6 +287,20 @@ impl Metrics {
                     .absolute(io.corrupt_records);
             }
         }
+        let cluster = self.cluster.lock().clone().unwrap_or_default();
+        let (active, draining, epoch) = cluster.counts();
+        self.gauge(CLUSTER_MEMBERS, &[("state", "active")])
+            .set(active as f64);
+        self.gauge(CLUSTER_MEMBERS, &[("state", "draining")])
+            .set(draining as f64);
+        self.gauge(CLUSTER_VIEW_EPOCH, &[]).set(epoch as f64);
+        let up = cluster.etcd_up.load(Ordering::Relaxed);
+        self.gauge(CLUSTER_ETCD_UP, &[])
+            .set(if up { 1.0 } else { 0.0 });
+        self.counter(CLUSTER_ETCD_ERRORS, &[])
+            .absolute(cluster.etcd_errors.load(Ordering::Relaxed));
+        self.counter(CLUSTER_REGISTRATIONS, &[])
+            .absolute(cluster.registrations.load(Ordering::Relaxed));
         self.gauge(STORE_OBJECTS, &[]).set(s.objects as f64);
         self.gauge(STORE_INDEX_BYTES, &[]).set(s.index_bytes as f64);
         self.counter(STORE_GETS, &[("result", "hit")])

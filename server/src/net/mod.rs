@@ -142,6 +142,8 @@ impl Service {
             }),
             data_plane: None,
         };
+        let cluster: Arc<crate::cluster::ClusterState> = Arc::default();
+        metrics.watch_cluster(Arc::clone(&cluster));
         let shared = Arc::new(Shared {
             store,
             auth_token: config.auth_token,
@@ -150,7 +152,7 @@ impl Service {
             shm,
             data,
             metrics,
-            cluster: Arc::default(),
+            cluster,
         });
         Ok(Service {
             endpoint,
