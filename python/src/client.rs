@@ -37,12 +37,12 @@ pub struct Client {
 }
 
 /// The environment variable `name`, if set and not empty.
-fn env(name: &str) -> Option<String> {
+pub(crate) fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// Seconds as a duration; `what` names the setting in the error.
-fn seconds(what: &str, value: f64) -> Result<Duration, Error> {
+pub(crate) fn seconds(what: &str, value: f64) -> Result<Duration, Error> {
     if value.is_finite() && value > 0.0 {
         Ok(Duration::from_secs_f64(value))
     } else {
@@ -55,7 +55,7 @@ fn seconds(what: &str, value: f64) -> Result<Duration, Error> {
 /// The settings of `Client(...)`: each argument not given falls back to the environment
 /// variable the `strata` command line reads, then to the Rust client's default.
 #[allow(clippy::too_many_arguments)]
-fn config(
+pub(crate) fn config(
     address: Option<String>,
     token: Option<String>,
     token_file: Option<PathBuf>,

@@ -1,6 +1,7 @@
 //! `strata._native`: the Rust half of the Python package `strata`.
 //!
 //! Rooms: [`client`] (the `Client` class: every call waits with the GIL released),
+//! [`cluster`] (the `ClusterClient` class: a whole cluster, keys placed by runs),
 //! [`region`] (Python objects and raw addresses as byte ranges), [`runtime`] (the tokio
 //! runtime the calls wait on), [`errors`] (strata errors as the exceptions of
 //! `strata.errors`), [`hasher`] (`BlockHasher`, `KeyFormatter`), [`device`] (device
@@ -9,6 +10,7 @@
 //! class.
 
 mod client;
+mod cluster;
 mod device;
 mod errors;
 mod hasher;
@@ -22,6 +24,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::Client>()?;
+    m.add_class::<cluster::ClusterClient>()?;
     m.add_class::<hasher::BlockHasher>()?;
     m.add_class::<hasher::KeyFormatter>()?;
     m.add_class::<device::DeviceMemory>()?;

@@ -8,12 +8,13 @@ b'hello'
 
 ``Client`` moves value bytes by the most direct path the server offers (shared memory
 on the same host, else its TCP data plane, else QUIC) and releases the GIL while it
-waits or copies. ``BlockHasher`` and ``KeyFormatter`` name blocks as every strata client
+waits or copies. ``ClusterClient`` is the same over a cluster of servers
+(docs/cluster.md). ``BlockHasher`` and ``KeyFormatter`` name blocks as every strata client
 does. ``strata.mooncake.MooncakeDistributedStore`` runs code written for Mooncake Store.
 Errors: ``strata.Error`` and its subclasses (``strata.errors``). Guide: docs/python.md.
 """
 
-from ._native import DEFAULT_SERVER, BlockHasher, Client, DeviceMemory, KeyFormatter, __version__
+from ._native import DEFAULT_SERVER, BlockHasher, Client, ClusterClient, DeviceMemory, KeyFormatter, __version__
 from .aio import AsyncClient
 from .errors import (
     AlreadyExists,
@@ -40,6 +41,7 @@ __all__ = [
     "AsyncClient",
     "BlockHasher",
     "Client",
+    "ClusterClient",
     "DeviceMemory",
     "KeyFormatter",
     "__version__",

@@ -132,6 +132,70 @@ class Client:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
+class ClusterClient:
+    """A client of a whole strata cluster (docs/cluster.md); a server running alone is a
+    cluster of one, so the same code serves both.
+
+    Connects to ``address`` (any member; the same arguments and environment variables as
+    ``Client``), fetches the member view and refetches it every ``view_refresh`` seconds.
+    Keys of a chain (a prompt's blocks, each block's keys: one per TP rank) are placed by
+    runs of blocks, each run at its owner; a lookup asks every owner once, in parallel. An
+    owner that does not answer within ``lookup_timeout`` seconds counts as a miss.
+    """
+
+    def __init__(
+        self,
+        address: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        token_file: Optional[str] = None,
+        ca: Optional[str] = None,
+        server_name: Optional[str] = None,
+        transport: Optional[str] = None,
+        timeout: Optional[float] = None,
+        connect_timeout: Optional[float] = None,
+        view_refresh: float = 0.5,
+        lookup_timeout: float = 1.0,
+    ) -> None: ...
+    def prefix_len(self, groups: Sequence[Sequence[Key]], lease: bool = False) -> int:
+        """How many leading blocks of the chain ``groups`` have every key stored, asking
+        each run's owner in one parallel round; ``lease`` keeps what matched loadable."""
+    def batch_put_chain(self, groups: Sequence[Sequence[Key]], values: Sequence[Buffer]) -> List[Optional[Error]]:
+        """Stores every key of the chain (block after block, each block's keys in order)
+        from the bytes-like object at the same place in ``values``; per key None or the
+        exception."""
+    def batch_get_chain_into(self, groups: Sequence[Sequence[Key]], buffers: Sequence[Buffer]) -> List[Union[int, Error]]:
+        """Loads the first ``len(buffers)`` keys of the chain into the writable buffers, each
+        from its owner; per key the length or the exception."""
+    def put(self, key: Key, value: Buffer) -> None:
+        """Stores ``value`` under ``key`` at the key's own owner."""
+    def get(self, key: Key) -> bytes:
+        """The value of ``key``, from its owner."""
+    def exists(self, key: Key) -> bool:
+        """Whether ``key`` is stored at its owner."""
+    def remove(self, key: Key, force: bool = False) -> None:
+        """Removes ``key`` from its owner."""
+    def owner(self, key: Key) -> Optional[str]:
+        """The node id that owns ``key`` placed by itself (None for a server alone)."""
+    def view(self) -> Dict[str, Any]:
+        """The member view in use: ``cluster_id``, ``epoch``, ``run_blocks``, ``seed``,
+        ``node_id`` and ``members`` (``node_id``, ``addr``, ``host_id``, ``weight``,
+        ``state``, ``capacity``, ``joined_ms_ago``)."""
+    def counters(self) -> Dict[str, int]:
+        """``lookups``, ``lookup_servers`` (servers they asked), ``second_rank_hits``,
+        ``unreachable``, ``view_changes``."""
+    def refresh_view(self) -> None:
+        """Fetches the member view now."""
+    def close(self) -> None:
+        """Ends the client; later calls raise ``strata.ConnectionError``."""
+    def __enter__(self) -> "ClusterClient": ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
 class BlockHasher:
     """Chained 128-bit hashes of full blocks of tokens (strata block hash v1), identical
     to the Rust client's and published with test vectors (tests/block_hash_vectors.json)."""

@@ -132,6 +132,21 @@ def prefix() -> str:
     return f"t-{uuid.uuid4().hex[:12]}-"
 
 
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator:
+    """``start_server`` for servers a whole test module shares."""
+    started: List[Server] = []
+
+    def start(args: Optional[List[str]] = None, data_dir: Optional[Path] = None) -> Server:
+        s = Server(args, data_dir)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.close()
+
+
 @pytest.fixture
 def start_server() -> Iterator:
     """Starts servers of this test's own (``start_server(args, data_dir=None)``); all are

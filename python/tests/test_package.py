@@ -35,12 +35,13 @@ def public(cls):
 
 def test_the_stubs_name_every_public_call_and_nothing_else():
     stubs = stub_classes()
-    for cls in (strata.Client, strata.BlockHasher, strata.KeyFormatter, strata.DeviceMemory):
+    for cls in (strata.Client, strata.ClusterClient, strata.BlockHasher, strata.KeyFormatter, strata.DeviceMemory):
         assert stubs[cls.__name__] == public(cls), cls.__name__
 
 
 def test_every_public_call_has_a_docstring():
-    for cls in (strata.Client, strata.BlockHasher, strata.KeyFormatter, strata.DeviceMemory, strata.AsyncClient,
+    for cls in (strata.Client, strata.ClusterClient, strata.BlockHasher, strata.KeyFormatter, strata.DeviceMemory,
+                strata.AsyncClient,
                 strata.mooncake.MooncakeDistributedStore):
         assert cls.__doc__, cls
         for name in public(cls) - {"__enter__", "__exit__"}:
