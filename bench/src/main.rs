@@ -5,6 +5,7 @@
 
 mod ceiling;
 mod client_ops;
+mod cluster;
 mod device;
 mod engine;
 mod harness;
@@ -206,6 +207,22 @@ enum Workload {
         #[arg(long)]
         lease: bool,
     },
+    /// The kvcache scenario over one server process and over a cluster of three on etcd
+    /// (docs/cluster.md), in one run: leased lookup latency, load throughput, servers per
+    /// lookup, the share of reads served same-host, and the prefix blocks still found after
+    /// one member is killed. Needs etcd (Debian: etcd-server) and strata-server beside
+    /// this binary.
+    Cluster {
+        /// Seconds of each timed loop (default 3, or 0.5 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Bytes of one block on one rank (default 65536, or 16384 with --quick).
+        #[arg(long)]
+        block_bytes: Option<usize>,
+        /// Tasks running lookups and loads (default 4).
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
     /// (internal) The server process of `tcp`.
     #[command(hide = true)]
     ServeTcp,
@@ -244,6 +261,27 @@ fn main() {
     }
     let mut report = report::Report::new();
     match cli.workload {
+        Workload::Cluster {
+            seconds,
+            block_bytes,
+            concurrency,
+        } => {
+            let mut params = if cli.quick {
+                cluster::ClusterParams::quick()
+            } else {
+                cluster::ClusterParams::full()
+            };
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            if let Some(b) = block_bytes {
+                params.block_bytes = b;
+            }
+            if let Some(c) = concurrency {
+                params.concurrency = c;
+            }
+            cluster::run(&params, &mut report);
+        }
         Workload::Engine { seconds } => {
             let mut params = if cli.quick {
                 engine::EngineParams::quick()

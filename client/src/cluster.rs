@@ -41,6 +41,10 @@ pub struct ClusterOptions {
     pub lookup_timeout: Duration,
     /// A member that failed to answer is skipped this long.
     pub retry_after: Duration,
+    /// Pretend only this member shares the client's host: every other member is reached
+    /// over its TCP data plane whatever its host (a cluster benchmarked or tested on one
+    /// host). `None`: each member by the transport the client's config names.
+    pub local_node: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +53,7 @@ impl Default for ClusterOptions {
             view_refresh: Duration::from_millis(500),
             lookup_timeout: Duration::from_secs(1),
             retry_after: Duration::from_secs(1),
+            local_node: None,
         }
     }
 }
@@ -182,6 +187,27 @@ struct Member {
     info: MemberInfo,
     client: OnceCell<Client>,
     skip_until: Mutex<Option<Instant>>,
+    /// Its lookups' round trips, smoothed (nanoseconds; 0 before the first).
+    lookup_ns: AtomicU64,
+}
+
+impl Member {
+    fn new(info: MemberInfo, client: OnceCell<Client>) -> Member {
+        Member {
+            info,
+            client,
+            skip_until: Mutex::new(None),
+            lookup_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Folds one lookup's round trip into the smoothed figure (weight 1/8).
+    fn observe(&self, took: Duration) {
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        let old = self.lookup_ns.load(Ordering::Relaxed);
+        let new = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+        self.lookup_ns.store(new, Ordering::Relaxed);
+    }
 }
 
 /// Which member a call goes to.
@@ -200,11 +226,7 @@ impl ClusterClient {
         let view = bootstrap.cluster_view().await?;
         let mut members = HashMap::new();
         if let Some(me) = view.members.iter().find(|m| m.node_id == view.node_id) {
-            let member = Member {
-                info: me.clone(),
-                client: OnceCell::new_with(Some(bootstrap.clone())),
-                skip_until: Mutex::new(None),
-            };
+            let member = Member::new(me.clone(), OnceCell::new_with(Some(bootstrap.clone())));
             members.insert(me.node_id.clone(), Arc::new(member));
         }
         let inner = Arc::new(Inner {
@@ -239,6 +261,42 @@ impl ClusterClient {
             unreachable: c.unreachable.load(Ordering::Relaxed),
             view_changes: c.view_changes.load(Ordering::Relaxed),
         }
+    }
+
+    /// Per member connected to so far, its lookups' round trip (smoothed; zero before the
+    /// first).
+    pub fn member_latencies(&self) -> Vec<(String, Duration)> {
+        let mut out: Vec<(String, Duration)> = self
+            .inner
+            .members
+            .lock()
+            .iter()
+            .map(|(id, m)| {
+                (
+                    id.clone(),
+                    Duration::from_nanos(m.lookup_ns.load(Ordering::Relaxed)),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// How this client moved value bytes, over every member it has connected to (a server
+    /// alone: its one connection).
+    pub fn transport_stats(&self) -> crate::TransportStats {
+        let mut clients = vec![self.inner.bootstrap.clone()];
+        for m in self.inner.members.lock().values() {
+            if let Some(c) = m.client.get() {
+                if !Arc::ptr_eq(&c.inner, &self.inner.bootstrap.inner) {
+                    clients.push(c.clone());
+                }
+            }
+        }
+        clients
+            .iter()
+            .map(Client::transport_stats)
+            .fold(crate::TransportStats::default(), |a, b| a.sum(&b))
     }
 
     /// Fetches the view now (it is also fetched every `view_refresh`).
@@ -363,6 +421,7 @@ impl ClusterClient {
                 let Some(client) = inner.client_for(node).await else {
                     return Ok((0, None));
                 };
+                let started = Instant::now();
                 let answer = tokio::time::timeout(inner.options.lookup_timeout, async {
                     if lease {
                         client
@@ -375,7 +434,10 @@ impl ClusterClient {
                 })
                 .await;
                 match answer {
-                    Ok(Ok(found)) => Ok(found),
+                    Ok(Ok(found)) => {
+                        inner.observe(node, started.elapsed());
+                        Ok(found)
+                    }
                     Ok(Err(e)) if !unreachable(&e) => Err(e),
                     _ => {
                         inner.mark_unreachable(node);
@@ -697,6 +759,12 @@ impl Inner {
         )
     }
 
+    fn observe(&self, node: &str, took: Duration) {
+        if let Some(m) = self.members.lock().get(node) {
+            m.observe(took);
+        }
+    }
+
     fn mark_unreachable(&self, node: &str) {
         self.counters.unreachable.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = self.members.lock().get(node) {
@@ -714,11 +782,7 @@ impl Inner {
                 Some(m) => Arc::clone(m),
                 None => {
                     let info = placed.view.members.iter().find(|m| m.node_id == node)?;
-                    let m = Arc::new(Member {
-                        info: info.clone(),
-                        client: OnceCell::new(),
-                        skip_until: Mutex::new(None),
-                    });
+                    let m = Arc::new(Member::new(info.clone(), OnceCell::new()));
                     members.insert(node.to_owned(), Arc::clone(&m));
                     m
                 }
@@ -732,6 +796,9 @@ impl Inner {
             let mut config = self.base.clone();
             config.server = member.info.addr.clone();
             config.server_name = None;
+            if self.options.local_node.as_ref().is_some_and(|l| l != node) {
+                config.transport = crate::config::Transport::Tcp;
+            }
             if !member.info.cert_pem.is_empty() {
                 config.trusted_pem = Some(member.info.cert_pem.clone());
             }

@@ -48,6 +48,33 @@ pub struct TransportStats {
     pub lease_expired: u64,
 }
 
+impl TransportStats {
+    /// Both together (a cluster client's members).
+    pub fn sum(&self, other: &TransportStats) -> TransportStats {
+        TransportStats {
+            shm_gets: self.shm_gets + other.shm_gets,
+            shm_get_bytes: self.shm_get_bytes + other.shm_get_bytes,
+            shm_puts: self.shm_puts + other.shm_puts,
+            shm_put_bytes: self.shm_put_bytes + other.shm_put_bytes,
+            ssd_file_gets: self.ssd_file_gets + other.ssd_file_gets,
+            ssd_file_get_bytes: self.ssd_file_get_bytes + other.ssd_file_get_bytes,
+            quic_gets: self.quic_gets + other.quic_gets,
+            quic_get_bytes: self.quic_get_bytes + other.quic_get_bytes,
+            quic_puts: self.quic_puts + other.quic_puts,
+            quic_put_bytes: self.quic_put_bytes + other.quic_put_bytes,
+            device_gets: self.device_gets + other.device_gets,
+            device_get_bytes: self.device_get_bytes + other.device_get_bytes,
+            device_puts: self.device_puts + other.device_puts,
+            device_put_bytes: self.device_put_bytes + other.device_put_bytes,
+            tcp_gets: self.tcp_gets + other.tcp_gets,
+            tcp_get_bytes: self.tcp_get_bytes + other.tcp_get_bytes,
+            tcp_puts: self.tcp_puts + other.tcp_puts,
+            tcp_put_bytes: self.tcp_put_bytes + other.tcp_put_bytes,
+            lease_expired: self.lease_expired + other.lease_expired,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub shm_gets: AtomicU64,

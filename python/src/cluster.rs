@@ -132,6 +132,7 @@ impl ClusterClient {
             view_refresh: seconds("view_refresh", view_refresh).or_raise(py)?,
             lookup_timeout: seconds("lookup_timeout", lookup_timeout).or_raise(py)?,
             retry_after: Duration::from_secs(1),
+            local_node: None,
         };
         let runtime = runtime::current().or_raise(py)?;
         let inner = wait(py, &runtime, async {

@@ -57,6 +57,7 @@ fn options() -> ClusterOptions {
         view_refresh: Duration::from_millis(200),
         lookup_timeout: Duration::from_millis(1500),
         retry_after: Duration::from_millis(500),
+        local_node: None,
     }
 }
 
