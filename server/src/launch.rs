@@ -194,6 +194,7 @@ fn cluster_config(
     };
     Ok(ClusterConfig {
         etcd_endpoints: args.etcd_endpoints.clone(),
+        etcd_tls: args.etcd_tls.clone(),
         cluster_id: args.cluster_id.clone(),
         node_id,
         advertise,

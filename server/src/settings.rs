@@ -184,6 +184,16 @@ pub struct ServerArgs {
     /// the cluster --cluster-id there (docs/cluster.md). Without it the server runs alone.
     #[arg(long, env = "STRATA_ETCD_ENDPOINTS")]
     pub etcd_endpoints: Option<String>,
+    /// CA certificates (PEM) that sign etcd's certificates, for https:// endpoints
+    /// [default: the bundled public roots].
+    #[arg(long, env = "STRATA_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for an etcd that requires one (--client-cert-auth).
+    #[arg(long, env = "STRATA_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long, env = "STRATA_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
     /// Which cluster in etcd to join [default: default].
     #[arg(long, env = "STRATA_CLUSTER_ID")]
     pub cluster_id: Option<String>,
@@ -224,6 +234,8 @@ pub struct ServerArgs {
 pub struct ClusterArgs {
     /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
+    /// TLS for https:// endpoints.
+    pub etcd_tls: crate::cluster::etcd::EtcdTls,
     /// The cluster's id.
     pub cluster_id: String,
     /// `--node-id`, if given.
@@ -322,6 +334,9 @@ impl ServerArgs {
             data_tls: self.data_tls.or(file.data_tls),
             transfer_timeout: self.transfer_timeout.or(file.transfer_timeout),
             etcd_endpoints: self.etcd_endpoints.or(file.etcd_endpoints),
+            etcd_ca: self.etcd_ca.or(file.etcd_ca),
+            etcd_cert: self.etcd_cert.or(file.etcd_cert),
+            etcd_key: self.etcd_key.or(file.etcd_key),
             cluster_id: self.cluster_id.or(file.cluster_id),
             node_id: self.node_id.or(file.node_id),
             advertise_addr: self.advertise_addr.or(file.advertise_addr),
@@ -419,6 +434,8 @@ impl ServerArgs {
                 ("--run-blocks", self.run_blocks.is_some()),
                 ("--placement-seed", self.placement_seed.is_some()),
                 ("--join-window", self.join_window.is_some()),
+                ("--etcd-ca", self.etcd_ca.is_some()),
+                ("--etcd-cert", self.etcd_cert.is_some()),
             ];
             if let Some((flag, _)) = stray.iter().find(|(_, set)| *set) {
                 return Err(invalid(format!("{flag} needs --etcd-endpoints")));
@@ -456,8 +473,16 @@ impl ServerArgs {
         if self.run_blocks == Some(0) {
             return Err(invalid("--run-blocks must be at least 1".into()));
         }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err(invalid("--etcd-cert and --etcd-key go together".into()));
+        }
         Ok(Some(ClusterArgs {
             etcd_endpoints,
+            etcd_tls: crate::cluster::etcd::EtcdTls {
+                ca: self.etcd_ca.clone(),
+                cert: self.etcd_cert.clone(),
+                key: self.etcd_key.clone(),
+            },
             cluster_id,
             node_id: self.node_id.clone(),
             advertise_addr: self.advertise_addr.clone(),

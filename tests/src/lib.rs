@@ -421,33 +421,146 @@ pub struct EtcdProcess {
     client_port: u16,
     peer_port: u16,
     dir: tempfile::TempDir,
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// The certificates of an etcd that serves clients over TLS and requires client
+/// certificates (`--client-cert-auth`), all signed by one throwaway CA.
+#[derive(Clone, Debug)]
+pub struct EtcdTlsFiles {
+    /// The CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// etcd's certificate and key (for 127.0.0.1).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// A client certificate etcd accepts.
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl EtcdTlsFiles {
+    /// Makes a CA, a server certificate for 127.0.0.1 and a client certificate in `dir`.
+    pub fn generate(dir: &Path) -> EtcdTlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("the CA certificate");
+        let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>| {
+            let key = KeyPair::generate().expect("a key");
+            let mut params = CertificateParams::new(names).expect("leaf params");
+            params.extended_key_usages = usages;
+            let cert = params
+                .signed_by(&key, &ca, &ca_key)
+                .expect("a signed certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        // etcd's gateway dials etcd's own gRPC port with the server certificate: it must
+        // be good for client authentication too (etcd's security guide says as much).
+        let (server_pem, server_key) = leaf(
+            vec!["127.0.0.1".into()],
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let (client_pem, client_key) = leaf(
+            vec!["strata".into()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        );
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("writing a certificate");
+            path
+        };
+        EtcdTlsFiles {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("etcd.pem", &server_pem),
+            server_key: write("etcd-key.pem", &server_key),
+            client_cert: write("client.pem", &client_pem),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
 }
 
 impl EtcdProcess {
     /// Starts etcd and waits until it answers; `None` (after saying why) where etcd is
     /// not installed and the run may skip.
     pub fn start() -> Option<EtcdProcess> {
+        EtcdProcess::start_with(false)
+    }
+
+    /// [`EtcdProcess::start`], serving clients over TLS with client certificates
+    /// required ([`EtcdProcess::tls`] names the files).
+    pub fn start_tls() -> Option<EtcdProcess> {
+        EtcdProcess::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<EtcdProcess> {
         let binary = external_program("etcd", "etcd-server")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = tls.then(|| EtcdTlsFiles::generate(dir.path()));
         let mut etcd = EtcdProcess {
             child: None,
             binary,
             client_port: free_port(),
             peer_port: free_port(),
-            dir: tempfile::tempdir().expect("temp dir"),
+            dir,
+            tls,
         };
         etcd.spawn();
         Some(etcd)
     }
 
+    /// The certificates, when etcd serves over TLS.
+    pub fn tls(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
+    }
+
     /// The client URL servers are given (`--etcd-endpoints`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// An HTTP agent that reaches this etcd (with the client certificate under TLS).
+    fn agent(&self, timeout: Duration) -> ureq::Agent {
+        let mut config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout));
+        if let Some(files) = &self.tls {
+            use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+            let read = |p: &Path| std::fs::read(p).expect("reading a certificate");
+            let ca = Certificate::from_pem(&read(&files.ca)).expect("the CA");
+            let cert = Certificate::from_pem(&read(&files.client_cert)).expect("the client cert");
+            let key = PrivateKey::from_pem(&read(&files.client_key)).expect("the client key");
+            config = config.tls_config(
+                TlsConfig::builder()
+                    .root_certs(RootCerts::new_with_certs(&[ca]))
+                    .client_cert(Some(ClientCert::new_with_certs(&[cert], key)))
+                    .build(),
+            );
+        }
+        config.build().into()
     }
 
     fn spawn(&mut self) {
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(files) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&files.server_cert)
+                .arg("--key-file")
+                .arg(&files.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&files.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg("strata-test")
             .arg("--data-dir")
@@ -473,7 +586,13 @@ impl EtcdProcess {
         self.child = Some(child);
         let deadline = Instant::now() + START_TIMEOUT;
         let url = format!("{}/health", self.endpoint());
-        while !try_http_get(&url).is_ok_and(|(s, body)| s == 200 && body.contains("true")) {
+        let agent = self.agent(Duration::from_secs(2));
+        let healthy = || {
+            let mut answer = agent.get(&url).call().ok()?;
+            let body = answer.body_mut().read_to_string().ok()?;
+            Some(answer.status().as_u16() == 200 && body.contains("true"))
+        };
+        while healthy() != Some(true) {
             assert!(Instant::now() < deadline, "etcd did not become healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -490,10 +609,7 @@ impl EtcdProcess {
             "range_end": b64.encode(end),
             "count_only": true,
         });
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_millis(500)))
-            .build()
-            .into();
+        let agent = self.agent(Duration::from_millis(500));
         let mut answer = agent
             .post(&format!("{}/v3/kv/range", self.endpoint()))
             .send(body.to_string())

@@ -742,3 +742,48 @@ async fn an_etcd_outage_changes_nothing_for_live_members() {
     assert!(metric(&text, "strata_cluster_etcd_errors_total").unwrap() > 0.0);
     assert_eq!(metric(&text, "strata_cluster_etcd_up"), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_reach_an_etcd_that_requires_tls_and_client_certificates() {
+    let Some(etcd) = EtcdProcess::start_tls() else {
+        return;
+    };
+    let files = etcd.tls().unwrap().clone();
+    let (ca, cert, key) = (
+        files.ca.to_str().unwrap(),
+        files.client_cert.to_str().unwrap(),
+        files.client_key.to_str().unwrap(),
+    );
+    let tls = ["--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key];
+    let servers: Vec<ServerProcess> = ["n1", "n2"]
+        .iter()
+        .map(|n| member(&etcd, "tls", n, &tls))
+        .collect();
+    let client = cluster_client(&servers[1], 2).await;
+    let prompts = workload("tls", 4, 2);
+    put_all(&client, &prompts).await;
+    assert_eq!(found_share(&client, &prompts).await, 1.0);
+    assert_eq!(etcd.count_prefix("/strata/v1/tls/members/"), Some(2));
+
+    // Without the client certificate etcd refuses the handshake: the server says so.
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = etcd.endpoint();
+    let mut command = Command::new(server_binary());
+    command
+        .args(["--port", "0", "--metrics-addr", "off", "--data-port", "0"])
+        .args(["--device-plugin", "off", "--ssd-path", "off"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--etcd-endpoints",
+            &endpoint,
+            "--cluster-id",
+            "tls",
+            "--node-id",
+            "n3",
+        ])
+        .args(["--etcd-ca", ca]);
+    let (status, _, err) = run_bounded(&mut command, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("etcd unreachable"), "{err}");
+}

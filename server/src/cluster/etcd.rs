@@ -6,15 +6,21 @@
 //! documented HTTP/JSON face of the same API (int64 fields as strings, bytes as base64);
 //! membership makes a handful of small calls per second, where JSON costs nothing.
 //!
-//! Calls are blocking (ureq) and bounded by a timeout; membership runs them on its own
+//! Endpoints are `http://` or `https://` ([`EtcdTls`]: the CA, and a client certificate
+//! for an etcd that requires one). Calls are blocking (ureq) and bounded by a timeout; membership runs them on its own
 //! thread, never on the service's runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use ureq::tls::{
+    parse_pem, Certificate, ClientCert, PemItem, PrivateKey, RootCerts, TlsConfig, TlsProvider,
+};
 
 /// Why an etcd call failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,24 +57,76 @@ pub struct KeyValue {
     pub lease: i64,
 }
 
+/// How to reach etcd over `https://` endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    /// CA certificates (PEM) that sign etcd's server certificates; `None`: the bundled
+    /// public roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM), for an etcd started with `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl EtcdTls {
+    /// The rustls settings of these files.
+    fn config(&self) -> Result<TlsConfig, String> {
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+        };
+        let mut tls = TlsConfig::builder().provider(TlsProvider::Rustls);
+        if let Some(path) = &self.ca {
+            let pem = read("etcd CA", path)?;
+            let certs: Vec<Certificate<'static>> = parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(format!("etcd CA {} holds no certificate", path.display()));
+            }
+            tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+        }
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let pem = read("etcd client certificate", cert)?;
+                let chain: Vec<Certificate<'static>> = parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    })
+                    .collect();
+                let key_pem = read("etcd client key", key)?;
+                let key = PrivateKey::from_pem(&key_pem)
+                    .map_err(|e| format!("etcd client key {}: {e}", key.display()))?;
+                if chain.is_empty() {
+                    return Err(format!("{} holds no certificate", cert.display()));
+                }
+                tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+            }
+            (None, None) => {}
+            _ => return Err("--etcd-cert and --etcd-key go together".into()),
+        }
+        Ok(tls.build())
+    }
+}
+
 impl Etcd {
-    /// A client of the etcd at `endpoints` (`http://host:port`); each call gives up after
-    /// `timeout`.
-    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, String> {
+    /// A client of the etcd at `endpoints` (`http://host:port`, `https://host:port`, or
+    /// `host:port` for http); each call gives up after `timeout`.
+    pub fn new(endpoints: &[String], timeout: Duration, tls: &EtcdTls) -> Result<Etcd, String> {
         if endpoints.is_empty() {
             return Err("no etcd endpoint given".into());
         }
         let mut clean = Vec::new();
         for e in endpoints {
             let e = e.trim().trim_end_matches('/');
-            if e.starts_with("https://") {
-                return Err(format!(
-                    "etcd endpoint {e}: https is not supported yet; reach etcd over http on a \
-                     trusted network (docs/cluster.md)"
-                ));
-            }
-            let e = if e.starts_with("http://") {
+            let e = if e.starts_with("http://") || e.starts_with("https://") {
                 e.to_owned()
+            } else if e.contains("://") {
+                return Err(format!("etcd endpoint {e}: http:// or https:// only"));
             } else {
                 format!("http://{e}")
             };
@@ -77,6 +135,7 @@ impl Etcd {
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
+            .tls_config(tls.config()?)
             .build()
             .into();
         Ok(Etcd {
@@ -266,12 +325,26 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_checked() {
-        assert!(Etcd::new(&[], Duration::from_secs(1)).is_err());
-        let e = Etcd::new(&["https://x:2379".into()], Duration::from_secs(1));
-        assert!(e.err().unwrap().contains("https"));
-        let e = Etcd::new(&["127.0.0.1:2379/".into()], Duration::from_secs(1)).unwrap();
+    fn endpoints_and_tls_files_are_checked() {
+        let none = EtcdTls::default();
+        let second = Duration::from_secs(1);
+        assert!(Etcd::new(&[], second, &none).is_err());
+        let e = Etcd::new(&["unix://x".into()], second, &none);
+        assert!(e.err().unwrap().contains("http:// or https://"));
+        let e = Etcd::new(&["127.0.0.1:2379/".into()], second, &none).unwrap();
         assert_eq!(e.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        let missing = EtcdTls {
+            ca: Some("/nonexistent/ca.pem".into()),
+            ..EtcdTls::default()
+        };
+        let e = Etcd::new(&["https://127.0.0.1:2379".into()], second, &missing);
+        assert!(e.err().unwrap().contains("/nonexistent/ca.pem"));
+        let half = EtcdTls {
+            cert: Some("/x".into()),
+            ..EtcdTls::default()
+        };
+        let e = Etcd::new(&["https://127.0.0.1:2379".into()], second, &half);
+        assert!(e.err().unwrap().contains("go together"));
     }
 
     #[test]
@@ -281,7 +354,12 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        let e = Etcd::new(&[format!("127.0.0.1:{port}")], Duration::from_secs(2)).unwrap();
+        let e = Etcd::new(
+            &[format!("127.0.0.1:{port}")],
+            Duration::from_secs(2),
+            &EtcdTls::default(),
+        )
+        .unwrap();
         assert!(matches!(e.get("/x"), Err(EtcdError::Unreachable(_))));
     }
 }

@@ -28,6 +28,8 @@ use super::etcd::{Etcd, EtcdError};
 pub struct ClusterConfig {
     /// etcd's client URLs.
     pub etcd_endpoints: Vec<String>,
+    /// TLS for `https://` endpoints.
+    pub etcd_tls: super::etcd::EtcdTls,
     /// Which cluster: the etcd prefix `/strata/v1/<cluster_id>/`.
     pub cluster_id: String,
     /// This server's stable id.
@@ -240,7 +242,7 @@ impl Membership {
         }
         let timeout =
             (config.member_ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(2));
-        let etcd = Etcd::new(&config.etcd_endpoints, timeout)?;
+        let etcd = Etcd::new(&config.etcd_endpoints, timeout, &config.etcd_tls)?;
         let cluster_id = config.cluster_id.clone();
         let etcd_err = move |e: EtcdError| format!("joining cluster {cluster_id}: {e}");
         let cluster = agree_on_config(&etcd, &config).map_err(|e| match e {
