@@ -255,6 +255,22 @@ impl ServerProcess {
         );
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Threads the process runs now (`/proc/PID/status`).
+    pub fn threads(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading the server's status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a Threads line")
+    }
+
     /// Sends `signal` (`TERM`, `STOP`, ...) without waiting for anything.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();

@@ -365,3 +365,61 @@ fn ask_with_ticket(socket: &std::path::Path, ticket: &[u8]) -> String {
         }
     }
 }
+
+/// Reads one packet from a descriptor-socket peer (bounded by `within`): the refusal's
+/// text, or what else came.
+fn next_reply(fd: &std::os::fd::OwnedFd, within: Duration) -> String {
+    use rustix::net::{self, RecvFlags};
+    net::sockopt::set_socket_timeout(fd, net::sockopt::Timeout::Recv, Some(within)).unwrap();
+    let mut packet = [0u8; 512];
+    match net::recv(fd, &mut packet, RecvFlags::empty()) {
+        Ok((_, 0)) => "closed".into(),
+        Ok((_, n)) => match strata_proto::shm::decode_reply(&packet[..n]).unwrap() {
+            strata_proto::shm::Reply::Refused(why) => format!("refused: {why}"),
+            other => format!("{other:?}"),
+        },
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_shm_peers_hold_no_threads_and_are_cut_off() {
+    use rustix::net::{self, AddressFamily, SocketType};
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let client = Client::connect(with_transport(&server, Transport::Quic))
+        .await
+        .unwrap();
+    client.put_from(b"k", &block_value(7, MIB)).await.unwrap();
+    let threads_before = server.threads();
+    let socket = net::SocketAddrUnix::new(server.data_dir.join("shm.sock")).unwrap();
+    // 300 local peers that connect and never send a ticket.
+    let silent: Vec<_> = (0..300)
+        .map(|_| {
+            let fd = net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+            net::connect(&fd, &socket).unwrap();
+            fd
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let threads_during = server.threads();
+    assert!(
+        threads_during <= threads_before + 4,
+        "{threads_before} threads before, {threads_during} with 300 silent peers"
+    );
+    // The server goes on serving meanwhile.
+    assert!(client.get(b"k").await.unwrap() == block_value(7, MIB)[..]);
+    // Past the exchanges it runs at once, a peer is refused at once...
+    let last = next_reply(silent.last().unwrap(), Duration::from_secs(1));
+    assert!(last.contains("hand-offs are in progress"), "{last}");
+    // ...and a silent one in the running exchanges is told it timed out, then closed.
+    let first = next_reply(&silent[0], Duration::from_secs(5));
+    assert!(first.contains("timed out"), "{first}");
+    assert_eq!(next_reply(&silent[0], Duration::from_secs(1)), "closed");
+    // Once they are gone, a same-host client still gets the segments.
+    drop(silent);
+    let shm = Client::connect(with_transport(&server, Transport::Shm))
+        .await
+        .unwrap();
+    assert!(shm.get(b"k").await.unwrap() == block_value(7, MIB)[..]);
+    assert_eq!(shm.transport_stats().shm_gets, 1);
+}

@@ -13,9 +13,11 @@
 //!   a handshake answer at all, so the token guards shared memory too.
 //!
 //! The socket is `SOCK_SEQPACKET`, so a packet and the descriptors riding with it arrive
-//! whole and alone. The accept loop runs on the runtime; each peer is served on a blocking
-//! thread with socket timeouts, so a peer that stalls holds only that thread, and only for
-//! [`PEER_TIMEOUT`].
+//! whole and alone. Accepting and each peer's exchange run as tasks on the runtime: a
+//! peer that connects and stays silent holds one descriptor and one task, never a thread,
+//! and only for [`PEER_TIMEOUT`]; at most [`MAX_PEERS`] exchanges run at once, and a peer
+//! past that is refused at once. (A thread per peer let 700 idle local connections make
+//! 517 threads and slow every QUIC request to seconds.)
 
 use std::collections::HashMap;
 use std::io::IoSlice;
@@ -50,8 +52,12 @@ const TICKET_TTL: Duration = Duration::from_secs(60);
 /// tickets expire (a client then uses QUIC).
 const MAX_LIVE_TICKETS: usize = 4096;
 
-/// Bound on each read and write of one peer's exchange.
-const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one peer's whole exchange (its ticket in, the descriptors out).
+const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Exchanges in progress at once, at most; a peer past that is refused (its client then
+/// uses QUIC).
+pub(crate) const MAX_PEERS: usize = 64;
 
 /// A live ticket: when it expires, and the flag its session raises once it is redeemed.
 type Ticket = (Instant, Arc<AtomicBool>);
@@ -64,6 +70,8 @@ pub(crate) struct ShmExport {
     segments: Vec<SegmentInfo>,
     files: Vec<FileInfo>,
     store: Arc<Store>,
+    /// One permit per exchange in progress.
+    peers: Arc<tokio::sync::Semaphore>,
 }
 
 fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
@@ -138,6 +146,7 @@ impl ShmExport {
             segments,
             files,
             store,
+            peers: Arc::new(tokio::sync::Semaphore::new(MAX_PEERS)),
         }))
     }
 
@@ -196,10 +205,23 @@ impl ShmExport {
                     break;
                 }
             };
-            match net::accept_with(self.listener.get_ref(), SocketFlags::CLOEXEC) {
+            let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+            match net::accept_with(self.listener.get_ref(), flags) {
                 Ok(peer) => {
+                    let Ok(permit) = Arc::clone(&self.peers).try_acquire_owned() else {
+                        let reason = format!(
+                            "{MAX_PEERS} shared-memory hand-offs are in progress; use QUIC \
+                             or retry"
+                        );
+                        tracing::debug!("shared memory refused: {reason}");
+                        let _ = net::send(&peer, &encode_refusal(&reason), SendFlags::NOSIGNAL);
+                        continue;
+                    };
                     let export = Arc::clone(&self);
-                    tokio::task::spawn_blocking(move || export.serve_peer(peer));
+                    tokio::spawn(async move {
+                        export.serve_peer(peer).await;
+                        drop(permit);
+                    });
                 }
                 Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
                 Err(e) => {
@@ -212,19 +234,35 @@ impl ShmExport {
         }
     }
 
-    fn serve_peer(&self, peer: OwnedFd) {
-        if let Err(reason) = self.share_with(&peer) {
+    async fn serve_peer(&self, peer: OwnedFd) {
+        // SAFETY: the AsyncFd takes ownership of `peer` (an OwnedFd), so the descriptor
+        // stays open and names this peer's socket until the AsyncFd drops.
+        let peer = match unsafe { AsyncFd::register(peer) } {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("shared memory refused: cannot poll the peer: {e}");
+                return;
+            }
+        };
+        let outcome = match tokio::time::timeout(PEER_TIMEOUT, self.share_with(&peer)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "timed out: the peer did not complete the exchange within {PEER_TIMEOUT:?}"
+            )),
+        };
+        if let Err(reason) = outcome {
             tracing::debug!("shared memory refused: {reason}");
-            let _ = net::send(&peer, &encode_refusal(&reason), SendFlags::NOSIGNAL);
+            let _ = net::send(
+                peer.get_ref(),
+                &encode_refusal(&reason),
+                SendFlags::NOSIGNAL,
+            );
         }
     }
 
-    fn share_with(&self, peer: &OwnedFd) -> std::result::Result<(), String> {
-        for which in [net::sockopt::Timeout::Recv, net::sockopt::Timeout::Send] {
-            net::sockopt::set_socket_timeout(peer, which, Some(PEER_TIMEOUT))
-                .map_err(|e| format!("socket setup: {e}"))?;
-        }
-        let cred = net::sockopt::socket_peercred(peer).map_err(|e| format!("peer: {e}"))?;
+    async fn share_with(&self, peer: &AsyncFd<OwnedFd>) -> std::result::Result<(), String> {
+        let cred =
+            net::sockopt::socket_peercred(peer.get_ref()).map_err(|e| format!("peer: {e}"))?;
         let own = rustix::process::geteuid();
         if cred.uid != own {
             return Err(format!(
@@ -235,8 +273,17 @@ impl ShmExport {
             ));
         }
         let mut packet = [0u8; TICKET_LEN + 1];
-        let (_, n) = net::recv(peer, &mut packet, RecvFlags::empty())
-            .map_err(|e| format!("reading the ticket: {e}"))?;
+        let n = loop {
+            let mut ready = peer
+                .readable()
+                .await
+                .map_err(|e| format!("waiting for the ticket: {e}"))?;
+            match net::recv(peer.get_ref(), &mut packet, RecvFlags::empty()) {
+                Ok((_, n)) => break n,
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(e) => return Err(format!("reading the ticket: {e}")),
+            }
+        };
         if n != TICKET_LEN || !self.redeem(&packet[..n]) {
             return Err("unknown, used or expired ticket".into());
         }
@@ -249,18 +296,27 @@ impl ShmExport {
         let mut space =
             vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_PACKET))];
         for chunk in fds.chunks(MAX_FDS_PER_PACKET) {
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
-                return Err("descriptor buffer too small".into());
-            }
             let head = encode_descriptors(chunk.len() as u16);
-            net::sendmsg(
-                peer,
-                &[IoSlice::new(&head)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            )
-            .map_err(|e| format!("sending descriptors: {e}"))?;
+            loop {
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                if !control.push(SendAncillaryMessage::ScmRights(chunk)) {
+                    return Err("descriptor buffer too small".into());
+                }
+                let mut ready = peer
+                    .writable()
+                    .await
+                    .map_err(|e| format!("waiting to send descriptors: {e}"))?;
+                match net::sendmsg(
+                    peer.get_ref(),
+                    &[IoSlice::new(&head)],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                ) {
+                    Ok(_) => break,
+                    Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                    Err(e) => return Err(format!("sending descriptors: {e}")),
+                }
+            }
         }
         Ok(())
     }
