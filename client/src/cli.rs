@@ -12,6 +12,45 @@ use std::time::Duration;
 use crate::{Client, ClientConfig, Error, ErrorCode, ServerStats, Transport, DEFAULT_SERVER};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+/// `println!` that ends the process quietly (status 0) when standard output's reader has
+/// gone (`strata stats | head`), instead of panicking as `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+fn write_line(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        quiet_on_broken_pipe(&e);
+        eprintln!("strata: writing standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Ends the process with status 0 if `e` says the reader of standard output went away.
+fn quiet_on_broken_pipe(e: &std::io::Error) {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+}
+
+/// Reads `input` whole, refusing it with `TooLarge` as soon as it passes `limit` bytes.
+fn read_bounded(input: impl Read, limit: u64, what: &str) -> Result<Vec<u8>, Error> {
+    let mut value = Vec::new();
+    input
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut value)
+        .map_err(|e| io_error(format!("reading {what}"), e))?;
+    if value.len() as u64 > limit {
+        let msg =
+            format!("{what} holds more than the server's limit of {limit} bytes for one value");
+        return Err(Error::new(ErrorCode::TooLarge, msg));
+    }
+    Ok(value)
+}
+
 #[derive(Parser)]
 #[command(
     name = "strata",
@@ -204,15 +243,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
 async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
     match command {
         Command::Put { key, file, pin } => {
+            // Read no more than the server takes: a larger input is refused as it arrives,
+            // not after it has all been held in memory.
+            let limit = client.server_info().await?.limits.max_value_len;
             let value = if file.as_os_str() == "-" {
-                let mut v = Vec::new();
-                std::io::stdin()
-                    .read_to_end(&mut v)
-                    .map_err(|e| io_error("reading standard input".into(), e))?;
-                v
+                read_bounded(std::io::stdin().lock(), limit, "standard input")?
             } else {
-                std::fs::read(&file)
-                    .map_err(|e| io_error(format!("reading {}", file.display()), e))?
+                let what = file.display().to_string();
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| io_error(format!("reading {what}"), e))?;
+                read_bounded(f, limit, &what)?
             };
             if pin {
                 client.put_pinned(key.as_bytes(), &value).await?;
@@ -227,9 +267,10 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                     .map_err(|e| io_error(format!("writing {}", path.display()), e))?,
                 None => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&value)
-                        .and_then(|()| out.flush())
-                        .map_err(|e| io_error("writing standard output".into(), e))?;
+                    if let Err(e) = out.write_all(&value).and_then(|()| out.flush()) {
+                        quiet_on_broken_pipe(&e);
+                        return Err(io_error("writing standard output".into(), e));
+                    }
                 }
             }
         }
@@ -238,7 +279,7 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
             for (key, present) in keys.iter().zip(client.batch_exists(&keys).await) {
                 let present = present?;
                 all &= present;
-                println!("{key}\t{present}");
+                outln!("{key}\t{present}");
             }
             if !all {
                 return Ok(ExitCode::from(1));
@@ -246,7 +287,7 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
         }
         Command::Prefix { keys } => {
             let groups: Vec<[&String; 1]> = keys.iter().map(|k| [k]).collect();
-            println!("{}", client.prefix_len(&groups).await?);
+            outln!("{}", client.prefix_len(&groups).await?);
         }
         Command::Rm { key, force } => client.remove(key.as_bytes(), force).await?,
         Command::Stats { json } => {
@@ -257,7 +298,7 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                 if !view.members.is_empty() {
                     value["cluster"] = view_json(&view);
                 }
-                println!("{value}");
+                outln!("{value}");
             } else {
                 print_stats(&stats);
                 if !view.members.is_empty() {
@@ -266,7 +307,7 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                         .iter()
                         .filter(|m| m.state == crate::MemberState::Active)
                         .count();
-                    println!(
+                    outln!(
                         "cluster {} (epoch {}): node {} of {} members, {} active",
                         view.cluster_id,
                         view.epoch,
@@ -295,9 +336,9 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                         Err(e) => serde_json::json!({ "error": e.to_string() }),
                     };
                 }
-                println!("{value}");
+                outln!("{value}");
             } else if view.members.is_empty() {
-                println!("{} runs alone (no cluster)", client.config().server);
+                outln!("{} runs alone (no cluster)", client.config().server);
             } else {
                 print_cluster(&view, &members);
             }
@@ -312,7 +353,7 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                 .open(device_index)
                 .map_err(|e| Error::new(ErrorCode::Unavailable, e.to_string()))?;
             let segment = client.mount_segment(&device, size).await?;
-            println!("mounted segment {} ({size} bytes)", segment.segment());
+            outln!("mounted segment {} ({size} bytes)", segment.segment());
             use std::io::Write;
             let _ = std::io::stdout().flush();
             let mut term =
@@ -323,15 +364,16 @@ async fn command(client: &Client, command: Command) -> Result<ExitCode, Error> {
                 _ = term.recv() => {}
             }
             let report = segment.unmount().await?;
-            println!(
+            outln!(
                 "unmounted: {} objects moved to dram, {} dropped",
-                report.moved, report.dropped
+                report.moved,
+                report.dropped
             );
         }
         Command::Ping => {
             let rtt = client.ping().await?;
             let info = client.server_info().await?;
-            println!(
+            outln!(
                 "pong from {}: strata-server {} on {}, protocol {}, lease {} ms, rtt {:.3} ms",
                 client.config().server,
                 info.server_version,
@@ -366,16 +408,24 @@ fn print_cluster(
     view: &crate::ClusterView,
     members: &[(crate::MemberInfo, Result<ServerStats, Error>)],
 ) {
-    println!(
+    outln!(
         "cluster {} (epoch {}), runs of {} blocks, {} members",
         view.cluster_id,
         view.epoch,
         view.run_blocks,
         view.members.len()
     );
-    println!(
+    outln!(
         "{:<20} {:<24} {:<9} {:>6} {:>14} {:>14} {:>6} {:>10} {:>9}",
-        "node", "address", "state", "weight", "capacity", "used", "fill", "objects", "joined"
+        "node",
+        "address",
+        "state",
+        "weight",
+        "capacity",
+        "used",
+        "fill",
+        "objects",
+        "joined"
     );
     for (m, stats) in members {
         let state = match m.state {
@@ -393,7 +443,7 @@ fn print_cluster(
             .parse::<u64>()
             .map(|u| format!("{:.1}%", 100.0 * u as f64 / m.capacity.max(1) as f64))
             .unwrap_or_else(|_| "-".into());
-        println!(
+        outln!(
             "{:<20} {:<24} {:<9} {:>6} {:>14} {:>14} {:>6} {:>10} {:>8}s",
             m.node_id,
             m.addr,
@@ -410,7 +460,7 @@ fn print_cluster(
 
 fn print_stats(s: &ServerStats) {
     for t in &s.tiers {
-        println!(
+        outln!(
             "tier {:<6} used {:>14} of {:>14} bytes ({:.1}%), {} objects",
             t.kind,
             t.used,
@@ -419,24 +469,39 @@ fn print_stats(s: &ServerStats) {
             t.objects
         );
         if !t.io_engine.is_empty() {
-            println!(
+            outln!(
                 "     io {:<8} read {} ops ({} bytes)  wrote {} ops ({} bytes)",
-                t.io_engine, t.read_ops, t.read_bytes, t.write_ops, t.write_bytes
+                t.io_engine,
+                t.read_ops,
+                t.read_bytes,
+                t.write_ops,
+                t.write_bytes
             );
         }
     }
-    println!("objects {}  pending {}", s.objects, s.pending);
-    println!(
+    outln!("objects {}  pending {}", s.objects, s.pending);
+    outln!(
         "puts {} ({} bytes)  gets {} hit / {} miss ({} bytes)  removes {}",
-        s.puts, s.put_bytes, s.get_hits, s.get_misses, s.get_bytes, s.removes
+        s.puts,
+        s.put_bytes,
+        s.get_hits,
+        s.get_misses,
+        s.get_bytes,
+        s.removes
     );
-    println!(
+    outln!(
         "evictions {} ({} bytes)  expired reservations {}  refused for space {}",
-        s.evictions, s.evicted_bytes, s.expired_reservations, s.no_space
+        s.evictions,
+        s.evicted_bytes,
+        s.expired_reservations,
+        s.no_space
     );
-    println!(
+    outln!(
         "demotions {}  promotions {}  dropped as corrupt {}  dropped with unmounted segments {}",
-        s.demotions, s.promotions, s.corrupt, s.unmounted_objects
+        s.demotions,
+        s.promotions,
+        s.corrupt,
+        s.unmounted_objects
     );
-    println!("connections {}", s.connections);
+    outln!("connections {}", s.connections);
 }

@@ -1,0 +1,104 @@
+//! Abuse refused, the server (and the command line) up: what an outside tester found and
+//! what must stay true (docs/security.md lists each with its test).
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_client::Client;
+use strata_tests::{cli_binary, ServerProcess};
+
+fn cli(server: &ServerProcess) -> Command {
+    let mut command = Command::new(cli_binary());
+    command
+        .arg("--server")
+        .arg(server.addr.to_string())
+        .arg("--ca")
+        .arg(&server.cert);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_from_standard_input_past_the_limit_is_refused_as_it_arrives() {
+    let server = ServerProcess::start(&[
+        "--device-plugin",
+        "off",
+        "--ssd-path",
+        "off",
+        "--dram-capacity",
+        "64MiB",
+    ]);
+    let limit = Client::connect(server.client_config())
+        .await
+        .unwrap()
+        .server_info()
+        .await
+        .unwrap()
+        .limits
+        .max_value_len;
+    let mut child = cli(&server)
+        .args(["put", "big", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An endless stream of zeros, up to 1 GiB: the CLI must stop reading past the limit.
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let chunk = vec![0u8; 1 << 20];
+        let mut sent = 0u64;
+        while sent < 1 << 30 {
+            if stdin.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "strata put - did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let sent = feeder.join().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("TooLarge") && err.contains("standard input"),
+        "{err}"
+    );
+    // What it took in: the limit, one more chunk, and what sat in the pipe.
+    assert!(
+        sent <= limit + (8 << 20),
+        "read {sent} bytes past a limit of {limit}"
+    );
+    let client = Client::connect(server.client_config()).await.unwrap();
+    assert!(!client.exists(b"big").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let client = Client::connect(server.client_config()).await.unwrap();
+    client.put(b"k", vec![7u8; 1 << 20].into()).await.unwrap();
+    for args in [vec!["stats"], vec!["get", "k"], vec!["exists", "k"]] {
+        // A pipe whose reader is gone before the CLI writes a byte: every write fails
+        // with EPIPE.
+        let (reader, writer) = rustix::pipe::pipe().unwrap();
+        drop(reader);
+        let output = cli(&server)
+            .args(&args)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!err.contains("panicked"), "strata {args:?}: {err}");
+        assert_eq!(output.status.code(), Some(0), "strata {args:?}: {err}");
+    }
+}
