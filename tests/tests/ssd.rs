@@ -176,6 +176,11 @@ async fn three_times_dram_survives_a_crash_and_damage_is_never_served() {
         Err(e) => e,
     };
     assert_eq!(err.code(), ErrorCode::Corrupt, "{err}");
+    // The client learns that its value was damaged, not the server's files.
+    assert!(
+        !err.message().contains(".ssd") && !err.message().contains("record at"),
+        "{err}"
+    );
     let gone = client.get(victim).await.unwrap_err();
     assert_eq!(gone.code(), ErrorCode::NotFound);
     assert_eq!(client.stats().await.unwrap().corrupt, 1);

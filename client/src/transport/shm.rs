@@ -76,8 +76,13 @@ fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedF
     }
     net::connect(&socket, &addr)
         .map_err(|e| unavailable(&format!("connecting to {}", offer.socket), e))?;
+    // A socket timeout reads as EAGAIN ("Resource temporarily unavailable"): say what it is.
+    let failed = |what: &str, e: rustix::io::Errno| match e {
+        rustix::io::Errno::AGAIN => unavailable(what, format!("timed out after {timeout:?}")),
+        e => unavailable(what, e),
+    };
     net::send(&socket, &offer.ticket, SendFlags::NOSIGNAL)
-        .map_err(|e| unavailable("sending the ticket", e))?;
+        .map_err(|e| failed("sending the ticket", e))?;
     let expected = offer.segments.len() + offer.files.len();
     let mut fds = Vec::with_capacity(expected);
     let mut packet = [0u8; MAX_PACKET_LEN];
@@ -90,7 +95,7 @@ fn receive_descriptors(offer: &ShmOffer, timeout: Duration) -> Result<Vec<OwnedF
             &mut control,
             RecvFlags::CMSG_CLOEXEC,
         )
-        .map_err(|e| unavailable("receiving descriptors", e))?;
+        .map_err(|e| failed("receiving descriptors", e))?;
         let mut got: Vec<OwnedFd> = Vec::new();
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(passed) = message {
@@ -315,6 +320,29 @@ impl LocalReader for SharedSegments {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_never_answers_times_out_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shm.sock");
+        let listener = net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+        net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        net::listen(&listener, 4).unwrap();
+        let offer = ShmOffer {
+            socket: path.to_string_lossy().into_owned(),
+            ticket: vec![0; 16],
+            segments: vec![strata_proto::msg::SegmentInfo {
+                tier: 0,
+                segment: 0,
+                size: 4096,
+            }],
+            files: Vec::new(),
+        };
+        let e = receive_descriptors(&offer, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert!(e.message().contains("timed out after 100ms"), "{e}");
+        assert!(!e.message().contains("temporarily"), "{e}");
+    }
 
     /// Segments backed by a local memfd, as if received from a server.
     pub(crate) fn local_segments(size: u64) -> SharedSegments {

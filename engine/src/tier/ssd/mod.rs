@@ -443,10 +443,16 @@ impl SsdTier {
                 file_name(extent.segment as usize)
             )
         };
+        // Where the damage is (file, offset) goes to the server's log and metrics only:
+        // the caller, possibly a remote client, learns that its value failed the check.
         let fail = |what: String| {
             self.corrupt.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("ssd: {what}");
-            Err(corrupt(what))
+            Err(corrupt(
+                "the stored bytes failed their check; the object was dropped (the server's \
+                 log says where)"
+                    .into(),
+            ))
         };
         let file_id = self.file_ids[extent.segment as usize];
         let head = match RecordHeader::decode(record, file_id) {
