@@ -13,7 +13,8 @@ slots, through:
   page_first host pool (SGLang's shapes);
 - ``vllm-ascend``: ``StrataBackend.batch_is_exist`` over both TP ranks' keys, then each
   rank's ``get`` into its KV cache in (host-sim) device memory, 16 per-layer pieces per
-  block (vllm-ascend's shapes).
+  block (vllm-ascend's shapes), the two ranks at once as their worker processes load
+  (one thread each); ``vllm-ascend-serial``: the same, one rank after the other.
 
 Targets (docs/benchmarks.md): load GB/s >= 0.85x the Rust client's, lookup p99 <= 1.2x.
 
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import numpy as np
@@ -145,17 +147,32 @@ def vllm_ascend_round(prefix, phase, seconds):
     def lookup():
         return sum(ranks[0].batch_is_exist(query)) // 2
 
-    def load(hit):
-        assert hit == PAGES
-        for r, backend in enumerate(ranks):
-            addrs, sizes = targets[r]
-            assert backend.get(keys[r], list(addrs), list(sizes)) == [0] * PAGES
+    def load_rank(r):
+        addrs, sizes = targets[r]
+        assert ranks[r].get(keys[r], list(addrs), list(sizes)) == [0] * PAGES
 
-    calls, elapsed, looks, loads = timed(seconds, lookup, load)
+    def load_one_after_the_other(hit):
+        assert hit == PAGES
+        for r in range(len(ranks)):
+            load_rank(r)
+
+    # Each TP rank is its own worker process in vllm-ascend, so the ranks load at once:
+    # here one thread each (every call releases the GIL).
+    pool = ThreadPoolExecutor(max_workers=len(ranks))
+
+    def load_side_by_side(hit):
+        assert hit == PAGES
+        list(pool.map(load_rank, range(len(ranks))))
+
+    out = []
+    for system, load in (("vllm-ascend", load_side_by_side), ("vllm-ascend-serial", load_one_after_the_other)):
+        calls, elapsed, looks, loads = timed(seconds, lookup, load)
+        out += [record(system, "lookup", phase, len(looks), elapsed, looks),
+                record(system, "load", phase, calls, elapsed, loads, OBJECTS * HALF * calls)]
+    pool.shutdown()
     for backend in ranks:
         backend.client.close()
-    return [record("vllm-ascend", "lookup", phase, len(looks), elapsed, looks),
-            record("vllm-ascend", "load", phase, calls, elapsed, loads, OBJECTS * HALF * calls)]
+    return out
 
 
 def main() -> None:
@@ -195,7 +212,7 @@ def main() -> None:
             process.wait()
     print(f"{'system':12} {'load GB/s':>10} {'x rust':>7} {'lookup p50/p99 us':>19} {'p99 x rust':>11}")
     med = {}
-    for system in ("strata-rust", "sglang", "vllm-ascend"):
+    for system in ("strata-rust", "sglang", "vllm-ascend", "vllm-ascend-serial"):
         load = [r for r in records if r["system"] == system and r["op"] == "load"]
         look = [r for r in records if r["system"] == system and r["op"] == "lookup"]
         med[system] = (statistics.median(r["bytes_per_s"] for r in load),
