@@ -168,10 +168,19 @@ async fn device_tier_puts_gets_and_demotes_under_pressure() {
     );
     // This server's device tier is under pressure, so maintenance may have demoted some
     // of them to dram by then (they then come through get_into_buffer, as batch3 does).
-    assert!(
-        client.transport_stats().device_gets > before,
-        "device-tier values come by the module's copy"
-    );
+    // On a busy machine it may have demoted all three before the read: then none may
+    // still be on the device tier.
+    if client.transport_stats().device_gets == before {
+        let still = client.get_locations(&["batch0", "batch1", "batch2"]).await;
+        for (i, l) in still.iter().enumerate() {
+            if let Ok(l) = l {
+                assert_ne!(
+                    l.location.tier, offer.tier,
+                    "batch{i} is on the device tier, yet no value came by the module's copy"
+                );
+            }
+        }
+    }
 }
 
 /// A `strata mount-segment` child: the second process, contributing device memory.
