@@ -175,8 +175,11 @@ pub fn config(data: &[u8]) {
     let _ = args.resolve();
 }
 
+/// A fuzz target: any bytes in, never a panic.
+pub type Target = fn(&[u8]);
+
 /// Every target's name and function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("quic_request", quic_request),
     ("response", response),
     ("data_plane", data_plane),
