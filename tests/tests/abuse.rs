@@ -102,3 +102,42 @@ async fn output_into_a_closed_pipe_ends_quietly() {
         assert_eq!(output.status.code(), Some(0), "strata {args:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_connection_that_never_claims_a_session_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let config = strata_client::ClientConfig {
+        transport: strata_client::Transport::Tcp,
+        ..server.client_config()
+    };
+    let client = Client::connect(config).await.unwrap();
+    let port = client
+        .server_info()
+        .await
+        .unwrap()
+        .data_plane
+        .expect("a data plane")
+        .port;
+    let opened = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The server says hello, then waits for a claim that never comes, then hangs up.
+    let mut everything = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read_to_end(&mut everything))
+        .await
+        .expect("the server kept a silent data connection open");
+    assert!(read.is_ok() || everything.len() >= strata_proto::data::HELLO_LEN);
+    assert!(
+        strata_proto::data::decode_hello(everything.first_chunk().unwrap()).is_ok(),
+        "the connection opened with the server's hello"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_secs(4),
+        "closed before its 5 s"
+    );
+    // And the session the client holds still moves bytes.
+    client.put_from(b"after", &[3u8; 1 << 20]).await.unwrap();
+    assert_eq!(client.get(b"after").await.unwrap().len(), 1 << 20);
+}
