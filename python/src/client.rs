@@ -111,21 +111,8 @@ pub(crate) fn config(
 impl Client {
     /// The Rust client, unless this one was closed or made before a fork.
     fn live(&self, py: Python<'_>) -> PyResult<&strata_client::Client> {
-        let error = if self.pid != std::process::id() {
-            format!(
-                "this Client was made in process {} before a fork; make a new Client in \
-                 this process",
-                self.pid
-            )
-        } else if self.closed.load(Ordering::Acquire) {
-            "this Client is closed".to_owned()
-        } else {
-            return Ok(&self.inner);
-        };
-        Err(crate::errors::raise(
-            py,
-            &Error::new(ErrorCode::Unavailable, error),
-        ))
+        runtime::usable(py, "Client", self.pid, &self.closed)?;
+        Ok(&self.inner)
     }
 
     /// The server's prefix lookup over `groups`, leased or not.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use strata_client::{ClusterOptions, MemberState};
-use strata_proto::{Error, ErrorCode};
+use strata_proto::Error;
 use tokio::runtime::Runtime;
 
 use crate::client::{config, seconds};
@@ -31,21 +31,8 @@ pub struct ClusterClient {
 
 impl ClusterClient {
     fn live(&self, py: Python<'_>) -> PyResult<&strata_client::ClusterClient> {
-        let error = if self.pid != std::process::id() {
-            format!(
-                "this ClusterClient was made in process {} before a fork; make a new one in \
-                 this process",
-                self.pid
-            )
-        } else if self.closed.load(Ordering::Acquire) {
-            "this ClusterClient is closed".to_owned()
-        } else {
-            return Ok(&self.inner);
-        };
-        Err(crate::errors::raise(
-            py,
-            &Error::new(ErrorCode::Unavailable, error),
-        ))
+        runtime::usable(py, "ClusterClient", self.pid, &self.closed)?;
+        Ok(&self.inner)
     }
 }
 

@@ -53,3 +53,27 @@ where
 {
     py.detach(|| runtime.block_on(op))
 }
+
+/// Refuses a call on a client that was closed, or made in another process before a fork
+/// (its connections and runtime did not come along): `class` names it in the message.
+pub fn usable(
+    py: Python<'_>,
+    class: &str,
+    made_in: u32,
+    closed: &std::sync::atomic::AtomicBool,
+) -> PyResult<()> {
+    let error = if made_in != std::process::id() {
+        format!(
+            "this {class} was made in process {made_in} before a fork; make a new {class} in \
+             this process"
+        )
+    } else if closed.load(std::sync::atomic::Ordering::Acquire) {
+        format!("this {class} is closed")
+    } else {
+        return Ok(());
+    };
+    Err(crate::errors::raise(
+        py,
+        &Error::new(ErrorCode::Unavailable, error),
+    ))
+}

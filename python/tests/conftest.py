@@ -132,9 +132,8 @@ def prefix() -> str:
     return f"t-{uuid.uuid4().hex[:12]}-"
 
 
-@pytest.fixture(scope="module")
-def start_module_server() -> Iterator:
-    """``start_server`` for servers a whole test module shares."""
+def _starter() -> Iterator:
+    """Starts servers (``start(args, data_dir=None)``) and stops them all at the end."""
     started: List[Server] = []
 
     def start(args: Optional[List[str]] = None, data_dir: Optional[Path] = None) -> Server:
@@ -145,19 +144,16 @@ def start_module_server() -> Iterator:
     yield start
     for s in started:
         s.close()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator:
+    """``start_server`` for servers a whole test module shares."""
+    yield from _starter()
 
 
 @pytest.fixture
 def start_server() -> Iterator:
     """Starts servers of this test's own (``start_server(args, data_dir=None)``); all are
     stopped at its end."""
-    started: List[Server] = []
-
-    def start(args: Optional[List[str]] = None, data_dir: Optional[Path] = None) -> Server:
-        s = Server(args, data_dir)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.close()
+    yield from _starter()

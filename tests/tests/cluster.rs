@@ -78,6 +78,21 @@ async fn cluster_client(via: &ServerProcess, members: usize) -> ClusterClient {
     client
 }
 
+/// etcd, three members n1..n3 of `cluster` (with `extra` flags), and a client whose view
+/// holds all three; `None` where etcd is not installed (the test then skips).
+async fn cluster_of_three(
+    cluster: &str,
+    extra: &[&str],
+) -> Option<(EtcdProcess, Vec<ServerProcess>, ClusterClient)> {
+    let etcd = EtcdProcess::start()?;
+    let servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| member(&etcd, cluster, n, extra))
+        .collect();
+    let client = cluster_client(&servers[0], 3).await;
+    Some((etcd, servers, client))
+}
+
 /// A prompt: per position (block) its two TP ranks' keys.
 type Chain = Vec<Vec<String>>;
 
@@ -342,14 +357,9 @@ async fn shares_follow_the_members_weights() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_member_costs_only_its_runs() {
-    let Some(etcd) = EtcdProcess::start() else {
+    let Some((_etcd, mut servers, client)) = cluster_of_three("loss", &[]).await else {
         return;
     };
-    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| member(&etcd, "loss", n, &[]))
-        .collect();
-    let client = cluster_client(&servers[0], 3).await;
     let prompts = workload("loss", 48, 2);
     put_all(&client, &prompts).await;
     assert_eq!(found_share(&client, &prompts).await, 1.0);
@@ -491,14 +501,9 @@ async fn a_duplicate_node_id_and_a_different_config_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_leaves_at_once_and_leased_reads_complete() {
-    let Some(etcd) = EtcdProcess::start() else {
+    let Some((etcd, mut servers, client)) = cluster_of_three("term", &[]).await else {
         return;
     };
-    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| member(&etcd, "term", n, &[]))
-        .collect();
-    let client = cluster_client(&servers[0], 3).await;
     let prompts = workload("term", 12, 2);
     put_all(&client, &prompts).await;
     // Leased lookups answered before the signal; their loads run after it.
@@ -544,14 +549,9 @@ async fn sigterm_leaves_at_once_and_leased_reads_complete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_takes_a_quarter_of_the_runs_and_warm_prefixes_keep_hitting() {
-    let Some(etcd) = EtcdProcess::start() else {
+    let Some((etcd, mut servers, client)) = cluster_of_three("join", &[]).await else {
         return;
     };
-    let mut servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| member(&etcd, "join", n, &[]))
-        .collect();
-    let client = cluster_client(&servers[0], 3).await;
     let prompts = workload("join", 24, 2);
     put_all(&client, &prompts).await;
     let anchors: Vec<String> = (0..10_000).map(|i| format!("m@tp0@run-{i}")).collect();
@@ -664,14 +664,9 @@ async fn a_restarted_member_serves_its_recovered_blocks_without_a_re_put() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_outage_changes_nothing_for_live_members() {
-    let Some(mut etcd) = EtcdProcess::start() else {
+    let Some((mut etcd, servers, client)) = cluster_of_three("outage", &[]).await else {
         return;
     };
-    let servers: Vec<ServerProcess> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| member(&etcd, "outage", n, &[]))
-        .collect();
-    let client = cluster_client(&servers[0], 3).await;
     let prompts = workload("outage", 12, 2);
     put_all(&client, &prompts).await;
     let members = "/strata/v1/outage/members/";
