@@ -48,6 +48,11 @@ pub fn cli_binary() -> PathBuf {
     binary("STRATA_CLI_BIN", "e2e-strata")
 }
 
+/// The client process of the soak test (`src/bin/e2e-soak-client.rs`).
+pub fn soak_client_binary() -> PathBuf {
+    binary("STRATA_SOAK_CLIENT_BIN", "e2e-soak-client")
+}
+
 /// The same-host client process of the shared-memory tests (`src/bin/e2e-shm-client.rs`).
 pub fn shm_client_binary() -> PathBuf {
     binary("STRATA_SHM_CLIENT_BIN", "e2e-shm-client")
@@ -258,6 +263,18 @@ impl ServerProcess {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory of the process now, bytes (`VmRSS` of `/proc/PID/status`).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("reading the server's status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("a VmRSS line")
+            * 1024
     }
 
     /// Threads the process runs now (`/proc/PID/status`).

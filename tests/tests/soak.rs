@@ -1,0 +1,201 @@
+//! The fault-injection soak (docs/reliability.md): client processes put, get, look up and
+//! remove values whose bytes derive from their keys, every read checked, while a chaos
+//! loop SIGKILLs clients in the middle of their work and SIGKILLs and restarts the server
+//! on its data dir (the ssd tier recovering each time), with tiers small enough that
+//! eviction, demotion and refused puts run all along. Then: no client ever read a wrong
+//! byte, leases and reservations are back to 0 within the lease TTL and put timeout, every
+//! extent is given back (removing everything leaves every tier at 0 bytes used), and the
+//! server's memory is bounded.
+//!
+//! CI runs it for 60 s; `STRATA_SOAK_SECONDS=600` runs the 10-minute version.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use strata_client::Client;
+use strata_tests::{eventually, free_port, metric, soak_client_binary, ServerProcess};
+
+const LEASE_TTL_MS: u64 = 2_000;
+const PUT_TIMEOUT_MS: u64 = 3_000;
+
+fn server_args() -> Vec<String> {
+    [
+        "--device-plugin",
+        "off",
+        "--dram-capacity",
+        "32MiB",
+        "--ssd-capacity",
+        "96MiB",
+        "--default-kv-lease-ttl",
+        &LEASE_TTL_MS.to_string(),
+        "--put-timeout",
+        &PUT_TIMEOUT_MS.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_server(dir: &std::path::Path, port: u16) -> ServerProcess {
+    let args = server_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ServerProcess::start_in(dir, &format!("127.0.0.1:{port}"), &args)
+}
+
+/// Objects the server holds now (asked by a client of its own, over QUIC).
+fn objects_now(server: &ServerProcess) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::connect(server.client_config()).await.unwrap();
+        client.stats().await.unwrap().objects
+    })
+}
+
+struct SoakClient {
+    child: Child,
+    seed: u64,
+}
+
+fn spawn_client(server: &ServerProcess, transport: &str, seed: u64, seconds: f64) -> SoakClient {
+    let child = Command::new(soak_client_binary())
+        .arg(server.addr.to_string())
+        .arg(&server.cert)
+        .arg(transport)
+        .arg(seed.to_string())
+        .arg(format!("{seconds:.1}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning a soak client");
+    SoakClient { child, seed }
+}
+
+/// Waits for a client that ran to its end; its report line. Fails on a wrong byte (exit 3)
+/// or any other failure.
+fn finish(client: SoakClient) -> String {
+    let out = client
+        .child
+        .wait_with_output()
+        .expect("waiting on a soak client");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "soak client {} ended {}: {stdout}{stderr}",
+        client.seed,
+        out.status
+    );
+    stdout
+}
+
+#[test]
+fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
+    let seconds: f64 = std::env::var("STRATA_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60.0);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start_server(dir.path(), port);
+    let transports = ["shm", "tcp", "quic"];
+    let started = Instant::now();
+    let end = started + Duration::from_secs_f64(seconds);
+    let left = |now: Instant| end.saturating_duration_since(now).as_secs_f64().max(1.0);
+    let mut next_seed = 1u64;
+    let mut clients: Vec<SoakClient> = transports
+        .iter()
+        .map(|t| {
+            next_seed += 1;
+            spawn_client(&server, t, next_seed, left(Instant::now()))
+        })
+        .collect();
+    let (mut client_kills, mut server_kills, mut reports) = (0, 0, Vec::new());
+    let mut recovered = Vec::new();
+    let mut tick = 0u64;
+    while Instant::now() + Duration::from_secs(3) < end {
+        std::thread::sleep(Duration::from_millis(500));
+        tick += 1;
+        if tick % 4 == 0 {
+            // A client killed in the middle of whatever it was doing, and replaced.
+            let victim = (tick / 4) as usize % clients.len();
+            let mut old = clients.remove(victim);
+            let _ = old.child.kill();
+            let _ = old.child.wait();
+            client_kills += 1;
+            next_seed += 1;
+            let transport = transports[victim % transports.len()];
+            clients.insert(
+                victim,
+                spawn_client(&server, transport, next_seed, left(Instant::now())),
+            );
+        }
+        if tick % 24 == 0 {
+            // The server killed (no shutdown work at all) and started on its data dir.
+            server.kill_hard();
+            server_kills += 1;
+            server = start_server(dir.path(), port);
+            // What the restarted server indexed before any client came back: the ssd
+            // tier's records, recovered (dram's contents died with the process).
+            recovered.push(objects_now(&server));
+        }
+    }
+    for c in clients {
+        reports.push(finish(c));
+    }
+    let ops: u64 = reports
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    let checked: u64 = reports
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .sum();
+    eprintln!(
+        "soak {seconds} s: {client_kills} clients and {server_kills} servers killed (objects \
+         recovered at each restart: {recovered:?}); the last clients did {ops} operations and \
+         checked {checked} values: {reports:?}"
+    );
+    assert!(checked > 0, "no value was ever read back");
+    assert!(
+        recovered.iter().all(|n| *n > 0),
+        "a restart recovered nothing from the ssd tier: {recovered:?}"
+    );
+
+    // Leases and reservations end on their own within their TTL and put timeout.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = Client::connect(server.client_config()).await.unwrap();
+        let settle = Duration::from_millis(LEASE_TTL_MS.max(PUT_TIMEOUT_MS) + 3_000);
+        let drained = eventually(settle, || async {
+            let stats = client.stats().await.unwrap();
+            let text = server.scrape();
+            stats.pending == 0 && metric(&text, "strata_leases_active") == Some(0.0)
+        })
+        .await;
+        let stats = client.stats().await.unwrap();
+        assert!(
+            drained,
+            "leases or reservations outlived their time: {stats:?}"
+        );
+
+        // Every extent is given back: with everything removed, no tier holds a byte.
+        client.remove_all(true).await.unwrap();
+        let empty = eventually(Duration::from_secs(10), || async {
+            let stats = client.stats().await.unwrap();
+            stats.objects == 0 && stats.tiers.iter().all(|t| t.used == 0)
+        })
+        .await;
+        let stats = client.stats().await.unwrap();
+        assert!(empty, "space leaked: {:?}", stats.tiers);
+    });
+    // Memory: the dram tier (32 MiB) plus the server's own overhead, bounded.
+    let rss = server.rss();
+    eprintln!("server RSS at the end: {} MiB", rss >> 20);
+    assert!(rss < 256 << 20, "server RSS {} MiB", rss >> 20);
+}
