@@ -136,6 +136,10 @@ pub struct SsdTier {
     allocators: Arc<SegmentAllocators>,
     /// Extents whose readers have unpinned, waiting for their tombstone.
     unpinned: Arc<Mutex<Vec<Extent>>>,
+    /// After tombstones failed (a full or failing disk): when to try again, and the wait
+    /// after the next failure. Every placement reclaims, so without it a full disk meant
+    /// a failed write and a warning per extent per put.
+    tombstone_retry: Mutex<(Option<std::time::Instant>, std::time::Duration)>,
     sequence: AtomicU64,
     admission: Admission,
     buffers: BufPool,
@@ -146,6 +150,11 @@ pub struct SsdTier {
     /// Holds the directory's lock for the tier's lifetime.
     _lock: File,
 }
+
+/// The first wait before tombstones that failed are tried again; it doubles per failure.
+const TOMBSTONE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest wait between tries.
+const TOMBSTONE_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn io_error(what: &str, e: std::io::Error) -> Error {
     Error::new(ErrorCode::Internal, format!("ssd {what}: {e}"))
@@ -290,6 +299,7 @@ impl SsdTier {
             direct,
             allocators: Arc::new(SegmentAllocators::new(Vec::new())),
             unpinned: Arc::new(Mutex::new(Vec::new())),
+            tombstone_retry: Mutex::new((None, TOMBSTONE_RETRY_FIRST)),
             sequence: AtomicU64::new(1),
             admission: opts.admission,
             buffers,
@@ -475,8 +485,9 @@ impl SsdTier {
         Ok(())
     }
 
-    /// Writes tombstones over the headers of `extents`; returns those it could not.
-    fn tombstone(&self, extents: Vec<Extent>) -> Vec<Extent> {
+    /// Writes tombstones over the headers of `extents`; returns those it could not, and
+    /// the first error.
+    fn tombstone(&self, extents: Vec<Extent>) -> (Vec<Extent>, Option<std::io::Error>) {
         let ops = extents
             .iter()
             .map(|e| {
@@ -489,18 +500,19 @@ impl SsdTier {
             })
             .collect();
         let mut failed = Vec::new();
+        let mut first = None;
         for (e, d) in extents.into_iter().zip(self.engine.run(ops)) {
             match d.result {
                 Ok(()) => self
                     .allocators
                     .free_retired(e.segment, e.block, record_len(e.len)),
                 Err(err) => {
-                    tracing::warn!("ssd: tombstone at {} failed ({err}); will retry", e.offset);
+                    first.get_or_insert(err);
                     failed.push(e);
                 }
             }
         }
-        failed
+        (failed, first)
     }
 
     /// Pushes the files' contents to stable storage (O_DIRECT bypasses the page cache, not
@@ -555,11 +567,30 @@ impl Tier for SsdTier {
     }
 
     fn reclaim_retired(&self) {
+        let now = std::time::Instant::now();
+        if self.tombstone_retry.lock().0.is_some_and(|at| now < at) {
+            return;
+        }
         let batch = std::mem::take(&mut *self.unpinned.lock());
         if batch.is_empty() {
             return;
         }
-        let failed = self.tombstone(batch);
+        let (failed, error) = self.tombstone(batch);
+        let mut retry = self.tombstone_retry.lock();
+        match error {
+            None => *retry = (None, TOMBSTONE_RETRY_FIRST),
+            Some(err) => {
+                // Their space stays retired (a header left in place would come back at
+                // recovery) until a later try succeeds.
+                tracing::warn!(
+                    "ssd: {} tombstones failed ({err}); their space is held, next try in {:?}",
+                    failed.len(),
+                    retry.1
+                );
+                *retry = (Some(now + retry.1), (retry.1 * 2).min(TOMBSTONE_RETRY_MAX));
+            }
+        }
+        drop(retry);
         self.unpinned.lock().extend(failed);
     }
 
@@ -648,7 +679,8 @@ impl Tier for SsdTier {
 impl Drop for SsdTier {
     fn drop(&mut self) {
         // Tombstone what has already been unpinned, so removals made before a clean
-        // shutdown stay removed.
+        // shutdown stay removed: one last try even while backing off.
+        self.tombstone_retry.lock().0 = None;
         self.reclaim_retired();
         if let Err(e) = self.sync() {
             tracing::warn!("ssd: syncing {} at close: {e}", self.dir.display());
