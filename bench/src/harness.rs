@@ -110,6 +110,7 @@ pub(crate) fn serve_store(
         tls,
         auth_token: None,
         shutdown_grace: Duration::from_secs(1),
+        max_connections: 4096,
         shm_socket,
         data_plane,
         metrics_addr: None,

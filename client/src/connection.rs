@@ -67,6 +67,12 @@ pub(crate) fn connection_error(e: &ConnectionError) -> Error {
             Error::new(ErrorCode::Unauthorized, format!("server refused: {reason}"))
         }
         ConnectionError::ApplicationClosed(close)
+            if close.error_code == wire::CLOSE_BUSY.into() =>
+        {
+            let reason = String::from_utf8_lossy(&close.reason);
+            Error::new(ErrorCode::Busy, format!("server refused: {reason}"))
+        }
+        ConnectionError::ApplicationClosed(close)
             if close.error_code == wire::CLOSE_SHUTDOWN.into() =>
         {
             unavailable("the server shut down".into())

@@ -49,6 +49,10 @@ pub const CLOSE_UNAUTHORIZED: u32 = 0x5354_0001;
 /// QUIC application error code of a connection closed because the server shuts down.
 pub const CLOSE_SHUTDOWN: u32 = 0x5354_0002;
 
+/// Application close code: the server holds as many connections as it takes; the reason
+/// says how many. Try again later.
+pub const CLOSE_BUSY: u32 = 0x5354_0004;
+
 /// QUIC application error code a server stops a request stream with once it has answered
 /// (for example with an error) before reading the whole payload.
 pub const STOP_ANSWERED: u32 = 0x5354_0003;

@@ -115,6 +115,10 @@ pub struct ServerArgs {
     /// [default: 127.0.0.1:9003; with --port 0, a free port on the listen address].
     #[arg(long, env = "STRATA_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// QUIC connections served at once; one more is refused with a clear reason
+    /// [default: 4096].
+    #[arg(long, env = "STRATA_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
     /// Index shards, a power of two [default: 64].
     #[arg(long, env = "STRATA_SHARDS")]
     pub shards: Option<usize>,
@@ -314,6 +318,7 @@ impl ServerArgs {
             auth_token_file,
             metrics_addr: self.metrics_addr.or(file.metrics_addr),
             shards: self.shards.or(file.shards),
+            max_connections: self.max_connections.or(file.max_connections),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             shm_socket: self.shm_socket.or(file.shm_socket),
             ssd_path: self.ssd_path.or(file.ssd_path),
@@ -412,6 +417,10 @@ impl ServerArgs {
                 tls,
                 auth_token,
                 shutdown_grace: Duration::from_millis(self.shutdown_grace.unwrap_or(5_000)),
+                max_connections: match self.max_connections.unwrap_or(4096) {
+                    0 => return Err(invalid("--max-connections must be at least 1".into())),
+                    n => n,
+                },
                 shm_socket,
                 data_plane,
                 metrics_addr,

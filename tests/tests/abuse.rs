@@ -141,3 +141,53 @@ async fn a_data_connection_that_never_claims_a_session_is_closed() {
     client.put_from(b"after", &[3u8; 1 << 20]).await.unwrap();
     assert_eq!(client.get(b"after").await.unwrap().len(), 1 << 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_connection_limit_the_server_refuses_clearly_and_serves_the_rest() {
+    let server = ServerProcess::start(&["--max-connections", "3", "--device-plugin", "off"]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Client::connect(server.client_config()).await.unwrap());
+    }
+    let refused = Client::connect(server.client_config())
+        .await
+        .err()
+        .expect("a 4th connection");
+    assert_eq!(refused.code(), strata_client::ErrorCode::Busy, "{refused}");
+    assert!(refused.message().contains("at most 3"), "{refused}");
+    // The ones it holds are served meanwhile.
+    held[0].put(b"k", vec![1u8; 4096].into()).await.unwrap();
+    assert_eq!(held[2].get(b"k").await.unwrap().len(), 4096);
+    // Churn: as connections close, new ones get in, and the count never drifts.
+    for round in 0..20 {
+        held.pop().unwrap().close().await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let next = loop {
+            match Client::connect(server.client_config()).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: no room after a close: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        held.push(next);
+    }
+    let again = Client::connect(server.client_config())
+        .await
+        .err()
+        .expect("a 4th connection");
+    assert_eq!(again.code(), strata_client::ErrorCode::Busy, "{again}");
+    let text = server.scrape();
+    assert!(
+        strata_tests::metric(
+            &text,
+            "strata_connections_refused_total{transport=\"quic\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+}

@@ -58,6 +58,8 @@ catalog! {
         "Client connections open now (quic: control connections, tcp: data connections).";
     CONNECTIONS_ACCEPTED = "strata_connections_accepted_total", Counter, ["transport"],
         "Client connections accepted.";
+    CONNECTIONS_REFUSED = "strata_connections_refused_total", Counter, ["transport"],
+        "Client connections closed at once because the server held --max-connections.";
 
     // Prefix lookups: the inference engine's question "how much of this prompt is stored".
     PREFIX_LOOKUPS = "strata_prefix_lookups_total", Counter, [],

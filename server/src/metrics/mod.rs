@@ -102,6 +102,8 @@ pub(crate) struct PrefixMetrics {
 pub(crate) struct ConnectionMetrics {
     open: Gauge,
     accepted: Counter,
+    /// Closed at once: the server held its limit.
+    pub refused: Counter,
 }
 
 impl ConnectionMetrics {
@@ -175,6 +177,7 @@ impl Metrics {
         let connections = |transport| ConnectionMetrics {
             open: gauge(CONNECTIONS, &[("transport", transport)]),
             accepted: counter(CONNECTIONS_ACCEPTED, &[("transport", transport)]),
+            refused: counter(CONNECTIONS_REFUSED, &[("transport", transport)]),
         };
         gauge(SERVER_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         Metrics {

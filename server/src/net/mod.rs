@@ -59,6 +59,9 @@ pub struct ServiceConfig {
     /// The TCP data plane for value bytes between hosts; `None`: off (remote clients move
     /// bytes on QUIC streams).
     pub data_plane: Option<DataPlaneConfig>,
+    /// QUIC connections served at once, at most; one more is closed at once with
+    /// [`wire::CLOSE_BUSY`] and a reason naming the limit.
+    pub max_connections: u64,
     /// TCP address of the HTTP port serving `/metrics` and `/health`; `None`: not served
     /// (the service still counts, for an embedder that renders [`Service::metrics`]).
     pub metrics_addr: Option<SocketAddr>,
@@ -153,6 +156,7 @@ impl Service {
             data,
             metrics,
             cluster,
+            max_connections: config.max_connections,
         });
         Ok(Service {
             endpoint,
@@ -286,7 +290,18 @@ async fn serve_connection(
     mut stop: watch::Receiver<bool>,
     streams: TaskTracker,
 ) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let holding = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    if holding > shared.max_connections {
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.quic_connections.refused.increment(1);
+        let reason = format!(
+            "too many connections: this server takes at most {}; retry later",
+            shared.max_connections
+        );
+        tracing::debug!("refused {}: {reason}", conn.remote_address());
+        conn.close(wire::CLOSE_BUSY.into(), reason.as_bytes());
+        return;
+    }
     let open = shared.metrics.quic_connections.open();
     tracing::debug!("connection from {}", conn.remote_address());
     let session = Arc::new(Session::default());

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// The cluster's members as this server sees them (empty when it runs alone).
     pub cluster: Arc<ClusterState>,
+    /// QUIC connections served at once, at most.
+    pub max_connections: u64,
 }
 
 impl Shared {
@@ -867,6 +869,7 @@ mod tests {
             data: None,
             metrics: Arc::new(Metrics::new()),
             cluster: Arc::default(),
+            max_connections: u64::MAX,
         }
     }
 
