@@ -191,3 +191,60 @@ async fn past_its_connection_limit_the_server_refuses_clearly_and_serves_the_res
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_plane_claim_replayed_on_another_connection_is_refused() {
+    use strata_proto::data;
+    use strata_proto::wire::{decode_error, ResponseHead, Status};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let config = strata_client::ClientConfig {
+        transport: strata_client::Transport::Tcp,
+        ..server.client_config()
+    };
+    let client = Client::connect(config).await.unwrap();
+    let offer = client
+        .server_info()
+        .await
+        .unwrap()
+        .data_plane
+        .expect("a data plane");
+    let open = || async {
+        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", offer.port))
+            .await
+            .unwrap();
+        let mut hello = [0u8; data::HELLO_LEN];
+        conn.read_exact(&mut hello).await.unwrap();
+        (conn, data::decode_hello(&hello).unwrap())
+    };
+    let answer = |mut conn: tokio::net::TcpStream| async move {
+        let mut head = [0u8; 5];
+        conn.read_exact(&mut head)
+            .await
+            .map_err(|e| e.to_string())?;
+        let head = ResponseHead::decode(head).unwrap();
+        let mut header = vec![0u8; head.header_len as usize];
+        conn.read_exact(&mut header).await.unwrap();
+        match head.status {
+            Status::Ok => Ok(()),
+            Status::Error => Err(decode_error(&header).to_string()),
+        }
+    };
+    // A genuine claim on its own connection opens it...
+    let (mut first, nonce) = open().await;
+    let claim = data::encode_claim(
+        offer.session,
+        &data::session_proof(&offer.secret, &nonce, offer.session),
+    );
+    first.write_all(&claim).await.unwrap();
+    assert_eq!(answer(first).await, Ok(()));
+    // ...and the same bytes, seen on the wire and replayed on a new connection (a fresh
+    // nonce), open nothing.
+    let (mut second, _) = open().await;
+    second.write_all(&claim).await.unwrap();
+    let refused = answer(second).await.unwrap_err();
+    assert!(refused.contains("wrong proof"), "{refused}");
+    // The client's own session goes on.
+    client.put_from(b"still", &[9u8; 8192]).await.unwrap();
+    assert_eq!(client.get(b"still").await.unwrap().len(), 8192);
+}
