@@ -322,3 +322,58 @@ fn the_server_refuses_a_missing_or_open_token_file_and_warns_of_a_token_flag() {
     assert!(err.contains("visible to every local user"), "{err}");
     assert!(err.contains("--auth-token-file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_of_another_uid_gets_no_shared_memory_even_through_an_open_socket() {
+    if !running_as_root() {
+        return;
+    }
+    let parent = open_parent();
+    let data_dir = parent.path().join("data");
+    // The socket in a directory anyone may enter, as an operator might put it.
+    let socket_dir = parent.path().join("run");
+    std::fs::create_dir(&socket_dir).unwrap();
+    chmod(&socket_dir, 0o755);
+    let socket = socket_dir.join("strata.sock");
+    let socket_flag = socket.to_str().unwrap().to_owned();
+    let mut args = ARGS.to_vec();
+    args.extend(["--shm-socket", &socket_flag]);
+    let server = ServerProcess::start_in(&data_dir, "127.0.0.1:0", &args);
+    fill(&server).await;
+    let ask = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+except OSError as e:
+    print("connect refused:", e)
+    sys.exit(0)
+try:
+    s.send(b"\0" * 16)
+except OSError:
+    pass  # refused before the ticket: the reply is already queued
+print("reply:", s.recv(512)[1:].decode(errors="replace"))
+"#;
+    let as_other = |path: &Path| {
+        let (status, out, err) = run_bounded(
+            Command::new("python3")
+                .args(["-c", ask])
+                .arg(path)
+                .uid(OTHER_UID)
+                .gid(OTHER_UID),
+            Duration::from_secs(20),
+        );
+        assert!(status.success(), "{out}{err}");
+        out
+    };
+    // The server made the socket 0600: the other uid cannot even connect.
+    assert_eq!(mode(&socket) & 0o777, 0o600);
+    let out = as_other(&socket);
+    assert!(out.contains("connect refused"), "{out}");
+    // Opened up by mistake, the socket still checks the peer's uid and refuses it.
+    chmod(&socket, 0o666);
+    let out = as_other(&socket);
+    assert!(out.contains("reply:") && out.contains("uid"), "{out}");
+    assert!(out.contains("server's user only"), "{out}");
+}
