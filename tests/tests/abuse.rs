@@ -248,3 +248,111 @@ async fn a_data_plane_claim_replayed_on_another_connection_is_refused() {
     client.put_from(b"still", &[9u8; 8192]).await.unwrap();
     assert_eq!(client.get(b"still").await.unwrap().len(), 8192);
 }
+
+/// Opens a data connection for `client`'s session and proves it; the connection, ready
+/// for request frames.
+async fn proven_data_connection(client: &Client) -> tokio::net::TcpStream {
+    use strata_proto::data;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let offer = client
+        .server_info()
+        .await
+        .unwrap()
+        .data_plane
+        .expect("a data plane");
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", offer.port))
+        .await
+        .unwrap();
+    let mut hello = [0u8; data::HELLO_LEN];
+    conn.read_exact(&mut hello).await.unwrap();
+    let nonce = data::decode_hello(&hello).unwrap();
+    let proof = data::session_proof(&offer.secret, &nonce, offer.session);
+    conn.write_all(&data::encode_claim(offer.session, &proof))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 5];
+    conn.read_exact(&mut ok).await.unwrap();
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_truncated_data_frames_get_an_error_and_the_server_serves_on() {
+    use strata_proto::wire::{decode_error, Opcode, RequestHead, ResponseHead, Status};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let config = strata_client::ClientConfig {
+        transport: strata_client::Transport::Tcp,
+        ..server.client_config()
+    };
+    let client = Client::connect(config).await.unwrap();
+    // A header announced past the limit: refused before a byte of it is read.
+    let mut conn = proven_data_connection(&client).await;
+    let head = RequestHead::new(Opcode::DataGet, strata_proto::limits::MAX_HEADER_LEN + 1);
+    conn.write_all(&head.encode()).await.unwrap();
+    let mut answer = [0u8; 5];
+    conn.read_exact(&mut answer).await.unwrap();
+    let answer = ResponseHead::decode(answer).unwrap();
+    assert_eq!(answer.status, Status::Error);
+    let mut header = vec![0u8; answer.header_len as usize];
+    conn.read_exact(&mut header).await.unwrap();
+    let e = decode_error(&header);
+    assert_eq!(e.code(), strata_client::ErrorCode::TooLarge, "{e}");
+    // A header cut short by the peer's close: nothing to answer, nothing kept.
+    let mut conn = proven_data_connection(&client).await;
+    let head = RequestHead::new(Opcode::DataGet, 4096);
+    conn.write_all(&head.encode()).await.unwrap();
+    conn.write_all(&[0u8; 100]).await.unwrap();
+    drop(conn);
+    // Garbage where a head should be: an error frame, not a crash.
+    let mut conn = proven_data_connection(&client).await;
+    conn.write_all(&[0xA5u8; 64]).await.unwrap();
+    let mut answer = [0u8; 5];
+    let got = tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut answer)).await;
+    assert!(got.is_ok(), "no answer to garbage");
+    // The server goes on serving, over the data plane too.
+    client.put_from(b"fine", &[4u8; 1 << 20]).await.unwrap();
+    assert_eq!(client.get(b"fine").await.unwrap().len(), 1 << 20);
+    assert_eq!(client.stats().await.unwrap().pending, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_connections_cost_bounded_memory_and_are_given_back() {
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let quic = strata_client::ClientConfig {
+        transport: strata_client::Transport::Quic,
+        ..server.client_config()
+    };
+    let probe = Client::connect(quic.clone()).await.unwrap();
+    probe.ping().await.unwrap();
+    let before = server.rss();
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let c = Client::connect(quic.clone()).await.unwrap();
+        c.ping().await.unwrap();
+        clients.push(c);
+    }
+    let during = server.rss();
+    let per_connection = during.saturating_sub(before) / 200;
+    eprintln!(
+        "RSS {} MiB -> {} MiB with 200 more connections ({per_connection} bytes each)",
+        before >> 20,
+        during >> 20
+    );
+    assert!(
+        per_connection < 256 << 10,
+        "{per_connection} bytes per connection"
+    );
+    assert_eq!(probe.stats().await.unwrap().connections, 201);
+    for c in clients {
+        c.close().await;
+    }
+    let closed = strata_tests::eventually(Duration::from_secs(10), || async {
+        probe.stats().await.unwrap().connections == 1
+    })
+    .await;
+    assert!(
+        closed,
+        "connections still counted: {}",
+        probe.stats().await.unwrap().connections
+    );
+}
