@@ -247,6 +247,11 @@ async fn a_data_plane_claim_replayed_on_another_connection_is_refused() {
     // The client's own session goes on.
     client.put_from(b"still", &[9u8; 8192]).await.unwrap();
     assert_eq!(client.get(b"still").await.unwrap().len(), 8192);
+    let refused = strata_tests::metric(
+        &server.scrape(),
+        "strata_handoffs_refused_total{transport=\"tcp\"}",
+    );
+    assert_eq!(refused, Some(1.0));
 }
 
 /// Opens a data connection for `client`'s session and proves it; the connection, ready

@@ -422,4 +422,10 @@ async fn silent_shm_peers_hold_no_threads_and_are_cut_off() {
         .unwrap();
     assert!(shm.get(b"k").await.unwrap() == block_value(7, MIB)[..]);
     assert_eq!(shm.transport_stats().shm_gets, 1);
+    // Every refusal was counted: the ones past the limit and the ones that timed out.
+    let refused = strata_tests::metric(
+        &server.scrape(),
+        "strata_handoffs_refused_total{transport=\"shm\"}",
+    );
+    assert!(refused.unwrap() >= 236.0, "{refused:?}");
 }

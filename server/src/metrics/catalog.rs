@@ -58,6 +58,10 @@ catalog! {
         "Client connections open now (quic: control connections, tcp: data connections).";
     CONNECTIONS_ACCEPTED = "strata_connections_accepted_total", Counter, ["transport"],
         "Client connections accepted.";
+    HANDOFFS_REFUSED = "strata_handoffs_refused_total", Counter, ["transport"],
+        "Side channels refused at their opening: shm (a bad, used or expired ticket, another \
+         uid, a peer that timed out, too many at once) and tcp (a data connection with a \
+         wrong proof, or none in time).";
     CONNECTIONS_REFUSED = "strata_connections_refused_total", Counter, ["transport"],
         "Client connections closed at once because the server held --max-connections.";
 

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub(crate) prefix: PrefixMetrics,
     pub(crate) quic_connections: ConnectionMetrics,
     pub(crate) tcp_connections: ConnectionMetrics,
+    /// Shared-memory hand-offs refused.
+    pub(crate) shm_refused: Counter,
     /// One scrape samples the engine at a time (absolute counters must not go back).
     sampling: Mutex<()>,
     /// The cluster view the service answers with (sampled at scrape time).
@@ -104,6 +106,8 @@ pub(crate) struct ConnectionMetrics {
     accepted: Counter,
     /// Closed at once: the server held its limit.
     pub refused: Counter,
+    /// Side channels (shm hand-offs, data-plane openings) refused at their opening.
+    pub handoffs_refused: Counter,
 }
 
 impl ConnectionMetrics {
@@ -178,6 +182,7 @@ impl Metrics {
             open: gauge(CONNECTIONS, &[("transport", transport)]),
             accepted: counter(CONNECTIONS_ACCEPTED, &[("transport", transport)]),
             refused: counter(CONNECTIONS_REFUSED, &[("transport", transport)]),
+            handoffs_refused: counter(HANDOFFS_REFUSED, &[("transport", transport)]),
         };
         gauge(SERVER_INFO, &[("version", env!("CARGO_PKG_VERSION"))]).set(1.0);
         Metrics {
@@ -201,6 +206,7 @@ impl Metrics {
             },
             quic_connections: connections("quic"),
             tcp_connections: connections("tcp"),
+            shm_refused: counter(HANDOFFS_REFUSED, &[("transport", "shm")]),
             sampling: Mutex::new(()),
             cluster: Mutex::new(None),
             recorder,

@@ -263,9 +263,14 @@ impl DataPlane {
             let session = self.admit(&mut conn).await?;
             Ok::<_, String>((conn, session))
         };
-        let (mut conn, session) = tokio::time::timeout(OPENING_TIMEOUT, opening)
+        let opened = tokio::time::timeout(OPENING_TIMEOUT, opening)
             .await
-            .map_err(|_| "no claim in time".to_owned())??;
+            .map_err(|_| "no claim in time".to_owned())
+            .and_then(|o| o);
+        if opened.is_err() {
+            self.metrics.tcp_connections.handoffs_refused.increment(1);
+        }
+        let (mut conn, session) = opened?;
         let credentials = session
             .data
             .get()

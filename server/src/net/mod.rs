@@ -109,13 +109,15 @@ impl Service {
             Error::new(ErrorCode::Unavailable, msg)
         })?;
         let shm = match &config.shm_socket {
-            Some(path) => match ShmExport::bind(path, Arc::clone(&store)) {
-                Ok(export) => export.map(Arc::new),
-                Err(e) => {
-                    tracing::warn!("shared-memory transport off: {e}");
-                    None
+            Some(path) => {
+                match ShmExport::bind(path, Arc::clone(&store), metrics.shm_refused.clone()) {
+                    Ok(export) => export.map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!("shared-memory transport off: {e}");
+                        None
+                    }
                 }
-            },
+            }
             None => None,
         };
         let mut instance = [0u8; 8];

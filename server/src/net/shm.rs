@@ -72,6 +72,8 @@ pub(crate) struct ShmExport {
     store: Arc<Store>,
     /// One permit per exchange in progress.
     peers: Arc<tokio::sync::Semaphore>,
+    /// Counts the refusals.
+    refused: metrics::Counter,
 }
 
 fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
@@ -82,7 +84,11 @@ fn io_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
 impl ShmExport {
     /// Binds the descriptor socket at `path` (replacing a stale one a dead server left).
     /// `Ok(None)` when the store has no shared segments. Call inside a tokio runtime.
-    pub fn bind(path: &Path, store: Arc<Store>) -> Result<Option<ShmExport>> {
+    pub fn bind(
+        path: &Path,
+        store: Arc<Store>,
+        refused: metrics::Counter,
+    ) -> Result<Option<ShmExport>> {
         let segments: Vec<SegmentInfo> = store
             .shared_segments()
             .iter()
@@ -147,6 +153,7 @@ impl ShmExport {
             files,
             store,
             peers: Arc::new(tokio::sync::Semaphore::new(MAX_PEERS)),
+            refused,
         }))
     }
 
@@ -214,6 +221,7 @@ impl ShmExport {
                              or retry"
                         );
                         tracing::debug!("shared memory refused: {reason}");
+                        self.refused.increment(1);
                         let _ = net::send(&peer, &encode_refusal(&reason), SendFlags::NOSIGNAL);
                         continue;
                     };
@@ -252,6 +260,7 @@ impl ShmExport {
         };
         if let Err(reason) = outcome {
             tracing::debug!("shared memory refused: {reason}");
+            self.refused.increment(1);
             let _ = net::send(
                 peer.get_ref(),
                 &encode_refusal(&reason),
