@@ -122,6 +122,9 @@ fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60.0);
     let dir = tempfile::tempdir().unwrap();
+    // The ssd tier (96 MiB of sparse files) on a 48 MiB filesystem where this process may
+    // mount one: demotions then also run into ENOSPC all along.
+    let full_disk = Tmpfs::mount(&dir.path().join("ssd"), "48m");
     let port = free_port();
     let mut server = start_server(dir.path(), port);
     let transports = ["shm", "tcp", "quic"];
@@ -191,6 +194,10 @@ fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
         .iter()
         .filter_map(|r| r.split_whitespace().nth(3)?.parse::<u64>().ok())
         .sum();
+    eprintln!(
+        "soak {seconds} s, ssd on a 48 MiB tmpfs: {}",
+        full_disk.is_some()
+    );
     eprintln!(
         "soak {seconds} s: {client_kills} clients and {server_kills} servers killed (objects on \
          ssd before each kill, and indexed after it: {recovered:?}); the last clients did {ops} operations and \

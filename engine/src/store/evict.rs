@@ -280,7 +280,7 @@ impl Inner {
                     "demoting an object to the {} tier failed: {e}",
                     dst_tier.kind().name()
                 );
-                dst_tier.retire(dst, &guard);
+                dst_tier.discard_unwritten(dst, &guard);
                 freed += if self.drop_victim(i, c) { c.len } else { 0 };
                 continue;
             }

@@ -147,6 +147,12 @@ pub trait Tier: Send + Sync {
     fn allocate(&self, len: u64) -> Option<Fresh>;
     /// Frees `extent` once every reader pinned before this call has unpinned.
     fn retire(&self, extent: Extent, guard: &Guard);
+    /// Frees an extent no reader ever saw because writing it failed. A tier whose freed
+    /// extents need more than the readers' unpinning (the ssd tier's tombstones) frees
+    /// this one at once: a failed write left no record to take back.
+    fn discard_unwritten(&self, extent: Extent, guard: &Guard) {
+        self.retire(extent, guard);
+    }
     /// Allocator figures summed over segments.
     fn alloc_stats(&self) -> (usize, AllocStats);
     /// Heap bytes of the allocators' bookkeeping.

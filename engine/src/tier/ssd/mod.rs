@@ -140,6 +140,9 @@ pub struct SsdTier {
     /// after the next failure. Every placement reclaims, so without it a full disk meant
     /// a failed write and a warning per extent per put.
     tombstone_retry: Mutex<(Option<std::time::Instant>, std::time::Duration)>,
+    /// Tombstones are failing (`tombstone_retry` has a next try): read without the lock
+    /// by [`Tier::retiring`], which placement asks often.
+    tombstones_failing: std::sync::atomic::AtomicBool,
     sequence: AtomicU64,
     admission: Admission,
     buffers: BufPool,
@@ -300,6 +303,7 @@ impl SsdTier {
             allocators: Arc::new(SegmentAllocators::new(Vec::new())),
             unpinned: Arc::new(Mutex::new(Vec::new())),
             tombstone_retry: Mutex::new((None, TOMBSTONE_RETRY_FIRST)),
+            tombstones_failing: std::sync::atomic::AtomicBool::new(false),
             sequence: AtomicU64::new(1),
             admission: opts.admission,
             buffers,
@@ -540,7 +544,14 @@ impl Tier for SsdTier {
     }
 
     fn retiring(&self) -> u64 {
-        self.allocators.retiring()
+        let retiring = self.allocators.retiring();
+        if !self.tombstones_failing.load(Ordering::Relaxed) {
+            return retiring;
+        }
+        // While tombstones fail, unpinned extents wait for the disk, not for readers: a
+        // put must not wait for them (it would hold its thread for the whole put timeout).
+        let held: u64 = self.unpinned.lock().iter().map(|e| record_len(e.len)).sum();
+        retiring.saturating_sub(held)
     }
 
     fn max_value_len(&self) -> u64 {
@@ -566,6 +577,17 @@ impl Tier for SsdTier {
         guard.flush();
     }
 
+    fn discard_unwritten(&self, extent: Extent, _guard: &Guard) {
+        // The value is written before its header, and the header only after it; a failed
+        // write left no valid header (a torn one fails its checksum at recovery), so
+        // there is nothing to tombstone. Freeing it at once matters most when the disk
+        // is full, where a tombstone would fail as well and hold the space.
+        let size = record_len(extent.len);
+        self.allocators.start_retiring(size);
+        self.allocators
+            .free_retired(extent.segment, extent.block, size);
+    }
+
     fn reclaim_retired(&self) {
         let now = std::time::Instant::now();
         if self.tombstone_retry.lock().0.is_some_and(|at| now < at) {
@@ -577,6 +599,8 @@ impl Tier for SsdTier {
         }
         let (failed, error) = self.tombstone(batch);
         let mut retry = self.tombstone_retry.lock();
+        self.tombstones_failing
+            .store(error.is_some(), Ordering::Relaxed);
         match error {
             None => *retry = (None, TOMBSTONE_RETRY_FIRST),
             Some(err) => {
