@@ -357,7 +357,7 @@ print("reply:", s.recv(512)[1:].decode(errors="replace"))
 "#;
     let as_other = |path: &Path| {
         let (status, out, err) = run_bounded(
-            Command::new("python3")
+            Command::new(python3())
                 .args(["-c", ask])
                 .arg(path)
                 .uid(OTHER_UID)
@@ -376,4 +376,13 @@ print("reply:", s.recv(512)[1:].decode(errors="replace"))
     let out = as_other(&socket);
     assert!(out.contains("reply:") && out.contains("uid"), "{out}");
     assert!(out.contains("server's user only"), "{out}");
+}
+
+/// The system's Python, which another uid may run (a per-user shim on PATH may not be).
+fn python3() -> PathBuf {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("python3"))
 }

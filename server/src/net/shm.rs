@@ -222,6 +222,10 @@ impl ShmExport {
                         );
                         tracing::debug!("shared memory refused: {reason}");
                         self.refused.increment(1);
+                        // Take a ticket already sent, so the close does not reset the
+                        // socket before the peer reads the refusal.
+                        let mut ticket = [0u8; TICKET_LEN + 1];
+                        let _ = net::recv(&peer, &mut ticket, RecvFlags::DONTWAIT);
                         let _ = net::send(&peer, &encode_refusal(&reason), SendFlags::NOSIGNAL);
                         continue;
                     };
@@ -270,17 +274,6 @@ impl ShmExport {
     }
 
     async fn share_with(&self, peer: &AsyncFd<OwnedFd>) -> std::result::Result<(), String> {
-        let cred =
-            net::sockopt::socket_peercred(peer.get_ref()).map_err(|e| format!("peer: {e}"))?;
-        let own = rustix::process::geteuid();
-        if cred.uid != own {
-            return Err(format!(
-                "the peer runs as uid {}, the server as uid {}: segments are shared with \
-                 the server's user only",
-                cred.uid.as_raw(),
-                own.as_raw()
-            ));
-        }
         let mut packet = [0u8; TICKET_LEN + 1];
         let n = loop {
             let mut ready = peer
@@ -293,6 +286,19 @@ impl ShmExport {
                 Err(e) => return Err(format!("reading the ticket: {e}")),
             }
         };
+        // The uid is checked once the ticket is in: a refusal then leaves nothing unread,
+        // so closing the socket does not reset it before the peer reads why.
+        let cred =
+            net::sockopt::socket_peercred(peer.get_ref()).map_err(|e| format!("peer: {e}"))?;
+        let own = rustix::process::geteuid();
+        if cred.uid != own {
+            return Err(format!(
+                "the peer runs as uid {}, the server as uid {}: segments are shared with \
+                 the server's user only",
+                cred.uid.as_raw(),
+                own.as_raw()
+            ));
+        }
         if n != TICKET_LEN || !self.redeem(&packet[..n]) {
             return Err("unknown, used or expired ticket".into());
         }
