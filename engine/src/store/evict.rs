@@ -276,10 +276,7 @@ impl Inner {
         for (((c, Victim { src, .. }, _), dst), result) in batch.into_iter().zip(dsts).zip(results)
         {
             if let Err(e) = result {
-                tracing::warn!(
-                    "demoting an object to the {} tier failed: {e}",
-                    dst_tier.kind().name()
-                );
+                demotion_failed(dst_tier.kind().name(), &e);
                 dst_tier.discard_unwritten(dst, &guard);
                 freed += if self.drop_victim(i, c) { c.len } else { 0 };
                 continue;
@@ -374,10 +371,7 @@ impl Inner {
         let copied = copy_object(&*self.tiers[i], src, &victim, dst_tier, dst);
         let dst = dst_extent;
         if let Err(e) = &copied {
-            tracing::warn!(
-                "demoting an object to the {} tier failed: {e}",
-                self.tiers[dst.tier as usize].kind().name()
-            );
+            demotion_failed(self.tiers[dst.tier as usize].kind().name(), e);
             self.tiers[dst.tier as usize].retire(dst, &guard);
             return Demotion::Failed;
         }
@@ -608,5 +602,30 @@ impl Store {
         }
         self.inner.maintain();
         self.inner.counters.demotions.load(Ordering::Relaxed) - before
+    }
+}
+
+/// Warns that a demotion failed, at most once a second with the count of those not told:
+/// a full disk fails every demotion, and one line per object flooded the log (thousands a
+/// second in the full-disk soak). The ssd tier's error metrics count every one.
+fn demotion_failed(tier: &str, e: &crate::Error) {
+    static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    static UNTOLD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut last = LAST.lock();
+    let now = std::time::Instant::now();
+    if last.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1)) {
+        UNTOLD.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    *last = Some(now);
+    drop(last);
+    let untold = UNTOLD.swap(0, Ordering::Relaxed);
+    if untold == 0 {
+        tracing::warn!("demoting an object to the {tier} tier failed: {e}");
+    } else {
+        tracing::warn!(
+            "demoting an object to the {tier} tier failed: {e} (and {untold} more failed \
+             demotions since the last warning)"
+        );
     }
 }
