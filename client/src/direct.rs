@@ -6,7 +6,7 @@
 //! Batches pay one control round trip per phase, not one per key: one get_locations for a
 //! batch of gets; one batch_put_start and one batch_put_finish for a batch of puts. Large
 //! batches copy on several threads, because one core's copy does not reach the memory
-//! bandwidth of the machine.
+//! bandwidth of the machine; large copies run on the copy pool ([`crate::copy_pool`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,20 +17,14 @@ use strata_proto::msg::{
 };
 use strata_proto::wire::{decode, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
-use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::runtime::Handle;
 
 use crate::cache::LeasedLocation;
 use crate::client::{exchange_on, missing_answer, Client};
 use crate::connection::Link;
+use crate::copy_pool::{copy_all, off_reactor};
 use crate::stats::Counters;
 use crate::transport::{Direct, Path, Route};
-
-/// A copy at least this large runs off the async reactor ([`off_reactor`]).
-const BLOCKING_COPY: usize = 1 << 20;
-
-/// A batch copies on several threads once it holds at least this many bytes; below it,
-/// starting threads costs more than it saves.
-const PARALLEL_COPY: usize = 8 << 20;
 
 /// What reading `location` weighs for [`off_reactor`] and [`copy_all`]: its bytes, or, for
 /// a read of a file, which waits on the disk however small it is, as much as any copy.
@@ -39,60 +33,6 @@ fn read_weight(segments: &Direct, location: &Location) -> usize {
         Some(Path::SsdFile) => usize::MAX,
         _ => location.len as usize,
     }
-}
-
-/// Runs a copy of `bytes` bytes. A large one tells a multi-threaded tokio runtime that this
-/// worker is busy, so the runtime moves its other tasks elsewhere meanwhile.
-fn off_reactor<R>(bytes: usize, copy: impl FnOnce() -> R) -> R {
-    let multi_thread =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if bytes >= BLOCKING_COPY && multi_thread {
-        tokio::task::block_in_place(copy)
-    } else {
-        copy()
-    }
-}
-
-/// Runs `jobs` on up to `threads` threads (scoped: they end before this returns), or on
-/// this one when the batch is small. Jobs are dealt round-robin, which balances the equal
-/// sizes of KV-cache blocks.
-pub(crate) fn copy_all<J: Send, R: Send>(
-    jobs: Vec<J>,
-    bytes: usize,
-    threads: usize,
-    copy: impl Fn(J) -> R + Sync,
-) -> Vec<R> {
-    let threads = threads.min(jobs.len()).max(1);
-    off_reactor(bytes, || {
-        if threads == 1 || bytes < PARALLEL_COPY {
-            return jobs.into_iter().map(&copy).collect();
-        }
-        let n = jobs.len();
-        let mut hands: Vec<Vec<(usize, J)>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, job) in jobs.into_iter().enumerate() {
-            hands[i % threads].push((i, job));
-        }
-        let copy = &copy;
-        let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = hands
-                .into_iter()
-                .map(|hand| {
-                    scope.spawn(move || {
-                        hand.into_iter()
-                            .map(|(i, job)| (i, copy(job)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().expect("a copy thread panicked"))
-                .collect()
-        });
-        debug_assert_eq!(done.len(), n);
-        done.sort_unstable_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
-    })
 }
 
 /// Whether a direct read's failure should be settled by reading through the server: an
@@ -590,20 +530,5 @@ impl Client {
         let c = &self.inner.counters;
         Counters::count((&c.quic_puts, &c.quic_put_bytes), value.len());
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_all_keeps_order_in_parallel_and_alone() {
-        let jobs: Vec<usize> = (0..37).collect();
-        let serial = copy_all(jobs.clone(), 1, 4, |j| j * 2);
-        let parallel = copy_all(jobs, PARALLEL_COPY, 4, |j| j * 2);
-        let expected: Vec<usize> = (0..37).map(|j| j * 2).collect();
-        assert_eq!(serial, expected);
-        assert_eq!(parallel, expected);
     }
 }

@@ -40,6 +40,7 @@ mod client;
 mod cluster;
 mod config;
 mod connection;
+mod copy_pool;
 mod direct;
 mod hash;
 mod pieces;

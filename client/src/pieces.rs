@@ -77,24 +77,25 @@ impl Client {
                 }
             }
             let threads = self.inner.config.shm_copy_threads;
-            let copied = crate::direct::copy_all(copies, bytes, threads, |(i, lease, in_shm)| {
-                let result = match (in_shm, shm, tier) {
-                    // SAFETY: the caller's promise for the pieces; the lease is checked.
-                    (true, Some(segments), _) => unsafe {
-                        spread(segments, &lease, &pieces[i], device)
-                    },
-                    // SAFETY: as above; device pieces are of the tier's module, the one
-                    // `device` names on this route.
-                    (_, _, Some(tier)) => unsafe {
-                        tier.read_pieces(&lease.location, &pieces[i], lease.valid_until)
-                    },
-                    _ => Err(Error::new(
-                        ErrorCode::Internal,
-                        "no reader for this location",
-                    )),
-                };
-                (i, lease, in_shm, result)
-            });
+            let copied =
+                crate::copy_pool::copy_all(copies, bytes, threads, |(i, lease, in_shm)| {
+                    let result = match (in_shm, shm, tier) {
+                        // SAFETY: the caller's promise for the pieces; the lease is checked.
+                        (true, Some(segments), _) => unsafe {
+                            spread(segments, &lease, &pieces[i], device)
+                        },
+                        // SAFETY: as above; device pieces are of the tier's module, the one
+                        // `device` names on this route.
+                        (_, _, Some(tier)) => unsafe {
+                            tier.read_pieces(&lease.location, &pieces[i], lease.valid_until)
+                        },
+                        _ => Err(Error::new(
+                            ErrorCode::Internal,
+                            "no reader for this location",
+                        )),
+                    };
+                    (i, lease, in_shm, result)
+                });
             for (i, lease, in_shm, result) in copied {
                 let c = &self.inner.counters;
                 match (&result, in_shm) {

@@ -155,12 +155,13 @@ impl Client {
                 // Off the reactor, on several threads when the batch is large: a
                 // prefix's copies would otherwise hold a runtime worker for milliseconds.
                 let threads = self.inner.config.shm_copy_threads;
-                let copied = crate::direct::copy_all(copies, bytes, threads, |(i, key, lease)| {
-                    (
-                        i,
-                        self.copy_from_device(device, key, &lease, region, offsets[i]),
-                    )
-                });
+                let copied =
+                    crate::copy_pool::copy_all(copies, bytes, threads, |(i, key, lease)| {
+                        (
+                            i,
+                            self.copy_from_device(device, key, &lease, region, offsets[i]),
+                        )
+                    });
                 for (i, result) in copied {
                     out[i] = Some(result);
                 }
