@@ -171,6 +171,11 @@ enum Workload {
         /// foyer's disk I/O engine.
         #[arg(long, value_enum, default_value = "psync")]
         foyer_io: mixed::FoyerIo,
+        /// GB of KV cache an engine recomputes per second: each missed get is charged its
+        /// bytes at this rate and its value put back (default 1.86: Qwen2.5-7B prefill on
+        /// one H100, see docs/bench/history.md). 0: misses cost nothing and are not put back.
+        #[arg(long)]
+        recompute_gbps: Option<f64>,
     },
     /// The Rust client's half of the Python package's benchmark (python/bench/compare.py runs it
     /// beside the same calls through the package): against the server at --server, a batch
@@ -430,6 +435,7 @@ fn main() {
             systems,
             foyer_flush_mib,
             foyer_io,
+            recompute_gbps,
         } => {
             let mut p = if cli.quick {
                 mixed::MixedParams::quick()
@@ -450,6 +456,9 @@ fn main() {
             p.systems = systems;
             p.foyer_flush = foyer_flush_mib.map_or(p.foyer_flush, |m| m.saturating_mul(1 << 20));
             p.foyer_io = foyer_io;
+            if let Some(gbps) = recompute_gbps {
+                p.recompute = (gbps > 0.0).then_some(gbps * 1e9);
+            }
             mixed::run(&p, &mut report);
         }
         Workload::Ssd {

@@ -19,6 +19,12 @@
 //! nothing and is not counted as work. The strata systems' mix rows also carry their disk
 //! traffic during the mix (from the store's own I/O counters), the figure that bounds a
 //! working set larger than memory.
+//!
+//! For an inference engine a miss is not free: the block is recomputed on the
+//! accelerator, then stored again. With a recompute rate (`--recompute-gbps`, default
+//! [`default_recompute_rate`]) each missed get is charged the time to recompute its bytes
+//! and its value is put back, as an engine does; the mix row then reports requests per
+//! second with that charge (`charged_ops_per_s`) beside the uncharged figures.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +75,25 @@ pub struct MixedParams {
     /// flush buffers ([`FoyerMemory::split`]).
     pub foyer_flush: u64,
     pub foyer_io: FoyerIo,
+    /// KV-cache bytes an engine recomputes per second: each missed get is charged its
+    /// value's bytes at this rate and put back. `None`: a miss costs nothing and is not
+    /// put back (the measure before 2026-12-07).
+    pub recompute: Option<f64>,
+}
+
+/// The recompute rate of the default model and accelerator, in KV-cache bytes per second:
+/// Qwen2.5-7B (7.61e9 parameters, 56 KiB of KV cache per token: `kvcache::MODELS[0]`)
+/// prefilling on one H100 SXM (989.4 TFLOP/s dense bf16, NVIDIA's datasheet) at half that
+/// (a prefill's usual model-FLOPs utilization). A token costs about 2 x parameters of
+/// FLOPs (the attention over the prompt adds to it; left out, which favours misses):
+/// 989.4e12 x 0.5 / (2 x 7.61e9) = 32,500 tokens/s, x 57,344 bytes = 1.86 GB/s. A 256 KiB
+/// value (4.6 tokens) is then 141 us of accelerator time.
+pub fn default_recompute_rate() -> f64 {
+    const H100_BF16_DENSE_FLOPS: f64 = 989.4e12;
+    const PREFILL_UTILIZATION: f64 = 0.5;
+    const QWEN25_7B_PARAMETERS: f64 = 7.61e9;
+    let tokens_per_s = H100_BF16_DENSE_FLOPS * PREFILL_UTILIZATION / (2.0 * QWEN25_7B_PARAMETERS);
+    tokens_per_s * crate::kvcache::MODELS[0].bytes_per_token_per_rank as f64
 }
 
 impl MixedParams {
@@ -93,6 +118,7 @@ impl MixedParams {
             // matches strata's at the same budget (docs/benchmarks.md).
             foyer_flush: 16 << 20,
             foyer_io: FoyerIo::Psync,
+            recompute: Some(default_recompute_rate()),
         }
     }
 
@@ -182,6 +208,10 @@ struct Pass {
     elapsed: Duration,
     /// The keys of the mix's puts the system took (not the preload's).
     stored: Vec<String>,
+    /// Missed values put back after their recompute (not counted in `puts`).
+    put_backs: u64,
+    /// Accelerator time charged for the misses' recomputes, summed over the tasks.
+    charged: Duration,
 }
 
 impl Pass {
@@ -196,6 +226,8 @@ impl Pass {
             put_ns: histogram(),
             elapsed: Duration::ZERO,
             stored: Vec::new(),
+            put_backs: 0,
+            charged: Duration::ZERO,
         }
     }
 
@@ -208,21 +240,43 @@ impl Pass {
         self.get_ns.add(&other.get_ns).expect("same bounds");
         self.put_ns.add(&other.put_ns).expect("same bounds");
         self.stored.extend_from_slice(&other.stored);
+        self.put_backs += other.put_backs;
+        self.charged += other.charged;
     }
 
     /// Puts `key` (its value from `values`), timing and counting it; whether the system
     /// took it.
     async fn put(&mut self, system: &System, task: usize, key: &str, values: &Values) -> bool {
-        let value = values.of(key);
-        let t = Instant::now();
-        let stored = system.put(task, key, value).await;
-        self.put_ns.record(t.elapsed().as_nanos() as u64).ok();
         self.puts += 1;
+        let stored = self.store(system, task, key, values).await;
         if stored {
-            self.bytes += value.len() as u64;
+            self.bytes += values.of(key).len() as u64;
         } else {
             self.refused += 1;
         }
+        stored
+    }
+
+    /// Charges the recompute of the missed `key` at `rate` bytes per second and puts its
+    /// value back, as an engine stores a block it had to recompute. The put back is timed
+    /// with the puts but counted apart: the mix's bytes and puts stay those it asked for.
+    async fn recomputed(
+        &mut self,
+        system: &System,
+        task: usize,
+        key: &str,
+        values: &Values,
+        rate: f64,
+    ) {
+        self.charged += Duration::from_secs_f64(values.of(key).len() as f64 / rate);
+        self.put_backs += 1;
+        self.store(system, task, key, values).await;
+    }
+
+    async fn store(&mut self, system: &System, task: usize, key: &str, values: &Values) -> bool {
+        let t = Instant::now();
+        let stored = system.put(task, key, values.of(key)).await;
+        self.put_ns.record(t.elapsed().as_nanos() as u64).ok();
         stored
     }
 
@@ -238,6 +292,14 @@ impl Pass {
 
     fn gbps(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+
+    /// The mix's requests (gets and new puts) per second, each task's time lengthened by
+    /// the recomputes charged to it. The store is not idle while a task "recomputes" (no
+    /// task sleeps), so it is measured under more load than an engine would give it.
+    fn charged_ops_per_s(&self, tasks: usize) -> f64 {
+        let charged = self.charged.as_secs_f64() / tasks.max(1) as f64;
+        (self.gets + self.puts) as f64 / (self.elapsed.as_secs_f64() + charged).max(1e-9)
     }
 }
 
@@ -311,7 +373,7 @@ fn mix(
     let n = p.working_set_keys();
     let per_task = p.ops.div_ceil(p.concurrency as u64);
     let bound = Duration::from_secs_f64(p.seconds);
-    let (keys, zipf, read_ratio) = (p.keys, p.zipf, p.read_ratio);
+    let (keys, zipf, read_ratio, recompute) = (p.keys, p.zipf, p.read_ratio, p.recompute);
     let size = p.value_size as usize;
     rt.block_on(async {
         let started = Instant::now();
@@ -346,6 +408,8 @@ fn mix(
                                 );
                                 pass.hits += 1;
                                 pass.bytes += size as u64;
+                            } else if let Some(rate) = recompute {
+                                pass.recomputed(&system, task, &k, &values, rate).await;
                             }
                         } else {
                             let k = new_key(task, written);
@@ -380,6 +444,13 @@ pub fn run(p: &MixedParams, report: &mut Report) {
         p.ops,
         p.seconds
     );
+    match p.recompute {
+        Some(rate) => println!(
+            "mixed: a missed get is charged its recompute at {:.2} GB/s and put back",
+            rate / 1e9
+        ),
+        None => println!("mixed: a missed get costs nothing and is not put back"),
+    }
     let base = match &p.dir {
         Some(d) => tempfile::tempdir_in(d),
         None => tempfile::tempdir(),
@@ -390,7 +461,7 @@ pub fn run(p: &MixedParams, report: &mut Report) {
     // the bench checks that nothing it started is left busy (see crate::threads). One
     // worker thread per task: the embedded engine's calls block their thread.
     let workers = p.concurrency.max(2);
-    let mut results: Vec<(&'static str, f64)> = Vec::new();
+    let mut results: Vec<MixFigures> = Vec::new();
 
     let wanted = |name: &str| crate::report::chosen(&p.systems, name);
     if wanted("raw-odirect") {
@@ -616,9 +687,9 @@ fn measure(
     rt: &tokio::runtime::Runtime,
     p: &MixedParams,
     values: &Arc<Values>,
-    peers: &[(&'static str, f64)],
+    peers: &[MixFigures],
     report: &mut Report,
-) -> (&'static str, f64) {
+) -> MixFigures {
     let Subject {
         name,
         system,
@@ -666,7 +737,18 @@ fn measure(
         .timed(m.gets + m.puts, m.bytes, m.elapsed, Some(&all))
         .with("hit_ratio", crate::engine::round3(hit_ratio))
         .with("read_ratio", p.read_ratio)
-        .with("working_set_x_dram", p.ratio);
+        .with("working_set_x_dram", p.ratio)
+        .with(
+            "hit_bytes_per_s",
+            (m.hits * p.value_size) as f64 / m.elapsed.as_secs_f64().max(1e-9),
+        );
+    let charged_ops = p.recompute.map(|_| m.charged_ops_per_s(p.concurrency));
+    if let (Some(rate), Some(ops)) = (p.recompute, charged_ops) {
+        total = total
+            .with("recompute_gbps", crate::engine::round3(rate / 1e9))
+            .with("put_backs", m.put_backs)
+            .with("charged_ops_per_s", ops.round());
+    }
     if let Some(share) = puts_kept {
         total = total.with("puts_kept", crate::engine::round3(share));
     }
@@ -686,15 +768,33 @@ fn measure(
             );
     }
     if name.starts_with("strata") {
-        for (peer, gbps) in peers.iter().filter(|(s, _)| !s.starts_with("strata")) {
+        for peer in peers.iter().filter(|f| !f.name.starts_with("strata")) {
             total = total.with(
-                &format!("vs_{peer}"),
-                crate::engine::round3(m.gbps() / gbps.max(1e-12)),
+                &format!("vs_{}", peer.name),
+                crate::engine::round3(m.gbps() / peer.gbps.max(1e-12)),
             );
+            if let (Some(ours), Some(theirs)) = (charged_ops, peer.charged_ops) {
+                total = total.with(
+                    &format!("charged_vs_{}", peer.name),
+                    crate::engine::round3(ours / theirs.max(1e-12)),
+                );
+            }
         }
     }
     report.add(total);
-    (name, m.gbps())
+    MixFigures {
+        name,
+        gbps: m.gbps(),
+        charged_ops,
+    }
+}
+
+/// What the strata systems are compared with: a system's uncharged GB/s and, when misses
+/// are charged, its requests per second with the charge.
+struct MixFigures {
+    name: &'static str,
+    gbps: f64,
+    charged_ops: Option<f64>,
 }
 
 #[cfg(test)]
@@ -709,6 +809,20 @@ mod tests {
             .collect();
         assert!(!rows.is_empty(), "no {system} {op} row");
         rows
+    }
+
+    /// The default rate is the documented arithmetic, and a charge lengthens each task's
+    /// time by its share of the recomputes.
+    #[test]
+    fn misses_are_charged_their_recompute_per_task() {
+        let rate = default_recompute_rate();
+        assert!((rate / 1e9 - 1.864).abs() < 0.001, "{rate}");
+        let mut pass = Pass::new();
+        (pass.gets, pass.puts, pass.elapsed) = (900, 100, Duration::from_secs(1));
+        assert_eq!(pass.charged_ops_per_s(4), 1000.0);
+        // 4 tasks recomputed 4 s between them: each ran 1 s and waited 1 s.
+        pass.charged = Duration::from_secs(4);
+        assert_eq!(pass.charged_ops_per_s(4), 500.0);
     }
 
     #[test]
@@ -781,6 +895,15 @@ mod tests {
                 memory.is_some_and(|m| m >= 0.0),
                 "{system}: memory {memory:?}"
             );
+            // Every miss is charged and put back; with no miss nothing is charged.
+            let got = rows(&report, system, "get")[0];
+            let misses = got.ops - got.bytes / p.value_size;
+            assert_eq!(all.extra["put_backs"].as_u64(), Some(misses), "{system}");
+            let charged = all.extra["charged_ops_per_s"].as_f64().expect("charged");
+            assert!(charged <= all.ops_per_s().round(), "{system}: {charged}");
+            if misses == 0 {
+                assert_eq!(charged, all.ops_per_s().round(), "{system}");
+            }
             let kept = all.extra.get("puts_kept").and_then(|k| k.as_f64());
             assert!(
                 kept.is_some_and(|k| (0.0..=1.0).contains(&k)),
@@ -796,6 +919,7 @@ mod tests {
                 assert_eq!(all.extra["hit_ratio"], 1.0, "{system}");
                 assert_eq!(kept, Some(1.0), "{system}: a put it took is gone");
                 assert!(all.extra.contains_key("vs_foyer"), "{system}");
+                assert!(all.extra.contains_key("charged_vs_foyer"), "{system}");
                 let refused = rows(&report, system, "put")[1].extra["refused"]
                     .as_u64()
                     .expect("refused count");

@@ -304,11 +304,13 @@ impl System {
         }
     }
 
-    /// Puts `key`; false where the system refused it for want of space.
+    /// Puts `key`; false where the system refused it for want of space. A key stored, or
+    /// being stored, by another writer counts as taken: two tasks that missed the same
+    /// block both put it back, and an engine skips a block another one is storing.
     pub async fn put(&self, task: usize, key: &str, value: &[u8]) -> bool {
         let refused = |e: strata_client::Error, what: &str| match e.code() {
             ErrorCode::NoSpace => false,
-            ErrorCode::AlreadyExists => true,
+            ErrorCode::AlreadyExists | ErrorCode::Busy => true,
             _ => panic!("{what} put: {e}"),
         };
         match self {
