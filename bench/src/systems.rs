@@ -75,9 +75,11 @@ impl System {
     pub async fn lookup(&self, groups: &[Vec<String>]) -> usize {
         match self {
             System::Embedded(s) => s.prefix_len(groups, false).expect("prefix_len").len,
+            // Leased, as the engines' backends look up (the load that follows cannot
+            // miss): with a protocol 2 server the reply brings the locations too.
             System::Strata(_) | System::Device(_) => {
                 let c = self.client().expect("a strata client");
-                c.prefix_len(groups).await.expect("prefix_len")
+                c.prefix_len_leased(groups).await.expect("prefix_len").len
             }
             System::Redis(conn) => {
                 let mut pipe = redis::pipe();

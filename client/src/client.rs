@@ -13,8 +13,8 @@ use strata_proto::limits::MAX_BATCH_KEYS;
 use strata_proto::msg::{
     BatchExistsResponse, BatchKeysRequest, ExistsResponse, GetLocationsResponse, GetResponse,
     KeyList, KeyRequest, LeaseResult, Location, Ping, Placement, PrefixLenRequest,
-    PrefixLenResponse, PutRequest, PutStartResponse, PutWriteRequest, RemoveAllRequest,
-    RemoveAllResponse, RemoveRequest, StatsResponse, WriterRequest,
+    PrefixLenResponse, PrefixLocationsResponse, PutRequest, PutStartResponse, PutWriteRequest,
+    RemoveAllRequest, RemoveAllResponse, RemoveRequest, StatsResponse, WriterRequest,
 };
 use strata_proto::wire::{self, decode, encode_bare_request, encode_request, Opcode};
 use strata_proto::{Error, ErrorCode, Result};
@@ -675,6 +675,15 @@ impl Client {
             group_ends,
             lease,
         };
+        if lease {
+            let link = self.inner.connector.link().await?;
+            let speaks = link.info.protocol >= Opcode::PrefixLocations.since();
+            // Leases are worth sending back only to a client that reads the locations
+            // itself; over QUIC the get names the key.
+            if speaks && !matches!(link.route, Route::Quic) {
+                return self.prefix_located(&link, groups, &request).await;
+            }
+        }
         let frame = encode_request(Opcode::PrefixLen, &request);
         let sent = Instant::now();
         let (_, header) = self
@@ -687,6 +696,59 @@ impl Client {
                 .lease_remaining_ns
                 .map(|ns| sent + Duration::from_nanos(ns)),
         })
+    }
+
+    /// [`Client::prefix_len_leased`] in one round trip: the server answers with the matched
+    /// keys' leases, which go into the location cache, so the load that follows finds
+    /// every location there and makes no get_locations round trip.
+    async fn prefix_located<G, K>(
+        &self,
+        link: &Link,
+        groups: &[G],
+        request: &PrefixLenRequest,
+    ) -> Result<PrefixMatch>
+    where
+        G: AsRef<[K]>,
+        K: AsRef<[u8]>,
+    {
+        let frame = encode_request(Opcode::PrefixLocations, request);
+        let sent = Instant::now();
+        let header = self
+            .bounded("prefix_len", exchange_on(link, &frame, &[]))
+            .await?;
+        let r = decode::<PrefixLocationsResponse>(&header)?;
+        let len = r.len as usize;
+        let matched = groups
+            .iter()
+            .take(len)
+            .map(|g| g.as_ref().len())
+            .sum::<usize>();
+        if len > groups.len() || r.leases.len() != matched {
+            let e = format!(
+                "server matched {len} of {} positions with {} leases for {matched} keys",
+                groups.len(),
+                r.leases.len()
+            );
+            return Err(Error::new(ErrorCode::Protocol, e));
+        }
+        let keys = groups.iter().take(len).flat_map(|g| g.as_ref().iter());
+        let mut leased_until: Option<Instant> = None;
+        for (key, lease) in keys.zip(r.leases) {
+            let key = key.as_ref();
+            let valid_until = sent + Duration::from_nanos(lease.remaining_ns);
+            leased_until = Some(leased_until.map_or(valid_until, |t| t.min(valid_until)));
+            let leased = LeasedLocation {
+                location: lease.location,
+                checksum: lease.checksum,
+                valid_until,
+                instance: link.info.instance,
+                grant: lease.grant,
+                key: Bytes::copy_from_slice(key),
+                copy: lease.copy,
+            };
+            self.inner.cache.insert(key, leased);
+        }
+        Ok(PrefixMatch { len, leased_until })
     }
 
     /// Removes `key`. A leased or still-written object is refused unless `force`.

@@ -99,9 +99,17 @@ struct Inner {
     bootstrap: Client,
     view: RwLock<Arc<Placed>>,
     members: Mutex<HashMap<String, Arc<Member>>>,
+    /// Members that left the view, kept (with their connections) for [`DEPARTED_GRACE`]
+    /// after they left: a load whose lookup a member leased just before it left is read
+    /// there, since a draining server serves its leased reads until it exits.
+    departed: Mutex<Vec<(Arc<Member>, Instant)>>,
     counters: Counters,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How long a member that left the view is still asked for a key its successor lacks:
+/// past the servers' default lease TTL (10 s), so every lease it granted has lapsed.
+const DEPARTED_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Default)]
 struct Counters {
@@ -235,6 +243,7 @@ impl ClusterClient {
             bootstrap,
             view: RwLock::new(Arc::new(Placed::new(view))),
             members: Mutex::new(members),
+            departed: Mutex::new(Vec::new()),
             counters: Counters::default(),
             refresher: Mutex::new(None),
         });
@@ -571,16 +580,22 @@ impl ClusterClient {
             });
         }
         let mut retry: HashMap<Target, Vec<(usize, &mut [u8])>> = HashMap::new();
+        let mut orphans: Vec<(usize, &mut [u8])> = Vec::new();
         for (idx, results, bufs) in join_all(jobs).await {
             for ((i, r), buf) in idx.into_iter().zip(results).zip(bufs) {
                 match (&r, &keys[i].2) {
                     (Err(e), Some(previous)) if e.code() == ErrorCode::NotFound => {
                         retry.entry(previous.clone()).or_default().push((i, buf));
                     }
+                    (Err(e), None) if e.code() == ErrorCode::NotFound => {
+                        out[i] = Some(r);
+                        orphans.push((i, buf));
+                    }
                     _ => out[i] = Some(r),
                 }
             }
         }
+        self.inner.read_at_departed(&keys, orphans, &mut out).await;
         let retries = retry.into_iter().map(|(target, list)| {
             let inner = &self.inner;
             let (idx, mut mine): (Vec<usize>, Vec<&mut [u8]>) = list.into_iter().unzip();
@@ -814,6 +829,44 @@ impl Inner {
         }
     }
 
+    /// Reads keys their owner lacks at the members that left the view lately, in the
+    /// order they left: the owner's predecessor may still serve a read it leased before it
+    /// left. A key found there replaces its `NotFound` in `out`.
+    async fn read_at_departed(
+        &self,
+        keys: &[(&[u8], Target, Option<Target>)],
+        mut orphans: Vec<(usize, &mut [u8])>,
+        out: &mut [Option<Result<usize>>],
+    ) {
+        let departed: Vec<Client> = {
+            let now = Instant::now();
+            let departed = self.departed.lock();
+            departed
+                .iter()
+                .filter(|(_, left)| now.duration_since(*left) < DEPARTED_GRACE)
+                .filter_map(|(m, _)| m.client.get().cloned())
+                .collect()
+        };
+        for client in departed {
+            if orphans.is_empty() {
+                return;
+            }
+            let ks: Vec<&[u8]> = orphans.iter().map(|(i, _)| keys[*i].0).collect();
+            let mut bufs: Vec<&mut [u8]> = orphans.iter_mut().map(|(_, b)| &mut **b).collect();
+            let results = client.batch_get_into(&ks, &mut bufs).await;
+            drop(bufs);
+            let mut left = Vec::new();
+            for ((i, buf), r) in orphans.into_iter().zip(results) {
+                if r.is_ok() {
+                    out[i] = Some(r);
+                } else {
+                    left.push((i, buf));
+                }
+            }
+            orphans = left;
+        }
+    }
+
     /// Fetches the view from the first member that answers (the bootstrap first).
     async fn refresh(&self) -> Result<()> {
         let mut last = None;
@@ -869,12 +922,22 @@ impl Inner {
         }
         if changed {
             self.counters.view_changes.fetch_add(1, Ordering::Relaxed);
-            // Forget members that left (their connections close) or moved.
+            // Forget members that left or moved; a member that left is kept apart for a
+            // while, for the leased reads it still serves.
             let mut members = self.members.lock();
+            let mut departed = self.departed.lock();
+            let now = Instant::now();
+            departed.retain(|(_, left)| now.duration_since(*left) < DEPARTED_GRACE);
             members.retain(|id, m| {
-                view.members
+                let stays = view
+                    .members
                     .iter()
-                    .any(|v| &v.node_id == id && v.addr == m.info.addr)
+                    .any(|v| &v.node_id == id && v.addr == m.info.addr);
+                let left = !view.members.iter().any(|v| &v.node_id == id);
+                if left && m.client.initialized() {
+                    departed.push((Arc::clone(m), now));
+                }
+                stays
             });
         }
         *current = Arc::new(Placed::new(view));

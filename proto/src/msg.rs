@@ -582,6 +582,17 @@ pub struct PrefixLenResponse {
     pub lease_remaining_ns: Option<u64>,
 }
 
+/// [`Opcode::PrefixLocations`](crate::wire::Opcode::PrefixLocations) response (its request
+/// is a [`PrefixLenRequest`], always leased).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PrefixLocationsResponse {
+    /// Leading positions whose keys are all present and leased.
+    pub len: u64,
+    /// The leases of the matched positions' keys, in request order (a position whose
+    /// lease failed ends the match).
+    pub leases: Vec<Lease>,
+}
+
 /// [`Opcode::Remove`](crate::wire::Opcode::Remove) request.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct RemoveRequest {

@@ -30,8 +30,17 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::limits::MAX_HEADER_LEN;
 use crate::{Error, ErrorCode, Result};
 
-/// The protocol version this build speaks; the first byte of every request.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks, as its handshake announces it. The first byte
+/// of a request is the version that introduced its opcode ([`Opcode::since`]), not this
+/// one: a request an older server knows reaches it as the version it speaks, and one it
+/// does not know is refused by version, never misread. Versions add opcodes; the frames
+/// are the same in all of them.
+/// * 1: every opcode up to [`Opcode::ClusterView`].
+/// * 2: [`Opcode::PrefixLocations`], a prefix lookup that answers with the leases.
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The oldest protocol version a server of this build serves.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
 /// The TLS application protocol (ALPN) both ends announce.
 pub const ALPN: &[u8] = b"strata/1";
@@ -145,11 +154,14 @@ pub enum Opcode {
     DataPut = 23,
     /// The cluster's members and placement settings, as this server sees them.
     ClusterView = 24,
+    /// A leased prefix lookup that answers with each matched key's lease and location, so
+    /// a load needs no get_locations round trip (protocol 2).
+    PrefixLocations = 25,
 }
 
 impl Opcode {
     /// Every opcode, in numeric order.
-    pub const ALL: [Opcode; 24] = [
+    pub const ALL: [Opcode; 25] = [
         Opcode::Handshake,
         Opcode::Ping,
         Opcode::Put,
@@ -174,6 +186,7 @@ impl Opcode {
         Opcode::DataGet,
         Opcode::DataPut,
         Opcode::ClusterView,
+        Opcode::PrefixLocations,
     ];
 
     /// The opcode with this number, if there is one.
@@ -208,6 +221,16 @@ impl Opcode {
             Opcode::DataGet => "data_get",
             Opcode::DataPut => "data_put",
             Opcode::ClusterView => "cluster_view",
+            Opcode::PrefixLocations => "prefix_locations",
+        }
+    }
+
+    /// The protocol version that introduced this opcode: what its requests carry in
+    /// their first byte, and the least a server must announce to be sent one.
+    pub fn since(self) -> u8 {
+        match self {
+            Opcode::PrefixLocations => 2,
+            _ => 1,
         }
     }
 }
@@ -226,10 +249,10 @@ pub struct RequestHead {
 }
 
 impl RequestHead {
-    /// A head for `opcode` at this build's version.
+    /// A head for `opcode`, at the version that introduced it.
     pub fn new(opcode: Opcode, header_len: u32) -> RequestHead {
         RequestHead {
-            version: PROTOCOL_VERSION,
+            version: opcode.since(),
             opcode: opcode as u8,
             flags: 0,
             header_len,
@@ -259,9 +282,10 @@ impl RequestHead {
     /// The opcode, if this head is one this build serves: known version, opcode and flags,
     /// and a header within [`MAX_HEADER_LEN`].
     pub fn check(&self) -> Result<Opcode> {
-        if self.version != PROTOCOL_VERSION {
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&self.version) {
             let msg = format!(
-                "protocol version {} is not supported (this server speaks {PROTOCOL_VERSION})",
+                "protocol version {} is not supported (this server speaks \
+                 {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                 self.version
             );
             return Err(Error::new(ErrorCode::Protocol, msg));
@@ -272,6 +296,15 @@ impl RequestHead {
                 format!("unknown opcode {}", self.opcode),
             )
         })?;
+        if opcode.since() > self.version {
+            let msg = format!(
+                "{} is protocol {}, the request says {}",
+                opcode.name(),
+                opcode.since(),
+                self.version
+            );
+            return Err(Error::new(ErrorCode::Protocol, msg));
+        }
         if self.flags != 0 {
             let msg = format!("unknown request flags {:#06x}", self.flags);
             return Err(Error::new(ErrorCode::Protocol, msg));
@@ -474,12 +507,36 @@ mod tests {
         )
     }
 
+    /// Each request carries the version of its opcode: protocol 1's opcodes still reach a
+    /// protocol 1 server as version 1, and a protocol 2 opcode claimed at version 1 is
+    /// refused rather than read.
+    #[test]
+    fn requests_carry_their_opcode_s_version() {
+        for op in Opcode::ALL {
+            let head = RequestHead::new(op, 0);
+            assert_eq!(head.version, op.since(), "{op:?}");
+            assert_eq!(head.check(), Ok(op));
+        }
+        assert_eq!(RequestHead::new(Opcode::PrefixLen, 0).version, 1);
+        let early = RequestHead {
+            version: 1,
+            ..RequestHead::new(Opcode::PrefixLocations, 0)
+        };
+        let e = early.check().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Protocol);
+        assert!(
+            e.to_string().contains("prefix_locations is protocol 2"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn check_refuses_version_opcode_and_flags() {
         let ok = RequestHead::new(Opcode::Stats, 0);
         assert_eq!(ok.check(), Ok(Opcode::Stats));
         for bad in [
             RequestHead { version: 9, ..ok },
+            RequestHead { version: 0, ..ok },
             RequestHead { opcode: 0, ..ok },
             RequestHead { opcode: 200, ..ok },
             RequestHead { flags: 1, ..ok },

@@ -616,3 +616,114 @@ fn the_command_line_client_round_trips_and_reports_exit_codes() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("InvalidArgument (7)"));
 }
+
+/// The server's count of requests of `op` so far.
+fn requests_of(server: &ServerProcess, op: &str) -> u64 {
+    let sample = format!("strata_requests_total{{op=\"{op}\"}} ");
+    server
+        .scrape()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&sample)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .map_or(0, |v| v as u64)
+}
+
+/// A leased lookup answers with the matched keys' leases (protocol 2), so the load that
+/// follows reads every block with no get_locations round trip, over shared memory and
+/// over the TCP data plane; the bytes are the stored ones, and the match stops where the
+/// prefix does. A QUIC client, which reads by key, keeps the lookup that returns no leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_lookup_brings_the_locations_so_a_load_is_one_round_trip() {
+    let server = ServerProcess::start(&["--device-plugin", "off"]);
+    let hasher = BlockHasher::new(0, BLOCK_TOKENS).with_extra_key("e2e-model");
+    let tokens = prompt(1024, 7);
+    let positions = groups(&hasher.block_hashes(&tokens));
+    let values: Vec<Vec<u8>> = (0..8).map(|i| block_value(100 + i, BLOCK_BYTES)).collect();
+    let writer = Client::connect(server.client_config()).await.unwrap();
+    // The first 6 blocks are stored; the lookup asks for all 8.
+    let items: Vec<(&[u8], &[u8])> = positions[..6]
+        .iter()
+        .zip(&values)
+        .map(|(g, v)| (g[0].as_bytes(), v.as_slice()))
+        .collect();
+    for r in writer.batch_put_from(&items).await {
+        r.unwrap();
+    }
+    for transport in [Transport::Shm, Transport::Tcp, Transport::Quic] {
+        // A fresh client: nothing in its location cache.
+        let config = ClientConfig {
+            transport,
+            ..server.client_config()
+        };
+        let reader = Client::connect(config).await.unwrap();
+        assert_eq!(reader.transport().await.unwrap(), transport);
+        let (located, listed) = (
+            requests_of(&server, "prefix_locations"),
+            requests_of(&server, "get_locations"),
+        );
+        let matched = reader.prefix_len_leased(&positions).await.unwrap();
+        assert_eq!(matched.len, 6, "{transport:?}");
+        assert!(matched.leased_until.is_some(), "{transport:?}");
+        let keys: Vec<&str> = positions[..6].iter().map(|g| g[0].as_str()).collect();
+        let mut bufs = vec![vec![0u8; BLOCK_BYTES]; 6];
+        let mut slices: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        for r in reader.batch_get_into(&keys, &mut slices).await {
+            assert_eq!(r.unwrap(), BLOCK_BYTES, "{transport:?}");
+        }
+        assert_eq!(
+            bufs[..],
+            values[..6],
+            "{transport:?}: other bytes than stored"
+        );
+        let direct = transport != Transport::Quic;
+        assert_eq!(
+            requests_of(&server, "prefix_locations") - located,
+            u64::from(direct),
+            "{transport:?}"
+        );
+        assert_eq!(
+            requests_of(&server, "get_locations") - listed,
+            0,
+            "{transport:?}: the load asked for locations again"
+        );
+        reader.close().await;
+    }
+}
+
+/// A request for the protocol 2 opcode stamped with version 1 (what a server of protocol 1
+/// would be sent by mistake) is refused with a protocol error that names both versions;
+/// every older opcode still travels as version 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leased_lookup_is_refused_under_the_old_version() {
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let raw = RawConnection::open(&server).await;
+    raw.handshake().await;
+    let request = strata_proto::msg::PrefixLenRequest {
+        keys: strata_proto::msg::KeyList::new([&b"k"[..]]),
+        group_ends: vec![1],
+        lease: true,
+    };
+    let mut frame = wire::encode_request(Opcode::PrefixLocations, &request);
+    assert_eq!(frame[0], 2);
+    assert!(matches!(
+        raw.send(&frame).await,
+        Answer::Frame(Status::Ok, _)
+    ));
+    frame[0] = 1;
+    match raw.send(&frame).await {
+        Answer::Frame(Status::Error, header) => {
+            let e: ErrorFrame = wire::decode(&header).expect("a valid error frame");
+            assert_eq!(ErrorCode::from_u16(e.code), Some(ErrorCode::Protocol));
+            assert!(
+                e.message.contains("prefix_locations is protocol 2"),
+                "{}",
+                e.message
+            );
+        }
+        _ => panic!("a version 1 prefix_locations must be refused"),
+    }
+    assert!(raw.ping_works().await, "the connection still serves");
+    assert_eq!(wire::encode_request(Opcode::PrefixLen, &request)[0], 1);
+}

@@ -20,9 +20,9 @@ use strata_proto::msg::{
     BatchExistsResponse, BatchKeysRequest, BatchPutFinishRequest, BatchPutFinishResponse,
     BatchPutStartRequest, BatchPutStartResponse, ErrorFrame, ExistsResponse, GetLocationsResponse,
     GetResponse, HandshakeRequest, HandshakeResponse, KeyError, KeyRequest, Lease, LeaseResult,
-    Location, Ping, PrefixLenRequest, PrefixLenResponse, PutRequest, PutStartResponse,
-    PutStartResult, PutWriteRequest, RemoveAllRequest, RemoveAllResponse, RemoveRequest,
-    StatsResponse, TierStats, WriterRequest,
+    Location, Ping, PrefixLenRequest, PrefixLenResponse, PrefixLocationsResponse, PutRequest,
+    PutStartResponse, PutStartResult, PutWriteRequest, RemoveAllRequest, RemoveAllResponse,
+    RemoveRequest, StatsResponse, TierStats, WriterRequest,
 };
 use strata_proto::wire::{access, encode_bare_response, encode_response, Opcode};
 use strata_proto::{Error, ErrorCode};
@@ -241,6 +241,7 @@ pub(crate) async fn answer<P: Payload>(
         }
         Opcode::BatchExists => batch_exists(store, header).await,
         Opcode::PrefixLen => prefix_len(shared, header).await,
+        Opcode::PrefixLocations => prefix_locations(shared, session, header).await,
         Opcode::Remove => {
             let req = access::<RemoveRequest>(header)?;
             store.remove(req.key.as_slice(), req.force)?;
@@ -624,27 +625,36 @@ async fn get_locations(
     session: &Session,
     header: &AlignedVec,
 ) -> Result<Response, Failure> {
-    let store = &*shared.store;
     let req = access::<BatchKeysRequest>(header)?;
     let keys = req.keys.keys()?;
+    let results = leases(shared, session, &keys).await;
+    let response = GetLocationsResponse { results };
+    Ok(Response::Frame(encode_response(&response)))
+}
+
+/// Leases `keys` for `session`: each key's location, checksum and time left, signed for
+/// the data plane where the session moves bytes there, with the copy a promotion made
+/// for a reader of ssd files.
+async fn leases(shared: &Shared, session: &Session, keys: &[&[u8]]) -> Vec<LeaseResult> {
+    let store = &*shared.store;
     // Sessions that move bytes over the data plane get each lease signed for them.
     let signer = shared
         .data
         .as_deref()
         .zip(session.data.get())
         .filter(|(_, c)| c.admitted.load(Ordering::Acquire));
-    let mut leases = store.get_locations(&keys);
+    let mut leases = store.get_locations(keys);
     let copies = if session.shm_mapped.load(Ordering::Relaxed) {
-        promote_for_file_readers(&shared.store, &keys, &mut leases).await
+        promote_for_file_readers(&shared.store, keys, &mut leases).await
     } else {
         Vec::new()
     };
     // Read after the leases were granted and any promotion read its record (milliseconds
     // on a busy disk), so the time left on each lease is never overstated.
     let now = store.clock().now();
-    let results = leases
+    leases
         .into_iter()
-        .zip(&keys)
+        .zip(keys)
         .enumerate()
         .map(|(i, (r, key))| match r {
             Ok(lease) => {
@@ -667,9 +677,7 @@ async fn get_locations(
             }
             Err(e) => LeaseResult::Failed(ErrorFrame::from(&e)),
         })
-        .collect();
-    let response = GetLocationsResponse { results };
-    Ok(Response::Frame(encode_response(&response)))
+        .collect()
 }
 
 /// For a client that reads leased ssd records from the tier's files itself: counts each
@@ -749,6 +757,59 @@ async fn prefix_len(shared: &Shared, header: &AlignedVec) -> Result<Response, Fa
     let response = PrefixLenResponse {
         len: matched.len as u64,
         lease_remaining_ns: matched.leased_until.map(|t| t.saturating_sub(now)),
+    };
+    Ok(Response::Frame(encode_response(&response)))
+}
+
+/// A prefix lookup that leases the matched keys and answers with their leases: the
+/// client's load that follows needs no get_locations. The prefix is found as `prefix_len`
+/// finds it, then its keys are leased as `get_locations` leases them; a key evicted in
+/// between ends the match at its position (the leases after it lapse with their TTL).
+async fn prefix_locations(
+    shared: &Shared,
+    session: &Session,
+    header: &AlignedVec,
+) -> Result<Response, Failure> {
+    let req = access::<PrefixLenRequest>(header)?;
+    let groups = req.groups()?;
+    let matched = shared.store.prefix_len(&groups, false)?;
+    // Leased last to first, as prefix_len touches them: the head of the prefix ends up
+    // the most recently used, the last to be evicted.
+    let keys: Vec<&[u8]> = groups[..matched.len]
+        .iter()
+        .flatten()
+        .rev()
+        .copied()
+        .collect();
+    let mut results = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(strata_proto::limits::MAX_BATCH_KEYS) {
+        results.extend(leases(shared, session, chunk).await);
+    }
+    let mut results = results.into_iter().rev();
+    let mut len = 0;
+    let mut granted = Vec::with_capacity(keys.len());
+    'positions: for group in &groups[..matched.len] {
+        let start = granted.len();
+        for _ in group.iter() {
+            match results.next() {
+                Some(LeaseResult::Leased(lease)) => granted.push(lease),
+                _ => {
+                    granted.truncate(start);
+                    break 'positions;
+                }
+            }
+        }
+        len += 1;
+    }
+    let m = &shared.metrics.prefix;
+    m.lookups.increment(1);
+    m.blocks.increment(groups.len() as u64);
+    m.keys
+        .increment(groups.iter().map(|g| g.len() as u64).sum::<u64>());
+    m.hits.increment(len as u64);
+    let response = PrefixLocationsResponse {
+        len: len as u64,
+        leases: granted,
     };
     Ok(Response::Frame(encode_response(&response)))
 }
