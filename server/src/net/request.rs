@@ -747,18 +747,23 @@ async fn prefix_len(shared: &Shared, header: &AlignedVec) -> Result<Response, Fa
     let req = access::<PrefixLenRequest>(header)?;
     let groups = req.groups()?;
     let matched = store.prefix_len(&groups, req.lease)?;
-    let m = &shared.metrics.prefix;
-    m.lookups.increment(1);
-    m.blocks.increment(groups.len() as u64);
-    m.keys
-        .increment(groups.iter().map(|g| g.len() as u64).sum::<u64>());
-    m.hits.increment(matched.len as u64);
+    count_prefix(shared, &groups, matched.len);
     let now = store.clock().now();
     let response = PrefixLenResponse {
         len: matched.len as u64,
         lease_remaining_ns: matched.leased_until.map(|t| t.saturating_sub(now)),
     };
     Ok(Response::Frame(encode_response(&response)))
+}
+
+/// Counts a prefix lookup of `groups` that matched `hits` positions.
+fn count_prefix(shared: &Shared, groups: &[Vec<&[u8]>], hits: usize) {
+    let m = &shared.metrics.prefix;
+    m.lookups.increment(1);
+    m.blocks.increment(groups.len() as u64);
+    m.keys
+        .increment(groups.iter().map(|g| g.len() as u64).sum::<u64>());
+    m.hits.increment(hits as u64);
 }
 
 /// A prefix lookup that leases the matched keys and answers with their leases: the
@@ -801,12 +806,7 @@ async fn prefix_locations(
         }
         len += 1;
     }
-    let m = &shared.metrics.prefix;
-    m.lookups.increment(1);
-    m.blocks.increment(groups.len() as u64);
-    m.keys
-        .increment(groups.iter().map(|g| g.len() as u64).sum::<u64>());
-    m.hits.increment(len as u64);
+    count_prefix(shared, &groups, len);
     let response = PrefixLocationsResponse {
         len: len as u64,
         leases: granted,
