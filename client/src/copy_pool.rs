@@ -1,5 +1,6 @@
 //! Where large copies of value bytes run: a pool of threads at a lower scheduling priority
-//! than the rest of the process.
+//! than the rest of the process. Shared-memory copies, reads of ssd files and TCP
+//! data-plane transfers of a megabyte or more all run here.
 //!
 //! A load copies hundreds of megabytes; a lookup is a few microseconds of work behind a
 //! network round trip. When both share the cores, the lookup must not wait for a

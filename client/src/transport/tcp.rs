@@ -22,8 +22,11 @@ use strata_proto::wire::{self, encode_request, Opcode, ResponseHead, Status, RES
 use strata_proto::{Error, ErrorCode, Result};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_rustls::TlsConnector;
+
+use crate::copy_pool::{off_reactor, BLOCKING_COPY};
 
 /// A data connection: plain TCP or TLS over it.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -46,6 +49,16 @@ pub(crate) enum Job<'a> {
         offset: u64,
         src: &'a [u8],
     },
+}
+
+impl Job<'_> {
+    /// The bytes it moves.
+    fn len(&self) -> usize {
+        match self {
+            Job::Get { dst, .. } => dst.len(),
+            Job::Put { src, .. } => src.len(),
+        }
+    }
 }
 
 /// The data plane of one QUIC session.
@@ -173,7 +186,28 @@ impl DataPlane {
     /// behind another (a value the server first reads from a disk holds its connection
     /// for milliseconds) while a connection is free. With none free, the transfer waits
     /// for one, taken in turn.
+    ///
+    /// A transfer of [`BLOCKING_COPY`] bytes or more runs on the copy pool
+    /// ([`crate::copy_pool`]), as a large shm copy does: its socket reads copy the bytes,
+    /// and on the caller's runtime they held up every other task (a lookup's reply waited
+    /// behind 25 loads' reads). The pool's thread drives it to its end while the
+    /// runtime's own threads go on serving the sockets' readiness and everything else.
     pub async fn run(&self, jobs: Vec<Job<'_>>) -> Vec<Result<()>> {
+        let bytes: usize = jobs.iter().map(Job::len).sum();
+        match Handle::try_current() {
+            Ok(handle)
+                if bytes >= BLOCKING_COPY
+                    && handle.runtime_flavor() == RuntimeFlavor::MultiThread =>
+            {
+                let transfer = self.run_here(jobs);
+                off_reactor(bytes, move || handle.block_on(transfer))
+            }
+            // A current-thread runtime's one thread must stay free to drive the sockets.
+            _ => self.run_here(jobs).await,
+        }
+    }
+
+    async fn run_here(&self, jobs: Vec<Job<'_>>) -> Vec<Result<()>> {
         let mut held = Vec::new();
         for slot in &self.slots {
             if held.len() == jobs.len() {
