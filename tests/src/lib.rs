@@ -142,6 +142,21 @@ impl ServerProcess {
         args: &[&str],
         options: StartOptions,
     ) -> ServerProcess {
+        Self::try_start_with(data_dir, listen, args, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`ServerProcess::start_in`], or why the server did not start (it exited, for
+    /// example because another process took its port, or it did not report in time).
+    pub fn try_start_in(data_dir: &Path, listen: &str, args: &[&str]) -> Result<Self, String> {
+        Self::try_start_with(data_dir, listen, args, StartOptions::default())
+    }
+
+    fn try_start_with(
+        data_dir: &Path,
+        listen: &str,
+        args: &[&str],
+        options: StartOptions,
+    ) -> Result<ServerProcess, String> {
         let listen: SocketAddr = listen.parse().expect("listen address");
         // A small tier unless the test sizes it itself.
         let capacity: &[&str] = if args.contains(&"--dram-capacity") {
@@ -210,9 +225,10 @@ impl ServerProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let _ = child.kill();
-                panic!(
+                let _ = child.wait();
+                return Err(format!(
                     "strata-server exited or did not report its address within {START_TIMEOUT:?}"
-                );
+                ));
             };
             if let Some(url) = line.strip_prefix("metrics: http://") {
                 let a = url.trim().trim_end_matches("/metrics");
@@ -223,14 +239,14 @@ impl ServerProcess {
                 cert = Some(PathBuf::from(c.trim()));
             }
         }
-        ServerProcess {
+        Ok(ServerProcess {
             child,
             addr: addr.expect("checked above"),
             cert: cert.expect("checked above"),
             metrics,
             data_dir: data_dir.to_path_buf(),
             _owned_dir: None,
-        }
+        })
     }
 
     /// A client configuration that reaches this server and trusts its certificate.

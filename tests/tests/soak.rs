@@ -36,10 +36,25 @@ fn server_args() -> Vec<String> {
     .collect()
 }
 
-fn start_server(dir: &std::path::Path, port: u16) -> ServerProcess {
+/// Starts the server on `port`, trying again a few times: the port was free when chosen,
+/// but another test's server may bind it in between (its own ports are the kernel's
+/// choice), and a server killed a moment ago may not have let go of it yet. Once
+/// `may_move`, a port still taken is given up for another free one.
+fn start_server(dir: &std::path::Path, port: &mut u16, may_move: bool) -> ServerProcess {
     let args = server_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ServerProcess::start_in(dir, &format!("127.0.0.1:{port}"), &args)
+    let mut last = String::new();
+    for attempt in 0..5 {
+        match ServerProcess::try_start_in(dir, &format!("127.0.0.1:{port}"), &args) {
+            Ok(server) => return server,
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200 * (attempt + 1)));
+        if may_move {
+            *port = free_port();
+        }
+    }
+    panic!("the server did not start in 5 tries: {last}");
 }
 
 /// The server's figures now (asked by a client of its own, over QUIC).
@@ -125,8 +140,8 @@ fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
     // The ssd tier (96 MiB of sparse files) on a 48 MiB filesystem where this process may
     // mount one: demotions then also run into ENOSPC all along.
     let full_disk = Tmpfs::mount(&dir.path().join("ssd"), "48m");
-    let port = free_port();
-    let mut server = start_server(dir.path(), port);
+    let mut port = free_port();
+    let mut server = start_server(dir.path(), &mut port, true);
     let transports = ["shm", "tcp", "quic"];
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(seconds);
@@ -171,7 +186,7 @@ fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
             let on_ssd = ssd_objects_now(&server);
             server.kill_hard();
             server_kills += 1;
-            server = start_server(dir.path(), port);
+            server = start_server(dir.path(), &mut port, false);
             let back = objects_now(&server);
             for c in &clients {
                 signal(&c.child, "CONT");
