@@ -18,6 +18,36 @@ fn cli(server: &ServerProcess) -> Command {
     command
 }
 
+/// A server of dram alone and a client of it over the TCP data plane.
+async fn tcp_client_of_a_dram_server() -> (ServerProcess, Client) {
+    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
+    let config = strata_client::ClientConfig {
+        transport: strata_client::Transport::Tcp,
+        ..server.client_config()
+    };
+    let client = Client::connect(config).await.unwrap();
+    (server, client)
+}
+
+/// The data plane the server offered `client`'s session.
+async fn data_plane_offer(client: &Client) -> strata_proto::msg::DataPlaneOffer {
+    let info = client.server_info().await.unwrap();
+    info.data_plane.expect("a data plane")
+}
+
+/// A new connection to the data plane at `port`, after the server's hello; its nonce.
+async fn open_data_connection(
+    port: u16,
+) -> (tokio::net::TcpStream, [u8; strata_proto::data::NONCE_LEN]) {
+    use tokio::io::AsyncReadExt;
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut hello = [0u8; strata_proto::data::HELLO_LEN];
+    conn.read_exact(&mut hello).await.unwrap();
+    (conn, strata_proto::data::decode_hello(&hello).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_from_standard_input_past_the_limit_is_refused_as_it_arrives() {
     let server = ServerProcess::start(&[
@@ -106,19 +136,8 @@ async fn output_into_a_closed_pipe_ends_quietly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_connection_that_never_claims_a_session_is_closed() {
     use tokio::io::AsyncReadExt;
-    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
-    let config = strata_client::ClientConfig {
-        transport: strata_client::Transport::Tcp,
-        ..server.client_config()
-    };
-    let client = Client::connect(config).await.unwrap();
-    let port = client
-        .server_info()
-        .await
-        .unwrap()
-        .data_plane
-        .expect("a data plane")
-        .port;
+    let (_server, client) = tcp_client_of_a_dram_server().await;
+    let port = data_plane_offer(&client).await.port;
     let opened = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -197,26 +216,9 @@ async fn a_data_plane_claim_replayed_on_another_connection_is_refused() {
     use strata_proto::data;
     use strata_proto::wire::{decode_error, ResponseHead, Status};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
-    let config = strata_client::ClientConfig {
-        transport: strata_client::Transport::Tcp,
-        ..server.client_config()
-    };
-    let client = Client::connect(config).await.unwrap();
-    let offer = client
-        .server_info()
-        .await
-        .unwrap()
-        .data_plane
-        .expect("a data plane");
-    let open = || async {
-        let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", offer.port))
-            .await
-            .unwrap();
-        let mut hello = [0u8; data::HELLO_LEN];
-        conn.read_exact(&mut hello).await.unwrap();
-        (conn, data::decode_hello(&hello).unwrap())
-    };
+    let (server, client) = tcp_client_of_a_dram_server().await;
+    let offer = data_plane_offer(&client).await;
+    let open = || open_data_connection(offer.port);
     let answer = |mut conn: tokio::net::TcpStream| async move {
         let mut head = [0u8; 5];
         conn.read_exact(&mut head)
@@ -259,18 +261,8 @@ async fn a_data_plane_claim_replayed_on_another_connection_is_refused() {
 async fn proven_data_connection(client: &Client) -> tokio::net::TcpStream {
     use strata_proto::data;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let offer = client
-        .server_info()
-        .await
-        .unwrap()
-        .data_plane
-        .expect("a data plane");
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", offer.port))
-        .await
-        .unwrap();
-    let mut hello = [0u8; data::HELLO_LEN];
-    conn.read_exact(&mut hello).await.unwrap();
-    let nonce = data::decode_hello(&hello).unwrap();
+    let offer = data_plane_offer(client).await;
+    let (mut conn, nonce) = open_data_connection(offer.port).await;
     let proof = data::session_proof(&offer.secret, &nonce, offer.session);
     conn.write_all(&data::encode_claim(offer.session, &proof))
         .await
@@ -284,12 +276,7 @@ async fn proven_data_connection(client: &Client) -> tokio::net::TcpStream {
 async fn oversized_and_truncated_data_frames_get_an_error_and_the_server_serves_on() {
     use strata_proto::wire::{decode_error, Opcode, RequestHead, ResponseHead, Status};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let server = ServerProcess::start(&["--device-plugin", "off", "--ssd-path", "off"]);
-    let config = strata_client::ClientConfig {
-        transport: strata_client::Transport::Tcp,
-        ..server.client_config()
-    };
-    let client = Client::connect(config).await.unwrap();
+    let (_server, client) = tcp_client_of_a_dram_server().await;
     // A header announced past the limit: refused before a byte of it is read.
     let mut conn = proven_data_connection(&client).await;
     let head = RequestHead::new(Opcode::DataGet, strata_proto::limits::MAX_HEADER_LEN + 1);

@@ -57,12 +57,17 @@ fn start_server(dir: &std::path::Path, port: &mut u16, may_move: bool) -> Server
     panic!("the server did not start in 5 tries: {last}");
 }
 
-/// The server's figures now (asked by a client of its own, over QUIC).
-fn stats_now(server: &ServerProcess) -> strata_client::ServerStats {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// A runtime for the test's own client calls.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// The server's figures now (asked by a client of its own, over QUIC).
+fn stats_now(server: &ServerProcess) -> strata_client::ServerStats {
+    let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(server.client_config()).await.unwrap();
         client.stats().await.unwrap()
@@ -225,10 +230,7 @@ fn chaos_serves_no_wrong_byte_and_leaks_nothing() {
     );
 
     // Leases and reservations end on their own within their TTL and put timeout.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(server.client_config()).await.unwrap();
         let settle = Duration::from_millis(LEASE_TTL_MS.max(PUT_TIMEOUT_MS) + 3_000);
@@ -319,10 +321,7 @@ fn a_full_ssd_filesystem_costs_values_never_bytes_or_the_server() {
         "--ssd-capacity",
         "64MiB",
     ]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let client = Client::connect(server.client_config()).await.unwrap();
         let value = |i: u64| strata_tests::block_value(i, 512 << 10);
