@@ -250,6 +250,10 @@ enum Workload {
         /// Bytes written and read per pass (default 1GiB, or 32MiB with --quick).
         #[arg(long)]
         total_mib: Option<u64>,
+        /// Times the whole sequence runs; each tier row's `vs_raw` compares it with the
+        /// raw pass of its own round (default 1).
+        #[arg(long)]
+        rounds: Option<u32>,
     },
 }
 
@@ -465,6 +469,7 @@ fn main() {
             dir,
             queue_depth,
             total_mib,
+            rounds,
         } => {
             let mut params = if cli.quick {
                 ssd::SsdParams::quick()
@@ -478,6 +483,7 @@ fn main() {
             if let Some(t) = total_mib {
                 params.total = t.max(1) << 20;
             }
+            params.rounds = rounds.unwrap_or(1).max(1);
             ssd::run(&params, &mut report);
         }
     }

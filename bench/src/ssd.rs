@@ -2,8 +2,9 @@
 //! to the raw O_DIRECT throughput of the same file (the ceiling).
 //!
 //! * `strata-ssd` write: whole objects stored through the tier (`Tier::store_objects`, what
-//!   demotion does) in batches of the queue depth: copy into aligned buffers, checksum, the
-//!   batch's values in one submission, then its header blocks in a second.
+//!   demotion does) in batches of [`DEMOTION_BATCH_BYTES`], as the engine's eviction
+//!   batches its victims: each record (header block and value) copied into an aligned
+//!   buffer with its neighbours on disk and written with them.
 //! * `strata-ssd` read: the same objects read back through the tier in batches of the queue
 //!   depth (`SsdTier::read_records`): record in, header and checksum verified, value copied
 //!   out. The figures are per batch for latency, per value for throughput.
@@ -12,7 +13,9 @@
 //!   headers, checksums or copies: what the device gives.
 //!
 //! Every pass starts on a fresh, sparse file: the raw pass runs first on the io_uring
-//! tier's file, which the tier then resets, so both fill the same holes.
+//! tier's file, which the tier then resets, so both fill the same holes. With `rounds`
+//! the whole sequence repeats, and each tier row carries `vs_raw`: its throughput over the
+//! raw pass of the same round (a ratio measured back to back, which this noisy disk needs).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,10 @@ use strata_engine::tier::{Extent, ObjectWrite, Tier};
 
 use crate::report::{histogram, Record, Report};
 
+/// Bytes of victims the engine's eviction demotes in one `store_objects` call (its
+/// `DEMOTION_BATCH_BYTES`): the write batch of the tier pass.
+pub const DEMOTION_BATCH_BYTES: u64 = 32 << 20;
+
 /// What to run.
 pub struct SsdParams {
     /// Bytes written (and then read) per pass.
@@ -33,6 +40,8 @@ pub struct SsdParams {
     pub queue_depth: u32,
     /// Where the files go (a temporary directory inside it).
     pub dir: Option<PathBuf>,
+    /// Times the whole sequence runs.
+    pub rounds: u32,
 }
 
 impl SsdParams {
@@ -42,6 +51,7 @@ impl SsdParams {
             sizes: vec![1 << 20, 4 << 20],
             queue_depth: 8,
             dir: None,
+            rounds: 1,
         }
     }
 
@@ -51,6 +61,7 @@ impl SsdParams {
             sizes: vec![1 << 20],
             queue_depth: 8,
             dir: None,
+            rounds: 1,
         }
     }
 }
@@ -61,20 +72,30 @@ pub fn run(p: &SsdParams, report: &mut Report) {
         None => tempfile::tempdir(),
     }
     .expect("temp dir for the ssd files");
-    for &size in &p.sizes {
-        let n = (p.total / size).max(p.queue_depth as u64);
-        for kind in [IoEngineKind::IoUring, IoEngineKind::Psync] {
-            let dir = base.path().join(format!("{kind:?}-{size}"));
-            if kind == IoEngineKind::IoUring {
-                // The ceiling first, on the tier's own file, which the tier then resets
-                // (recovery none): both write into the same fresh, sparse file.
-                drop(open_tier(&dir, kind, size, n, p.queue_depth).expect("ssd tier"));
-                raw_pass(&dir.join("strata-000.ssd"), size, n, p.queue_depth, report);
+    for round in 0..p.rounds {
+        for &size in &p.sizes {
+            let n = (p.total / size).max(p.queue_depth as u64);
+            let mut raw = [0.0f64; 2];
+            for kind in [IoEngineKind::IoUring, IoEngineKind::Psync] {
+                let dir = base.path().join(format!("{kind:?}-{size}"));
+                if kind == IoEngineKind::IoUring {
+                    // The ceiling first, on the tier's own file, which the tier then resets
+                    // (recovery none): both write into the same fresh, sparse file.
+                    drop(open_tier(&dir, kind, size, n, p.queue_depth).expect("ssd tier"));
+                    raw = raw_pass(
+                        &dir.join("strata-000.ssd"),
+                        size,
+                        n,
+                        p.queue_depth,
+                        round,
+                        report,
+                    );
+                }
+                if let Err(e) = tier_pass(&dir, kind, size, n, p.queue_depth, round, raw, report) {
+                    eprintln!("ssd {kind:?}: {e}");
+                }
+                let _ = std::fs::remove_dir_all(&dir);
             }
-            if let Err(e) = tier_pass(&dir, kind, size, n, p.queue_depth, report) {
-                eprintln!("ssd {kind:?}: {e}");
-            }
-            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
@@ -89,17 +110,23 @@ fn values(size: u64, count: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The tier's write and read passes; `raw` is the same round's raw write and read
+/// throughput (bytes/s), for `vs_raw`.
+#[allow(clippy::too_many_arguments)]
 fn tier_pass(
     dir: &Path,
     kind: IoEngineKind,
     size: u64,
     n: u64,
     qd: u32,
+    round: u32,
+    raw: [f64; 2],
     report: &mut Report,
 ) -> std::io::Result<()> {
     let tier = open_tier(dir, kind, size, n, qd)?;
     let engine = tier.engine_name();
-    let sources = values(size, qd as usize);
+    let per_write = (DEMOTION_BATCH_BYTES / size).max(1) as usize;
+    let sources = values(size, per_write);
     // As demotion does: the checksum recorded at commit goes into the record.
     let checksums: Vec<u64> = sources
         .iter()
@@ -114,7 +141,7 @@ fn tier_pass(
     let guard = crossbeam_epoch::pin();
     let started = Instant::now();
     while !fresh.is_empty() {
-        let batch: Vec<_> = fresh.drain(..fresh.len().min(qd as usize)).collect();
+        let batch: Vec<_> = fresh.drain(..fresh.len().min(per_write)).collect();
         let mut objects: Vec<ObjectWrite<'_>> = batch
             .into_iter()
             .zip(sources.iter().zip(&checksums))
@@ -132,13 +159,19 @@ fn tier_pass(
         lat.record(t.elapsed().as_nanos() as u64).ok();
     }
     let elapsed = started.elapsed();
+    let vs_raw = |elapsed: Duration, raw: f64| {
+        let ratio = (n * size) as f64 / elapsed.as_secs_f64() / raw;
+        (ratio * 1000.0).round() / 1000.0
+    };
     report.add(
         Record::new("ssd", "strata-ssd", "write", "demote")
             .size(size)
-            .batch(qd)
+            .batch(per_write as u32)
             .timed(n, n * size, elapsed, Some(&lat))
             .with("engine", engine)
-            .with("queue_depth", qd),
+            .with("queue_depth", qd)
+            .with("round", round)
+            .with("vs_raw", vs_raw(elapsed, raw[0])),
     );
 
     let mut lat = histogram();
@@ -157,14 +190,24 @@ fn tier_pass(
         lat.record(t.elapsed().as_nanos() as u64).ok();
     }
     let elapsed = started.elapsed();
-    assert!(bufs[0] == sources[0], "read back other bytes than written");
+    // The last batch read back what was written there (object j holds source j mod the
+    // write batch); the tier verified every record's checksum on the way.
+    let last = (n as usize - 1) / qd as usize * qd as usize;
+    for (k, buf) in bufs.iter().take(n as usize - last).enumerate() {
+        assert!(
+            *buf == sources[(last + k) % per_write],
+            "read back other bytes than written"
+        );
+    }
     report.add(
         Record::new("ssd", "strata-ssd", "read", "cold")
             .size(size)
             .batch(qd)
             .timed(n, n * size, elapsed, Some(&lat))
             .with("engine", engine)
-            .with("queue_depth", qd),
+            .with("queue_depth", qd)
+            .with("round", round)
+            .with("vs_raw", vs_raw(elapsed, raw[1])),
     );
     Ok(())
 }
@@ -188,11 +231,14 @@ fn open_tier(
 }
 
 /// The ceiling: `n` blocks of `size` at the tier's record offsets, as one stream with the
-/// queue kept `qd` deep.
-fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, report: &mut Report) {
+/// queue kept `qd` deep. Returns the write and read throughput (bytes/s; 0 if it failed).
+fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, round: u32, report: &mut Report) -> [f64; 2] {
     let elapsed = match raw_odirect(path, size, n, qd) {
         Ok(e) => e,
-        Err(e) => return eprintln!("{e}"),
+        Err(e) => {
+            eprintln!("{e}");
+            return [0.0; 2];
+        }
     };
     for (op, phase, elapsed) in [
         ("write", "demote", elapsed[0]),
@@ -204,9 +250,11 @@ fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, report: &mut Report) {
                 .batch(qd)
                 .timed(n, n * size, elapsed, None)
                 .with("engine", "io_uring")
-                .with("queue_depth", qd),
+                .with("queue_depth", qd)
+                .with("round", round),
         );
     }
+    elapsed.map(|e| (n * size) as f64 / e.as_secs_f64())
 }
 
 /// What the disk under `path` gives: `n` blocks of `size` written, then read, O_DIRECT

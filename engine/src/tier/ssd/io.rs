@@ -1,7 +1,8 @@
 //! The I/O engine under the ssd tier: a small trait with two implementations.
 //!
 //! * [`UringEngine`](super::uring::UringEngine): io_uring, a batch of operations submitted
-//!   together and kept up to the queue depth in flight.
+//!   together and kept up to the queue depth in flight; each is handed back as it completes,
+//!   so the caller's work on one (a checksum, a copy) overlaps the others' transfers.
 //! * [`PsyncEngine`](super::psync::PsyncEngine): plain `pread`/`pwrite`, one operation after
 //!   the other in the caller's thread; the fallback where io_uring is unavailable.
 //!
@@ -142,9 +143,6 @@ pub struct IoOp {
     /// A multiple of [`BLOCK`], at most `buf.len()`.
     pub len: usize,
     pub buf: IoBuf,
-    /// Submitted as soon as this op has completed in full, never if it failed: how a
-    /// record's header follows its value without waiting for the rest of the batch.
-    pub then: Option<Box<IoOp>>,
 }
 
 impl IoOp {
@@ -155,7 +153,6 @@ impl IoOp {
             offset,
             len,
             buf,
-            then: None,
         }
     }
 
@@ -166,14 +163,7 @@ impl IoOp {
             offset,
             len,
             buf,
-            then: None,
         }
-    }
-
-    /// This op, followed by `next` once it has succeeded.
-    pub fn followed_by(mut self, next: IoOp) -> IoOp {
-        self.then = Some(Box::new(next));
-        self
     }
 
     /// Why the engine must refuse this op, if it must.
@@ -204,26 +194,14 @@ impl IoOp {
 pub struct IoDone {
     pub buf: IoBuf,
     pub result: io::Result<()>,
-    /// The op's follower, finished or (if this one failed) not run.
-    pub then: Option<Box<IoDone>>,
 }
 
 impl IoDone {
-    /// Whether this op and every follower succeeded.
-    pub fn all_ok(&self) -> io::Result<()> {
-        match (&self.result, &self.then) {
-            (Err(e), _) => Err(io::Error::new(e.kind(), e.to_string())),
-            (Ok(()), Some(t)) => t.all_ok(),
-            (Ok(()), None) => Ok(()),
-        }
-    }
-
-    /// A follower that never ran because the op before it failed.
-    pub(crate) fn not_run(op: IoOp) -> IoDone {
+    /// An op handed back without being run, failed with `why`.
+    pub(crate) fn failed(op: IoOp, why: io::Error) -> IoDone {
         IoDone {
             buf: op.buf,
-            result: Err(io::Error::other("not run: the operation before it failed")),
-            then: op.then.map(|t| Box::new(IoDone::not_run(*t))),
+            result: Err(why),
         }
     }
 }
@@ -301,16 +279,29 @@ pub trait IoEngine: Send + Sync {
     fn name(&self) -> &'static str;
     /// Most operations in flight at once.
     fn queue_depth(&self) -> u32;
-    /// Runs every op and returns them finished, in order. Blocks until all are done. An op
-    /// that cannot be done (bad alignment, unknown file, device error, short transfer) fails
-    /// alone; the others still run.
+    /// Runs `ops`, pulling the next one only when the queue has room (so making it, a copy
+    /// or a checksum, overlaps the transfers in flight), and hands each back to `done` with
+    /// its position in `ops` as soon as it has completed, in completion order. Every op is
+    /// handed back exactly once. An op that cannot be done (bad alignment, unknown
+    /// file, device error, short transfer) fails alone; the others still run.
+    fn run_each(&self, ops: &mut dyn Iterator<Item = IoOp>, done: &mut dyn FnMut(usize, IoDone));
+    /// [`IoEngine::run_each`], collected in the order of `ops`.
+    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone> {
+        let mut out: Vec<Option<IoDone>> = Vec::new();
+        self.run_each(ops, &mut |i, d| {
+            if out.len() <= i {
+                out.resize_with(i + 1, || None);
+            }
+            out[i] = Some(d);
+        });
+        out.into_iter()
+            .map(|d| d.expect("every op is handed back"))
+            .collect()
+    }
+    /// [`IoEngine::run_each`] over a list, collected in its order.
     fn run(&self, ops: Vec<IoOp>) -> Vec<IoDone> {
         self.run_iter(&mut ops.into_iter())
     }
-    /// [`IoEngine::run`] over ops made on demand: the engine takes the next op when it has
-    /// room for it and starts each at once, so the work of making the next one (copying a
-    /// value into its buffer, checksumming it) overlaps the device's work on the last.
-    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone>;
     /// The engine's counters.
     fn stats(&self) -> &IoStats;
 }
@@ -426,33 +417,17 @@ pub(crate) mod tests {
         assert_eq!(&done[4].buf.as_slice()[..4096], &wrote[1][..4096]);
         assert!(engine.run(Vec::new()).is_empty());
 
-        // A follower runs after its op succeeded, and not at all after it failed.
-        let chained = vec![
-            IoOp::write(0, 1 << 20, 4096, filled(4096, 1)).followed_by(IoOp::write(
-                0,
-                2 << 20,
-                4096,
-                filled(4096, 2),
-            )),
-            IoOp::write(0, 77, 4096, filled(4096, 3)).followed_by(IoOp::write(
-                0,
-                3 << 20,
-                4096,
-                filled(4096, 4),
-            )),
-        ];
-        let done = engine.run(chained);
-        done[0].all_ok().unwrap();
-        assert!(done[1].result.is_err() && done[1].then.as_ref().unwrap().result.is_err());
-        let back = engine.run(vec![
-            IoOp::read(0, 2 << 20, 4096, IoBuf::new(4096)),
-            IoOp::read(0, 3 << 20, 4096, IoBuf::new(4096)),
-        ]);
-        assert_eq!(back[0].buf.as_slice(), filled(4096, 2).as_slice());
-        assert!(
-            back[1].buf.as_slice().iter().all(|&b| b == 0),
-            "never written"
-        );
+        // Each op comes back once, under its own position, whatever the completion order.
+        let mut seen = vec![0u32; 16];
+        let mut ops = (0..16).map(|i| {
+            let len = 4096 * (1 + (15 - i) % 4);
+            IoOp::read(i % 2, i as u64 * 4096, len, IoBuf::new(len))
+        });
+        engine.run_each(&mut ops, &mut |i, d| {
+            d.result.unwrap();
+            seen[i] += 1;
+        });
+        assert_eq!(seen, vec![1; 16]);
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //!
 //! * Space: each file has an offset allocator over everything after its superblock; a
 //!   record (header block + value padded to a block, see [`record`]) takes one extent.
-//! * Writes come only as whole objects ([`Tier::store_objects`]: demotion from dram). All
-//!   values of a batch are written in one engine submission, then all headers in a second:
-//!   a header on disk always describes a value that is entirely there.
+//! * Writes come only as whole objects ([`Tier::store_objects`]: demotion from dram). A
+//!   record (header block, then the value) goes down in one write, packed with the records
+//!   that lie end to end with it, so the device sees large sequential writes and no record
+//!   costs a second, dependent one. A crash can therefore leave a valid header over a value
+//!   that is not all there; such a record can only be among the writes in flight, which are
+//!   all in the newest [`WRITE_WAVE_BYTES`] of records, and quick recovery re-checks those.
 //! * Reads verify: the header must check out and the value must hash to the checksum it
 //!   names, or the read fails with `Corrupt` (the engine then drops the object).
 //! * Frees: a record's space comes back only after its header block is overwritten with
@@ -144,6 +147,8 @@ pub struct SsdTier {
     /// by [`Tier::retiring`], which placement asks often.
     tombstones_failing: std::sync::atomic::AtomicBool,
     sequence: AtomicU64,
+    /// Held by [`SsdTier::write_records`]: one writer at a time (see [`WRITE_WAVE_BYTES`]).
+    writing: Mutex<()>,
     admission: Admission,
     buffers: BufPool,
     recovered: Mutex<Vec<RecoveredObject>>,
@@ -152,6 +157,49 @@ pub struct SsdTier {
     skipped_count: u64,
     /// Holds the directory's lock for the tier's lifetime.
     _lock: File,
+}
+
+/// Bytes of records one engine call writes at most (a wave; a single larger record is a
+/// wave of its own). A wave completes before the next starts and writers take turns, so
+/// at any instant every write in flight belongs to the newest `WRITE_WAVE_BYTES` of records
+/// in sequence order: the records quick recovery re-checks (`recovery`).
+pub const WRITE_WAVE_BYTES: u64 = 64 << 20;
+/// Records that lie end to end on disk are packed into one write of at most this size.
+const MAX_WRITE_BYTES: u64 = 4 << 20;
+
+/// Records that lie end to end in one file, written together.
+struct Run {
+    /// Indices into the objects, in disk order.
+    members: Vec<usize>,
+    bytes: u64,
+}
+
+/// The objects whose `results` are still `Ok`, in disk order, cut into runs of records that
+/// lie end to end, each at most [`MAX_WRITE_BYTES`] (or one record).
+fn contiguous_runs(objects: &[ObjectWrite<'_>], results: &[Result<()>]) -> Vec<Run> {
+    let mut order: Vec<usize> = (0..objects.len()).filter(|&i| results[i].is_ok()).collect();
+    order.sort_by_key(|&i| {
+        let e = objects[i].extent.extent();
+        (e.segment, e.offset)
+    });
+    let mut runs: Vec<Run> = Vec::new();
+    let mut end = (u16::MAX, 0); // (file, offset) just past the last run
+    for i in order {
+        let e = objects[i].extent.extent();
+        let len = record_len(e.len);
+        match runs.last_mut() {
+            Some(run) if end == (e.segment, e.offset) && run.bytes + len <= MAX_WRITE_BYTES => {
+                run.members.push(i);
+                run.bytes += len;
+            }
+            _ => runs.push(Run {
+                members: vec![i],
+                bytes: len,
+            }),
+        }
+        end = (e.segment, e.offset + len);
+    }
+    runs
 }
 
 /// The first wait before tombstones that failed are tried again; it doubles per failure.
@@ -305,6 +353,7 @@ impl SsdTier {
             tombstone_retry: Mutex::new((None, TOMBSTONE_RETRY_FIRST)),
             tombstones_failing: std::sync::atomic::AtomicBool::new(false),
             sequence: AtomicU64::new(1),
+            writing: Mutex::new(()),
             admission: opts.admission,
             buffers,
             recovered: Mutex::new(Vec::new()),
@@ -350,8 +399,8 @@ impl SsdTier {
         &self.dir
     }
 
-    /// Writes whole objects, each value first and its header block once the value is
-    /// down (see the module doc), all objects of the batch in flight together.
+    /// Writes whole objects: each record (header block, then the value) in one write with
+    /// its neighbours on disk, in waves of at most [`WRITE_WAVE_BYTES`] (see the module doc).
     fn write_records(&self, objects: &[ObjectWrite<'_>]) -> Vec<Result<()>> {
         let mut results: Vec<Result<()>> = objects
             .iter()
@@ -369,59 +418,69 @@ impl SsdTier {
                 Err(Error::new(ErrorCode::Internal, msg))
             })
             .collect();
-        // Made one at a time as the engine takes them, so copying and checksumming the
-        // next value overlaps the device writing the last.
-        let mut ops = objects
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(o, _)| self.record_ops(o));
-        let mut done = self.engine.run_iter(&mut ops).into_iter();
-        for r in results.iter_mut().filter(|r| r.is_ok()) {
-            let d = done.next().expect("one completion per op");
-            if let Err(e) = d.all_ok() {
-                *r = Err(io_error("write", e));
+        let runs = contiguous_runs(objects, &results);
+        // One writer at a time: what recovery re-checks is the newest wave of all writers.
+        let _writing = self.writing.lock();
+        let mut first = 0;
+        while first < runs.len() {
+            let mut end = first + 1;
+            let mut bytes = runs[first].bytes;
+            while end < runs.len() && bytes + runs[end].bytes <= WRITE_WAVE_BYTES {
+                bytes += runs[end].bytes;
+                end += 1;
             }
-            self.buffers.put(d.buf);
-            if let Some(head) = d.then {
-                self.buffers.put(head.buf);
-            }
+            let wave = &runs[first..end];
+            // Made one at a time as the engine takes them, so copying and checksumming the
+            // next run overlaps the device writing the last.
+            let mut ops = wave.iter().map(|run| self.run_write(objects, run));
+            self.engine.run_each(&mut ops, &mut |k, done| {
+                if let Err(e) = &done.result {
+                    for &i in &wave[k].members {
+                        results[i] = Err(io_error(
+                            "write",
+                            std::io::Error::new(e.kind(), e.to_string()),
+                        ));
+                    }
+                }
+                self.buffers.put(done.buf);
+            });
+            first = end;
         }
         results
     }
 
-    /// The write of `o`'s value, followed by the write of its header block.
-    fn record_ops(&self, o: &ObjectWrite<'_>) -> IoOp {
-        let extent = o.extent.extent();
-        let file = extent.segment as usize;
-        let len = o.value.len();
-        let padded = (len as u64).div_ceil(BLOCK) * BLOCK;
-        let mut value = self.buffers.take(padded as usize);
-        let bytes = value.as_mut_slice();
-        // The buffer goes to the disk, not to a core: stream it past the cache.
-        strata_copy::copy(&mut bytes[..len], o.value);
-        bytes[len..padded as usize].fill(0);
-        let mut head = self.buffers.take(BLOCK as usize);
-        RecordHeader {
-            file_id: self.file_ids[file],
-            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
-            value_len: extent.len,
-            value_checksum: o.checksum.unwrap_or_else(|| xxh3_64(o.value)),
-            key: o.key.to_vec(),
+    /// The one write of `run`'s records, each header block stamped with the next sequence.
+    fn run_write(&self, objects: &[ObjectWrite<'_>], run: &Run) -> IoOp {
+        let start = objects[run.members[0]].extent.extent();
+        let file = start.segment as usize;
+        let mut buf = self.buffers.take(run.bytes as usize);
+        let mut bytes = &mut buf.as_mut_slice()[..run.bytes as usize];
+        for &i in &run.members {
+            let o = &objects[i];
+            let extent = o.extent.extent();
+            let (record, rest) = bytes.split_at_mut(record_len(extent.len) as usize);
+            let (head, value) = record.split_at_mut(BLOCK as usize);
+            RecordHeader {
+                file_id: self.file_ids[file],
+                sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+                value_len: extent.len,
+                value_checksum: o.checksum.unwrap_or_else(|| xxh3_64(o.value)),
+                key: o.key.to_vec(),
+            }
+            .encode(head);
+            // The buffer goes to the disk, not to a core: stream it past the cache.
+            strata_copy::copy(&mut value[..o.value.len()], o.value);
+            value[o.value.len()..].fill(0);
+            bytes = rest;
         }
-        .encode(head.as_mut_slice());
-        IoOp::write(file, extent.offset + BLOCK, padded as usize, value).followed_by(IoOp::write(
-            file,
-            extent.offset,
-            BLOCK as usize,
-            head,
-        ))
+        IoOp::write(file, start.offset, run.bytes as usize, buf)
     }
 
     /// Reads and verifies whole records into `dsts` (each exactly its extent's length), all
-    /// in one submission.
+    /// in one submission; each is checked and copied out as soon as it has arrived, while
+    /// the others are still on their way.
     pub fn read_records(&self, items: &mut [(Extent, &mut [u8])]) -> Vec<Result<()>> {
-        let ops = items
+        let ops: Vec<IoOp> = items
             .iter()
             .map(|(extent, _)| {
                 let len = record_len(extent.len) as usize;
@@ -433,19 +492,16 @@ impl SsdTier {
                 )
             })
             .collect();
-        let done = self.engine.run(ops);
-        items
-            .iter_mut()
-            .zip(done)
-            .map(|((extent, dst), d)| {
-                let verdict = d
-                    .result
-                    .map_err(|e| io_error("read", e))
-                    .and_then(|()| self.verify(extent, d.buf.as_slice(), dst));
-                self.buffers.put(d.buf);
-                verdict
-            })
-            .collect()
+        let mut results: Vec<Result<()>> = (0..items.len()).map(|_| Ok(())).collect();
+        self.engine.run_each(&mut ops.into_iter(), &mut |i, done| {
+            let (extent, dst) = &mut items[i];
+            results[i] = done
+                .result
+                .map_err(|e| io_error("read", e))
+                .and_then(|()| self.verify(extent, done.buf.as_slice(), dst));
+            self.buffers.put(done.buf);
+        });
+        results
     }
 
     /// Checks a record read from `extent` and copies its value out.

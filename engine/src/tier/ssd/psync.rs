@@ -24,7 +24,6 @@ impl PsyncEngine {
 impl PsyncEngine {
     fn run_one(&self, mut op: IoOp) -> IoDone {
         let started = Instant::now();
-        let then = op.then.take();
         let result = op.check(self.files.len()).and_then(|()| {
             let file = &self.files[op.file];
             match op.kind {
@@ -36,16 +35,9 @@ impl PsyncEngine {
         });
         self.stats
             .record(op.kind, op.len, started.elapsed(), result.is_ok());
-        let then = then.map(|t| {
-            Box::new(match result {
-                Ok(()) => self.run_one(*t),
-                Err(_) => IoDone::not_run(*t),
-            })
-        });
         IoDone {
             buf: op.buf,
             result,
-            then,
         }
     }
 }
@@ -59,8 +51,10 @@ impl IoEngine for PsyncEngine {
         1
     }
 
-    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone> {
-        ops.map(|op| self.run_one(op)).collect()
+    fn run_each(&self, ops: &mut dyn Iterator<Item = IoOp>, done: &mut dyn FnMut(usize, IoDone)) {
+        for (i, op) in ops.enumerate() {
+            done(i, self.run_one(op));
+        }
     }
 
     fn stats(&self) -> &IoStats {

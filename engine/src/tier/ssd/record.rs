@@ -17,9 +17,10 @@
 //!                                      BLOCK: the value, padded to a block
 //! ```
 //!
-//! All integers are little-endian. The header block is written only after the value's
-//! write completed, so a header that checks out names a value that was fully written; a
-//! record torn by a crash has no valid header and its space is free after recovery. The
+//! All integers are little-endian. A record is written in one write, header and value
+//! together, so a crash may tear one: a header that checks out over a value that does not.
+//! The value's checksum in the header catches it, at recovery for the newest records (the
+//! only ones a crash can tear) and at every read. The
 //! `file_id` keeps a header that happens to sit inside some *value* (a stored copy of a
 //! strata file) from passing for a record of this file.
 

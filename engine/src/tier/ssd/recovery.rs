@@ -5,9 +5,11 @@
 //! (free space, a tombstone, a torn header) is stepped over. Holes of a sparse file are
 //! skipped with `SEEK_DATA`, so a mostly empty tier opens without reading its emptiness.
 //!
-//! Modes: `none` starts every file empty; `quick` trusts headers (the write order makes a
-//! valid header imply a complete value; a value damaged later is caught when read); `verify`
-//! also reads every value and leaves out those that fail their checksum.
+//! Modes: `none` starts every file empty; `quick` trusts headers, except that it re-reads the
+//! values of the newest [`WRITE_WAVE_BYTES`] of records (in sequence order): a record is one
+//! write, so a crash can leave a valid header over a torn value, but only in a write that
+//! was in flight, and those are all among the newest (a value damaged later is caught when
+//! read); `verify` reads every value. Either leaves out those that fail their checksum.
 //!
 //! Records left out (failing verification, or an older record of a key that has a newer
 //! one) are tombstoned before any space is handed out, so no valid header ever lies over
@@ -22,6 +24,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use super::io::{IoBuf, IoEngine, IoOp};
 use super::record::{file_name, record_len, HeaderError, RecordHeader, Superblock, BLOCK};
+use super::WRITE_WAVE_BYTES;
 use crate::alloc::OffsetAllocator;
 use crate::tier::{Extent, RecoveredObject};
 
@@ -273,6 +276,10 @@ pub(super) fn recover(
         }
     }
 
+    if mode == RecoveryMode::Quick {
+        check_newest(&mut found, files.engine)?;
+    }
+
     // The newest intact record of each key wins; every other one is tombstoned.
     let mut newest: HashMap<&[u8], usize> = HashMap::new();
     for (n, (_, r)) in found.iter().enumerate() {
@@ -351,6 +358,39 @@ pub(super) fn recover(
         next_sequence: next.max(top),
         skipped,
     })
+}
+
+/// Reads the values of the newest records, newest first, until [`WRITE_WAVE_BYTES`] of
+/// records are checked, and marks those that fail their checksum: the writes a crash
+/// interrupted.
+fn check_newest(found: &mut [(usize, ScannedRecord)], engine: &dyn IoEngine) -> io::Result<()> {
+    let mut newest_first: Vec<usize> = (0..found.len()).collect();
+    newest_first.sort_by_key(|&n| std::cmp::Reverse(found[n].1.header.sequence));
+    let mut checked = 0;
+    for n in newest_first {
+        if checked >= WRITE_WAVE_BYTES {
+            break;
+        }
+        let (file, record) = &mut found[n];
+        let file = *file;
+        let mut read = |offset: u64, len: u64| {
+            run_one(
+                engine,
+                IoOp::read(file, offset, len as usize, IoBuf::new(len as usize)),
+            )
+        };
+        if !value_intact(record.offset, &record.header, &mut read)? {
+            tracing::warn!(
+                "ssd: the record at {} of {} was torn by a crash (its value fails its \
+                 checksum); left out",
+                record.offset,
+                file_name(file)
+            );
+            record.intact = false;
+        }
+        checked += record_len(record.header.value_len);
+    }
+    Ok(())
 }
 
 fn run_one(engine: &dyn IoEngine, op: IoOp) -> io::Result<IoBuf> {

@@ -97,7 +97,14 @@ fn objects_round_trip_and_a_flipped_byte_is_corrupt() {
             }
         );
         let keys = ["a", "b", "c", "d", "e"];
+        let writes_before = tier.io_figures().unwrap().write_ops;
         let extents = store(&tier, &keys, |i| [1, 4095, 4096, 4097, 3 * MIB as usize][i]);
+        // Allocation goes round the 4 files, so a and e lie end to end in the first one.
+        let writes = tier.io_figures().unwrap().write_ops - writes_before;
+        assert_eq!(
+            writes, 4,
+            "{kind:?}: one write per record, neighbours packed"
+        );
         for (k, e) in keys.iter().zip(&extents) {
             assert_eq!(
                 read(&tier, e).unwrap(),
@@ -123,10 +130,7 @@ fn objects_round_trip_and_a_flipped_byte_is_corrupt() {
             value("e", 3 * MIB as usize)
         );
         let figures = tier.io_figures().unwrap();
-        assert!(
-            figures.write_ops >= 10 && figures.read_ops >= 8,
-            "{figures:?}"
-        );
+        assert!(figures.read_ops >= 8, "{figures:?}");
         assert_eq!(figures.in_flight, 0);
     }
 }
@@ -206,42 +210,87 @@ fn reopening_recovers_records_and_skips_torn_removed_and_superseded_ones() {
     }
 }
 
+/// Overwrites 16 bytes of the value of the record at `extent` on disk.
+fn damage_value(dir: &Path, extent: &Extent) {
+    let f = data_file(dir, extent.segment as usize);
+    f.write_all_at(&[0xee; 16], extent.offset + BLOCK + 4000)
+        .unwrap();
+    f.sync_data().unwrap();
+}
+
+#[test]
+fn quick_recovery_leaves_out_a_newest_record_torn_by_a_crash() {
+    for kind in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), kind);
+        let newest = {
+            let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+            store(&tier, &["older", "newer"], |_| 50_000);
+            // A write in flight when the server was killed: its header landed, its value
+            // only in part.
+            store(&tier, &["in-flight"], |_| 50_000)[0]
+        };
+        damage_value(dir.path(), &newest);
+        let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+        let mut keys: Vec<Box<[u8]>> = tier.take_recovered().into_iter().map(|r| r.key).collect();
+        keys.sort();
+        assert_eq!(keys, [&b"newer"[..], b"older"].map(Box::from), "{kind:?}");
+        let figures = tier.io_figures().unwrap();
+        assert_eq!(figures.skipped_records, 1, "{kind:?}");
+        // Its space is free again, and its header is gone: it stays out after a restart.
+        assert_eq!(tier.used(), 2 * record_len(50_000));
+        drop(tier);
+        let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+        assert_eq!(tier.take_recovered().len(), 2);
+        assert_eq!(tier.io_figures().unwrap().skipped_records, 0);
+    }
+}
+
 #[test]
 fn recovery_modes_none_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path(), IoEngineKind::Psync);
+    let size = 128 * MIB;
+    // "bad" is damaged after a whole wave of newer records was written: no crash can have
+    // torn it, so quick trusts its header (the damage is caught when read).
+    let newer = (WRITE_WAVE_BYTES / (4 * MIB) + 1) as usize;
     let damaged = {
-        let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+        let tier = SsdTier::open(1, size, 32 * MIB, &opts).unwrap();
         let e = store(&tier, &["good", "bad"], |_| 50_000);
+        let names: Vec<String> = (0..newer).map(|i| format!("newer-{i}")).collect();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        for chunk in names.chunks(4) {
+            store(&tier, chunk, |_| 4 * MIB as usize - BLOCK as usize);
+        }
         e[1]
     };
-    let f = data_file(dir.path(), 0);
-    f.write_all_at(&[0xee; 16], damaged.offset + BLOCK + 4000)
-        .unwrap();
-    f.sync_data().unwrap();
+    damage_value(dir.path(), &damaged);
 
-    // quick trusts headers: both come back (the damage is caught when read).
-    let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
-    assert_eq!(tier.take_recovered().len(), 2);
+    let tier = SsdTier::open(1, size, 32 * MIB, &opts).unwrap();
+    assert_eq!(tier.take_recovered().len(), 2 + newer);
+    assert_eq!(
+        read(&tier, &damaged).unwrap_err().code(),
+        ErrorCode::Corrupt
+    );
     drop(tier);
     // verify reads every value: the damaged one is left out and tombstoned.
     opts.recovery = RecoveryMode::Verify;
-    let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+    let tier = SsdTier::open(1, size, 32 * MIB, &opts).unwrap();
     let got = tier.take_recovered();
-    assert_eq!(got.len(), 1);
-    assert_eq!(&*got[0].key, b"good");
+    assert_eq!(got.len(), 1 + newer);
+    assert!(got.iter().all(|r| &*r.key != b"bad"));
     drop(tier);
     opts.recovery = RecoveryMode::Quick;
-    let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+    let tier = SsdTier::open(1, size, 32 * MIB, &opts).unwrap();
     assert_eq!(
         tier.take_recovered().len(),
-        1,
+        1 + newer,
         "verify's verdict is on disk"
     );
     drop(tier);
     // none starts empty.
     opts.recovery = RecoveryMode::None;
-    let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+    let tier = SsdTier::open(1, size, 32 * MIB, &opts).unwrap();
     assert!(tier.take_recovered().is_empty());
     assert_eq!(tier.used(), 0);
 }

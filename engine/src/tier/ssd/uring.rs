@@ -29,17 +29,14 @@ pub struct UringEngine {
     stats: IoStats,
 }
 
+/// An op the engine holds: pulled from the caller's iterator, not yet handed back.
 struct Slot {
     op: IoOp,
-    /// The follower, until it is launched as a slot of its own.
-    then: Option<Box<IoOp>>,
-    /// That slot, once launched.
-    child: Option<usize>,
     /// Bytes transferred so far.
     done: usize,
     started: Option<Instant>,
+    /// In the kernel's hands now: its buffer must not be touched.
     submitted: bool,
-    result: Option<io::Result<()>>,
 }
 
 impl UringEngine {
@@ -81,11 +78,24 @@ impl UringEngine {
         entry.user_data(index as u64)
     }
 
-    fn finish(&self, slot: &mut Slot, result: io::Result<()>) {
+    /// Counts `slot`'s outcome and hands it back.
+    fn finish(
+        &self,
+        i: usize,
+        slot: Slot,
+        result: io::Result<()>,
+        done: &mut dyn FnMut(usize, IoDone),
+    ) {
         let took = slot.started.map_or_else(Default::default, |t| t.elapsed());
         self.stats
             .record(slot.op.kind, slot.op.len, took, result.is_ok());
-        slot.result = Some(result);
+        done(
+            i,
+            IoDone {
+                buf: slot.op.buf,
+                result,
+            },
+        );
     }
 }
 
@@ -98,29 +108,29 @@ impl IoEngine for UringEngine {
         self.depth
     }
 
-    fn run_iter(&self, ops: &mut dyn Iterator<Item = IoOp>) -> Vec<IoDone> {
-        let mut ops = ops.peekable();
+    fn run_each(&self, ops: &mut dyn Iterator<Item = IoOp>, done: &mut dyn FnMut(usize, IoDone)) {
+        let mut ops = ops.enumerate().peekable();
         if ops.peek().is_none() {
-            return Vec::new();
+            return;
         }
         let ring = self.rings.lock().pop();
         let mut ring = match ring.map_or_else(|| IoUring::new(self.depth), Ok) {
             Ok(ring) => ring,
             Err(e) => {
-                let why = format!("creating an io_uring: {e}");
-                return ops
-                    .map(|op| {
-                        let mut done = IoDone::not_run(op);
-                        done.result = Err(io::Error::new(e.kind(), why.clone()));
-                        done
-                    })
-                    .collect();
+                for (i, op) in ops {
+                    let why = io::Error::new(e.kind(), format!("creating an io_uring: {e}"));
+                    done(i, IoDone::failed(op, why));
+                }
+                return;
             }
         };
-        let mut slots: Vec<Slot> = Vec::new();
-        // The slots of the caller's ops, in order (followers get slots of their own).
-        let mut top: Vec<usize> = Vec::new();
+        // Indexed by the op's position; `None` once handed back.
+        let mut slots: Vec<Option<Slot>> = Vec::new();
+        // Ops to (re)submit before pulling new ones: the rest of short transfers, and ops
+        // the submission queue had no room for.
         let mut queue = VecDeque::new();
+        // Completed ops, handed back once the queue is full again.
+        let mut finished: Vec<(usize, io::Result<()>)> = Vec::new();
         let mut in_flight = 0usize;
         let mut broken = None;
         loop {
@@ -128,29 +138,27 @@ impl IoEngine for UringEngine {
                 let (i, fresh) = match queue.pop_front() {
                     Some(i) => (i, false),
                     None => match ops.next() {
-                        Some(mut op) => {
-                            let i = slots.len();
-                            top.push(i);
+                        Some((i, op)) => {
+                            slots.resize_with(i + 1, || None);
                             let checked = op.check(self.files.len());
-                            slots.push(Slot {
-                                then: op.then.take(),
-                                child: None,
+                            let slot = Slot {
                                 op,
                                 done: 0,
                                 started: None,
                                 submitted: false,
-                                result: None,
-                            });
+                            };
                             if let Err(e) = checked {
-                                self.finish(&mut slots[i], Err(e));
+                                self.finish(i, slot, Err(e), done);
                                 continue;
                             }
+                            slots[i] = Some(slot);
                             (i, true)
                         }
                         None => break,
                     },
                 };
-                let entry = self.entry(&mut slots[i], i);
+                let slot = slots[i].as_mut().expect("a held op");
+                let entry = self.entry(slot, i);
                 // SAFETY: the entry points into the buffer of `slots[i]`, which this function
                 // owns and does not drop, move out or touch until the kernel reports the op
                 // complete; if the ring breaks with ops in flight their buffers are leaked
@@ -159,7 +167,6 @@ impl IoEngine for UringEngine {
                     queue.push_front(i); // The queue is full: submit what is there first.
                     break;
                 }
-                let slot = &mut slots[i];
                 slot.started.get_or_insert_with(Instant::now);
                 slot.submitted = true;
                 in_flight += 1;
@@ -169,6 +176,12 @@ impl IoEngine for UringEngine {
                     // while this one is on the device. A failure shows at the wait below.
                     let _ = ring.submit();
                 }
+            }
+            // The device has its next ops; now the caller's work on finished ones overlaps
+            // their transfers.
+            for (i, result) in finished.drain(..) {
+                let slot = slots[i].take().expect("finished once");
+                self.finish(i, slot, result, done);
             }
             if in_flight == 0 {
                 break;
@@ -182,55 +195,31 @@ impl IoEngine for UringEngine {
                 }
             }
             let mut again = Vec::new();
-            let mut launched = Vec::new();
             for cqe in ring.completion() {
                 let i = cqe.user_data() as usize;
                 in_flight -= 1;
                 self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let slot = &mut slots[i];
+                let slot = slots[i].as_mut().expect("an op in flight");
                 slot.submitted = false;
                 let res = cqe.result();
                 if res < 0 {
-                    self.finish(slot, Err(io::Error::from_raw_os_error(-res)));
+                    finished.push((i, Err(io::Error::from_raw_os_error(-res))));
                 } else if res == 0 {
                     let what = format!(
                         "{:?} of {} bytes at {} stopped after {} (end of file)",
                         slot.op.kind, slot.op.len, slot.op.offset, slot.done
                     );
-                    self.finish(
-                        slot,
-                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)),
-                    );
+                    finished.push((i, Err(io::Error::new(io::ErrorKind::UnexpectedEof, what))));
                 } else {
                     slot.done += res as usize;
                     if slot.done < slot.op.len {
                         again.push(i); // Short transfer: ask for the rest.
                     } else {
-                        self.finish(slot, Ok(()));
-                        if let Some(mut next) = slot.then.take() {
-                            // Launch the follower now, ahead of the rest of the batch.
-                            let j = slots.len();
-                            slots[i].child = Some(j);
-                            let checked = next.check(self.files.len());
-                            let grandchild = next.then.take();
-                            slots.push(Slot {
-                                op: *next,
-                                then: grandchild,
-                                child: None,
-                                done: 0,
-                                started: None,
-                                submitted: false,
-                                result: None,
-                            });
-                            match checked {
-                                Ok(()) => launched.push(j),
-                                Err(e) => self.finish(&mut slots[j], Err(e)),
-                            }
-                        }
+                        finished.push((i, Ok(())));
                     }
                 }
             }
-            for i in again.into_iter().chain(launched).rev() {
+            for i in again.into_iter().rev() {
                 queue.push_front(i);
             }
         }
@@ -243,45 +232,33 @@ impl IoEngine for UringEngine {
                 self.stats
                     .in_flight
                     .fetch_sub(in_flight as u64, Ordering::Relaxed);
-                for slot in slots.iter_mut().filter(|s| s.result.is_none()) {
+                let mut finished: std::collections::HashMap<usize, io::Result<()>> =
+                    finished.drain(..).collect();
+                for (i, slot) in slots.iter_mut().enumerate() {
+                    let Some(mut slot) = slot.take() else {
+                        continue;
+                    };
+                    if let Some(result) = finished.remove(&i) {
+                        self.finish(i, slot, result, done);
+                        continue;
+                    }
                     if slot.submitted {
                         let len = slot.op.buf.len();
                         std::mem::forget(std::mem::replace(&mut slot.op.buf, IoBuf::new(len)));
                     }
                     let why = io::Error::new(e.kind(), format!("io_uring failed: {e}"));
-                    self.finish(slot, Err(why));
+                    self.finish(i, slot, Err(why), done);
                 }
                 std::mem::forget(ring);
+                // Ops the iterator still held were never started.
+                for (i, op) in ops {
+                    done(
+                        i,
+                        IoDone::failed(op, io::Error::other("not run: the io_uring failed")),
+                    );
+                }
             }
         }
-        // Assemble back to front: a follower's slot always comes after its op's.
-        let mut dones: Vec<Option<IoDone>> = Vec::with_capacity(slots.len());
-        dones.resize_with(slots.len(), || None);
-        for (i, s) in slots.into_iter().enumerate().rev() {
-            let then = match (s.child, s.then) {
-                (Some(c), _) => dones[c].take().map(Box::new),
-                (None, Some(op)) => Some(Box::new(IoDone::not_run(*op))),
-                (None, None) => None,
-            };
-            dones[i] = Some(IoDone {
-                buf: s.op.buf,
-                result: s
-                    .result
-                    .unwrap_or_else(|| Err(io::Error::other("op never ran"))),
-                then,
-            });
-        }
-        let mut out: Vec<IoDone> = top
-            .into_iter()
-            .map(|i| dones[i].take().expect("every op assembled"))
-            .collect();
-        // Ops the iterator still held when the ring broke were never started.
-        out.extend(ops.map(|op| {
-            let mut done = IoDone::not_run(op);
-            done.result = Err(io::Error::other("not run: the io_uring failed"));
-            done
-        }));
-        out
     }
 
     fn stats(&self) -> &IoStats {
