@@ -81,18 +81,22 @@ impl Drop for IoBuf {
     }
 }
 
-/// A few buffers kept for reuse, so a steady stream of reads and writes of similar sizes
-/// does not fault fresh pages in for every operation.
+/// Buffers kept for reuse, so a steady stream of reads and writes of similar sizes does not
+/// fault fresh pages in for every operation. At most `keep_bytes` are kept; past that the
+/// buffer given back longest ago goes, so the pool follows the sizes in use now (a pool
+/// full of write buffers too large to serve reads would make every read fault in fresh
+/// pages).
 pub struct BufPool {
-    free: Mutex<Vec<IoBuf>>,
-    keep: usize,
+    /// Oldest first.
+    free: Mutex<std::collections::VecDeque<IoBuf>>,
+    keep_bytes: usize,
 }
 
 impl BufPool {
-    pub fn new(keep: usize) -> BufPool {
+    pub fn new(keep_bytes: usize) -> BufPool {
         BufPool {
-            free: Mutex::new(Vec::new()),
-            keep,
+            free: Mutex::new(std::collections::VecDeque::new()),
+            keep_bytes,
         }
     }
 
@@ -103,8 +107,8 @@ impl BufPool {
         let best = (0..free.len())
             .filter(|&i| free[i].len() >= len && free[i].len() <= len.saturating_mul(2))
             .min_by_key(|&i| free[i].len());
-        match best {
-            Some(i) => free.swap_remove(i),
+        match best.and_then(|i| free.remove(i)) {
+            Some(buf) => buf,
             None => {
                 drop(free);
                 // Sizes are rounded to powers of two so buffers are reusable across values.
@@ -113,17 +117,20 @@ impl BufPool {
         }
     }
 
-    /// Gives a buffer back (dropped if the pool is full).
+    /// Gives a buffer back; the oldest kept ones go while the pool holds too many bytes.
     pub fn put(&self, buf: IoBuf) {
         let mut free = self.free.lock();
-        if free.len() < self.keep {
-            free.push(buf);
-        } else if let Some(smallest) = (0..free.len()).min_by_key(|&i| free[i].len()) {
-            // Keep the larger ones: they serve every size.
-            if free[smallest].len() < buf.len() {
-                free[smallest] = buf;
-            }
+        free.push_back(buf);
+        let mut kept: usize = free.iter().map(IoBuf::len).sum();
+        while kept > self.keep_bytes {
+            let Some(old) = free.pop_front() else { break };
+            kept -= old.len();
         }
+    }
+
+    /// Bytes kept now.
+    pub fn kept_bytes(&self) -> usize {
+        self.free.lock().iter().map(IoBuf::len).sum()
     }
 }
 
@@ -466,12 +473,27 @@ pub(crate) mod tests {
         let b = IoBuf::new(1);
         assert_eq!(b.len(), 4096);
         assert_eq!(b.as_slice().as_ptr() as usize % 4096, 0);
-        let pool = BufPool::new(2);
+        let pool = BufPool::new(1 << 20);
         let b = pool.take(5000);
         assert_eq!(b.len(), 8192);
         let p = b.as_slice().as_ptr();
         pool.put(b);
         assert_eq!(pool.take(6000).as_slice().as_ptr(), p, "reused");
         assert_eq!(pool.take(100 << 10).len(), 128 << 10);
+        // Buffers too large for the reads of now (over twice their size) make way for the
+        // ones those reads give back, within the pool's bytes.
+        for _ in 0..2 {
+            pool.put(IoBuf::new(512 << 10));
+        }
+        let small: Vec<IoBuf> = (0..8).map(|_| pool.take(100 << 10)).collect();
+        let reused: Vec<*const u8> = small.iter().map(|b| b.as_slice().as_ptr()).collect();
+        for b in small {
+            pool.put(b);
+        }
+        assert_eq!(pool.kept_bytes(), 1 << 20, "within its bytes");
+        for _ in 0..8 {
+            let b = pool.take(100 << 10);
+            assert!(reused.contains(&b.as_slice().as_ptr()), "reused");
+        }
     }
 }

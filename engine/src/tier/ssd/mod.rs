@@ -339,7 +339,8 @@ impl SsdTier {
         if let Some(why) = fallback {
             tracing::warn!("ssd tier: {why}");
         }
-        let buffers = BufPool::new(2 * engine.queue_depth().max(4) as usize);
+        // Enough for a wave of writes in flight and their successors being filled.
+        let buffers = BufPool::new(WRITE_WAVE_BYTES as usize);
         let mut tier = SsdTier {
             index,
             dir: opts.dir.clone(),
