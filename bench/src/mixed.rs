@@ -639,8 +639,8 @@ fn ceiling(base: &Path, p: &MixedParams, report: &mut Report) {
     let n = p.working_set_keys();
     let qd = p.concurrency as u32;
     match crate::ssd::raw_odirect(&base.join("raw-odirect"), p.value_size, n, qd) {
-        Ok([write, read]) => {
-            for (op, elapsed) in [("write", write), ("read", read)] {
+        Ok(times) => {
+            for (op, elapsed) in [("write", times.write), ("read", times.read)] {
                 report.add(
                     Record::new("mixed", "raw-odirect", op, "ceiling")
                         .size(p.value_size)

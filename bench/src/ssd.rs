@@ -21,10 +21,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use strata_engine::tier::ssd::{
     open_engine, record_len, IoBuf, IoEngineKind, IoOp, RecoveryMode, SsdOptions, SsdTier, BLOCK,
 };
-use strata_engine::tier::{Extent, ObjectWrite, Tier};
+use strata_engine::tier::{Extent, Fresh, ObjectWrite, Tier};
 
 use crate::report::{histogram, Record, Report};
 
@@ -75,7 +76,7 @@ pub fn run(p: &SsdParams, report: &mut Report) {
     for round in 0..p.rounds {
         for &size in &p.sizes {
             let n = (p.total / size).max(p.queue_depth as u64);
-            let mut raw = [0.0f64; 2];
+            let mut raw = RawFigures::default();
             for kind in [IoEngineKind::IoUring, IoEngineKind::Psync] {
                 let dir = base.path().join(format!("{kind:?}-{size}"));
                 if kind == IoEngineKind::IoUring {
@@ -120,59 +121,33 @@ fn tier_pass(
     n: u64,
     qd: u32,
     round: u32,
-    raw: [f64; 2],
+    raw: RawFigures,
     report: &mut Report,
 ) -> std::io::Result<()> {
     let tier = open_tier(dir, kind, size, n, qd)?;
     let engine = tier.engine_name();
     let per_write = (DEMOTION_BATCH_BYTES / size).max(1) as usize;
     let sources = values(size, per_write);
-    // As demotion does: the checksum recorded at commit goes into the record.
-    let checksums: Vec<u64> = sources
-        .iter()
-        .map(|v| xxhash_rust::xxh3::xxh3_64(v))
-        .collect();
-    let mut fresh: Vec<_> = (0..n)
+    let fresh: Vec<Fresh> = (0..n)
         .map(|_| tier.allocate(size).expect("the file holds every value"))
         .collect();
     let extents: Vec<Extent> = fresh.iter().map(|f| f.extent()).collect();
-
-    let mut lat = histogram();
-    let guard = crossbeam_epoch::pin();
-    let started = Instant::now();
-    while !fresh.is_empty() {
-        let batch: Vec<_> = fresh.drain(..fresh.len().min(per_write)).collect();
-        let mut objects: Vec<ObjectWrite<'_>> = batch
-            .into_iter()
-            .zip(sources.iter().zip(&checksums))
-            .map(|(e, (v, sum))| ObjectWrite {
-                extent: e.pin(&guard),
-                key: b"model@tp_rank:0@0123456789abcdef",
-                value: v,
-                checksum: Some(*sum),
-            })
-            .collect();
-        let t = Instant::now();
-        for r in tier.store_objects(&mut objects) {
-            r.map_err(|e| std::io::Error::other(e.to_string()))?;
-        }
-        lat.record(t.elapsed().as_nanos() as u64).ok();
-    }
-    let elapsed = started.elapsed();
+    let (elapsed, lat) = write_all(&tier, fresh, &sources, per_write)?;
     let vs_raw = |elapsed: Duration, raw: f64| {
         let ratio = (n * size) as f64 / elapsed.as_secs_f64() / raw;
         (ratio * 1000.0).round() / 1000.0
     };
-    report.add(
-        Record::new("ssd", "strata-ssd", "write", "demote")
+    let write_record = |phase: &'static str, elapsed: Duration, lat: &Histogram<u64>, raw: f64| {
+        Record::new("ssd", "strata-ssd", "write", phase)
             .size(size)
             .batch(per_write as u32)
-            .timed(n, n * size, elapsed, Some(&lat))
+            .timed(n, n * size, elapsed, Some(lat))
             .with("engine", engine)
             .with("queue_depth", qd)
             .with("round", round)
-            .with("vs_raw", vs_raw(elapsed, raw[0])),
-    );
+            .with("vs_raw", vs_raw(elapsed, raw))
+    };
+    report.add(write_record("demote", elapsed, &lat, raw.write));
 
     let mut lat = histogram();
     let mut bufs: Vec<Vec<u8>> = (0..qd).map(|_| vec![0u8; size as usize]).collect();
@@ -207,9 +182,65 @@ fn tier_pass(
             .with("engine", engine)
             .with("queue_depth", qd)
             .with("round", round)
-            .with("vs_raw", vs_raw(elapsed, raw[1])),
+            .with("vs_raw", vs_raw(elapsed, raw.read)),
     );
+
+    // A tier that has been full once: every extent freed (tombstoned) and allocated again,
+    // so the writes land on blocks the file already has, as demotion's do from then on.
+    for e in extents {
+        tier.retire(e, &crossbeam_epoch::pin());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tier.retiring() > 0 && Instant::now() < deadline {
+        crossbeam_epoch::pin().flush();
+        tier.reclaim_retired();
+    }
+    let fresh: Vec<Fresh> = (0..n)
+        .map(|_| {
+            tier.allocate(size)
+                .ok_or_else(|| std::io::Error::other("space not freed"))
+        })
+        .collect::<std::io::Result<_>>()?;
+    let (elapsed, lat) = write_all(&tier, fresh, &sources, per_write)?;
+    report.add(write_record("demote-reused", elapsed, &lat, raw.rewrite));
     Ok(())
+}
+
+/// Stores one object per extent of `fresh` in batches of `per_write`, cycling through
+/// `sources`; returns the time taken and each batch's latency.
+fn write_all(
+    tier: &SsdTier,
+    mut fresh: Vec<Fresh>,
+    sources: &[Vec<u8>],
+    per_write: usize,
+) -> std::io::Result<(Duration, Histogram<u64>)> {
+    // As demotion does: the checksum recorded at commit goes into the record.
+    let checksums: Vec<u64> = sources
+        .iter()
+        .map(|v| xxhash_rust::xxh3::xxh3_64(v))
+        .collect();
+    let mut lat = histogram();
+    let guard = crossbeam_epoch::pin();
+    let started = Instant::now();
+    while !fresh.is_empty() {
+        let batch: Vec<_> = fresh.drain(..fresh.len().min(per_write)).collect();
+        let mut objects: Vec<ObjectWrite<'_>> = batch
+            .into_iter()
+            .zip(sources.iter().zip(&checksums))
+            .map(|(e, (v, sum))| ObjectWrite {
+                extent: e.pin(&guard),
+                key: b"model@tp_rank:0@0123456789abcdef",
+                value: v,
+                checksum: Some(*sum),
+            })
+            .collect();
+        let t = Instant::now();
+        for r in tier.store_objects(&mut objects) {
+            r.map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+        lat.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    Ok((started.elapsed(), lat))
 }
 
 /// A tier in `dir` just large enough for `n` values of `size`, started empty.
@@ -230,19 +261,35 @@ fn open_tier(
     SsdTier::open(1, capacity, capacity, &opts)
 }
 
+/// The raw passes' throughput, bytes/s (0 where a pass failed).
+#[derive(Clone, Copy, Default)]
+struct RawFigures {
+    write: f64,
+    read: f64,
+    rewrite: f64,
+}
+
 /// The ceiling: `n` blocks of `size` at the tier's record offsets, as one stream with the
-/// queue kept `qd` deep. Returns the write and read throughput (bytes/s; 0 if it failed).
-fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, round: u32, report: &mut Report) -> [f64; 2] {
-    let elapsed = match raw_odirect(path, size, n, qd) {
-        Ok(e) => e,
+/// queue kept `qd` deep.
+fn raw_pass(
+    path: &Path,
+    size: u64,
+    n: u64,
+    qd: u32,
+    round: u32,
+    report: &mut Report,
+) -> RawFigures {
+    let times = match raw_odirect(path, size, n, qd) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("{e}");
-            return [0.0; 2];
+            return RawFigures::default();
         }
     };
     for (op, phase, elapsed) in [
-        ("write", "demote", elapsed[0]),
-        ("read", "cold", elapsed[1]),
+        ("write", "demote", times.write),
+        ("read", "cold", times.read),
+        ("write", "demote-reused", times.rewrite),
     ] {
         report.add(
             Record::new("ssd", "raw-odirect", op, phase)
@@ -254,18 +301,27 @@ fn raw_pass(path: &Path, size: u64, n: u64, qd: u32, round: u32, report: &mut Re
                 .with("round", round),
         );
     }
-    elapsed.map(|e| (n * size) as f64 / e.as_secs_f64())
+    let rate = |e: Duration| (n * size) as f64 / e.as_secs_f64();
+    RawFigures {
+        write: rate(times.write),
+        read: rate(times.read),
+        rewrite: rate(times.rewrite),
+    }
 }
 
-/// What the disk under `path` gives: `n` blocks of `size` written, then read, O_DIRECT
-/// through io_uring with the queue kept `qd` deep, no headers, checksums or copies.
-/// Returns the write and the read time.
-pub(crate) fn raw_odirect(
-    path: &Path,
-    size: u64,
-    n: u64,
-    qd: u32,
-) -> Result<[Duration; 2], String> {
+/// How long each raw pass took.
+pub(crate) struct RawTimes {
+    /// Into the fresh, sparse file: every write allocates its blocks.
+    pub write: Duration,
+    pub read: Duration,
+    /// The same blocks written again: the file has them already.
+    pub rewrite: Duration,
+}
+
+/// What the disk under `path` gives: `n` blocks of `size` written, read, then written
+/// again, O_DIRECT through io_uring with the queue kept `qd` deep, no headers, checksums or
+/// copies.
+pub(crate) fn raw_odirect(path: &Path, size: u64, n: u64, qd: u32) -> Result<RawTimes, String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -279,8 +335,8 @@ pub(crate) fn raw_odirect(
     let offset = |i: u64| BLOCK + i * record_len(size) + BLOCK;
     let mut fill = IoBuf::new(size as usize);
     fill.as_mut_slice().fill(0xa5);
-    let mut elapsed = [Duration::ZERO; 2];
-    for (pass, write) in [true, false].into_iter().enumerate() {
+    let mut elapsed = [Duration::ZERO; 3];
+    for (pass, write) in [true, false, true].into_iter().enumerate() {
         let ops: Vec<IoOp> = (0..n)
             .map(|i| {
                 let mut buf = IoBuf::new(size as usize);
@@ -299,5 +355,9 @@ pub(crate) fn raw_odirect(
             return Err(format!("raw O_DIRECT: {e}"));
         }
     }
-    Ok(elapsed)
+    Ok(RawTimes {
+        write: elapsed[0],
+        read: elapsed[1],
+        rewrite: elapsed[2],
+    })
 }
