@@ -11,16 +11,22 @@
 //! Demotion is measured on an embedded store: fill the device tier, then `demote_tier(0)`
 //! moves everything to dram (one device-to-host copy per object, straight into its dram
 //! extent); GB/s = bytes moved / time.
+//!
+//! Device to device (`d2d` rows): the client registers two allocations of its own device
+//! memory as buffers, puts from one into the device tier and gets into the other, every
+//! byte checked; beside them, the device's own copy between the same two allocations is
+//! the ceiling. `--backend cuda` runs all of it on a GPU (`device/gpu-check.sh`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strata_client::{Client, ClientConfig, Placement};
+use strata_client::{Client, ClientConfig, MemoryKind, Placement};
+use strata_engine::device::{Backend, DeviceMemory};
 use strata_engine::{PutOptions, Store, StoreConfig, TierConfig};
 
 use crate::ceiling::fastest;
 use crate::engine::pattern;
-use crate::harness::{device_tier, loopback_tls, runtime, serve_tiers, timed};
+use crate::harness::{device_tier_of, loopback_tls, runtime, serve_store, timed};
 use crate::report::{histogram, Record, Report};
 
 pub struct DeviceParams {
@@ -31,6 +37,14 @@ pub struct DeviceParams {
     /// Pause after connecting, for the client's background prefault of the dram
     /// segments to finish (as in `strata-bench shm`), so it does not compete with the loops.
     pub settle: Duration,
+    /// The device tier's backend (and the client's, which follows the server's).
+    pub backend: Backend,
+    /// Value sizes of the device-to-device rows.
+    pub d2d_sizes: Vec<u64>,
+    /// A `strata-server` to measure, with the certificate to trust, instead of a service
+    /// in this process. A vendor runtime imports device memory only in another process
+    /// (CUDA refuses a process's own IPC handles), so on a GPU the server runs apart.
+    pub server: Option<(String, std::path::PathBuf)>,
 }
 
 impl DeviceParams {
@@ -40,6 +54,9 @@ impl DeviceParams {
             sizes: vec![4 << 20, 16 << 20],
             device_capacity: 512 << 20,
             settle: Duration::from_secs(5),
+            backend: Backend::HostSim,
+            d2d_sizes: vec![1 << 20, 4 << 20, 16 << 20, 64 << 20],
+            server: None,
         }
     }
 
@@ -49,6 +66,9 @@ impl DeviceParams {
             sizes: vec![4 << 20],
             device_capacity: 64 << 20,
             settle: Duration::ZERO,
+            backend: Backend::HostSim,
+            d2d_sizes: vec![1 << 20],
+            server: None,
         }
     }
 }
@@ -61,18 +81,34 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
     let server_rt = runtime(2);
     let client_rt = runtime(2);
     let tls = loopback_tls(dir.path());
-    let served = serve_tiers(
-        &server_rt,
-        p.device_capacity,
-        1 << 30,
-        tls,
-        Some(dir.path().join("shm.sock")),
-        None,
-    );
+    let served = p.server.is_none().then(|| {
+        let store = StoreConfig {
+            tiers: vec![
+                device_tier_of(p.device_capacity, p.backend.clone()),
+                TierConfig {
+                    populate: true,
+                    ..TierConfig::dram(1 << 30)
+                },
+            ],
+            ..StoreConfig::default()
+        };
+        serve_store(
+            &server_rt,
+            store,
+            tls,
+            Some(dir.path().join("shm.sock")),
+            None,
+        )
+    });
+    let (server, ca_cert) = match (&p.server, &served) {
+        (Some((addr, cert)), _) => (addr.clone(), cert.clone()),
+        (None, Some(s)) => (s.addr.to_string(), s.cert.clone()),
+        (None, None) => unreachable!("a service is started when no server is named"),
+    };
     let client = client_rt.block_on(async {
         let config = ClientConfig {
-            server: served.addr.to_string(),
-            ca_cert: Some(served.cert.clone()),
+            server,
+            ca_cert: Some(ca_cert),
             transfer_timeout: Duration::from_secs(60),
             ..ClientConfig::default()
         };
@@ -82,9 +118,16 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
     for &size in &p.sizes {
         transport_round(p, &client_rt, &client, size, report);
     }
+    for &size in &p.d2d_sizes {
+        if size <= p.device_capacity / 4 {
+            device_to_device(p, &client_rt, &client, size, report);
+        }
+    }
     let stats = client.transport_stats();
     assert!(stats.device_gets > 0 && stats.shm_gets > 0, "{stats:?}");
-    served.stop(&server_rt);
+    if let Some(served) = served {
+        served.stop(&server_rt);
+    }
     demotion(p, report);
 }
 
@@ -178,12 +221,120 @@ fn transport_round(
     }
 }
 
+/// Puts from and gets into the client's own device memory (registered buffers), against
+/// the device's copy between the same two allocations.
+fn device_to_device(
+    p: &DeviceParams,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    size: u64,
+    report: &mut Report,
+) {
+    let Some(dev) = rt.block_on(client.device()).expect("the client's device") else {
+        return eprintln!("device: the client has no device route; no d2d rows");
+    };
+    let value = pattern(size);
+    let src = DeviceMemory::alloc(&dev, size).expect("source allocation");
+    let dst = DeviceMemory::alloc(&dev, size).expect("destination allocation");
+    src.write(0, &value).expect("fill the source");
+
+    let bound = Duration::from_secs_f64(p.seconds);
+    let mut h = histogram();
+    let (mut ops, started) = (0u64, Instant::now());
+    while started.elapsed() < bound && ops < 100_000 {
+        let t = Instant::now();
+        src.copy_to(0, &dst, 0, size as usize).expect("device copy");
+        dev.synchronize().expect("synchronize");
+        let _ = h.record(t.elapsed().as_nanos().max(1) as u64);
+        ops += 1;
+    }
+    let ceiling = Record::new("device", "device-copy", "copy", "d2d")
+        .size(size)
+        .timed(ops, ops * size, started.elapsed(), Some(&h))
+        .with("backend", dev.backend());
+    let ceiling_bps = ceiling.bytes_per_s();
+    report.add(ceiling);
+
+    // SAFETY: both allocations outlive their registration (unregistered below, before
+    // they are dropped), and the client only copies within their bounds.
+    let (src_id, dst_id) = unsafe {
+        (
+            client
+                .register_buffer(src.ptr() as usize, size as usize, MemoryKind::Device)
+                .expect("register the source"),
+            client
+                .register_buffer(dst.ptr() as usize, size as usize, MemoryKind::Device)
+                .expect("register the destination"),
+        )
+    };
+    let keys: Vec<String> = (0..WORKING_SET)
+        .map(|i| format!("d2d-{size}-{i}"))
+        .collect();
+    let mut h = histogram();
+    let started = Instant::now();
+    rt.block_on(async {
+        client.remove_all(true).await.expect("remove_all");
+        for k in &keys {
+            let t = Instant::now();
+            client
+                .put_from_buffer(k.as_bytes(), src_id, 0, size as usize)
+                .await
+                .expect("put from device memory");
+            let _ = h.record(t.elapsed().as_nanos().max(1) as u64);
+        }
+    });
+    let put = Record::new("device", "strata-device", "put", "d2d")
+        .size(size)
+        .timed(
+            keys.len() as u64,
+            keys.len() as u64 * size,
+            started.elapsed(),
+            Some(&h),
+        );
+    let ratio = put.bytes_per_s() / ceiling_bps;
+    report.add(put.with("of_device_copy", crate::engine::round3(ratio)));
+
+    let mut h = histogram();
+    let (mut ops, started) = (0u64, Instant::now());
+    while started.elapsed() < bound && ops < 100_000 {
+        let key = &keys[ops as usize % keys.len()];
+        let t = Instant::now();
+        let got = rt
+            .block_on(client.get_into_buffer(key.as_bytes(), dst_id, 0))
+            .expect("get into device memory");
+        assert_eq!(got as u64, size);
+        let _ = h.record(t.elapsed().as_nanos().max(1) as u64);
+        ops += 1;
+    }
+    let get = Record::new("device", "strata-device", "get", "d2d")
+        .size(size)
+        .timed(ops, ops * size, started.elapsed(), Some(&h));
+    let ratio = get.bytes_per_s() / ceiling_bps;
+    report.add(get.with("of_device_copy", crate::engine::round3(ratio)));
+
+    // Every byte: what the last get left in device memory is the value put.
+    let mut back = vec![0u8; size as usize];
+    dst.read(0, &mut back).expect("read the destination back");
+    assert!(back == value, "a d2d get left other bytes than the put's");
+    let stats = rt.block_on(client.stats()).expect("stats");
+    client.unregister_buffer(src_id).expect("unregister");
+    client.unregister_buffer(dst_id).expect("unregister");
+    assert!(
+        stats
+            .tiers
+            .first()
+            .is_some_and(|t| t.objects >= keys.len() as u64),
+        "the d2d values live in the device tier: {:?}",
+        stats.tiers.first()
+    );
+}
+
 /// Demotion throughput: a full device tier moved to dram by `demote_tier`.
 fn demotion(p: &DeviceParams, report: &mut Report) {
     let size = 4u64 << 20;
     let store = Store::open(StoreConfig {
         tiers: vec![
-            device_tier(p.device_capacity),
+            device_tier_of(p.device_capacity, p.backend.clone()),
             TierConfig {
                 populate: true,
                 ..TierConfig::dram(p.device_capacity * 2)

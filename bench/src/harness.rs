@@ -23,10 +23,15 @@ pub(crate) fn runtime(threads: usize) -> tokio::runtime::Runtime {
 
 /// A host-sim device tier of `capacity` bytes in one segment.
 pub(crate) fn device_tier(capacity: u64) -> TierConfig {
+    device_tier_of(capacity, Backend::HostSim)
+}
+
+/// A device tier of `capacity` bytes in one segment, on device 0 of `backend`.
+pub(crate) fn device_tier_of(capacity: u64, backend: Backend) -> TierConfig {
     let mut tier = TierConfig::device(
         capacity,
         DeviceOptions {
-            backend: Backend::HostSim,
+            backend,
             index: 0,
             heartbeat_timeout: Duration::from_secs(5),
         },

@@ -75,6 +75,19 @@ enum Workload {
         /// Seconds per timed loop (default 2, or 0.1 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
+        /// The device tier's backend: host-sim (default), cuda, ascend or a plugin's path.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Bytes of the device tier (default 512MiB, or 64MiB with --quick).
+        #[arg(long)]
+        device_mib: Option<u64>,
+        /// Measure this running strata-server (host:port) instead of one in this process;
+        /// its device tier must use --backend's runtime. Needs --ca-cert.
+        #[arg(long, requires = "ca_cert")]
+        server: Option<String>,
+        /// The certificate the server printed (`certificate: PATH`).
+        #[arg(long)]
+        ca_cert: Option<std::path::PathBuf>,
     },
     /// The TCP data plane across processes, with a raw TCP stream and Redis beside it.
     Tcp {
@@ -324,7 +337,13 @@ fn main() {
             }
             shm::run(&params, &mut report);
         }
-        Workload::Device { seconds } => {
+        Workload::Device {
+            seconds,
+            backend,
+            device_mib,
+            server,
+            ca_cert,
+        } => {
             let mut params = if cli.quick {
                 device::DeviceParams::quick()
             } else {
@@ -333,6 +352,13 @@ fn main() {
             if let Some(s) = seconds {
                 params.seconds = s;
             }
+            if let Some(b) = backend {
+                params.backend = strata_engine::device::Backend::parse(&b);
+            }
+            if let Some(m) = device_mib {
+                params.device_capacity = m.max(16) << 20;
+            }
+            params.server = server.zip(ca_cert);
             device::run(&params, &mut report);
         }
         Workload::Tcp { seconds } => {
