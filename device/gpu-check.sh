@@ -11,8 +11,10 @@
 #   2. server: strata-server --device-plugin $backend with a device tier of 4 GiB.
 #   3. bench: strata-bench device against that server from another process: gets and
 #      puts through the imported device segment, device-to-device through registered
-#      device buffers (1-64 MiB, every byte checked) beside the device's own copy, and
-#      demotion of a full device tier to dram in an embedded store.
+#      device buffers (1-64 MiB, every byte checked) beside the device's own copy, a
+#      segment of the bench's device memory mounted into the server's tier (values put,
+#      read back, unmounted), and demotion of a full device tier to dram in an embedded
+#      store.
 #   4. ceiling: torch's D2D copy and pinned H2D / D2H copies of the same sizes.
 # Everything lands in $OUT (./gpu-out when unset): summary.txt (one line per step),
 # machine.txt, device.jsonl, ceiling.jsonl and a log per step.

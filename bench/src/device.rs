@@ -123,6 +123,7 @@ pub fn run(p: &DeviceParams, report: &mut Report) {
             device_to_device(p, &client_rt, &client, size, report);
         }
     }
+    mounted_segment(&client_rt, &client, report);
     let stats = client.transport_stats();
     assert!(stats.device_gets > 0 && stats.shm_gets > 0, "{stats:?}");
     if let Some(served) = served {
@@ -326,6 +327,59 @@ fn device_to_device(
             .is_some_and(|t| t.objects >= keys.len() as u64),
         "the d2d values live in the device tier: {:?}",
         stats.tiers.first()
+    );
+}
+
+/// A segment of this process's device memory mounted into the server's device tier (the
+/// server imports it), values put on the device tier and read back while it is mounted,
+/// then the unmount, after which every value must still read back (moved down a tier) or
+/// be counted as dropped.
+fn mounted_segment(rt: &tokio::runtime::Runtime, client: &Client, report: &mut Report) {
+    let Some(dev) = rt.block_on(client.device()).expect("the client's device") else {
+        return;
+    };
+    const SEGMENT: u64 = 64 << 20;
+    const VALUE: u64 = 1 << 20;
+    let started = Instant::now();
+    let segment = rt
+        .block_on(client.mount_segment(&dev, SEGMENT))
+        .expect("mount a segment of this process's device memory");
+    let mount_took = started.elapsed();
+    let value = pattern(VALUE);
+    let keys: Vec<String> = (0..32).map(|i| format!("mounted-{i}")).collect();
+    rt.block_on(async {
+        client.remove_all(true).await.expect("remove_all");
+        for k in &keys {
+            client
+                .put_placed(k.as_bytes(), &value, Placement::Device)
+                .await
+                .expect("put on the device tier");
+            assert_eq!(client.get(k.as_bytes()).await.expect("get"), value);
+        }
+    });
+    let number = segment.segment();
+    let unmounted = rt.block_on(segment.unmount()).expect("unmount");
+    let mut kept = 0u64;
+    rt.block_on(async {
+        for k in &keys {
+            if let Ok(got) = client.get(k.as_bytes()).await {
+                assert_eq!(got, value, "{k} changed across the unmount");
+                kept += 1;
+            }
+        }
+    });
+    assert_eq!(
+        kept + unmounted.dropped,
+        keys.len() as u64,
+        "every value is kept or counted as dropped"
+    );
+    report.add(
+        Record::new("device", "strata-device", "mount", "segment")
+            .size(SEGMENT)
+            .timed(1, SEGMENT, mount_took, None)
+            .with("segment", number)
+            .with("moved_at_unmount", unmounted.moved)
+            .with("dropped_at_unmount", unmounted.dropped),
     );
 }
 
