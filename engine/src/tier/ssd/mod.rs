@@ -564,6 +564,10 @@ impl SsdTier {
         let mut first = None;
         for (e, d) in extents.into_iter().zip(self.engine.run(ops)) {
             match d.result {
+                Err(_) if self.header_is_hole(&e) => {
+                    self.allocators
+                        .free_retired(e.segment, e.block, record_len(e.len))
+                }
                 Ok(()) => self
                     .allocators
                     .free_retired(e.segment, e.block, record_len(e.len)),
@@ -574,6 +578,17 @@ impl SsdTier {
             }
         }
         (failed, first)
+    }
+
+    /// Whether the header block of `extent` was never written (a hole of the sparse file):
+    /// then no header can be there, and its space needs no tombstone. False when unsure.
+    fn header_is_hole(&self, extent: &Extent) -> bool {
+        let file = &self.readers[extent.segment as usize];
+        match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(extent.offset)) {
+            Ok(next_data) => next_data >= extent.offset + BLOCK,
+            Err(rustix::io::Errno::NXIO) => true,
+            Err(_) => false,
+        }
     }
 
     /// Pushes the files' contents to stable storage (O_DIRECT bypasses the page cache, not
@@ -635,14 +650,13 @@ impl Tier for SsdTier {
     }
 
     fn discard_unwritten(&self, extent: Extent, _guard: &Guard) {
-        // The value is written before its header, and the header only after it; a failed
-        // write left no valid header (a torn one fails its checksum at recovery), so
-        // there is nothing to tombstone. Freeing it at once matters most when the disk
-        // is full, where a tombstone would fail as well and hold the space.
-        let size = record_len(extent.len);
-        self.allocators.start_retiring(size);
-        self.allocators
-            .free_retired(extent.segment, extent.block, size);
+        // A record is written whole, with its neighbours: a write that failed may still
+        // have put some of its records on disk, valid headers included. So the space is
+        // tombstoned before it is reused, as for a removal (no reader holds it: no epoch
+        // wait). Where the header block never reached the disk (a hole, as on a full
+        // disk), `tombstone` frees it without a write.
+        self.allocators.start_retiring(record_len(extent.len));
+        self.unpinned.lock().push(extent);
     }
 
     fn reclaim_retired(&self) {

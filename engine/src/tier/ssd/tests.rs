@@ -247,6 +247,31 @@ fn quick_recovery_leaves_out_a_newest_record_torn_by_a_crash() {
 }
 
 #[test]
+fn a_failed_writes_space_is_tombstoned_before_reuse_or_freed_at_once_if_never_written() {
+    for kind in engines() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), kind);
+        {
+            let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+            // A failed write that had put one whole record on disk (header and value).
+            let landed = store(&tier, &["landed"], |_| 50_000)[0];
+            // And one whose write never reached the disk: its header block is a hole.
+            let never = tier.allocate(50_000).unwrap().into_extent();
+            let guard = epoch::pin();
+            tier.discard_unwritten(landed, &guard);
+            tier.discard_unwritten(never, &guard);
+            drop(guard);
+            assert!(tier.retiring() > 0, "{kind:?}: held until tombstoned");
+            tier.reclaim_retired();
+            assert_eq!((tier.used(), tier.retiring()), (0, 0), "{kind:?}");
+        }
+        // The record that landed does not come back: its header was tombstoned.
+        let tier = SsdTier::open(1, 16 * MIB, 16 * MIB, &opts).unwrap();
+        assert!(tier.take_recovered().is_empty(), "{kind:?}");
+    }
+}
+
+#[test]
 fn recovery_modes_none_and_verify() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = options(dir.path(), IoEngineKind::Psync);
