@@ -87,50 +87,51 @@ impl Drop for IoBuf {
 /// full of write buffers too large to serve reads would make every read fault in fresh
 /// pages).
 pub struct BufPool {
-    /// Oldest first.
-    free: Mutex<std::collections::VecDeque<IoBuf>>,
+    /// The kept buffers, oldest first, and their bytes.
+    free: Mutex<(std::collections::VecDeque<IoBuf>, usize)>,
     keep_bytes: usize,
 }
 
 impl BufPool {
     pub fn new(keep_bytes: usize) -> BufPool {
         BufPool {
-            free: Mutex::new(std::collections::VecDeque::new()),
+            free: Mutex::new((std::collections::VecDeque::new(), 0)),
             keep_bytes,
         }
     }
 
     /// A buffer of at least `len` bytes; its contents are unspecified.
     pub fn take(&self, len: usize) -> IoBuf {
-        let mut free = self.free.lock();
+        let mut guard = self.free.lock();
+        let (free, kept) = &mut *guard;
         // The smallest kept buffer that fits, if it is no more than twice the need.
         let best = (0..free.len())
             .filter(|&i| free[i].len() >= len && free[i].len() <= len.saturating_mul(2))
             .min_by_key(|&i| free[i].len());
-        match best.and_then(|i| free.remove(i)) {
-            Some(buf) => buf,
-            None => {
-                drop(free);
-                // Sizes are rounded to powers of two so buffers are reusable across values.
-                IoBuf::new(len.next_power_of_two().max(BLOCK as usize))
-            }
+        if let Some(buf) = best.and_then(|i| free.remove(i)) {
+            *kept -= buf.len();
+            return buf;
         }
+        drop(guard);
+        // Sizes are rounded to powers of two so buffers are reusable across values.
+        IoBuf::new(len.next_power_of_two().max(BLOCK as usize))
     }
 
     /// Gives a buffer back; the oldest kept ones go while the pool holds too many bytes.
     pub fn put(&self, buf: IoBuf) {
-        let mut free = self.free.lock();
+        let mut guard = self.free.lock();
+        let (free, kept) = &mut *guard;
+        *kept += buf.len();
         free.push_back(buf);
-        let mut kept: usize = free.iter().map(IoBuf::len).sum();
-        while kept > self.keep_bytes {
+        while *kept > self.keep_bytes {
             let Some(old) = free.pop_front() else { break };
-            kept -= old.len();
+            *kept -= old.len();
         }
     }
 
     /// Bytes kept now.
     pub fn kept_bytes(&self) -> usize {
-        self.free.lock().iter().map(IoBuf::len).sum()
+        self.free.lock().1
     }
 }
 

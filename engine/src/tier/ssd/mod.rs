@@ -564,17 +564,13 @@ impl SsdTier {
         let mut first = None;
         for (e, d) in extents.into_iter().zip(self.engine.run(ops)) {
             match d.result {
-                Err(_) if self.header_is_hole(&e) => {
-                    self.allocators
-                        .free_retired(e.segment, e.block, record_len(e.len))
-                }
-                Ok(()) => self
-                    .allocators
-                    .free_retired(e.segment, e.block, record_len(e.len)),
-                Err(err) => {
+                Err(err) if !self.header_is_hole(&e) => {
                     first.get_or_insert(err);
                     failed.push(e);
                 }
+                _ => self
+                    .allocators
+                    .free_retired(e.segment, e.block, record_len(e.len)),
             }
         }
         (failed, first)
