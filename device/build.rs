@@ -1,5 +1,6 @@
 //! Builds the C plugins as shared libraries: the host-sim device module, and the same
-//! source stamped with a foreign ABI version (the fixture of the version-check test).
+//! source stamped with a foreign ABI version (the fixture of the version-check test) and
+//! built as a version-1 module (the fixture of the compatibility test).
 
 use std::path::{Path, PathBuf};
 
@@ -41,6 +42,11 @@ fn main() {
         &out_dir,
         "strata_abi_mismatch",
         &["-DHOST_SIM_ABI_VERSION=999u"],
+    );
+    let version_1 = build_plugin(&out_dir, "strata_host_sim_v1", &["-DHOST_SIM_AS_VERSION_1"]);
+    println!(
+        "cargo:rustc-env=STRATA_HOST_SIM_V1_PLUGIN={}",
+        version_1.display()
     );
     println!(
         "cargo:rustc-env=STRATA_HOST_SIM_PLUGIN={}",

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use strata_device::{CopyKind, Device, MemoryKind};
+use strata_device::{CopyKind, CopySpan, Device, MemoryKind};
 use strata_proto::{Error, ErrorCode, Result};
 
 use crate::cache::LeasedLocation;
@@ -140,13 +140,11 @@ unsafe fn spread(
     if Instant::now() >= lease.valid_until {
         return Err(lease_expired());
     }
-    for (piece, at, take) in spans {
-        // SAFETY: `source` checked that the whole value lies in a mapping that lives as
-        // long as `segments`, and `at + take <= len`. The destination is the caller's
-        // promise. Bytes the server rewrote meanwhile (only after the lease lapsed) are
-        // caught by the lease check below before the caller sees them.
-        unsafe { copy_piece(src.add(at), piece, take, device) }?;
-    }
+    // SAFETY: `source` checked that the whole value lies in a mapping that lives as long
+    // as `segments`, and the spans stay inside `len`. The destinations are the caller's
+    // promise. Bytes the server rewrote meanwhile (only after the lease lapsed) are caught
+    // by the lease check below before the caller sees them.
+    unsafe { copy_over(src, spans, device) }?;
     // The lease is judged after the copies, which must not be reordered past it.
     std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
     if Instant::now() >= lease.valid_until {
@@ -160,11 +158,9 @@ unsafe fn spread(
 /// # Safety
 /// As [`Client::batch_get_into_pieces`] for the pieces.
 unsafe fn scatter(value: &[u8], pieces: &[Piece], device: Option<&dyn Device>) -> Result<usize> {
-    for (piece, at, take) in spans(value.len(), pieces)? {
-        // SAFETY: `value[at..at + take]` is a live host slice; the destination is the
-        // caller's promise.
-        unsafe { copy_piece(value[at..].as_ptr(), piece, take, device) }?;
-    }
+    // SAFETY: `value` is a live host slice and the spans stay inside it; the destinations
+    // are the caller's promise.
+    unsafe { copy_over(value.as_ptr(), spans(value.len(), pieces)?, device) }?;
     Ok(value.len())
 }
 
@@ -188,42 +184,45 @@ pub(crate) fn spans(
     }))
 }
 
-/// Copies `len` bytes from host memory at `src` into `piece`.
+/// Copies the value at `src` over its `spans` (from [`spans`]): host pieces here, device
+/// pieces in one batch of the device module, which pays one call and one synchronisation
+/// for all of them rather than one per piece (a block's per-layer slices are many).
 ///
 /// # Safety
-/// `src` must be readable for `len` bytes and `piece` writable for them (device memory of
-/// `device`'s device for a device piece).
-unsafe fn copy_piece(
+/// `src` must be readable for every span's `at + take` bytes, and each piece writable for
+/// its `take` bytes (device memory of `device`'s device for a device piece), no two
+/// overlapping.
+unsafe fn copy_over<'a>(
     src: *const u8,
-    piece: &Piece,
-    len: usize,
+    spans: impl Iterator<Item = (&'a Piece, usize, usize)>,
     device: Option<&dyn Device>,
 ) -> Result<()> {
-    match piece.kind {
-        MemoryKind::Host => {
+    let mut batch = Vec::new();
+    for (piece, at, take) in spans {
+        // SAFETY: the function's contract: `at + take` bytes are readable from `src`.
+        let from = unsafe { src.add(at) };
+        match piece.kind {
             // SAFETY: the function's contract.
-            unsafe { strata_copy::copy_raw(src, piece.addr as *mut u8, len) };
-            Ok(())
-        }
-        MemoryKind::Device => {
-            let device = device.ok_or_else(|| {
-                Error::new(
-                    ErrorCode::InvalidArgument,
-                    "a device piece needs a device module to copy it",
-                )
-            })?;
-            // SAFETY: the function's contract.
-            unsafe {
-                device.copy_raw(
-                    piece.addr as u64,
-                    src as u64,
-                    len as u64,
-                    CopyKind::HostToDevice,
-                )
-            }
-            .map_err(crate::transport::device::device_error)
+            MemoryKind::Host => unsafe { strata_copy::copy_raw(from, piece.addr as *mut u8, take) },
+            MemoryKind::Device => batch.push(CopySpan::new(
+                piece.addr as u64,
+                from as u64,
+                take as u64,
+                CopyKind::HostToDevice,
+            )),
         }
     }
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let device = device.ok_or_else(|| {
+        Error::new(
+            ErrorCode::InvalidArgument,
+            "a device piece needs a device module to copy it",
+        )
+    })?;
+    // SAFETY: the function's contract, span by span.
+    unsafe { device.copy_batch_raw(&batch) }.map_err(crate::transport::device::device_error)
 }
 
 #[cfg(test)]

@@ -23,8 +23,13 @@
  * leave that range undefined (never the rest). `last_error` is per thread.
  *
  * Device pointers are opaque 64-bit numbers; host pointers are passed as their address.
- * `copy` is synchronous with respect to the host: when it returns, the bytes have arrived
- * (a module backed by asynchronous queues synchronises before returning).
+ * `copy` and `copy_batch` are synchronous with respect to the host: when they return, the
+ * bytes have arrived (a module backed by asynchronous queues synchronises before
+ * returning).
+ *
+ * Versions: the vtable only grows at its end. Version 2 appended `copy_batch`; a loader
+ * of this header also accepts a version-1 module (whose vtable ends before `copy_batch`)
+ * and makes its batches one `copy` per span.
  */
 #ifndef STRATA_DEVICE_H
 #define STRATA_DEVICE_H
@@ -36,7 +41,9 @@ extern "C" {
 #endif
 
 /* Bumped on any change to the vtable's layout or any function's contract. */
-#define STRATA_DEVICE_ABI_VERSION 1u
+#define STRATA_DEVICE_ABI_VERSION 2u
+/* The oldest module version a loader of this header accepts (see "Versions" above). */
+#define STRATA_DEVICE_ABI_MIN_VERSION 1u
 
 /* The symbol every module exports. */
 #define STRATA_DEVICE_ENTRY_SYMBOL "strata_device_entry"
@@ -54,6 +61,16 @@ typedef enum strata_copy_kind {
     STRATA_COPY_DEVICE_TO_HOST = 2,
     STRATA_COPY_DEVICE_TO_DEVICE = 3
 } strata_copy_kind;
+
+/* One copy of a batch: `len` bytes from `src` to `dst`, `kind` (a strata_copy_kind)
+   saying which side is device memory, as for `copy`. */
+typedef struct strata_copy_span {
+    uint64_t dst;
+    uint64_t src;
+    uint64_t len;
+    int32_t kind;
+    uint32_t reserved; /* 0 */
+} strata_copy_span;
 
 /* An exported allocation, as bytes another process on the host can import. */
 typedef struct strata_ipc_handle {
@@ -97,6 +114,14 @@ typedef struct strata_device_vtable {
 
     /* The calling thread's last failure, never NULL. */
     const char *(*last_error)(void);
+
+    /* Since version 2. Performs the `count` copies of `spans`, each as `copy` would, in any
+       order or at once, and returns when all have arrived: one call and one
+       synchronisation for the many small pieces a KV-cache block is spread over (a
+       layer's K and V slices each). No span's destination may overlap another span's.
+       On a failure the destinations of the other spans are undefined (a module may have
+       copied some; host-sim checks every span first and then copies none). */
+    int32_t (*copy_batch)(strata_device *dev, const strata_copy_span *spans, uint64_t count);
 } strata_device_vtable;
 
 /* The entry point: returns the module's static vtable. */

@@ -22,6 +22,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +31,7 @@
 #include <unistd.h>
 
 #if defined(__x86_64__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 #include "strata_device.h"
@@ -227,36 +228,107 @@ static int32_t host_sim_close_imported(strata_device *dev, strata_devptr ptr) {
 /* Below this, the copy fits in the cache anyway and a plain memcpy is as fast. */
 #define STREAM_MIN_BYTES 4096
 
+#if defined(__x86_64__)
+/* 64-byte steps of 16-byte streaming stores; `to` is 16-byte aligned. */
+static size_t stream_sse2(unsigned char *to, const unsigned char *from, size_t len) {
+    size_t done = 0;
+    for (; len - done >= 64; done += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(from + done));
+        __m128i b = _mm_loadu_si128((const __m128i *)(from + done + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(from + done + 32));
+        __m128i e = _mm_loadu_si128((const __m128i *)(from + done + 48));
+        _mm_stream_si128((__m128i *)(to + done), a);
+        _mm_stream_si128((__m128i *)(to + done + 16), b);
+        _mm_stream_si128((__m128i *)(to + done + 32), c);
+        _mm_stream_si128((__m128i *)(to + done + 48), e);
+    }
+    return done;
+}
+
+/* 128-byte steps of 32-byte streaming stores; `to` is 64-byte aligned. The same loop as
+   the host copies strata measures against (strata-copy's `stream_avx2`): on this project's
+   machine 16-byte streaming stores ran 7-10% slower than these. */
+__attribute__((target("avx2"))) static size_t stream_avx2(unsigned char *to,
+                                                         const unsigned char *from,
+                                                         size_t len) {
+    size_t done = 0;
+    for (; len - done >= 128; done += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(from + done));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(from + done + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(from + done + 64));
+        __m256i e = _mm256_loadu_si256((const __m256i *)(from + done + 96));
+        _mm256_stream_si256((__m256i *)(to + done), a);
+        _mm256_stream_si256((__m256i *)(to + done + 32), b);
+        _mm256_stream_si256((__m256i *)(to + done + 64), c);
+        _mm256_stream_si256((__m256i *)(to + done + 96), e);
+    }
+    return done;
+}
+#endif
+
 /* memmove, except that a large copy whose ranges do not overlap writes with
- * non-temporal stores (see the top of this file). */
+ * non-temporal stores (see the top of this file); the caller fences them. */
 static void device_write(void *dst, const void *src, uint64_t len) {
 #if defined(__x86_64__)
     uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
     int overlap = d < s + len && s < d + len;
     if (len >= STREAM_MIN_BYTES && !overlap) {
-        /* Head up to the destination's next 16-byte boundary, then 64-byte steps. */
-        size_t head = (size_t)((16 - (d & 15)) & 15);
+        /* Head up to the destination's next cache line, streamed steps, then the tail. */
+        size_t head = (size_t)((64 - (d & 63)) & 63);
         memcpy(dst, src, head);
         unsigned char *to = (unsigned char *)dst + head;
         const unsigned char *from = (const unsigned char *)src + head;
         size_t rest = (size_t)len - head;
-        for (; rest >= 64; rest -= 64, to += 64, from += 64) {
-            __m128i a = _mm_loadu_si128((const __m128i *)from);
-            __m128i b = _mm_loadu_si128((const __m128i *)(from + 16));
-            __m128i c = _mm_loadu_si128((const __m128i *)(from + 32));
-            __m128i e = _mm_loadu_si128((const __m128i *)(from + 48));
-            _mm_stream_si128((__m128i *)to, a);
-            _mm_stream_si128((__m128i *)(to + 16), b);
-            _mm_stream_si128((__m128i *)(to + 32), c);
-            _mm_stream_si128((__m128i *)(to + 48), e);
-        }
-        memcpy(to, from, rest);
-        /* Streaming stores are weakly ordered: fence them before the copy reports done. */
-        _mm_sfence();
+        size_t done = __builtin_cpu_supports("avx2") ? stream_avx2(to, from, rest)
+                                                     : stream_sse2(to, from, rest);
+        memcpy(to + done, from + done, rest - done);
         return;
     }
 #endif
     memmove(dst, src, (size_t)len);
+}
+
+/* Which sides of a copy of `kind` are device memory; 0 for an unknown kind. */
+static int copy_sides(int32_t kind, int *dst_device, int *src_device) {
+    *dst_device = kind == STRATA_COPY_HOST_TO_DEVICE || kind == STRATA_COPY_DEVICE_TO_DEVICE;
+    *src_device = kind == STRATA_COPY_DEVICE_TO_HOST || kind == STRATA_COPY_DEVICE_TO_DEVICE;
+    return *dst_device || *src_device;
+}
+
+/* Checks that the device sides of one copy lie inside this device's regions; the caller
+   holds the read lock. Sets the error text on failure. */
+static int32_t check_copy(const strata_device *dev, uint64_t dst, uint64_t src, uint64_t len,
+                          int32_t kind, const char *op) {
+    int dst_device, src_device;
+    if (!copy_sides(kind, &dst_device, &src_device))
+        return fail(STATUS_INVALID, "%s: unknown kind %d", op, (int)kind);
+    if ((dst_device && !covered(dev->state, dst, len)) ||
+        (src_device && !covered(dev->state, src, len)))
+        return fail(STATUS_INVALID,
+                    "%s: %llu bytes %#llx -> %#llx (kind %d): the device side is not inside "
+                    "an allocation or import of device %u",
+                    op, (unsigned long long)len, (unsigned long long)src,
+                    (unsigned long long)dst, (int)kind, dev->index);
+    return STATUS_OK;
+}
+
+/* Copies one checked span. The lock is not held: the caller owns the ranges (see the
+   header). */
+static void do_copy(uint64_t dst, uint64_t src, uint64_t len, int32_t kind) {
+    int dst_device, src_device;
+    copy_sides(kind, &dst_device, &src_device);
+    if (dst_device)
+        device_write((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+    else
+        memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+}
+
+/* Streaming stores are weakly ordered: a copy (or a batch of them) fences them before it
+   reports done. */
+static void device_fence(void) {
+#if defined(__x86_64__)
+    _mm_sfence();
+#endif
 }
 
 static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uint64_t len,
@@ -265,25 +337,35 @@ static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uin
         return fail(STATUS_INVALID, "copy: null device");
     if (len == 0)
         return STATUS_OK;
-    int dst_device = kind == STRATA_COPY_HOST_TO_DEVICE || kind == STRATA_COPY_DEVICE_TO_DEVICE;
-    int src_device = kind == STRATA_COPY_DEVICE_TO_HOST || kind == STRATA_COPY_DEVICE_TO_DEVICE;
-    if (!dst_device && !src_device)
-        return fail(STATUS_INVALID, "copy: unknown kind %d", (int)kind);
     pthread_rwlock_rdlock(&dev->state->lock);
-    int ok = (!dst_device || covered(dev->state, dst, len)) &&
-             (!src_device || covered(dev->state, src, len));
+    int32_t status = check_copy(dev, dst, src, len, (int32_t)kind, "copy");
     pthread_rwlock_unlock(&dev->state->lock);
-    if (!ok)
-        return fail(STATUS_INVALID,
-                    "copy: %llu bytes %#llx -> %#llx (kind %d): the device side is not inside "
-                    "an allocation or import of device %u",
-                    (unsigned long long)len, (unsigned long long)src, (unsigned long long)dst,
-                    (int)kind, dev->index);
-    /* The lock is not held across the copy: the caller owns the ranges (see the header). */
-    if (dst_device)
-        device_write((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
-    else
-        memmove((void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len);
+    if (status != STATUS_OK)
+        return status;
+    do_copy(dst, src, len, (int32_t)kind);
+    device_fence();
+    return STATUS_OK;
+}
+
+/* Every span checked under one hold of the lock, then every copy, then one fence.
+   (Unused in the version-1 build.) */
+__attribute__((unused)) static int32_t host_sim_copy_batch(strata_device *dev, const strata_copy_span *spans,
+                                   uint64_t count) {
+    if (dev == NULL || (spans == NULL && count > 0))
+        return fail(STATUS_INVALID, "copy_batch: null argument");
+    int32_t status = STATUS_OK;
+    pthread_rwlock_rdlock(&dev->state->lock);
+    for (uint64_t i = 0; i < count && status == STATUS_OK; i++)
+        if (spans[i].len > 0)
+            status = check_copy(dev, spans[i].dst, spans[i].src, spans[i].len, spans[i].kind,
+                                "copy_batch");
+    pthread_rwlock_unlock(&dev->state->lock);
+    if (status != STATUS_OK)
+        return status;
+    for (uint64_t i = 0; i < count; i++)
+        if (spans[i].len > 0)
+            do_copy(spans[i].dst, spans[i].src, spans[i].len, spans[i].kind);
+    device_fence();
     return STATUS_OK;
 }
 
@@ -354,13 +436,27 @@ static int32_t host_sim_synchronize(strata_device *dev) {
     return STATUS_OK;
 }
 
+/* HOST_SIM_ABI_VERSION stamps another version (the fixture of the version-check test);
+   HOST_SIM_AS_VERSION_1 builds the module as a version-1 one, its vtable ending before
+   `copy_batch` (the fixture of the compatibility test). */
+#ifdef HOST_SIM_AS_VERSION_1
+#define HOST_SIM_ABI_VERSION 1u
+#define HOST_SIM_VTABLE_SIZE offsetof(strata_device_vtable, copy_batch)
+#define HOST_SIM_COPY_BATCH NULL
+#endif
 #ifndef HOST_SIM_ABI_VERSION
 #define HOST_SIM_ABI_VERSION STRATA_DEVICE_ABI_VERSION
+#endif
+#ifndef HOST_SIM_VTABLE_SIZE
+#define HOST_SIM_VTABLE_SIZE sizeof(strata_device_vtable)
+#endif
+#ifndef HOST_SIM_COPY_BATCH
+#define HOST_SIM_COPY_BATCH host_sim_copy_batch
 #endif
 
 static const strata_device_vtable HOST_SIM = {
     .abi_version = HOST_SIM_ABI_VERSION,
-    .vtable_size = sizeof(strata_device_vtable),
+    .vtable_size = HOST_SIM_VTABLE_SIZE,
     .backend_name = "host-sim",
     .open = host_sim_open,
     .close = host_sim_close,
@@ -372,6 +468,7 @@ static const strata_device_vtable HOST_SIM = {
     .close_imported = host_sim_close_imported,
     .synchronize = host_sim_synchronize,
     .last_error = host_sim_last_error,
+    .copy_batch = HOST_SIM_COPY_BATCH,
 };
 
 __attribute__((visibility("default"))) const strata_device_vtable *strata_device_entry(void) {

@@ -3,8 +3,13 @@
 
 use std::ffi::{c_char, c_void};
 
+use crate::device::CopySpan;
+
 /// `STRATA_DEVICE_ABI_VERSION`.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
+
+/// `STRATA_DEVICE_ABI_MIN_VERSION`: a version-1 vtable is this one cut before `copy_batch`.
+pub const ABI_MIN_VERSION: u32 = 1;
 
 /// `STRATA_IPC_HANDLE_BYTES`.
 pub const IPC_HANDLE_BYTES: usize = 128;
@@ -43,7 +48,12 @@ pub struct VTable {
     pub close_imported: unsafe extern "C" fn(dev: RawDevice, ptr: u64) -> i32,
     pub synchronize: unsafe extern "C" fn(dev: RawDevice) -> i32,
     pub last_error: unsafe extern "C" fn() -> *const c_char,
+    /// Since version 2; read only from a vtable that says so.
+    pub copy_batch: unsafe extern "C" fn(dev: RawDevice, spans: *const CopySpan, count: u64) -> i32,
 }
+
+/// The bytes of a version-1 vtable: everything before `copy_batch`.
+pub const VERSION_1_SIZE: usize = std::mem::offset_of!(VTable, copy_batch);
 
 /// `strata_device_entry`.
 pub type EntryFn = unsafe extern "C" fn() -> *const VTable;

@@ -8,7 +8,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use crate::device::{CopyKind, Device, IpcHandle};
+use crate::device::{CopyKind, CopySpan, Device, IpcHandle};
 use crate::error::{DeviceError, Result};
 use crate::vendor::{load, symbol, symbol_of};
 
@@ -20,6 +20,9 @@ const IPC_LAZY_PEER_ACCESS: u32 = 1;
 
 type CuResult = i32;
 type CuContext = *mut c_void;
+type CuStream = *mut c_void;
+/// The legacy default stream, the one the synchronous copies use.
+const DEFAULT_STREAM: CuStream = std::ptr::null_mut();
 
 /// `CUipcMemHandle`: 64 opaque bytes, passed by value.
 #[repr(C)]
@@ -35,6 +38,10 @@ struct Api {
     memcpy_htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
     memcpy_dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     memcpy_dtod: unsafe extern "C" fn(u64, u64, usize) -> CuResult,
+    memcpy_htod_async: unsafe extern "C" fn(u64, *const c_void, usize, CuStream) -> CuResult,
+    memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, u64, usize, CuStream) -> CuResult,
+    memcpy_dtod_async: unsafe extern "C" fn(u64, u64, usize, CuStream) -> CuResult,
+    stream_synchronize: unsafe extern "C" fn(CuStream) -> CuResult,
     ipc_get: unsafe extern "C" fn(*mut CuIpcMemHandle, u64) -> CuResult,
     ipc_open: unsafe extern "C" fn(*mut u64, CuIpcMemHandle, u32) -> CuResult,
     ipc_close: unsafe extern "C" fn(u64) -> CuResult,
@@ -72,6 +79,10 @@ impl CudaDevice {
                 memcpy_htod: symbol(&library, BACKEND, lib, "cuMemcpyHtoD_v2")?,
                 memcpy_dtoh: symbol(&library, BACKEND, lib, "cuMemcpyDtoH_v2")?,
                 memcpy_dtod: symbol(&library, BACKEND, lib, "cuMemcpyDtoD_v2")?,
+                memcpy_htod_async: symbol(&library, BACKEND, lib, "cuMemcpyHtoDAsync_v2")?,
+                memcpy_dtoh_async: symbol(&library, BACKEND, lib, "cuMemcpyDtoHAsync_v2")?,
+                memcpy_dtod_async: symbol(&library, BACKEND, lib, "cuMemcpyDtoDAsync_v2")?,
+                stream_synchronize: symbol(&library, BACKEND, lib, "cuStreamSynchronize")?,
                 ipc_get: symbol(&library, BACKEND, lib, "cuIpcGetMemHandle")?,
                 ipc_open: symbol_of(
                     &library,
@@ -201,6 +212,45 @@ impl Device for CudaDevice {
             }
         };
         self.check("cuMemcpy", status)
+    }
+
+    /// Every copy queued on the default stream, then one wait for the stream: a batch of
+    /// small pieces pays one synchronisation instead of one per piece. (From pageable host
+    /// memory the driver stages each copy before it returns; to it, it waits; both still
+    /// drop the per-copy wait for the device.)
+    unsafe fn copy_batch_raw(&self, spans: &[CopySpan]) -> Result<()> {
+        self.current()?;
+        for s in spans {
+            let n = s.len as usize;
+            // SAFETY: the caller guarantees every span's ranges until this returns, and
+            // the stream is synchronised below before it does.
+            let status = unsafe {
+                match s.kind {
+                    CopyKind::HostToDevice => (self.api.memcpy_htod_async)(
+                        s.dst,
+                        s.src as *const c_void,
+                        n,
+                        DEFAULT_STREAM,
+                    ),
+                    CopyKind::DeviceToHost => {
+                        (self.api.memcpy_dtoh_async)(s.dst as *mut c_void, s.src, n, DEFAULT_STREAM)
+                    }
+                    CopyKind::DeviceToDevice => {
+                        (self.api.memcpy_dtod_async)(s.dst, s.src, n, DEFAULT_STREAM)
+                    }
+                }
+            };
+            if let Err(e) = self.check("cuMemcpyAsync", status) {
+                // What was queued still reads the caller's ranges: wait for it first.
+                // SAFETY: the default stream of the current context.
+                let _ = unsafe { (self.api.stream_synchronize)(DEFAULT_STREAM) };
+                return Err(e);
+            }
+        }
+        // SAFETY: the default stream of the current context.
+        self.check("cuStreamSynchronize", unsafe {
+            (self.api.stream_synchronize)(DEFAULT_STREAM)
+        })
     }
 
     fn export_raw(&self, ptr: u64) -> Result<IpcHandle> {

@@ -13,6 +13,31 @@ pub enum CopyKind {
     DeviceToDevice = 3,
 }
 
+/// One copy of a batch ([`Device::copy_batch_raw`]); the layout of the ABI's
+/// `strata_copy_span`, so a batch crosses into a module as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct CopySpan {
+    pub dst: u64,
+    pub src: u64,
+    pub len: u64,
+    pub kind: CopyKind,
+    reserved: u32,
+}
+
+impl CopySpan {
+    /// `len` bytes from `src` to `dst`, `kind` saying which side is device memory.
+    pub fn new(dst: u64, src: u64, len: u64, kind: CopyKind) -> CopySpan {
+        CopySpan {
+            dst,
+            src,
+            len,
+            kind,
+            reserved: 0,
+        }
+    }
+}
+
 /// An exported allocation: bytes another process on this host can import.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct IpcHandle(pub [u8; IPC_HANDLE_BYTES]);
@@ -60,6 +85,20 @@ pub trait Device: Send + Sync + 'static {
     /// `len` bytes (readable for the source, writable and not aliased by a Rust reference
     /// for the destination).
     unsafe fn copy_raw(&self, dst: u64, src: u64, len: u64, kind: CopyKind) -> Result<()>;
+    /// Performs every copy of `spans`, synchronously: when it returns, all have arrived.
+    /// A backend overrides it to pay one call and one synchronisation for the batch (a KV
+    /// block's per-layer pieces are many and small); this default copies span by span.
+    ///
+    /// # Safety
+    /// Each span as [`Device::copy_raw`] requires, and no span's destination overlaps
+    /// another's.
+    unsafe fn copy_batch_raw(&self, spans: &[CopySpan]) -> Result<()> {
+        for s in spans {
+            // SAFETY: this method's contract, span by span.
+            unsafe { self.copy_raw(s.dst, s.src, s.len, s.kind) }?;
+        }
+        Ok(())
+    }
     /// Exports an allocation from `alloc_raw` for other processes on this host.
     fn export_raw(&self, ptr: u64) -> Result<IpcHandle>;
     /// Maps an exported allocation into this process; returns its pointer and, when the

@@ -14,11 +14,12 @@ pub enum DeviceError {
     },
     /// A plugin was built for another version of `strata_device.h`.
     #[error(
-        "device plugin {path}: built for device ABI version {found}, this strata speaks version {expected}; rebuild the plugin against this strata's strata_device.h"
+        "device plugin {path}: built for device ABI version {found}, this strata speaks versions {oldest} to {expected}; rebuild the plugin against this strata's strata_device.h"
     )]
     AbiMismatch {
         path: PathBuf,
         found: u32,
+        oldest: u32,
         expected: u32,
     },
     /// A library loaded but is not a usable module (missing symbol, short vtable).

@@ -22,8 +22,8 @@ mod vendor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use abi::{ABI_VERSION, IPC_HANDLE_BYTES};
-pub use device::{CopyKind, Device, IpcHandle};
+pub use abi::{ABI_MIN_VERSION, ABI_VERSION, IPC_HANDLE_BYTES};
+pub use device::{CopyKind, CopySpan, Device, IpcHandle};
 pub use error::{DeviceError, Result};
 pub use memory::{DeviceMemory, MemoryKind};
 pub use plugin::PluginLibrary;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::device::{CopyKind, Device, IpcHandle};
+use crate::device::{CopyKind, CopySpan, Device, IpcHandle};
 use crate::error::{DeviceError, Result};
 
 /// Whether a caller's buffer is host memory or device memory of the same device.
@@ -180,6 +180,37 @@ impl DeviceMemory {
         // SAFETY: the source is inside this live memory (checked); the destination is the
         // caller's promise.
         unsafe { self.device.copy_raw(dst, src, len as u64, copy) }
+    }
+
+    /// [`DeviceMemory::read_to_raw`] for many ranges in one batch of the device module
+    /// (one call and one synchronisation): each `(offset, dst, len, kind)` copies `len`
+    /// bytes at `offset` of this memory to the caller's `dst`. Every range is checked
+    /// before any is copied.
+    ///
+    /// # Safety
+    /// Each `dst` as for [`DeviceMemory::read_to_raw`], and no two overlap.
+    pub unsafe fn read_to_many(
+        &self,
+        copies: impl IntoIterator<Item = (u64, u64, usize, MemoryKind)>,
+    ) -> Result<()> {
+        let spans = copies
+            .into_iter()
+            .map(|(offset, dst, len, kind)| {
+                let copy = match kind {
+                    MemoryKind::Host => CopyKind::DeviceToHost,
+                    MemoryKind::Device => CopyKind::DeviceToDevice,
+                };
+                Ok(CopySpan::new(
+                    dst,
+                    self.span(offset, len)?,
+                    len as u64,
+                    copy,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // SAFETY: every source lies inside this live memory (checked); the destinations
+        // are the caller's promise.
+        unsafe { self.device.copy_batch_raw(&spans) }
     }
 
     /// Copies `len` bytes from the caller's memory at `src` (host or device as `kind`

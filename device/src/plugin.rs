@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::abi::{
-    EntryFn, RawDevice, RawIpcHandle, VTable, ABI_VERSION, ENTRY_SYMBOL, IPC_HANDLE_BYTES,
+    EntryFn, RawDevice, RawIpcHandle, VTable, ABI_MIN_VERSION, ABI_VERSION, ENTRY_SYMBOL,
+    IPC_HANDLE_BYTES, VERSION_1_SIZE,
 };
-use crate::device::{CopyKind, Device, IpcHandle};
+use crate::device::{CopyKind, CopySpan, Device, IpcHandle};
 use crate::error::{DeviceError, Result};
 
 /// A loaded device module: the library and its checked vtable.
@@ -18,6 +19,8 @@ pub struct PluginLibrary {
     path: PathBuf,
     name: String,
     vtable: *const VTable,
+    /// The module's version: fields added after it are absent from its vtable.
+    version: u32,
     /// Keeps the code the vtable points into mapped; dropped last.
     _library: libloading::Library,
 }
@@ -60,20 +63,26 @@ impl PluginLibrary {
         // layout is fixed across versions.
         // SAFETY: non-null, points at the module's static vtable, which starts with two u32.
         let (version, size) = unsafe { ((*vtable).abi_version, (*vtable).vtable_size) };
-        if version != ABI_VERSION {
+        if !(ABI_MIN_VERSION..=ABI_VERSION).contains(&version) {
             return Err(DeviceError::AbiMismatch {
                 path: path.to_path_buf(),
                 found: version,
+                oldest: ABI_MIN_VERSION,
                 expected: ABI_VERSION,
             });
         }
-        if (size as usize) < std::mem::size_of::<VTable>() {
+        let needed = if version == ABI_VERSION {
+            std::mem::size_of::<VTable>()
+        } else {
+            VERSION_1_SIZE
+        };
+        if (size as usize) < needed {
             return Err(bad(format!(
-                "vtable of {size} bytes, version {ABI_VERSION} needs {}",
-                std::mem::size_of::<VTable>()
+                "vtable of {size} bytes, version {version} needs {needed}"
             )));
         }
-        // SAFETY: the version matches, so the vtable has this layout; backend_name is a
+        // SAFETY: a known version, so the vtable has this layout up to that version's
+        // fields (only those are read, see `copy_batch_raw`); backend_name is a
         // static NUL-terminated string of the module (or null).
         let name = unsafe {
             let p = (*vtable).backend_name;
@@ -87,6 +96,7 @@ impl PluginLibrary {
             path: path.to_path_buf(),
             name,
             vtable,
+            version,
             _library: library,
         }))
     }
@@ -107,10 +117,19 @@ impl PluginLibrary {
         &self.name
     }
 
+    /// The vtable. Fields after the module's version's last one must not be read:
+    /// [`PluginLibrary::copy_batch`] is the only such field, and it checks.
     fn vtable(&self) -> &VTable {
-        // SAFETY: checked non-null and of this ABI's layout at load; static in the library,
-        // which `self` keeps loaded.
+        // SAFETY: checked non-null and of this ABI's layout (up to its version's fields) at
+        // load; static in the library, which `self` keeps loaded.
         unsafe { &*self.vtable }
+    }
+
+    /// The module's `copy_batch`, which version-1 modules lack.
+    fn copy_batch(&self) -> Option<unsafe extern "C" fn(RawDevice, *const CopySpan, u64) -> i32> {
+        // SAFETY: a version-2 vtable has the field (its size was checked at load); an older
+        // one is not read past its end.
+        (self.version >= 2).then(|| unsafe { (*self.vtable).copy_batch })
     }
 
     /// The module's message for the calling thread's last failure.
@@ -221,6 +240,21 @@ impl Device for PluginDevice {
         // SAFETY: live context; the caller guarantees both ranges (this method's contract).
         let status = unsafe { (self.library.vtable().copy)(self.raw, dst, src, len, kind as i32) };
         self.check("copy", status)
+    }
+
+    unsafe fn copy_batch_raw(&self, spans: &[CopySpan]) -> Result<()> {
+        let Some(copy_batch) = self.library.copy_batch() else {
+            // A version-1 module: span by span.
+            for s in spans {
+                // SAFETY: this method's contract, span by span.
+                unsafe { self.copy_raw(s.dst, s.src, s.len, s.kind) }?;
+            }
+            return Ok(());
+        };
+        // SAFETY: live context; `spans` is a live slice of the ABI's span layout, and the
+        // caller guarantees every range (this method's contract).
+        let status = unsafe { copy_batch(self.raw, spans.as_ptr(), spans.len() as u64) };
+        self.check("copy_batch", status)
     }
 
     fn export_raw(&self, ptr: u64) -> Result<IpcHandle> {

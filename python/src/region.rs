@@ -14,7 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PyTuple};
 use strata_client::{BufferId, Client, MemoryKind};
-use strata_device::{CopyKind, Device};
+use strata_device::{CopyKind, CopySpan, Device};
 use strata_proto::Error;
 
 use crate::errors::invalid;
@@ -310,31 +310,33 @@ pub fn any_device(pieces: &[Piece]) -> bool {
     pieces.iter().any(|p| p.device)
 }
 
-/// Gathers `pieces` into one buffer, in order: host pieces by memcpy, device pieces by
-/// the device module's device-to-host copy.
+/// Gathers `pieces` into one buffer, in order: host pieces by memcpy, device pieces in one
+/// batch of the device module's device-to-host copies.
 pub fn gather(pieces: &[Piece], device: Option<&dyn Device>) -> Result<Vec<u8>, Error> {
     let mut out = vec![0u8; pieces.iter().map(|p| p.len).sum()];
+    let mut batch = Vec::new();
     let mut at = 0;
     for piece in pieces {
         let dst = &mut out[at..at + piece.len];
         if piece.device {
-            let device = device.ok_or_else(no_device)?;
-            // SAFETY: the piece lies inside registered device memory of this module's
-            // device (the registration's promise); `dst` is a live host slice of its length.
-            unsafe {
-                device.copy_raw(
-                    dst.as_mut_ptr() as u64,
-                    piece.addr as u64,
-                    piece.len as u64,
-                    CopyKind::DeviceToHost,
-                )
-            }
-            .map_err(|e| device_failed(piece, e))?;
+            batch.push(CopySpan::new(
+                dst.as_mut_ptr() as u64,
+                piece.addr as u64,
+                piece.len as u64,
+                CopyKind::DeviceToHost,
+            ));
         } else {
             // SAFETY: each host piece lies inside a registered host buffer (checked at parse).
             dst.copy_from_slice(unsafe { host_slice(piece.addr, piece.len) });
         }
         at += piece.len;
+    }
+    if !batch.is_empty() {
+        let device = device.ok_or_else(no_device)?;
+        // SAFETY: each device piece lies inside registered device memory of this module's
+        // device (the registration's promise); each destination is a disjoint range of
+        // `out`, which lives until the batch returns.
+        unsafe { device.copy_batch_raw(&batch) }.map_err(|e| device_failed(pieces, e))?;
     }
     Ok(out)
 }
@@ -346,12 +348,14 @@ fn no_device() -> Error {
     )
 }
 
-fn device_failed(piece: &Piece, e: strata_device::DeviceError) -> Error {
+fn device_failed(pieces: &[Piece], e: strata_device::DeviceError) -> Error {
+    let device: Vec<_> = pieces.iter().filter(|p| p.device).collect();
+    let first = device.first().map_or(0, |p| p.addr);
     Error::new(
         strata_proto::ErrorCode::InvalidArgument,
         format!(
-            "copying the device piece {:#x}+{}: {e}",
-            piece.addr, piece.len
+            "copying {} device pieces (the first at {first:#x}): {e}",
+            device.len()
         ),
     )
 }

@@ -192,13 +192,13 @@ impl DeviceSegments {
         if Instant::now() >= valid_until {
             return Err(lease_expired());
         }
-        for (piece, at, take) in spans {
+        let copies = spans.map(|(piece, at, take)| {
             let offset = location.offset + at as u64;
-            // SAFETY: `segment` checked the whole value lies in the imported segment and
-            // `at + take <= len`; the piece is this method's contract.
-            unsafe { memory.read_to_raw(offset, piece.addr as u64, take, piece.kind) }
-                .map_err(device_error)?;
-        }
+            (offset, piece.addr as u64, take, piece.kind)
+        });
+        // SAFETY: `segment` checked the whole value lies in the imported segment (and
+        // `read_to_many` checks each range again); the pieces are this method's contract.
+        unsafe { memory.read_to_many(copies) }.map_err(device_error)?;
         if Instant::now() >= valid_until {
             return Err(lease_expired());
         }
