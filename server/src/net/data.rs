@@ -54,6 +54,57 @@ const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes staged per step where bytes cannot move in place (TLS, device and ssd tiers).
 const STAGING_LEN: usize = 1 << 20;
 
+/// The data plane threads' nice value (0 is the default, 19 the lowest): the same as the
+/// client's copy threads, and for the same reason.
+const DATA_NICE: i32 = 10;
+
+/// The threads the data plane runs on: a runtime of its own, below the default priority.
+///
+/// A get over the data plane is a stream of `write` calls of a socket buffer each; the
+/// kernel copies the value into the socket inside them, on the calling thread. With 25
+/// loads in flight those calls kept the QUIC runtime's threads busy, and a lookup that
+/// arrived waited for a thread to come back to the reactor: the engine's scheduler
+/// blocks on that lookup. On threads of their own at nice 10, the transfers leave the
+/// cores to a woken control thread at once and still take all the time it leaves idle.
+pub(crate) struct DataRuntime(Option<tokio::runtime::Runtime>);
+
+impl DataRuntime {
+    /// As many threads as cores (the transfers are bound by copies).
+    pub(crate) fn start() -> Result<DataRuntime> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("strata-data")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()
+            .map(|rt| DataRuntime(Some(rt)))
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("data plane threads: {e}")))
+    }
+
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until drop").handle()
+    }
+}
+
+impl Drop for DataRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is refused inside another runtime (the service
+        // is dropped in one); its tasks have ended or are abandoned by then.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's priority to [`DATA_NICE`] (on Linux a nice value belongs to
+/// the thread). A refusal leaves it as it was: transfers then share the cores equally.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, DATA_NICE) {
+        tracing::debug!("data plane thread keeps its priority: {e}");
+    }
+}
+
 /// How the data plane listens.
 #[derive(Clone, Debug)]
 pub struct DataPlaneConfig {

@@ -32,8 +32,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::http::MetricsEndpoint;
 use crate::metrics::{Health, Metrics, UPKEEP_INTERVAL};
-use data::DataPlane;
 pub use data::DataPlaneConfig;
+use data::{DataPlane, DataRuntime};
 use request::{Failure, Shared};
 use session::Session;
 use shm::ShmExport;
@@ -75,6 +75,8 @@ pub struct Service {
     shutdown_grace: Duration,
     metrics_endpoint: Option<MetricsEndpoint>,
     health: Arc<Health>,
+    /// The data plane's threads (see [`DataRuntime`]); dropped last, with the service.
+    data_runtime: Option<DataRuntime>,
 }
 
 impl Service {
@@ -95,13 +97,18 @@ impl Service {
         let identity = tls::load_identity(&config.tls)?;
         let cert_path = identity.cert_path.clone();
         let rustls_config = tls::rustls_config(identity)?;
-        let data = match &config.data_plane {
+        let (data, data_runtime) = match &config.data_plane {
             Some(dp) => {
                 let tls = dp.tls.then(|| rustls_config.clone());
-                let plane = DataPlane::bind(dp, Arc::clone(&store), tls, Arc::clone(&metrics))?;
-                Some(Arc::new(plane))
+                let runtime = DataRuntime::start()?;
+                // The listener registers with the reactor of the runtime it is made in.
+                let plane = {
+                    let _in = runtime.handle().enter();
+                    DataPlane::bind(dp, Arc::clone(&store), tls, Arc::clone(&metrics))?
+                };
+                (Some(Arc::new(plane)), Some(runtime))
             }
-            None => None,
+            None => (None, None),
         };
         let server_config = tls::server_config(rustls_config)?;
         let endpoint = Endpoint::server(server_config, config.listen).map_err(|e| {
@@ -167,6 +174,7 @@ impl Service {
             shutdown_grace: config.shutdown_grace,
             metrics_endpoint,
             health: Arc::new(Health::default()),
+            data_runtime,
         })
     }
 
@@ -229,8 +237,10 @@ impl Service {
         if let Some(shm) = &self.shared.shm {
             tracker.spawn(Arc::clone(shm).serve(stop_rx.clone()));
         }
-        if let Some(data) = &self.shared.data {
-            tracker.spawn(Arc::clone(data).serve(stop_rx.clone(), tracker.clone()));
+        if let (Some(data), Some(runtime)) = (&self.shared.data, &self.data_runtime) {
+            // On the data plane's threads; so are its connections, which it spawns.
+            let serve = Arc::clone(data).serve(stop_rx.clone(), tracker.clone());
+            runtime.handle().spawn(tracker.track_future(serve));
         }
         tokio::pin!(shutdown);
         loop {
