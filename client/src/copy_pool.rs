@@ -13,7 +13,9 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 /// A copy at least this large runs on the copy pool, off the async reactor.
@@ -70,9 +72,15 @@ pub(crate) fn off_reactor<R: Send>(bytes: usize, copy: impl FnOnce() -> R + Send
     }
 }
 
-/// Runs `jobs` on up to `threads` copy threads, or on one when the batch is small. Jobs
-/// are dealt round-robin, which balances the equal sizes of KV-cache blocks; the results
-/// keep the jobs' order.
+/// Runs `jobs` on up to `threads` copy threads, or on one when the batch is small; the
+/// results keep the jobs' order.
+///
+/// Each thread takes the next job not yet taken until none is left, so a thread that
+/// finishes early takes more rather than idling while the others work through a share
+/// dealt in advance. That matters when batches run at once (an engine's TP ranks load
+/// side by side): their threads then share the cores unevenly, and a share dealt in
+/// advance left a batch waiting for its slowest thread (`docs/bench/history.md`,
+/// integrations).
 pub(crate) fn copy_all<J: Send, R: Send>(
     jobs: Vec<J>,
     bytes: usize,
@@ -85,19 +93,25 @@ pub(crate) fn copy_all<J: Send, R: Send>(
             return jobs.into_iter().map(&copy).collect();
         }
         let n = jobs.len();
-        let mut hands: Vec<Vec<(usize, J)>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, job) in jobs.into_iter().enumerate() {
-            hands[i % threads].push((i, job));
-        }
-        let copy = &copy;
-        let mut done: Vec<(usize, R)> = hands
-            .into_par_iter()
-            .with_max_len(1)
-            .flat_map_iter(|hand| hand.into_iter().map(move |(i, job)| (i, copy(job))))
-            .collect();
-        debug_assert_eq!(done.len(), n);
-        done.sort_unstable_by_key(|(i, _)| *i);
-        done.into_iter().map(|(_, r)| r).collect()
+        let jobs: Vec<Mutex<Option<J>>> = jobs.into_iter().map(|j| Mutex::new(Some(j))).collect();
+        let done: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let take_and_copy = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(job) = jobs.get(i).and_then(|j| j.lock().take()) else {
+                return;
+            };
+            let result = copy(job);
+            *done[i].lock() = Some(result);
+        };
+        rayon::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|_| take_and_copy());
+            }
+        });
+        done.into_iter()
+            .map(|r| r.into_inner().expect("every job was taken and copied"))
+            .collect()
     })
 }
 
@@ -128,5 +142,13 @@ mod tests {
             std::thread::current().id()
         });
         assert!(ran_on.iter().all(|t| *t != threads));
+        // Never more threads than asked for, however many jobs.
+        let mut two = copy_all(vec![(); 64], PARALLEL_COPY, 2, |_| {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::current().id()
+        });
+        two.sort_unstable_by_key(|t| format!("{t:?}"));
+        two.dedup();
+        assert!(two.len() <= 2, "{} threads copied", two.len());
     }
 }
