@@ -26,7 +26,8 @@ pub struct RawIpcHandle {
     pub bytes: [u8; IPC_HANDLE_BYTES],
 }
 
-/// `strata_device_vtable`.
+/// `strata_device_vtable` up to its version-1 end: the part every accepted module has, so
+/// a reference to it never reaches past a version-1 module's static vtable.
 #[repr(C)]
 pub struct VTable {
     pub abi_version: u32,
@@ -48,12 +49,19 @@ pub struct VTable {
     pub close_imported: unsafe extern "C" fn(dev: RawDevice, ptr: u64) -> i32,
     pub synchronize: unsafe extern "C" fn(dev: RawDevice) -> i32,
     pub last_error: unsafe extern "C" fn() -> *const c_char,
-    /// Since version 2; read only from a vtable that says so.
+}
+
+/// The whole version-2 `strata_device_vtable`: version 1's fields, then `copy_batch`.
+/// Read only from a module that says it is version 2 (and whose size was checked).
+#[repr(C)]
+pub struct VTableV2 {
+    pub v1: VTable,
     pub copy_batch: unsafe extern "C" fn(dev: RawDevice, spans: *const CopySpan, count: u64) -> i32,
 }
 
-/// The bytes of a version-1 vtable: everything before `copy_batch`.
-pub const VERSION_1_SIZE: usize = std::mem::offset_of!(VTable, copy_batch);
+/// The bytes of a version-1 vtable: everything before `copy_batch` (every field is
+/// pointer-sized or a pair of u32, so `VTable` has no tail padding).
+pub const VERSION_1_SIZE: usize = std::mem::offset_of!(VTableV2, copy_batch);
 
 /// `strata_device_entry`.
 pub type EntryFn = unsafe extern "C" fn() -> *const VTable;

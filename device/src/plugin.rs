@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::abi::{
-    EntryFn, RawDevice, RawIpcHandle, VTable, ABI_MIN_VERSION, ABI_VERSION, ENTRY_SYMBOL,
+    EntryFn, RawDevice, RawIpcHandle, VTable, VTableV2, ABI_MIN_VERSION, ABI_VERSION, ENTRY_SYMBOL,
     IPC_HANDLE_BYTES, VERSION_1_SIZE,
 };
 use crate::device::{CopyKind, CopySpan, Device, IpcHandle};
@@ -72,7 +72,7 @@ impl PluginLibrary {
             });
         }
         let needed = if version == ABI_VERSION {
-            std::mem::size_of::<VTable>()
+            std::mem::size_of::<VTableV2>()
         } else {
             VERSION_1_SIZE
         };
@@ -81,8 +81,8 @@ impl PluginLibrary {
                 "vtable of {size} bytes, version {version} needs {needed}"
             )));
         }
-        // SAFETY: a known version, so the vtable has this layout up to that version's
-        // fields (only those are read, see `copy_batch_raw`); backend_name is a
+        // SAFETY: a known version, so the vtable has at least version 1's layout (`VTable`);
+        // backend_name is a
         // static NUL-terminated string of the module (or null).
         let name = unsafe {
             let p = (*vtable).backend_name;
@@ -117,19 +117,18 @@ impl PluginLibrary {
         &self.name
     }
 
-    /// The vtable. Fields after the module's version's last one must not be read:
-    /// [`PluginLibrary::copy_batch`] is the only such field, and it checks.
+    /// The version-1 part of the vtable, which every accepted module has.
     fn vtable(&self) -> &VTable {
-        // SAFETY: checked non-null and of this ABI's layout (up to its version's fields) at
-        // load; static in the library, which `self` keeps loaded.
+        // SAFETY: checked non-null and at least version 1's size and layout at load;
+        // static in the library, which `self` keeps loaded.
         unsafe { &*self.vtable }
     }
 
     /// The module's `copy_batch`, which version-1 modules lack.
     fn copy_batch(&self) -> Option<unsafe extern "C" fn(RawDevice, *const CopySpan, u64) -> i32> {
-        // SAFETY: a version-2 vtable has the field (its size was checked at load); an older
-        // one is not read past its end.
-        (self.version >= 2).then(|| unsafe { (*self.vtable).copy_batch })
+        // SAFETY: a version-2 vtable is a whole `VTableV2` (its size was checked at load);
+        // an older one is never read as one.
+        (self.version >= 2).then(|| unsafe { (*self.vtable.cast::<VTableV2>()).copy_batch })
     }
 
     /// The module's message for the calling thread's last failure.
