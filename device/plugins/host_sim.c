@@ -349,8 +349,9 @@ static int32_t host_sim_copy(strata_device *dev, uint64_t dst, uint64_t src, uin
 
 /* Every span checked under one hold of the lock, then every copy, then one fence.
    (Unused in the version-1 build.) */
-__attribute__((unused)) static int32_t host_sim_copy_batch(strata_device *dev, const strata_copy_span *spans,
-                                   uint64_t count) {
+__attribute__((unused)) static int32_t host_sim_copy_batch(strata_device *dev,
+                                                           const strata_copy_span *spans,
+                                                           uint64_t count) {
     if (dev == NULL || (spans == NULL && count > 0))
         return fail(STATUS_INVALID, "copy_batch: null argument");
     int32_t status = STATUS_OK;
