@@ -6,8 +6,10 @@
 //! network round trip. When both share the cores, the lookup must not wait for a
 //! copy's time slice: an engine's scheduler blocks on the lookup before it can schedule
 //! the request. Copies ≥ [`BLOCKING_COPY`] therefore run on this pool's threads, whose nice
-//! value is [`COPY_NICE`]: the kernel gives a woken control thread (this process's async
-//! runtime, the server's) the core at once and the copies the time left. With nothing
+//! value is [`COPY_NICE`], and which offer their core every megabyte they move
+//! ([`strata_copy::give_way`]): the lower priority gives the copies the smaller share of
+//! a core that others want, and the offers keep a woken control thread (this process's
+//! async runtime, the server's) from waiting out a copy's whole time slice. With nothing
 //! else runnable the copies get every core, so a load alone runs as fast as before
 //! (`docs/bench/history.md`, kvcache).
 
@@ -41,7 +43,10 @@ fn pool() -> &'static rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("strata-copy-{i}"))
-            .start_handler(|_| lower_priority())
+            .start_handler(|_| {
+                lower_priority();
+                strata_copy::give_way::bulk_thread();
+            })
             .build()
             .expect("starting the copy threads")
     })

@@ -202,8 +202,11 @@ unsafe fn copy_over<'a>(
         // SAFETY: the function's contract: `at + take` bytes are readable from `src`.
         let from = unsafe { src.add(at) };
         match piece.kind {
-            // SAFETY: the function's contract.
-            MemoryKind::Host => unsafe { strata_copy::copy_raw(from, piece.addr as *mut u8, take) },
+            MemoryKind::Host => {
+                // SAFETY: the function's contract.
+                unsafe { strata_copy::copy_raw(from, piece.addr as *mut u8, take) };
+                strata_copy::give_way::moved(take);
+            }
             MemoryKind::Device => batch.push(CopySpan::new(
                 piece.addr as u64,
                 from as u64,
@@ -222,7 +225,10 @@ unsafe fn copy_over<'a>(
         )
     })?;
     // SAFETY: the function's contract, span by span.
-    unsafe { device.copy_batch_raw(&batch) }.map_err(crate::transport::device::device_error)
+    unsafe { device.copy_batch_raw(&batch) }.map_err(crate::transport::device::device_error)?;
+    // One value's batch is one module call: the offer comes after it.
+    strata_copy::give_way::moved(batch.iter().map(|s| s.len as usize).sum());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@
 //! ordered before anything the caller writes next: a commit flag, a lock release, a
 //! message to another process.
 
+pub mod give_way;
+
 /// Copies at least this long stream; shorter ones are ordinary copies. Below it the
 /// destination may be used while still in cache, and the fence's cost is not amortised.
 pub const STREAM_MIN: usize = 256 << 10;

@@ -281,6 +281,7 @@ impl SharedSegments {
             unsafe { strata_copy::copy_raw(part.as_ptr(), dst.add(i * CHUNK), part.len()) };
             // The source piece is still in cache after the copy read it.
             hasher.update(part);
+            strata_copy::give_way::moved(part.len());
         }
         Ok(hasher.digest())
     }
@@ -308,6 +309,7 @@ impl LocalReader for SharedSegments {
             if let Some(h) = hasher.as_mut() {
                 h.update(part);
             }
+            strata_copy::give_way::moved(part.len());
         }
         Ok(hasher.map(|h| h.digest()))
     }

@@ -26,6 +26,8 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Mutex, MutexGuard};
 use tokio_rustls::TlsConnector;
 
+use strata_copy::give_way::{self, GIVE_WAY_EVERY};
+
 use crate::copy_pool::{off_reactor, BLOCKING_COPY};
 
 /// A data connection: plain TCP or TLS over it.
@@ -315,8 +317,10 @@ async fn pipeline<'j>(
     let write = async {
         for (frame, payload) in requests {
             writer.write_all(&frame).await?;
-            if !payload.is_empty() {
-                writer.write_all(payload).await?;
+            // A step at a time, so that a copy thread offers its core between steps.
+            for step in payload.chunks(GIVE_WAY_EVERY) {
+                writer.write_all(step).await?;
+                give_way::moved(step.len());
             }
         }
         writer.flush().await
@@ -331,7 +335,7 @@ async fn pipeline<'j>(
             }
             let result = match read_answer(&mut reader).await {
                 Ok(()) => match dst {
-                    Some(dst) => reader.read_exact(dst).await.map(drop).map_err(|e| {
+                    Some(dst) => read_value(&mut reader, dst).await.map_err(|e| {
                         healthy = false;
                         lost(format!("value cut short ({e}): removed with force?"))
                     }),
@@ -355,6 +359,19 @@ async fn pipeline<'j>(
 }
 
 /// Reads one answer's head and header: `Ok` for success, the error an error frame carries.
+/// Reads a value's bytes into `dst` a step at a time: each read copies at most
+/// [`GIVE_WAY_EVERY`] bytes in the kernel, and a copy thread offers its core between steps.
+async fn read_value<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    dst: &mut [u8],
+) -> std::io::Result<()> {
+    for step in dst.chunks_mut(GIVE_WAY_EVERY) {
+        reader.read_exact(step).await?;
+        give_way::moved(step.len());
+    }
+    Ok(())
+}
+
 async fn read_answer<R: AsyncRead + Unpin + ?Sized>(conn: &mut R) -> Result<()> {
     let mut head = [0u8; RESPONSE_HEAD_LEN];
     conn.read_exact(&mut head).await.map_err(lost)?;

@@ -44,6 +44,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::either::Either;
 use tokio_util::task::TaskTracker;
 
+use strata_copy::give_way::{self, GIVE_WAY_EVERY};
+
 use super::session::{DataCredentials, Session};
 use crate::metrics::{Metrics, LOST};
 use strata_engine::{Store, WriterId};
@@ -52,7 +54,7 @@ use strata_engine::{Store, WriterId};
 const OPENING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bytes staged per step where bytes cannot move in place (TLS, device and ssd tiers).
-const STAGING_LEN: usize = 1 << 20;
+const STAGING_LEN: usize = GIVE_WAY_EVERY;
 
 /// The data plane threads' nice value (0 is the default, 19 the lowest): the same as the
 /// client's copy threads, and for the same reason.
@@ -60,12 +62,14 @@ const DATA_NICE: i32 = 10;
 
 /// The threads the data plane runs on: a runtime of its own, below the default priority.
 ///
-/// A get over the data plane is a stream of `write` calls of a socket buffer each; the
-/// kernel copies the value into the socket inside them, on the calling thread. With 25
-/// loads in flight those calls kept the QUIC runtime's threads busy, and a lookup that
-/// arrived waited for a thread to come back to the reactor: the engine's scheduler
-/// blocks on that lookup. On threads of their own at nice 10, the transfers leave the
-/// cores to a woken control thread at once and still take all the time it leaves idle.
+/// A get over the data plane is a stream of `write` calls; the kernel copies the value
+/// into the socket inside them, on the calling thread. With 25 loads in flight those
+/// calls kept the QUIC runtime's threads busy, and a lookup that arrived waited for a
+/// thread to come back to the reactor: the engine's scheduler blocks on that lookup. On
+/// threads of their own at nice 10, moving at most [`GIVE_WAY_EVERY`] bytes per call and
+/// offering the core between calls ([`strata_copy::give_way`]), the transfers leave the
+/// cores to a woken control thread within one step and still take all the time it
+/// leaves idle.
 pub(crate) struct DataRuntime(Option<tokio::runtime::Runtime>);
 
 impl DataRuntime {
@@ -75,7 +79,10 @@ impl DataRuntime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("strata-data")
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| {
+                lower_priority();
+                give_way::bulk_thread();
+            })
             .enable_all()
             .build()
             .map(|rt| DataRuntime(Some(rt)))
@@ -489,6 +496,7 @@ impl DataPlane {
                         })
                         .map_err(|_| Broken::Lost)?;
                     write_all(conn, chunk).await.map_err(|_| Broken::Lost)?;
+                    give_way::moved(n);
                     at += n as u64;
                 }
                 Ok(())
@@ -496,9 +504,11 @@ impl DataPlane {
             _ => {
                 let staged = self.read_whole(req).await?;
                 write_all(conn, &head).await.map_err(|_| Broken::Lost)?;
-                write_all(conn, &staged[start as usize..end as usize])
-                    .await
-                    .map_err(|_| Broken::Lost)
+                for step in staged[start as usize..end as usize].chunks(GIVE_WAY_EVERY) {
+                    write_all(conn, step).await.map_err(|_| Broken::Lost)?;
+                    give_way::moved(step.len());
+                }
+                Ok(())
             }
         }
     }
@@ -547,6 +557,7 @@ impl DataPlane {
             store
                 .put_write(&req.key, writer, at, chunk)
                 .map_err(|e| Broken::ReplyAndClose(strata_engine::reservation_gone(e)))?;
+            give_way::moved(n);
             at += n as u64;
         }
         write_all(conn, &encode_bare_response())
@@ -568,7 +579,8 @@ async fn send_in_place(
     let mut at = range.start;
     while head_left > 0 || at < range.end {
         tcp.writable().await.map_err(|_| Broken::Lost)?;
-        let step = store.with_value_bytes(&req.key, &req.location, at..range.end, |bytes| {
+        let step_end = range.end.min(at + GIVE_WAY_EVERY as u64);
+        let step = store.with_value_bytes(&req.key, &req.location, at..step_end, |bytes| {
             let slices = [
                 IoSlice::new(&head[head.len() - head_left..]),
                 IoSlice::new(bytes),
@@ -580,6 +592,7 @@ async fn send_in_place(
                 let from_head = n.min(head_left);
                 head_left -= from_head;
                 at += (n - from_head) as u64;
+                give_way::moved(n);
             }
             Ok(Some(Err(e))) if e.kind() == ErrorKind::WouldBlock => {}
             // Gone since the first check (removed with force): the client sees the
@@ -602,10 +615,14 @@ async fn receive_in_place(
     let mut at = range.start;
     while at < range.end {
         tcp.readable().await.map_err(|_| Broken::Lost)?;
-        let step = store.with_reserved_bytes(key, writer, at..range.end, |dst| tcp.try_read(dst));
+        let step_end = range.end.min(at + GIVE_WAY_EVERY as u64);
+        let step = store.with_reserved_bytes(key, writer, at..step_end, |dst| tcp.try_read(dst));
         match step {
             Ok(Some(Ok(0))) => return Err(Broken::Lost), // closed mid-put
-            Ok(Some(Ok(n))) => at += n as u64,
+            Ok(Some(Ok(n))) => {
+                at += n as u64;
+                give_way::moved(n);
+            }
             Ok(Some(Err(e))) if e.kind() == ErrorKind::WouldBlock => {}
             Ok(Some(Err(_))) => return Err(Broken::Lost),
             Ok(None) => break,
