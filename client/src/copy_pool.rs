@@ -27,9 +27,10 @@ pub(crate) const BLOCKING_COPY: usize = 1 << 20;
 /// dealing it out costs more than it saves.
 pub(crate) const PARALLEL_COPY: usize = 8 << 20;
 
-/// The copy threads' nice value (0 is the default, 19 the lowest priority): a woken
-/// thread at 0 weighs about nine times one at 10, so it preempts a copy at once, while the
-/// copies still take most of a core that the others leave idle.
+/// The copy threads' nice value (0 is the default, 19 the lowest priority): a thread at 0
+/// weighs about nine times one at 10, so it gets the larger share of a core the two want,
+/// while the copies still take all of a core that the others leave idle. It does not make
+/// a woken thread preempt a copy: the offers of [`strata_copy::give_way`] do that.
 const COPY_NICE: i32 = 10;
 
 /// The process's copy threads: at least 4, so that reads of ssd files, which wait on the
