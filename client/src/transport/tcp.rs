@@ -358,7 +358,6 @@ async fn pipeline<'j>(
     (results, healthy && written.is_ok())
 }
 
-/// Reads one answer's head and header: `Ok` for success, the error an error frame carries.
 /// Reads a value's bytes into `dst` a step at a time: each read copies at most
 /// [`GIVE_WAY_EVERY`] bytes in the kernel, and a copy thread offers its core between steps.
 async fn read_value<R: AsyncRead + Unpin + ?Sized>(
@@ -372,6 +371,7 @@ async fn read_value<R: AsyncRead + Unpin + ?Sized>(
     Ok(())
 }
 
+/// Reads one answer's head and header: `Ok` for success, the error an error frame carries.
 async fn read_answer<R: AsyncRead + Unpin + ?Sized>(conn: &mut R) -> Result<()> {
     let mut head = [0u8; RESPONSE_HEAD_LEN];
     conn.read_exact(&mut head).await.map_err(lost)?;
